@@ -70,14 +70,9 @@ fn build(gpu_dir: &Path, out_dir: &Path) -> Result<(), String> {
     ] {
         cargo.env_remove(var);
     }
-    let output = cargo
-        .output()
-        .map_err(|e| format!("could not run `rustup run {toolchain} cargo`: {e}"))?;
+    let output = cargo.output().map_err(|e| format!("could not run `rustup run {toolchain} cargo`: {e}"))?;
     if !output.status.success() {
-        return Err(format!(
-            "the kernel build failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
+        return Err(format!("the kernel build failed:\n{}", String::from_utf8_lossy(&output.stderr)));
     }
 
     let ptx = fs::read_dir(&deps)
@@ -112,10 +107,7 @@ fn rustup(args: &[&str]) -> Option<String> {
         .stdin(Stdio::null())
         .output()
         .ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
 fn sysroot(toolchain: &str) -> Option<PathBuf> {
@@ -131,16 +123,9 @@ fn ensure_toolchain(toolchain: &str) -> Result<(), String> {
         return Ok(());
     }
     println!("cargo:warning=installing the kernel toolchain {toolchain} with rust-src through rustup");
-    let installed = rustup(&[
-        "toolchain",
-        "install",
-        toolchain,
-        "--profile",
-        "minimal",
-        "--component",
-        "rust-src",
-    ])
-    .is_some();
+    let installed =
+        rustup(&["toolchain", "install", toolchain, "--profile", "minimal", "--component", "rust-src"])
+            .is_some();
     if installed && sysroot(toolchain).is_some_and(|s| has_rust_src(&s)) {
         return Ok(());
     }
@@ -170,11 +155,7 @@ fn offline_setup(toolchain: &str) -> Result<(), String> {
         let link = toolchains.join(format!("{toolchain}-{host}"));
         std::os::unix::fs::symlink(&nightly, &link)
             .map_err(|e| format!("could not link {}: {e}", link.display()))?;
-        println!(
-            "cargo:warning=linked the installed nightly ({}) as {}",
-            nightly.display(),
-            link.display()
-        );
+        println!("cargo:warning=linked the installed nightly ({}) as {}", nightly.display(), link.display());
     }
     let sysroot = sysroot(toolchain).ok_or("the linked toolchain does not run")?;
     if has_rust_src(&sysroot) {
@@ -184,10 +165,7 @@ fn offline_setup(toolchain: &str) -> Result<(), String> {
         .map(PathBuf::from)
         .ok_or("GPU_RUST_SRC_ARCHIVE is not set, so there is no rust-src archive to unpack")?;
     let bytes = fs::read(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
-    let digest: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     if digest != RUST_SRC_ARCHIVE_SHA256 {
         return Err(format!(
             "{} has SHA-256 {digest}, expected {RUST_SRC_ARCHIVE_SHA256}",
@@ -206,9 +184,6 @@ fn offline_setup(toolchain: &str) -> Result<(), String> {
     if !status.success() || !has_rust_src(&sysroot) {
         return Err(format!("unpacking {} did not give rust-src", archive.display()));
     }
-    println!(
-        "cargo:warning=unpacked rust-src from {} (checksum verified)",
-        archive.display()
-    );
+    println!("cargo:warning=unpacked rust-src from {} (checksum verified)", archive.display());
     Ok(())
 }

@@ -1,3 +1,197 @@
 //! Safe launch wrappers for the engine's GPU kernels.
+//!
+//! [`Gpu`] owns a CUDA context, one stream and the kernel module built from `gpu/` (embedded as
+//! [`PTX`]). Each kernel has one method here, in a module named like its `gpu/src` twin; every
+//! method checks its shapes against the buffers it is given and returns an [`Error`] instead of
+//! launching a kernel that would read or write out of bounds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, DriverError, LaunchConfig, PushKernelArg};
+pub use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
+pub use half::{bf16, f16};
+
+pub mod activation;
+pub mod embedding;
+pub mod norm;
+pub mod rope;
+pub mod softmax;
+
 /// The kernels of `gpu/`, compiled to one PTX module by `build.rs`.
 pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
+
+/// Every entry point the wrappers launch; `Gpu::new` loads each, and a test checks that the PTX
+/// defines exactly these.
+pub const KERNELS: &[&str] = &[
+    "embedding_f32",
+    "embedding_f16",
+    "embedding_bf16",
+    "position_add_f32",
+    "position_add_f16",
+    "position_add_bf16",
+    "rms_norm_f32",
+    "rms_norm_f16",
+    "rms_norm_bf16",
+    "layer_norm_f32",
+    "layer_norm_f16",
+    "layer_norm_bf16",
+    "gelu_erf_f32",
+    "gelu_tanh_f32",
+    "silu_f32",
+    "swiglu_f32",
+    "residual_add_f32",
+    "softmax_f32",
+    "rope_f32",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no CUDA driver found (libcuda could not be loaded): this machine has no NVIDIA GPU or driver")]
+    NoDriver,
+    #[error("CUDA reports no GPU at index {0}")]
+    NoDevice(usize),
+    #[error("CUDA error: {0}")]
+    Driver(#[from] DriverError),
+    #[error("{kernel}: {message}")]
+    Shape { kernel: &'static str, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Storage types that weight-reading kernels accept; each selects the kernel `<name>_<SUFFIX>`.
+pub trait WeightType: DeviceRepr {
+    const SUFFIX: &'static str;
+}
+impl WeightType for f32 {
+    const SUFFIX: &'static str = "f32";
+}
+impl WeightType for f16 {
+    const SUFFIX: &'static str = "f16";
+}
+impl WeightType for bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
+
+/// A CUDA device with the kernel module loaded and one stream on which every launch is queued.
+pub struct Gpu {
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+impl Gpu {
+    /// Opens GPU `ordinal`, loads the kernels and makes a stream. Fails with [`Error::NoDriver`]
+    /// where there is no CUDA driver, never panics.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        // cudarc loads libcuda on first use and panics if it is absent; ask first.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::NoDriver);
+        }
+        let count = CudaContext::device_count()?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::NoDevice(ordinal));
+        }
+        let context = CudaContext::new(ordinal)?;
+        let module = context.load_module(cudarc::nvrtc::Ptx::from_src(PTX))?;
+        let mut functions = HashMap::new();
+        for &name in KERNELS {
+            functions.insert(name, module.load_function(name)?);
+        }
+        let stream = context.new_stream()?;
+        Ok(Gpu { context, stream, _module: module, functions })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.context
+    }
+
+    /// The stream every kernel of this `Gpu` runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> Result<String> {
+        Ok(self.context.name()?)
+    }
+
+    /// Copies a host slice into a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        Ok(self.stream.clone_htod(data)?)
+    }
+
+    /// Copies a device buffer back into a vector (waits for the stream).
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, data: &impl DevicePtr<T>) -> Result<Vec<T>> {
+        Ok(self.stream.clone_dtoh(data)?)
+    }
+
+    /// A new device buffer of `len` elements; its contents are undefined until written.
+    pub fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        Ok(unsafe { self.stream.alloc::<T>(len) }?)
+    }
+
+    /// Waits until every kernel queued so far has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    fn function(&self, name: &str) -> &CudaFunction {
+        // Names come from KERNELS-derived strings; Gpu::new loaded every one of them.
+        self.functions.get(name).unwrap_or_else(|| panic!("kernel {name} is not in KERNELS"))
+    }
+
+    /// Launches `name` with the given arguments (device pointers and scalars, in the kernel's order).
+    fn launch(&self, name: &str, config: LaunchConfig, args: &[&dyn Arg]) -> Result<()> {
+        let function = self.function(name);
+        let mut builder = self.stream.launch_builder(function);
+        for arg in args {
+            arg.push(&mut builder);
+        }
+        unsafe { builder.launch(config) }?;
+        Ok(())
+    }
+}
+
+/// A kernel argument: scalars by value, device pointers as raw addresses.
+trait Arg {
+    fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>);
+}
+macro_rules! scalar_arg {
+    ($($t:ty),*) => {$(
+        impl Arg for $t {
+            fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>) {
+                builder.arg(self);
+            }
+        }
+    )*};
+}
+// Device pointers are pushed as their u64 addresses (`device_ptr`), so u64 covers them too.
+scalar_arg!(u32, u64, f32, f64);
+
+/// Fails with a shape error unless `actual == expected`.
+fn expect_len(kernel: &'static str, what: &str, actual: usize, expected: usize) -> Result<()> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(Error::Shape { kernel, message: format!("{what} has {actual} elements, expected {expected}") })
+    }
+}
+
+fn shape_error(kernel: &'static str, message: impl Into<String>) -> Error {
+    Error::Shape { kernel, message: message.into() }
+}
+
+/// `value` as u32, or a shape error naming it.
+fn to_u32(kernel: &'static str, what: &str, value: usize) -> Result<u32> {
+    u32::try_from(value).map_err(|_| shape_error(kernel, format!("{what} = {value} does not fit in 32 bits")))
+}
+
+/// Grid for a grid-stride element-wise kernel: enough blocks of `threads` to cover `n` once, capped
+/// at a few waves of a large GPU (the loop covers the rest).
+fn elementwise_config(n: usize) -> LaunchConfig {
+    const THREADS: u32 = 256;
+    let blocks = n.div_ceil(8 * THREADS as usize).clamp(1, 132 * 16) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}

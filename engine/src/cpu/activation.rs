@@ -1,0 +1,45 @@
+//! Element-wise activations, computed in f64 and rounded once.
+
+/// GELU, exact form: x/2 (1 + erf(x / sqrt 2)).
+pub fn gelu_erf(x: f32) -> f32 {
+    let x = x as f64;
+    (0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))) as f32
+}
+
+/// GELU, tanh approximation: x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+pub fn gelu_tanh(x: f32) -> f32 {
+    let x = x as f64;
+    let inner = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+    (0.5 * x * (1.0 + inner.tanh())) as f32
+}
+
+/// SiLU: x / (1 + exp(-x)).
+pub fn silu(x: f32) -> f32 {
+    let x = x as f64;
+    (x / (1.0 + (-x).exp())) as f32
+}
+
+/// SwiGLU: silu(gate) * up.
+pub fn swiglu(gate: f32, up: f32) -> f32 {
+    let g = gate as f64;
+    (g / (1.0 + (-g).exp()) * up as f64) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        // Values from the closed forms: gelu(1) = Phi(1) = 0.841344746..., silu(1) = 1/(1+e^-1).
+        assert!((gelu_erf(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((gelu_erf(-1.0) + 0.158_655_25).abs() < 1e-6);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert_eq!(gelu_erf(0.0), 0.0);
+        assert!((swiglu(2.0, 3.0) - 3.0 * silu(2.0)).abs() < 1e-6);
+        // Large inputs: GELU tends to the identity, SiLU to identity / zero.
+        assert_eq!(gelu_erf(30.0), 30.0);
+        assert_eq!(silu(-200.0), -0.0);
+    }
+}

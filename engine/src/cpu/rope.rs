@@ -1,0 +1,140 @@
+//! Rotary position embeddings with optional YaRN scaling, computed in f64.
+
+use std::f64::consts::PI;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Pairs (2i, 2i+1).
+    Interleaved,
+    /// Pairs (i, i + rope_dim/2).
+    Neox,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct YarnConfig {
+    pub factor: f32,
+    pub original_context: u32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    pub ext_factor: f32,
+    pub attn_factor: f32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeConfig {
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub base: f32,
+    pub layout: RopeLayout,
+    pub yarn: Option<YarnConfig>,
+}
+
+impl RopeConfig {
+    /// The rotation angle of pair `i` at `position`, and the magnitude applied with it.
+    pub fn angle(&self, position: u32, i: usize) -> (f64, f64) {
+        let d = self.rope_dim as f64;
+        let base = self.base as f64;
+        let extrapolated = position as f64 * base.powf(-2.0 * i as f64 / d);
+        let Some(yarn) = self.yarn else {
+            return (extrapolated, 1.0);
+        };
+        let freq_scale = 1.0 / yarn.factor as f64;
+        let interpolated = extrapolated * freq_scale;
+        // The pair index at which a wavelength makes `turns` full turns over the original context.
+        let pair_at = |turns: f32| {
+            d * (yarn.original_context as f64 / (turns as f64 * 2.0 * PI)).ln() / (2.0 * base.ln())
+        };
+        let low = pair_at(yarn.beta_fast).floor().max(0.0);
+        let high = pair_at(yarn.beta_slow).ceil().min(d - 1.0);
+        let ramp = 1.0 - ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+        let mix = ramp * yarn.ext_factor as f64;
+        let angle = interpolated * (1.0 - mix) + extrapolated * mix;
+        let mut magnitude = yarn.attn_factor as f64;
+        if yarn.ext_factor != 0.0 {
+            magnitude *= 1.0 + 0.1 * (1.0 / freq_scale).ln();
+        }
+        (angle, magnitude)
+    }
+}
+
+/// Rotates x [positions.len(), n_heads, head_dim] in place.
+pub fn rope(x: &mut [f32], positions: &[u32], n_heads: usize, config: &RopeConfig) {
+    let head_dim = config.head_dim;
+    let half = config.rope_dim / 2;
+    assert_eq!(x.len(), positions.len() * n_heads * head_dim);
+    for (token, &position) in x.chunks_exact_mut(n_heads * head_dim).zip(positions) {
+        for head in token.chunks_exact_mut(head_dim) {
+            for i in 0..half {
+                let (angle, magnitude) = config.angle(position, i);
+                let (first, second) = match config.layout {
+                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                    RopeLayout::Neox => (i, i + half),
+                };
+                let (a, b) = (head[first] as f64, head[second] as f64);
+                let (sin, cos) = angle.sin_cos();
+                head[first] = ((a * cos - b * sin) * magnitude) as f32;
+                head[second] = ((a * sin + b * cos) * magnitude) as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(layout: RopeLayout) -> RopeConfig {
+        RopeConfig { head_dim: 4, rope_dim: 4, base: 10000.0, layout, yarn: None }
+    }
+
+    #[test]
+    fn position_zero_is_identity() {
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        rope(&mut x, &[0], 1, &plain(RopeLayout::Neox));
+        assert_eq!(x, [1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn first_pair_turns_by_the_position() {
+        // Pair 0 has frequency 1: at position 1 it turns by one radian.
+        let (s, c) = 1.0f64.sin_cos();
+        let mut x = [1.0, 0.0, 0.0, 0.0];
+        rope(&mut x, &[1], 1, &plain(RopeLayout::Interleaved));
+        assert!((x[0] as f64 - c).abs() < 1e-7 && (x[1] as f64 - s).abs() < 1e-7, "{x:?}");
+        let mut x = [1.0, 0.0, 0.0, 0.0];
+        rope(&mut x, &[1], 1, &plain(RopeLayout::Neox));
+        assert!((x[0] as f64 - c).abs() < 1e-7 && (x[2] as f64 - s).abs() < 1e-7, "{x:?}");
+        // Pair 1 has frequency base^(-1/2) = 0.01.
+        let (s, c) = 0.01f64.sin_cos();
+        let mut x = [0.0, 0.0, 1.0, 0.0];
+        rope(&mut x, &[1], 1, &plain(RopeLayout::Interleaved));
+        assert!((x[2] as f64 - c).abs() < 1e-7 && (x[3] as f64 - s).abs() < 1e-7, "{x:?}");
+    }
+
+    #[test]
+    fn yarn_interpolates_long_wavelengths_and_keeps_short_ones() {
+        let yarn = YarnConfig {
+            factor: 4.0,
+            original_context: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            ext_factor: 1.0,
+            attn_factor: 1.0,
+        };
+        let config = RopeConfig {
+            head_dim: 128,
+            rope_dim: 128,
+            base: 10000.0,
+            layout: RopeLayout::Neox,
+            yarn: Some(yarn),
+        };
+        // The fastest pair is extrapolated (angle unchanged), the slowest interpolated (divided by
+        // the factor); the magnitude is 1 + 0.1 ln 4 everywhere.
+        let (fast, m) = config.angle(100, 0);
+        assert!((fast - 100.0).abs() < 1e-9);
+        assert!((m - (1.0 + 0.1 * 4f64.ln())).abs() < 1e-12);
+        let (slow, _) = config.angle(100, 63);
+        let plain = 100.0 * 10000f64.powf(-126.0 / 128.0);
+        assert!((slow - plain / 4.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,299 @@
+//! Device-side support: the vocabulary kernels are written in (the role `cuda_std` plays for
+//! CUDA C++). Thread and block indices, barriers, warp shuffles and reductions, block reductions,
+//! dynamic shared memory, f16/bf16 conversions, 16-byte vector loads and stores, and the few
+//! special functions the kernels need.
+
+use core::arch::asm;
+use core::arch::nvptx;
+
+pub const WARP_SIZE: usize = 32;
+
+#[inline(always)]
+pub fn thread_idx() -> usize {
+    unsafe { nvptx::_thread_idx_x() as usize }
+}
+
+#[inline(always)]
+pub fn block_idx() -> usize {
+    unsafe { nvptx::_block_idx_x() as usize }
+}
+
+#[inline(always)]
+pub fn block_idx_y() -> usize {
+    unsafe { nvptx::_block_idx_y() as usize }
+}
+
+#[inline(always)]
+pub fn block_dim() -> usize {
+    unsafe { nvptx::_block_dim_x() as usize }
+}
+
+#[inline(always)]
+pub fn grid_dim() -> usize {
+    unsafe { nvptx::_grid_dim_x() as usize }
+}
+
+/// This thread's index in the whole grid along x.
+#[inline(always)]
+pub fn global_idx() -> usize {
+    block_idx() * block_dim() + thread_idx()
+}
+
+/// Threads in the whole grid along x (the stride of a grid-stride loop).
+#[inline(always)]
+pub fn grid_size() -> usize {
+    grid_dim() * block_dim()
+}
+
+#[inline(always)]
+pub fn lane_idx() -> usize {
+    thread_idx() % WARP_SIZE
+}
+
+#[inline(always)]
+pub fn warp_idx() -> usize {
+    thread_idx() / WARP_SIZE
+}
+
+/// `__syncthreads()`: a barrier for every thread of the block.
+#[inline(always)]
+pub fn sync_threads() {
+    unsafe { nvptx::_syncthreads() }
+}
+
+/// Butterfly shuffle: the value held by lane `lane ^ mask`. Every lane of the warp must call it.
+#[inline(always)]
+pub fn shuffle_xor(value: f32, mask: u32) -> f32 {
+    let out: f32;
+    unsafe {
+        asm!(
+            "shfl.sync.bfly.b32 {out}, {v}, {m}, 0x1f, 0xffffffff;",
+            out = out(reg32) out,
+            v = in(reg32) value,
+            m = in(reg32) mask,
+        );
+    }
+    out
+}
+
+#[inline(always)]
+pub fn warp_sum(mut value: f32) -> f32 {
+    let mut mask = 16;
+    while mask > 0 {
+        value += shuffle_xor(value, mask);
+        mask /= 2;
+    }
+    value
+}
+
+#[inline(always)]
+pub fn warp_max(mut value: f32) -> f32 {
+    let mut mask = 16;
+    while mask > 0 {
+        value = max(value, shuffle_xor(value, mask));
+        mask /= 2;
+    }
+    value
+}
+
+// One word per warp for block reductions, shared by every kernel of the module (each block gets its
+// own copy). Dynamic shared memory starts after it.
+core::arch::global_asm!(
+    ".shared .align 16 .b8 block_reduce_scratch[128];",
+    ".extern .shared .align 16 .b8 dynamic_shared[];"
+);
+
+#[inline(always)]
+fn reduce_scratch() -> *mut f32 {
+    let p: u64;
+    unsafe { asm!("cvta.shared.u64 {p}, block_reduce_scratch;", p = out(reg64) p) };
+    p as *mut f32
+}
+
+/// The block's dynamic shared memory (its size is set at launch), 16-byte aligned.
+#[inline(always)]
+pub fn dynamic_shared<T>() -> *mut T {
+    let p: u64;
+    unsafe { asm!("cvta.shared.u64 {p}, dynamic_shared;", p = out(reg64) p) };
+    p as *mut T
+}
+
+/// Combines one value per thread across the block with `warp_combine`; every thread gets the
+/// result. Every thread of the block must call it (it holds two barriers), with at most 1024
+/// threads. Safe to call several times in a row: the first barrier keeps a second call from
+/// overwriting partials that a first is still reading.
+#[inline(always)]
+fn block_reduce(value: f32, identity: f32, warp_combine: fn(f32) -> f32) -> f32 {
+    let scratch = reduce_scratch();
+    let partial = warp_combine(value);
+    sync_threads();
+    if lane_idx() == 0 {
+        unsafe { *scratch.add(warp_idx()) = partial };
+    }
+    sync_threads();
+    let warps = block_dim().div_ceil(WARP_SIZE);
+    let mine = if lane_idx() < warps { unsafe { *scratch.add(lane_idx()) } } else { identity };
+    warp_combine(mine)
+}
+
+#[inline(always)]
+pub fn block_sum(value: f32) -> f32 {
+    block_reduce(value, 0.0, warp_sum)
+}
+
+#[inline(always)]
+pub fn block_max(value: f32) -> f32 {
+    block_reduce(value, f32::NEG_INFINITY, warp_max)
+}
+
+/// max that ignores a NaN operand only when the other is -inf (the identity), like fmaxf.
+#[inline(always)]
+pub fn max(a: f32, b: f32) -> f32 {
+    let out: f32;
+    unsafe { asm!("max.f32 {o}, {a}, {b};", o = out(reg32) out, a = in(reg32) a, b = in(reg32) b) };
+    out
+}
+
+// ---- 16-bit floats ---------------------------------------------------------------------------
+
+#[inline(always)]
+pub fn f16_to_f32(bits: u16) -> f32 {
+    let out: f32;
+    unsafe { asm!("cvt.f32.f16 {o}, {h};", o = out(reg32) out, h = in(reg16) bits) };
+    out
+}
+
+#[inline(always)]
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// Round to nearest even, as `half::f16::from_f32` does.
+#[inline(always)]
+pub fn f32_to_f16(value: f32) -> u16 {
+    let out: u16;
+    unsafe { asm!("cvt.rn.f16.f32 {h}, {v};", h = out(reg16) out, v = in(reg32) value) };
+    out
+}
+
+// ---- vector memory access --------------------------------------------------------------------
+
+/// Four consecutive f32 as one 16-byte load. `ptr` must be 16-byte aligned.
+#[inline(always)]
+pub unsafe fn load_f32x4(ptr: *const f32) -> [f32; 4] {
+    let (a, b, c, d): (f32, f32, f32, f32);
+    unsafe {
+        asm!(
+            "ld.global.v4.f32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+            a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+            p = in(reg64) ptr,
+        );
+    }
+    [a, b, c, d]
+}
+
+/// Four consecutive f32 as one 16-byte store. `ptr` must be 16-byte aligned.
+#[inline(always)]
+pub unsafe fn store_f32x4(ptr: *mut f32, v: [f32; 4]) {
+    unsafe {
+        asm!(
+            "st.global.v4.f32 [{p}], {{{a}, {b}, {c}, {d}}};",
+            p = in(reg64) ptr,
+            a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2], d = in(reg32) v[3],
+        );
+    }
+}
+
+/// 16 bytes (eight 16-bit values) as one load, as four little-endian pairs. `ptr` must be
+/// 16-byte aligned.
+#[inline(always)]
+pub unsafe fn load_u16x8(ptr: *const u16) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!(
+            "ld.global.v4.b32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+            a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+            p = in(reg64) ptr,
+        );
+    }
+    [a, b, c, d]
+}
+
+/// Eight f32 of shared (or any generic) memory as two 16-byte accesses; `ptr` 16-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Aligned4([f32; 4]);
+
+#[inline(always)]
+pub unsafe fn load8_generic(ptr: *const f32) -> [f32; 8] {
+    let (lo, hi) = unsafe { (*(ptr as *const Aligned4), *(ptr.add(4) as *const Aligned4)) };
+    let ([a, b, c, d], [e, f, g, h]) = (lo.0, hi.0);
+    [a, b, c, d, e, f, g, h]
+}
+
+#[inline(always)]
+pub unsafe fn store8_generic(ptr: *mut f32, v: [f32; 8]) {
+    let [a, b, c, d, e, f, g, h] = v;
+    unsafe {
+        *(ptr as *mut Aligned4) = Aligned4([a, b, c, d]);
+        *(ptr.add(4) as *mut Aligned4) = Aligned4([e, f, g, h]);
+    }
+}
+
+#[inline(always)]
+pub fn is_aligned_16<T>(ptr: *const T) -> bool {
+    (ptr as usize) % 16 == 0
+}
+
+// ---- special functions -------------------------------------------------------------------------
+// `core` has no transcendental functions; `libm` supplies correctly range-reduced ones in plain
+// Rust. RoPE uses the f64 forms so that large positions keep their angle exact.
+
+/// e^x to within a few ulp: the hardware's 2^x (`ex2.approx`) on x log2(e), with the rounding
+/// error of that product (up to |x| 2^-24 relative, large near |x| = 88) recovered by an FMA and
+/// applied as a first-order correction. About 8 instructions against libm's 30-odd.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    const LOG2E_LOW: f32 = 1.925_963e-8; // log2(e) - LOG2E
+    let high = x * LOG2E;
+    if !high.is_finite() {
+        return if high > 0.0 { f32::INFINITY } else if high < 0.0 { 0.0 } else { f32::NAN };
+    }
+    let low = fma(x, LOG2E, -high) + x * LOG2E_LOW;
+    let power: f32;
+    unsafe { asm!("ex2.approx.f32 {o}, {x};", o = out(reg32) power, x = in(reg32) high) };
+    fma(power, low * core::f32::consts::LN_2, power)
+}
+
+#[inline(always)]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    let out: f32;
+    unsafe {
+        asm!("fma.rn.f32 {o}, {a}, {b}, {c};", o = out(reg32) out, a = in(reg32) a, b = in(reg32) b, c = in(reg32) c)
+    };
+    out
+}
+
+/// tanh(x) = 1 - 2 / (e^(2x) + 1), with tanh(x) ~ x near zero where that form cancels.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    if x.abs() < 0.0625 {
+        let x2 = x * x;
+        // Taylor series to x^7: error below 2^-30 relative for |x| < 1/16.
+        return x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))));
+    }
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
+
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    libm::erff(x)
+}
+
+#[inline(always)]
+pub fn sqrt(x: f32) -> f32 {
+    let out: f32;
+    unsafe { asm!("sqrt.rn.f32 {o}, {x};", o = out(reg32) out, x = in(reg32) x) };
+    out
+}

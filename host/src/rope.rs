@@ -1,0 +1,178 @@
+//! Rotary position embeddings with YaRN scaling (`gpu/src/rope.rs`).
+
+use crate::{Gpu, Result, expect_len, shape_error, to_u32};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+
+/// Which elements of a head form a rotated pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// (2i, 2i+1): llama.cpp's "normal" mode, how GGUF stores llama q/k.
+    Interleaved,
+    /// (i, i + rope_dim/2): GPT-NeoX halves (Qwen2, Phi-3, gpt-oss as llama.cpp converts them).
+    Neox,
+}
+
+/// YaRN context extension: interpolated frequencies for long wavelengths, extrapolated for short,
+/// a ramp between them, and a magnitude correction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Yarn {
+    /// Context extension factor (freq_scale = 1 / factor).
+    pub factor: f32,
+    /// Context length the model was trained with before extension.
+    pub original_context: u32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    /// How much of the extrapolated frequency the ramp mixes in (1 for YaRN).
+    pub ext_factor: f32,
+    /// Extra magnitude scale (1 unless the model says otherwise).
+    pub attn_factor: f32,
+}
+
+impl Yarn {
+    /// The pair indices where the ramp starts and ends, from the wavelengths that complete
+    /// `beta_fast` and `beta_slow` turns over the original context.
+    pub fn correction_range(&self, rope_dim: usize, base: f32) -> (f32, f32) {
+        let dim = rope_dim as f64;
+        let corr = |turns: f32| {
+            dim * (self.original_context as f64 / (turns as f64 * 2.0 * std::f64::consts::PI)).ln()
+                / (2.0 * (base as f64).ln())
+        };
+        let low = corr(self.beta_fast).floor().max(0.0);
+        let high = corr(self.beta_slow).ceil().min(dim - 1.0);
+        (low as f32, high as f32)
+    }
+}
+
+/// RoPE as a model configures it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rope {
+    pub head_dim: usize,
+    /// Leading dims of each head that are rotated (even, at most head_dim).
+    pub rope_dim: usize,
+    pub base: f32,
+    pub layout: RopeLayout,
+    pub yarn: Option<Yarn>,
+}
+
+impl Gpu {
+    /// Rotates x [n_tokens, n_heads, head_dim] in place, token t at position positions[t].
+    pub fn rope(
+        &self,
+        x: &mut impl DevicePtrMut<f32>,
+        positions: &impl DevicePtr<u32>,
+        n_heads: usize,
+        rope: &Rope,
+    ) -> Result<()> {
+        let n_tokens = positions.len();
+        let (config, params) = rope_config(rope, n_tokens, n_heads, x.len())?;
+        if n_tokens == 0 || n_heads == 0 {
+            return Ok(());
+        }
+        let stream = self.stream();
+        let (positions, _positions) = positions.device_ptr(stream);
+        let (x, _x) = x.device_ptr_mut(stream);
+        let RopeParams {
+            n_heads,
+            head_dim,
+            rope_dim,
+            neox,
+            base,
+            freq_scale,
+            ext_factor,
+            attn_factor,
+            corr_low,
+            corr_high,
+        } = params;
+        self.launch(
+            KERNEL,
+            config,
+            &[
+                &x,
+                &positions,
+                &n_heads,
+                &head_dim,
+                &rope_dim,
+                &neox,
+                &base,
+                &freq_scale,
+                &ext_factor,
+                &attn_factor,
+                &corr_low,
+                &corr_high,
+            ],
+        )
+    }
+}
+
+const KERNEL: &str = "rope_f32";
+
+/// The kernel tabulates cos and sin of every pair in 48 KiB of shared memory.
+pub const MAX_ROPE_DIM: usize = 12 * 1024;
+
+/// The scalar arguments of `rope_f32`, in its order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeParams {
+    pub n_heads: u32,
+    pub head_dim: u32,
+    pub rope_dim: u32,
+    pub neox: u32,
+    pub base: f32,
+    pub freq_scale: f64,
+    pub ext_factor: f32,
+    pub attn_factor: f32,
+    pub corr_low: f32,
+    pub corr_high: f32,
+}
+
+/// Checks the shapes of a RoPE launch over x [n_tokens, n_heads, head_dim] and derives the kernel's
+/// parameters.
+pub fn rope_config(
+    rope: &Rope,
+    n_tokens: usize,
+    n_heads: usize,
+    x_len: usize,
+) -> Result<(LaunchConfig, RopeParams)> {
+    {
+        if rope.rope_dim == 0 || !rope.rope_dim.is_multiple_of(2) || rope.rope_dim > rope.head_dim.min(MAX_ROPE_DIM) {
+            return Err(shape_error(
+                KERNEL,
+                format!(
+                    "rope_dim = {} must be even, positive and at most head_dim = {} (and {MAX_ROPE_DIM})",
+                    rope.rope_dim, rope.head_dim
+                ),
+            ));
+        }
+        expect_len(KERNEL, "x", x_len, n_tokens * n_heads * rope.head_dim)?;
+        let (freq_scale, ext_factor, attn_factor, (corr_low, corr_high)) = match rope.yarn {
+            Some(yarn) if yarn.factor > 0.0 => (
+                1.0 / yarn.factor as f64,
+                yarn.ext_factor,
+                yarn.attn_factor,
+                yarn.correction_range(rope.rope_dim, rope.base),
+            ),
+            Some(yarn) => {
+                return Err(shape_error(KERNEL, format!("YaRN factor {} must be positive", yarn.factor)));
+            }
+            None => (1.0f64, 0.0f32, 1.0f32, (0.0, 0.0)),
+        };
+        let pairs = rope.rope_dim / 2;
+        let config = LaunchConfig {
+            grid_dim: (to_u32(KERNEL, "n_tokens", n_tokens)?, 1, 1),
+            block_dim: ((n_heads * pairs).next_multiple_of(32).min(256) as u32, 1, 1),
+            shared_mem_bytes: (2 * pairs * 4) as u32,
+        };
+        let params = RopeParams {
+            n_heads: to_u32(KERNEL, "n_heads", n_heads)?,
+            head_dim: to_u32(KERNEL, "head_dim", rope.head_dim)?,
+            rope_dim: rope.rope_dim as u32,
+            neox: u32::from(rope.layout == RopeLayout::Neox),
+            base: rope.base,
+            freq_scale,
+            ext_factor,
+            attn_factor,
+            corr_low,
+            corr_high,
+        };
+        Ok((config, params))
+    }
+}

@@ -1,0 +1,75 @@
+//! gpu/src/norm.rs against engine::cpu::norm.
+
+use crate::{Storage, assert_close, config, gpu, poisoned, random_values, size, storage, with_weights};
+use engine::cpu::norm;
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(config(48))]
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn rms_norm_matches_cpu(rows in 1usize..=9, dim in size(8192), storage in storage(), seed: u64, eps in prop_oneof![Just(1e-5f32), Just(1e-6f32)]) {
+        let x = random_values(seed, rows * dim, 3.0);
+        let weight = storage.round(&random_values(seed ^ 1, dim, 2.0));
+        let mut expected = vec![0.0; rows * dim];
+        norm::rms_norm(&x, &weight, &mut expected, dim, eps);
+
+        let gpu = gpu();
+        let x_gpu = gpu.upload(&x).unwrap();
+        let mut out = poisoned(rows * dim);
+        with_weights!(storage, &weight, |w| gpu.rms_norm(&x_gpu, w, &mut out, rows, dim, eps)).unwrap();
+        assert_close(&format!("rms_norm {rows}x{dim} {storage:?}"), &gpu.download(&out).unwrap(), &expected, 1e-5);
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn layer_norm_matches_cpu(rows in 1usize..=9, dim in size(8192), storage in storage(), seed: u64, offset in -50.0f32..50.0) {
+        // An offset shifts the mean away from zero, which a one-pass variance would get wrong.
+        let x: Vec<f32> = random_values(seed, rows * dim, 3.0).iter().map(|v| v + offset).collect();
+        let weight = storage.round(&random_values(seed ^ 1, dim, 2.0));
+        let bias = storage.round(&random_values(seed ^ 2, dim, 1.0));
+        let mut expected = vec![0.0; rows * dim];
+        norm::layer_norm(&x, &weight, &bias, &mut expected, dim, 1e-5);
+
+        let gpu = gpu();
+        let x_gpu = gpu.upload(&x).unwrap();
+        let mut out = poisoned(rows * dim);
+        match storage {
+            Storage::F32 => {
+                let (w, b) = (gpu.upload(&weight).unwrap(), gpu.upload(&bias).unwrap());
+                gpu.layer_norm(&x_gpu, &w, &b, &mut out, rows, dim, 1e-5).unwrap();
+            }
+            Storage::F16 => {
+                let half = |v: &[f32]| gpu.upload(&v.iter().map(|&x| host::f16::from_f32(x)).collect::<Vec<_>>()).unwrap();
+                gpu.layer_norm(&x_gpu, &half(&weight), &half(&bias), &mut out, rows, dim, 1e-5).unwrap();
+            }
+            Storage::Bf16 => {
+                let half = |v: &[f32]| gpu.upload(&v.iter().map(|&x| host::bf16::from_f32(x)).collect::<Vec<_>>()).unwrap();
+                gpu.layer_norm(&x_gpu, &half(&weight), &half(&bias), &mut out, rows, dim, 1e-5).unwrap();
+            }
+        }
+        // x - mean loses up to ulp(|offset|) of each centred value in f32, inherent to f32 inputs:
+        // the bound grows with |offset| over the smallest row spread.
+        let spread = x.chunks(dim).map(|row| {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
+            (row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / dim as f64).sqrt()
+        }).fold(f64::INFINITY, f64::min);
+        let bound = 1e-5 + 4.0 * offset.abs() as f64 * f32::EPSILON as f64 / spread.max(1e-3);
+        assert_close(&format!("layer_norm {rows}x{dim} {storage:?}"), &gpu.download(&out).unwrap(), &expected, bound);
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn norm_rejects_bad_shapes() {
+    let gpu = gpu();
+    let x = gpu.upload(&[1.0f32; 12]).unwrap();
+    let w = gpu.upload(&[1.0f32; 4]).unwrap();
+    let mut out = poisoned(12);
+    assert!(gpu.rms_norm(&x, &w, &mut out, 3, 4, 1e-5).is_ok());
+    let error = gpu.rms_norm(&x, &w, &mut out, 4, 4, 1e-5).unwrap_err().to_string();
+    assert!(error.contains("x has 12 elements, expected 16"), "{error}");
+    let mut short = poisoned(8);
+    assert!(gpu.rms_norm(&x, &w, &mut short, 3, 4, 1e-5).is_err());
+}
