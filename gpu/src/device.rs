@@ -258,7 +258,13 @@ pub fn exp(x: f32) -> f32 {
     const LOG2E_LOW: f32 = 1.925_963e-8; // log2(e) - LOG2E
     let high = x * LOG2E;
     if !high.is_finite() {
-        return if high > 0.0 { f32::INFINITY } else if high < 0.0 { 0.0 } else { f32::NAN };
+        return if high > 0.0 {
+            f32::INFINITY
+        } else if high < 0.0 {
+            0.0
+        } else {
+            f32::NAN
+        };
     }
     let low = fma(x, LOG2E, -high) + x * LOG2E_LOW;
     let power: f32;

@@ -195,3 +195,6 @@ fn elementwise_config(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(8 * THREADS as usize).clamp(1, 132 * 16) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
+
+#[cfg(test)]
+mod tests;

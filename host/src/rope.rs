@@ -72,14 +72,16 @@ impl Gpu {
         let (positions, _positions) = positions.device_ptr(stream);
         let (x, _x) = x.device_ptr_mut(stream);
         let RopeParams {
+            n_tokens,
+            tokens_per_block,
             n_heads,
             head_dim,
             rope_dim,
             neox,
-            base,
+            log2_base,
             freq_scale,
             ext_factor,
-            attn_factor,
+            magnitude,
             corr_low,
             corr_high,
         } = params;
@@ -89,14 +91,16 @@ impl Gpu {
             &[
                 &x,
                 &positions,
+                &n_tokens,
+                &tokens_per_block,
                 &n_heads,
                 &head_dim,
                 &rope_dim,
                 &neox,
-                &base,
+                &log2_base,
                 &freq_scale,
                 &ext_factor,
-                &attn_factor,
+                &magnitude,
                 &corr_low,
                 &corr_high,
             ],
@@ -112,14 +116,16 @@ pub const MAX_ROPE_DIM: usize = 12 * 1024;
 /// The scalar arguments of `rope_f32`, in its order.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RopeParams {
+    pub n_tokens: u32,
+    pub tokens_per_block: u32,
     pub n_heads: u32,
     pub head_dim: u32,
     pub rope_dim: u32,
     pub neox: u32,
-    pub base: f32,
+    pub log2_base: f64,
     pub freq_scale: f64,
     pub ext_factor: f32,
-    pub attn_factor: f32,
+    pub magnitude: f32,
     pub corr_low: f32,
     pub corr_high: f32,
 }
@@ -132,47 +138,59 @@ pub fn rope_config(
     n_heads: usize,
     x_len: usize,
 ) -> Result<(LaunchConfig, RopeParams)> {
+    if rope.rope_dim == 0
+        || !rope.rope_dim.is_multiple_of(2)
+        || rope.rope_dim > rope.head_dim.min(MAX_ROPE_DIM)
     {
-        if rope.rope_dim == 0 || !rope.rope_dim.is_multiple_of(2) || rope.rope_dim > rope.head_dim.min(MAX_ROPE_DIM) {
-            return Err(shape_error(
-                KERNEL,
-                format!(
-                    "rope_dim = {} must be even, positive and at most head_dim = {} (and {MAX_ROPE_DIM})",
-                    rope.rope_dim, rope.head_dim
-                ),
-            ));
-        }
-        expect_len(KERNEL, "x", x_len, n_tokens * n_heads * rope.head_dim)?;
-        let (freq_scale, ext_factor, attn_factor, (corr_low, corr_high)) = match rope.yarn {
-            Some(yarn) if yarn.factor > 0.0 => (
-                1.0 / yarn.factor as f64,
-                yarn.ext_factor,
-                yarn.attn_factor,
-                yarn.correction_range(rope.rope_dim, rope.base),
+        return Err(shape_error(
+            KERNEL,
+            format!(
+                "rope_dim = {} must be even, positive and at most head_dim = {} (and {MAX_ROPE_DIM})",
+                rope.rope_dim, rope.head_dim
             ),
-            Some(yarn) => {
-                return Err(shape_error(KERNEL, format!("YaRN factor {} must be positive", yarn.factor)));
-            }
-            None => (1.0f64, 0.0f32, 1.0f32, (0.0, 0.0)),
-        };
-        let pairs = rope.rope_dim / 2;
-        let config = LaunchConfig {
-            grid_dim: (to_u32(KERNEL, "n_tokens", n_tokens)?, 1, 1),
-            block_dim: ((n_heads * pairs).next_multiple_of(32).min(256) as u32, 1, 1),
-            shared_mem_bytes: (2 * pairs * 4) as u32,
-        };
-        let params = RopeParams {
-            n_heads: to_u32(KERNEL, "n_heads", n_heads)?,
-            head_dim: to_u32(KERNEL, "head_dim", rope.head_dim)?,
-            rope_dim: rope.rope_dim as u32,
-            neox: u32::from(rope.layout == RopeLayout::Neox),
-            base: rope.base,
-            freq_scale,
-            ext_factor,
-            attn_factor,
-            corr_low,
-            corr_high,
-        };
-        Ok((config, params))
+        ));
     }
+    if !(rope.base > 1.0 && rope.base.is_finite()) {
+        return Err(shape_error(KERNEL, format!("base = {} must be a finite number above 1", rope.base)));
+    }
+    expect_len(KERNEL, "x", x_len, n_tokens * n_heads * rope.head_dim)?;
+    let (freq_scale, ext_factor, magnitude, (corr_low, corr_high)) = match rope.yarn {
+        Some(yarn) if yarn.factor > 0.0 => {
+            let freq_scale = 1.0 / yarn.factor as f64;
+            let mut magnitude = yarn.attn_factor as f64;
+            if yarn.ext_factor != 0.0 {
+                magnitude *= 1.0 + 0.1 * (1.0 / freq_scale).ln();
+            }
+            (freq_scale, yarn.ext_factor, magnitude as f32, yarn.correction_range(rope.rope_dim, rope.base))
+        }
+        Some(yarn) => {
+            return Err(shape_error(KERNEL, format!("YaRN factor {} must be positive", yarn.factor)));
+        }
+        None => (1.0f64, 0.0f32, 1.0f32, (0.0, 0.0)),
+    };
+    // Enough tokens per block that the 256 threads all help fill the cos/sin table.
+    const THREADS: usize = 256;
+    let pairs = rope.rope_dim / 2;
+    let tokens_per_block = (THREADS / pairs).clamp(1, 64).min(n_tokens.max(1));
+    let config = LaunchConfig {
+        grid_dim: (to_u32(KERNEL, "n_tokens", n_tokens.div_ceil(tokens_per_block))?, 1, 1),
+        block_dim: (THREADS as u32, 1, 1),
+        shared_mem_bytes: (tokens_per_block * 2 * pairs * 4) as u32,
+    };
+    let params = RopeParams {
+        n_tokens: to_u32(KERNEL, "n_tokens", n_tokens)?,
+        tokens_per_block: tokens_per_block as u32,
+        n_heads: to_u32(KERNEL, "n_heads", n_heads)?,
+        head_dim: to_u32(KERNEL, "head_dim", rope.head_dim)?,
+        rope_dim: rope.rope_dim as u32,
+        neox: u32::from(rope.layout == RopeLayout::Neox),
+        log2_base: (rope.base as f64).log2(),
+        freq_scale,
+        ext_factor,
+        magnitude,
+        corr_low,
+        corr_high,
+    };
+    to_u32(KERNEL, "x elements", x_len)?;
+    Ok((config, params))
 }

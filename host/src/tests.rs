@@ -1,0 +1,117 @@
+//! Tests that need no GPU: the embedded PTX, and the shape checks every wrapper runs before it
+//! touches the device.
+
+use super::*;
+use crate::embedding::gather_config;
+use crate::norm::{MAX_NORM_DIM, norm_config};
+use crate::rope::{Rope, RopeLayout, Yarn, rope_config};
+use crate::softmax::softmax_config;
+
+fn entry_points() -> Vec<&'static str> {
+    PTX.lines()
+        .filter_map(|line| line.trim().strip_prefix(".visible .entry "))
+        .map(|rest| rest.split('(').next().unwrap().trim())
+        .collect()
+}
+
+#[test]
+fn ptx_defines_exactly_the_kernels_the_wrappers_launch() {
+    let mut defined = entry_points();
+    let mut expected: Vec<&str> = KERNELS.to_vec();
+    defined.sort();
+    expected.sort();
+    assert_eq!(defined, expected);
+}
+
+#[test]
+fn ptx_targets_the_baseline_architecture() {
+    assert!(PTX.contains(".target sm_80"), "PTX header: {}", &PTX[..PTX.len().min(300)]);
+    assert!(PTX.contains(".address_size 64"));
+}
+
+#[test]
+fn no_driver_is_an_error_not_a_panic() {
+    // On a machine without a GPU this must be Err(NoDriver) or Err(NoDevice); with one, Ok.
+    match Gpu::new(0) {
+        Ok(_) | Err(Error::NoDriver) | Err(Error::NoDevice(_)) => {}
+        Err(other) => panic!("unexpected error opening GPU 0: {other}"),
+    }
+}
+
+#[test]
+fn norm_shapes_are_checked() {
+    assert!(norm_config("rms_norm", 3, 4, [12, 4, 4, 12]).is_ok());
+    let error = norm_config("rms_norm", 4, 4, [12, 4, 4, 16]).unwrap_err().to_string();
+    assert_eq!(error, "rms_norm: x has 12 elements, expected 16");
+    assert!(norm_config("rms_norm", 3, 4, [12, 5, 4, 12]).is_err());
+    assert!(norm_config("layer_norm", 3, 4, [12, 4, 3, 12]).is_err());
+    assert!(norm_config("rms_norm", 1, 0, [0, 0, 0, 0]).is_err());
+    let big = MAX_NORM_DIM + 1;
+    assert!(norm_config("rms_norm", 1, big, [big; 4]).is_err());
+    // The row is staged in shared memory: dim f32.
+    assert_eq!(norm_config("rms_norm", 2, 4096, [8192, 4096, 4096, 8192]).unwrap().shared_mem_bytes, 16384);
+}
+
+#[test]
+fn gather_shapes_are_checked() {
+    let (rows, config) = gather_config("embedding", 300, 7, 21, 3).unwrap();
+    assert_eq!((rows, config.grid_dim.0), (100, 7));
+    assert!(gather_config("embedding", 301, 7, 21, 3).is_err());
+    assert!(gather_config("embedding", 300, 7, 20, 3).is_err());
+    assert!(gather_config("embedding", 300, 7, 21, 0).is_err());
+}
+
+#[test]
+fn softmax_shapes_are_checked() {
+    assert!(softmax_config(2, 5, 10, 10).is_ok());
+    assert!(softmax_config(2, 0, 0, 0).is_err());
+    assert!(softmax_config(2, 5, 10, 9).is_err());
+    assert!(softmax_config(1, 1 << 33, 1 << 33, 1 << 33).is_err());
+}
+
+fn llama_rope() -> Rope {
+    Rope { head_dim: 128, rope_dim: 128, base: 10000.0, layout: RopeLayout::Interleaved, yarn: None }
+}
+
+#[test]
+fn rope_shapes_are_checked() {
+    assert!(rope_config(&llama_rope(), 3, 2, 3 * 2 * 128).is_ok());
+    assert!(rope_config(&llama_rope(), 3, 2, 3 * 2 * 128 - 1).is_err());
+    assert!(rope_config(&Rope { rope_dim: 130, ..llama_rope() }, 1, 1, 128).is_err());
+    assert!(rope_config(&Rope { rope_dim: 63, ..llama_rope() }, 1, 1, 128).is_err());
+    assert!(rope_config(&Rope { base: f32::NAN, ..llama_rope() }, 1, 1, 128).is_err());
+    let yarn = Yarn {
+        factor: 0.0,
+        original_context: 4096,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        ext_factor: 1.0,
+        attn_factor: 1.0,
+    };
+    assert!(rope_config(&Rope { yarn: Some(yarn), ..llama_rope() }, 1, 1, 128).is_err());
+}
+
+#[test]
+fn yarn_parameters_follow_the_formulas() {
+    // corr(b) = d ln(L / (2 pi b)) / (2 ln base): for d = 128, L = 4096, base 10000 that is 20.94
+    // for b = 32 and 45.03 for b = 1 (worked out by hand), floored and ceiled.
+    let yarn = Yarn {
+        factor: 32.0,
+        original_context: 4096,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        ext_factor: 1.0,
+        attn_factor: 1.0,
+    };
+    assert_eq!(yarn.correction_range(128, 10000.0), (20.0, 46.0));
+    // d = 64, base 150000 (gpt-oss): 8.09 and 17.40.
+    assert_eq!(yarn.correction_range(64, 150000.0), (8.0, 18.0));
+    let (_, params) = rope_config(&Rope { yarn: Some(yarn), ..llama_rope() }, 5, 1, 5 * 128).unwrap();
+    assert!((params.magnitude - (1.0 + 0.1 * 32f32.ln())).abs() < 1e-6);
+    assert_eq!(params.freq_scale, 1.0 / 32.0);
+    // Without YaRN: no scaling at all.
+    let (config, params) = rope_config(&llama_rope(), 5, 1, 5 * 128).unwrap();
+    assert_eq!((params.magnitude, params.freq_scale, params.ext_factor), (1.0, 1.0, 0.0));
+    // 64 pairs: 4 tokens per block fill 256 threads; 5 tokens need 2 blocks.
+    assert_eq!((params.tokens_per_block, config.grid_dim.0), (4, 2));
+}
