@@ -122,7 +122,7 @@ fn ensure_toolchain(toolchain: &str) -> Result<(), String> {
     if sysroot(toolchain).is_some_and(|s| has_rust_src(&s)) {
         return Ok(());
     }
-    println!("cargo:warning=installing the kernel toolchain {toolchain} with rust-src through rustup");
+    println!("cargo:warning=kernel toolchain {toolchain} with rust-src is missing; trying rustup");
     let installed =
         rustup(&["toolchain", "install", toolchain, "--profile", "minimal", "--component", "rust-src"])
             .is_some();
@@ -153,8 +153,12 @@ fn offline_setup(toolchain: &str) -> Result<(), String> {
         let toolchains = nightly.parent().ok_or("odd nightly sysroot")?;
         let host = env::var("HOST").unwrap_or_else(|_| "x86_64-unknown-linux-gnu".into());
         let link = toolchains.join(format!("{toolchain}-{host}"));
-        std::os::unix::fs::symlink(&nightly, &link)
-            .map_err(|e| format!("could not link {}: {e}", link.display()))?;
+        // A concurrent build may have made the link first; that is fine.
+        if let Err(e) = std::os::unix::fs::symlink(&nightly, &link)
+            && sysroot(toolchain).is_none()
+        {
+            return Err(format!("could not link {}: {e}", link.display()));
+        }
         println!("cargo:warning=linked the installed nightly ({}) as {}", nightly.display(), link.display());
     }
     let sysroot = sysroot(toolchain).ok_or("the linked toolchain does not run")?;
