@@ -4,7 +4,9 @@
 //! reference is more exact than what it checks.
 
 pub mod activation;
+pub mod attention;
 pub mod embedding;
+pub mod matmul;
 pub mod norm;
 pub mod rope;
 pub mod softmax;

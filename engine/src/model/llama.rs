@@ -1,0 +1,159 @@
+//! The Llama family on the CPU: Llama (1-3, SmolLM2), Qwen2 (q/k/v biases) and Phi-3 (fused qkv and
+//! gate_up, stored that way in GGUF and split here at load time).
+//!
+//! Per layer: h = x + Wo attn(rope(Wq n), rope(Wk n), Wv n) with n = rms_norm(x), then
+//! x = h + Wdown (silu(Wgate m) * Wup m) with m = rms_norm(h). Logits = Wout rms_norm(x).
+
+use super::kv_cache::KvCache;
+use super::weights::{load, load_optional};
+use super::{ModelConfig, ModelError};
+use crate::cpu::{activation, attention, embedding, matmul::matmul, norm, rope};
+use crate::gguf::GgufFile;
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Vec<f32>,
+    wk: Vec<f32>,
+    wv: Vec<f32>,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    wo: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    w_gate: Vec<f32>,
+    w_up: Vec<f32>,
+    w_down: Vec<f32>,
+}
+
+pub struct Llama {
+    config: ModelConfig,
+    token_embd: Vec<f32>,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    /// None when the output layer is the token embedding (tied).
+    output: Option<Vec<f32>>,
+}
+
+impl Llama {
+    pub fn load(
+        file: &GgufFile,
+        config: ModelConfig,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Self, ModelError> {
+        let c = &config;
+        let (d, kv_dim, q_dim) = (c.n_embd, c.n_head_kv * c.head_dim, c.n_head * c.head_dim);
+        let token_embd = load(file, "token_embd.weight", &[d, c.n_vocab])?;
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            progress(i, c.n_layer);
+            let name = |suffix: &str| format!("blk.{i}.{suffix}");
+            let (wq, wk, wv) = match load_optional(file, &name("attn_qkv.weight"), &[d, q_dim + 2 * kv_dim])?
+            {
+                Some(qkv) => {
+                    // Rows are q, then k, then v.
+                    let (q, kv) = qkv.split_at(q_dim * d);
+                    let (k, v) = kv.split_at(kv_dim * d);
+                    (q.to_vec(), k.to_vec(), v.to_vec())
+                }
+                None => (
+                    load(file, &name("attn_q.weight"), &[d, q_dim])?,
+                    load(file, &name("attn_k.weight"), &[d, kv_dim])?,
+                    load(file, &name("attn_v.weight"), &[d, kv_dim])?,
+                ),
+            };
+            let (w_gate, w_up) = match file.tensor(&name("ffn_gate.weight")) {
+                Some(_) => (
+                    load(file, &name("ffn_gate.weight"), &[d, c.n_ff])?,
+                    load(file, &name("ffn_up.weight"), &[d, c.n_ff])?,
+                ),
+                None => {
+                    // Phi-3: gate and up in one matrix, gate rows first.
+                    let gate_up = load(file, &name("ffn_up.weight"), &[d, 2 * c.n_ff])?;
+                    let (gate, up) = gate_up.split_at(c.n_ff * d);
+                    (gate.to_vec(), up.to_vec())
+                }
+            };
+            layers.push(Layer {
+                attn_norm: load(file, &name("attn_norm.weight"), &[d])?,
+                wq,
+                wk,
+                wv,
+                bq: load_optional(file, &name("attn_q.bias"), &[q_dim])?,
+                bk: load_optional(file, &name("attn_k.bias"), &[kv_dim])?,
+                bv: load_optional(file, &name("attn_v.bias"), &[kv_dim])?,
+                wo: load(file, &name("attn_output.weight"), &[q_dim, d])?,
+                ffn_norm: load(file, &name("ffn_norm.weight"), &[d])?,
+                w_gate,
+                w_up,
+                w_down: load(file, &name("ffn_down.weight"), &[c.n_ff, d])?,
+            });
+        }
+        progress(c.n_layer, c.n_layer);
+        let output_norm = load(file, "output_norm.weight", &[d])?;
+        let output = load_optional(file, "output.weight", &[d, c.n_vocab])?;
+        Ok(Llama { config, token_embd, layers, output_norm, output })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Runs `tokens` at positions cache.len.. and returns their logits [n_tokens, n_vocab].
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let rope_config = c.rope.as_ref().expect("the Llama family uses RoPE");
+        let (d, n) = (c.n_embd, tokens.len());
+        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        let start = super::check_room(tokens, c, cache)?;
+        let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
+
+        let mut x = vec![0.0; n * d];
+        embedding::embedding(&self.token_embd, tokens, &mut x, d);
+        let (mut h, mut q, mut k, mut v) =
+            (vec![0.0; n * d], vec![0.0; n * q_dim], vec![0.0; n * kv_dim], vec![0.0; n * kv_dim]);
+        let mut attn = vec![0.0; n * q_dim];
+        let mut projected = vec![0.0; n * d];
+        let (mut gate, mut up) = (vec![0.0; n * c.n_ff], vec![0.0; n * c.n_ff]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            norm::rms_norm(&x, &layer.attn_norm, &mut h, d, c.norm_eps);
+            matmul(&h, &layer.wq, layer.bq.as_deref(), &mut q, d, q_dim);
+            matmul(&h, &layer.wk, layer.bk.as_deref(), &mut k, d, kv_dim);
+            matmul(&h, &layer.wv, layer.bv.as_deref(), &mut v, d, kv_dim);
+            rope::rope(&mut q, &positions, c.n_head, rope_config);
+            rope::rope(&mut k, &positions, c.n_head_kv, rope_config);
+            cache.write(i, &k, &v);
+            attention::causal_attention(
+                &q,
+                &cache.keys[i],
+                &cache.values[i],
+                &mut attn,
+                start,
+                c.n_head,
+                c.n_head_kv,
+                c.head_dim,
+            );
+            matmul(&attn, &layer.wo, None, &mut projected, q_dim, d);
+            add(&mut x, &projected);
+
+            norm::rms_norm(&x, &layer.ffn_norm, &mut h, d, c.norm_eps);
+            matmul(&h, &layer.w_gate, None, &mut gate, d, c.n_ff);
+            matmul(&h, &layer.w_up, None, &mut up, d, c.n_ff);
+            for (g, &u) in gate.iter_mut().zip(&up) {
+                *g = activation::swiglu(*g, u);
+            }
+            matmul(&gate, &layer.w_down, None, &mut projected, c.n_ff, d);
+            add(&mut x, &projected);
+        }
+        cache.len = start + n;
+        norm::rms_norm(&x, &self.output_norm, &mut h, d, c.norm_eps);
+        let mut logits = vec![0.0; n * c.n_vocab];
+        matmul(&h, self.output.as_ref().unwrap_or(&self.token_embd), None, &mut logits, d, c.n_vocab);
+        Ok(logits)
+    }
+}
+
+pub(super) fn add(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}

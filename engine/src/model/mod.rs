@@ -1,0 +1,89 @@
+//! Models: configuration from GGUF metadata, weights, and the forward pass of each architecture on
+//! the CPU backend (the reference the GPU backend is held to).
+
+mod config;
+mod gpt2;
+mod kv_cache;
+mod llama;
+pub mod weights;
+
+pub use config::{Architecture, ConfigError, ModelConfig, MoeConfig};
+pub use gpt2::Gpt2;
+pub use kv_cache::KvCache;
+pub use llama::Llama;
+
+use crate::gguf::GgufFile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Weight(#[from] weights::WeightError),
+    #[error(
+        "the sequence needs {needed} positions but the context holds {capacity}; use a shorter prompt or a larger context (--ctx-size)"
+    )]
+    ContextFull { needed: usize, capacity: usize },
+    #[error("token id {token} is outside the vocabulary of {n_vocab} tokens")]
+    TokenOutOfRange { token: u32, n_vocab: usize },
+    #[error("the {0} architecture is recognised but has no CPU implementation yet")]
+    NotImplemented(&'static str),
+}
+
+/// A loaded model on the CPU backend.
+pub enum Model {
+    Gpt2(Gpt2),
+    Llama(Llama),
+}
+
+impl Model {
+    /// Reads the configuration and every weight; `progress(done, total)` is called per layer.
+    pub fn load(file: &GgufFile, progress: &dyn Fn(usize, usize)) -> Result<Self, ModelError> {
+        let config = ModelConfig::from_gguf(file)?;
+        match config.architecture {
+            Architecture::Gpt2 => Ok(Model::Gpt2(Gpt2::load(file, config, progress)?)),
+            Architecture::Llama | Architecture::Qwen2 | Architecture::Phi3 => {
+                Ok(Model::Llama(Llama::load(file, config, progress)?))
+            }
+            Architecture::GptOss => Err(ModelError::NotImplemented("gpt-oss")),
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Model::Gpt2(m) => m.config(),
+            Model::Llama(m) => m.config(),
+        }
+    }
+
+    /// A KV cache for `capacity` positions (at most the trained context for GPT-2).
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        let c = self.config();
+        KvCache::new(c.n_layer, capacity, c.n_head_kv, c.head_dim)
+    }
+
+    /// Logits [tokens.len(), n_vocab] for `tokens` following what the cache holds.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+        match self {
+            Model::Gpt2(m) => m.forward(tokens, cache),
+            Model::Llama(m) => m.forward(tokens, cache),
+        }
+    }
+}
+
+/// Checks that `tokens` are in the vocabulary and fit in the cache; returns the first position.
+fn check_room(tokens: &[u32], config: &ModelConfig, cache: &KvCache) -> Result<usize, ModelError> {
+    if let Some(&token) = tokens.iter().find(|&&t| t as usize >= config.n_vocab) {
+        return Err(ModelError::TokenOutOfRange { token, n_vocab: config.n_vocab });
+    }
+    let needed = cache.len + tokens.len();
+    let capacity = match config.architecture {
+        // Learned positions end where the table ends.
+        Architecture::Gpt2 => cache.capacity.min(config.n_ctx_train),
+        _ => cache.capacity,
+    };
+    if needed > capacity {
+        return Err(ModelError::ContextFull { needed, capacity });
+    }
+    Ok(cache.len)
+}

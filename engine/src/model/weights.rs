@@ -1,0 +1,32 @@
+//! Reading named tensors out of a GGUF file as f32, with their shapes checked.
+
+use crate::gguf::{GgufError, GgufFile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("tensor {0} is missing from the model file")]
+    Missing(String),
+    #[error("tensor {name} has shape {actual:?}, expected {expected:?} (ggml order, fastest first)")]
+    Shape { name: String, actual: Vec<u64>, expected: Vec<u64> },
+    #[error("tensor {name}: {source}")]
+    Gguf { name: String, source: GgufError },
+}
+
+/// The tensor `name` dequantized to f32; `shape` is in ggml order (fastest dimension first), so a
+/// weight applied as out = W x with W [n_out, n_in] row-major has shape [n_in, n_out].
+pub fn load(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError> {
+    let info = file.tensor(name).ok_or_else(|| WeightError::Missing(name.to_string()))?;
+    let expected: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    if info.dims != expected {
+        return Err(WeightError::Shape { name: name.to_string(), actual: info.dims.clone(), expected });
+    }
+    file.tensor_f32(info).map_err(|source| WeightError::Gguf { name: name.to_string(), source })
+}
+
+/// Like [`load`], but a missing tensor is `None`.
+pub fn load_optional(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>, WeightError> {
+    match file.tensor(name) {
+        None => Ok(None),
+        Some(_) => load(file, name, shape).map(Some),
+    }
+}
