@@ -17,8 +17,10 @@ mod gguf_vocab;
 mod pre_tokenizer;
 mod sentencepiece;
 mod special;
-
+mod tokenizer_json;
 mod vocab;
+
+use std::path::Path;
 
 use tokenizers::models::bpe::{BPE, Vocab};
 
@@ -60,6 +62,17 @@ pub enum TokenizerKind {
     ByteLevelBpe,
     /// GGUF `llama`: `▁` stands for a space, `<0xNN>` tokens for single bytes.
     SentencePiece,
+}
+
+/// Special token ids and whether encoding adds BOS/EOS.
+#[derive(Debug, Clone, Copy, Default)]
+struct SpecialIds {
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    pad: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
 }
 
 pub struct Tokenizer {
@@ -155,6 +168,38 @@ impl Tokenizer {
             other => return Err(TokenizerError::UnknownModel(other.to_string())),
         };
 
+        Ok(Self::assemble(
+            model,
+            kind,
+            &texts,
+            token_types,
+            SpecialIds {
+                bos: vocab.bos,
+                eos: vocab.eos,
+                unk: vocab.unk,
+                pad: vocab.pad,
+                add_bos: vocab.add_bos.unwrap_or(add_bos_default),
+                add_eos: vocab.add_eos.unwrap_or(false),
+            },
+            add_space_prefix,
+        ))
+    }
+
+    /// Load a Hugging Face `tokenizer.json`. BOS/EOS and whether to add them come from a
+    /// `tokenizer_config.json` beside it when there is one (else none are added).
+    pub fn from_tokenizer_json(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
+        tokenizer_json::load(path.as_ref())
+    }
+
+    /// The parts both constructors share: per-token decoding and the special-token matcher.
+    fn assemble(
+        model: tokenizers::Tokenizer,
+        kind: TokenizerKind,
+        texts: &[String],
+        token_types: Vec<TokenType>,
+        special_ids: SpecialIds,
+        add_space_prefix: bool,
+    ) -> Self {
         let pieces = texts
             .iter()
             .zip(&token_types)
@@ -167,20 +212,21 @@ impl Tokenizer {
                 _ => None,
             },
         ));
-        Ok(Self {
+        let SpecialIds { bos, eos, unk, pad, add_bos, add_eos } = special_ids;
+        Self {
             model,
             kind,
             token_types,
             pieces,
             specials,
-            bos: vocab.bos,
-            eos: vocab.eos,
-            unk: vocab.unk,
-            pad: vocab.pad,
-            add_bos: vocab.add_bos.unwrap_or(add_bos_default),
-            add_eos: vocab.add_eos.unwrap_or(false),
+            bos,
+            eos,
+            unk,
+            pad,
+            add_bos,
+            add_eos,
             add_space_prefix,
-        })
+        }
     }
 
     /// Token ids for `text`. `add_special` puts BOS/EOS around them as the vocabulary asks
@@ -225,19 +271,15 @@ impl Tokenizer {
         self.pieces.get(id as usize).map(|p| &p[..])
     }
 
-    /// The bytes `ids` decode to. `skip_special` leaves out control and unknown tokens (and a
-    /// leading BOS); SentencePiece's leading space is removed from the first token, as it was
-    /// added by encoding. Ids outside the vocabulary are skipped.
+    /// The bytes `ids` decode to. `skip_special` leaves out control and unknown tokens.
+    /// SentencePiece's leading space, which encoding puts in front of the text, is taken off the
+    /// first token that is not left out, so that `decode(encode(text, true, false), true)` gives
+    /// `text` back. (llama.cpp keeps that space when the ids start with a BOS.) Ids outside the
+    /// vocabulary are skipped.
     pub fn decode_bytes(&self, ids: &[u32], skip_special: bool) -> Vec<u8> {
-        let mut ids = ids;
         let mut remove_space = self.add_space_prefix;
-        if skip_special && self.add_bos && ids.first().is_some_and(|&id| Some(id) == self.bos) {
-            // After a BOS the text's first space is its own, not the one encoding added.
-            remove_space = false;
-            ids = &ids[1..];
-        }
         let mut bytes = Vec::new();
-        for (i, &id) in ids.iter().enumerate() {
+        for &id in ids {
             let Some(piece) = self.token_bytes(id) else {
                 continue;
             };
@@ -245,9 +287,10 @@ impl Tokenizer {
                 continue;
             }
             let piece = match piece {
-                [b' ', rest @ ..] if remove_space && i == 0 => rest,
+                [b' ', rest @ ..] if remove_space => rest,
                 _ => piece,
             };
+            remove_space = false;
             bytes.extend_from_slice(piece);
         }
         bytes

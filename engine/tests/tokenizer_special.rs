@@ -1,0 +1,102 @@
+//! Special tokens, BOS/EOS, decoding options and `tokenizer.json` loading, on llama.cpp's vocab
+//! files (`tests/data/vocab/`). Expected ids are those of the models' published tokenizers.
+
+use std::path::PathBuf;
+
+use engine::tokenizer::{TokenType, Tokenizer, read_gguf_vocab};
+
+fn data_path(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/vocab").join(file)
+}
+
+fn load(name: &str) -> Tokenizer {
+    let path = data_path(&format!("ggml-vocab-{name}.gguf"));
+    Tokenizer::from_gguf_vocab(&read_gguf_vocab(path).unwrap()).unwrap()
+}
+
+#[test]
+fn qwen2_chat_markers_only_when_parsing_special() {
+    let tokenizer = load("qwen2");
+    let text = "<|im_start|>user\nHi<|im_end|>";
+    let parsed = tokenizer.encode(text, false, true).unwrap();
+    let mut expected = vec![151644, 872, 198];
+    expected.extend(tokenizer.encode("Hi", false, false).unwrap());
+    expected.push(151645);
+    assert_eq!(parsed, expected);
+    assert_eq!(tokenizer.decode(&parsed, false), text);
+    assert_eq!(tokenizer.decode(&parsed, true), "user\nHi");
+
+    // As plain text the markers are spelled out of ordinary tokens.
+    let plain = tokenizer.encode(text, false, false).unwrap();
+    assert!(!plain.contains(&151644) && !plain.contains(&151645), "{plain:?}");
+    assert_eq!(tokenizer.decode(&plain, false), text);
+}
+
+#[test]
+fn qwen2_user_defined_tokens_always_match() {
+    // Qwen2's `[PAD151646]`... are added, non-special tokens: matched even without parse_special.
+    let tokenizer = load("qwen2");
+    assert_eq!(tokenizer.token_type(151646), Some(TokenType::UserDefined));
+    let ids = tokenizer.encode("a[PAD151646]b", false, false).unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[1], 151646);
+    assert_eq!(tokenizer.decode(&ids, true), "a[PAD151646]b");
+}
+
+#[test]
+fn llama3_bos_and_special_tokens() {
+    let tokenizer = load("llama-bpe");
+    assert_eq!(tokenizer.bos(), Some(128000));
+    assert!(tokenizer.add_bos(), "Llama 3 adds BOS by default");
+    assert!(!tokenizer.add_eos());
+    assert_eq!(tokenizer.encode("Hello world", true, false).unwrap(), [128000, 9906, 1917]);
+    assert_eq!(tokenizer.encode("Hello world", false, false).unwrap(), [9906, 1917]);
+    let text = "<|start_header_id|>user<|end_header_id|>\n\nHello world<|eot_id|>";
+    let ids = tokenizer.encode(text, true, true).unwrap();
+    assert_eq!(ids, [128000, 128006, 882, 128007, 271, 9906, 1917, 128009]);
+    assert_eq!(tokenizer.decode(&ids, false), format!("<|begin_of_text|>{text}"));
+    assert_eq!(tokenizer.decode(&ids, true), "user\n\nHello world");
+}
+
+#[test]
+fn llama_spm_bos_space_prefix_and_bytes() {
+    let tokenizer = load("llama-spm");
+    assert_eq!((tokenizer.bos(), tokenizer.eos(), tokenizer.unk()), (Some(1), Some(2), Some(0)));
+    // "▁Hello" is 15043 and "▁world" 3186 in Llama 2's vocabulary.
+    assert_eq!(tokenizer.encode("Hello world", true, false).unwrap(), [1, 15043, 3186]);
+    // A control token is text unless asked for; after one, SentencePiece's "▁" is put in front
+    // of the text again.
+    assert_eq!(tokenizer.encode("<s>Hello", false, true).unwrap(), [1, 15043]);
+    assert!(!tokenizer.encode("<s>Hello", false, false).unwrap().contains(&1));
+    // Decoding after a BOS keeps the text's own first space.
+    let ids = tokenizer.encode(" Hello", true, false).unwrap();
+    assert_eq!(tokenizer.decode(&ids, true), " Hello");
+    // A character outside the vocabulary falls back to its UTF-8 bytes as <0xNN> tokens
+    // (byte b is token b + 3).
+    let ids = tokenizer.encode("\u{1F999}", false, false).unwrap();
+    assert_eq!(ids, [29871, 0xF0 + 3, 0x9F + 3, 0xA6 + 3, 0x99 + 3]);
+    assert!(ids[1..].iter().all(|&id| tokenizer.token_type(id) == Some(TokenType::Byte)));
+    assert_eq!(tokenizer.token_bytes(ids[1]), Some(&[0xF0][..]));
+    assert_eq!(tokenizer.decode(&ids, false), "\u{1F999}");
+}
+
+#[test]
+fn phi3_user_defined_end_of_sequence() {
+    // Phi-3 stores "</s>" as a user-defined token: matched in text whatever parse_special says.
+    let tokenizer = load("phi-3");
+    assert_eq!(tokenizer.token_type(2), Some(TokenType::UserDefined));
+    let ids = tokenizer.encode("Hi</s>", false, false).unwrap();
+    assert_eq!(ids.last(), Some(&2));
+    assert_eq!(tokenizer.decode(&ids, true), "Hi</s>");
+    assert_eq!(tokenizer.eos(), Some(32000));
+    let chat = tokenizer.encode("<|user|>Hi<|end|>", false, true).unwrap();
+    assert_eq!(chat.first(), tokenizer.token_to_id("<|user|>").as_ref());
+    assert_eq!(chat.last(), Some(&32007));
+}
+
+#[test]
+fn ids_outside_the_vocabulary_decode_to_nothing() {
+    let tokenizer = load("gpt-2");
+    assert_eq!(tokenizer.token_bytes(50257), None);
+    assert_eq!(tokenizer.decode(&[15496, 50257, 11], false), "Hello,");
+}
