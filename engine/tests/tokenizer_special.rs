@@ -100,3 +100,75 @@ fn ids_outside_the_vocabulary_decode_to_nothing() {
     assert_eq!(tokenizer.token_bytes(50257), None);
     assert_eq!(tokenizer.decode(&[15496, 50257, 11], false), "Hello,");
 }
+
+/// GPT-2's vocabulary written out as a Hugging Face `tokenizer.json` (the layout of GPT-2's
+/// published one: byte-level pre-tokenizer with its built-in regex, BPE, byte-level decoder) with a
+/// `tokenizer_config.json`, loaded back through `from_tokenizer_json`: it must reproduce the
+/// gpt-2 test vectors and find `<|endoftext|>` only when parsing special tokens.
+#[test]
+fn tokenizer_json_gpt2_reproduces_the_vectors() {
+    use serde_json::json;
+
+    let vocab = read_gguf_vocab(data_path("ggml-vocab-gpt-2.gguf")).unwrap();
+    let token_ids: serde_json::Map<String, serde_json::Value> =
+        vocab.tokens.iter().enumerate().map(|(id, text)| (text.clone(), json!(id))).collect();
+    let tokenizer_json = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [{
+            "id": 50256, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": true, "special": true
+        }],
+        "normalizer": null,
+        "pre_tokenizer": {
+            "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
+        },
+        "post_processor": {
+            "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true
+        },
+        "decoder": {
+            "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true
+        },
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
+            "vocab": token_ids, "merges": vocab.merges.as_ref().unwrap()
+        }
+    });
+    let config = json!({
+        "bos_token": "<|endoftext|>",
+        "eos_token": {"content": "<|endoftext|>", "special": true},
+        "add_bos_token": false
+    });
+    let dir = std::env::temp_dir().join(format!("engine-tokenizer-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer_json.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let loaded = Tokenizer::from_tokenizer_json(dir.join("tokenizer.json"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let tokenizer = loaded.unwrap();
+
+    assert_eq!(tokenizer.kind(), engine::tokenizer::TokenizerKind::ByteLevelBpe);
+    assert_eq!((tokenizer.bos(), tokenizer.eos()), (Some(50256), Some(50256)));
+    assert!(!tokenizer.add_bos());
+    assert_eq!(tokenizer.token_type(50256), Some(TokenType::Control));
+
+    let inputs = std::fs::read_to_string(data_path("ggml-vocab-gpt-2.gguf.inp")).unwrap();
+    let outputs = std::fs::read_to_string(data_path("ggml-vocab-gpt-2.gguf.out")).unwrap();
+    let separator = "\n__ggml_vocab_test__\n";
+    let inputs: Vec<&str> = inputs.strip_suffix(separator).unwrap().split(separator).collect();
+    assert_eq!(inputs.len(), outputs.lines().count());
+    for (text, line) in inputs.iter().zip(outputs.lines()) {
+        let expected: Vec<u32> = line.split_whitespace().map(|id| id.parse().unwrap()).collect();
+        let ids = tokenizer.encode(text, false, false).unwrap();
+        assert_eq!(ids, expected, "{text:?}");
+        assert_eq!(tokenizer.decode(&ids, false), *text);
+    }
+
+    let text = "Hi<|endoftext|>";
+    assert_eq!(tokenizer.encode(text, false, true).unwrap(), [17250, 50256]);
+    let plain = tokenizer.encode(text, false, false).unwrap();
+    assert!(!plain.contains(&50256), "{plain:?}");
+    assert_eq!(tokenizer.decode(&plain, false), text);
+}

@@ -248,7 +248,7 @@ impl Tokenizer {
         for fragment in self.specials.partition(text, parse_special) {
             match fragment {
                 Fragment::Token(id) => ids.push(id),
-                Fragment::Text(text) if text.is_empty() => {}
+                Fragment::Text("") => {}
                 Fragment::Text(text) => {
                     let encoding = self
                         .model

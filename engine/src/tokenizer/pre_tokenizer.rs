@@ -67,3 +67,58 @@ pub(crate) fn build(spec: &PreTokenizerSpec) -> Result<PreTokenizerWrapper, Toke
     steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)));
     Ok(PreTokenizerWrapper::Sequence(Sequence::new(steps)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    /// The words `pre` cuts `text` into, byte-level spelled (a space is `Ġ`).
+    fn words(pre: &str, text: &str) -> Vec<String> {
+        let pre_tokenizer = build(&spec_for(Some(pre)).unwrap()).unwrap();
+        let mut pretokenized = PreTokenizedString::from(text);
+        pre_tokenizer.pre_tokenize(&mut pretokenized).unwrap();
+        pretokenized
+            .get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(word, _, _)| word.to_string())
+            .collect()
+    }
+
+    // The vocab test vectors cover gpt-2, llama-bpe and qwen2; these pin the splits of the
+    // pre-tokenizers that have no vectors (smollm, gpt-4o, default) and the digit rules.
+
+    #[test]
+    fn smollm_splits_every_digit() {
+        assert_eq!(words("smollm", "abc 12345 x's"), ["abc", "Ġ", "1", "2", "3", "4", "5", "Ġx", "'s"]);
+    }
+
+    #[test]
+    fn gpt4o_splits_at_case_changes_and_keeps_contractions() {
+        assert_eq!(
+            words("gpt-4o", "HelloWorld's 12345 a/b\n\n"),
+            ["Hello", "World's", "Ġ", "123", "45", "Ġa", "/b", "ĊĊ"]
+        );
+        assert_eq!(words("gpt-4o", "HTTPServer"), ["HTTPServer"]);
+        assert_eq!(words("gpt-4o", "fooBAR"), ["foo", "BAR"]);
+    }
+
+    #[test]
+    fn digits_in_groups_of_three_or_one() {
+        assert_eq!(words("llama-bpe", "12345"), ["123", "45"]);
+        assert_eq!(words("qwen2", "123"), ["1", "2", "3"]);
+        assert_eq!(words("gpt-2", "12345"), ["12345"]);
+        assert_eq!(words("default", "12345"), ["123", "45"]);
+    }
+
+    #[test]
+    fn default_isolates_punctuation_runs() {
+        assert_eq!(words("default", "a+=b, c"), ["a", "+=", "b", ",", "Ġc"]);
+    }
+
+    #[test]
+    fn unknown_names_are_errors() {
+        assert!(matches!(spec_for(Some("no-such-pre")), Err(TokenizerError::UnknownPreTokenizer(_))));
+        assert_eq!(spec_for(None).unwrap(), spec_for(Some("default")).unwrap());
+    }
+}
