@@ -171,4 +171,25 @@ fn tokenizer_json_gpt2_reproduces_the_vectors() {
     let plain = tokenizer.encode(text, false, false).unwrap();
     assert!(!plain.contains(&50256), "{plain:?}");
     assert_eq!(tokenizer.decode(&plain, false), text);
+
+    // With no tokenizer_config.json, BOS comes from a post-processor template (Llama 3's way).
+    let mut with_template = tokenizer_json;
+    with_template["post_processor"] = json!({
+        "type": "TemplateProcessing",
+        "single": [
+            {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}}
+        ],
+        "pair": [],
+        "special_tokens": {
+            "<|endoftext|>": {"id": "<|endoftext|>", "ids": [50256], "tokens": ["<|endoftext|>"]}
+        }
+    });
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), with_template.to_string()).unwrap();
+    let loaded = Tokenizer::from_tokenizer_json(dir.join("tokenizer.json"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let tokenizer = loaded.unwrap();
+    assert!(tokenizer.add_bos() && !tokenizer.add_eos());
+    assert_eq!(tokenizer.encode("Hi", true, false).unwrap(), [50256, 17250]);
 }

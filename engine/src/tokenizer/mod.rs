@@ -185,8 +185,8 @@ impl Tokenizer {
         ))
     }
 
-    /// Load a Hugging Face `tokenizer.json`. BOS/EOS and whether to add them come from a
-    /// `tokenizer_config.json` beside it when there is one (else none are added).
+    /// Load a Hugging Face `tokenizer.json`. BOS/EOS and whether to add them come from its
+    /// `TemplateProcessing` post-processor, overridden by a `tokenizer_config.json` beside it.
     pub fn from_tokenizer_json(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         tokenizer_json::load(path.as_ref())
     }

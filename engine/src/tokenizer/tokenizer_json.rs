@@ -72,6 +72,18 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
                 .any(|scheme| find_key(&json["pre_tokenizer"], "prepend_scheme") == Some(scheme)));
 
     let mut special_ids = SpecialIds { unk, ..SpecialIds::default() };
+    // The post-processor's template for one sequence says which special tokens encoding adds:
+    // `[<s>, A]` is a BOS, `[A, </s>]` an EOS. tokenizer_config.json, when present, overrides it.
+    if let Some(single) = find_template(&json["post_processor"]) {
+        let special_id = |item: Option<&Value>| {
+            let text = item?.get("SpecialToken")?.get("id")?.as_str()?;
+            model.token_to_id(text)
+        };
+        special_ids.bos = special_id(single.first());
+        special_ids.eos = special_id(single.last()).filter(|_| single.len() > 1);
+        special_ids.add_bos = special_ids.bos.is_some();
+        special_ids.add_eos = special_ids.eos.is_some();
+    }
     if let Some(config) = read_config(path) {
         let id_of = |key: &str| {
             let text = match &config[key] {
@@ -81,11 +93,15 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
             };
             text.and_then(|t| model.token_to_id(t))
         };
-        special_ids.bos = id_of("bos_token");
-        special_ids.eos = id_of("eos_token");
+        special_ids.bos = id_of("bos_token").or(special_ids.bos);
+        special_ids.eos = id_of("eos_token").or(special_ids.eos);
         special_ids.pad = id_of("pad_token");
-        special_ids.add_bos = config["add_bos_token"].as_bool().unwrap_or(false);
-        special_ids.add_eos = config["add_eos_token"].as_bool().unwrap_or(false);
+        if let Some(add_bos) = config["add_bos_token"].as_bool() {
+            special_ids.add_bos = add_bos;
+        }
+        if let Some(add_eos) = config["add_eos_token"].as_bool() {
+            special_ids.add_eos = add_eos;
+        }
     }
     Ok(Tokenizer::assemble(model, kind, &texts, token_types, special_ids, add_space_prefix))
 }
@@ -94,6 +110,18 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
 fn read_config(tokenizer_json: &Path) -> Option<Value> {
     let path = tokenizer_json.with_file_name("tokenizer_config.json");
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// The `single` template of a `TemplateProcessing` post-processor, alone or in a sequence.
+fn find_template(value: &Value) -> Option<&Vec<Value>> {
+    match value {
+        Value::Object(object) if object.get("type").and_then(Value::as_str) == Some("TemplateProcessing") => {
+            object.get("single")?.as_array()
+        }
+        Value::Object(object) => object.values().find_map(find_template),
+        Value::Array(items) => items.iter().find_map(find_template),
+        _ => None,
+    }
 }
 
 /// Whether a component (or any step of a sequence of them) has `"type": type_name`.
