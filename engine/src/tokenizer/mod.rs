@@ -150,8 +150,7 @@ impl Tokenizer {
                     .map_err(|e| TokenizerError::Build(e.to_string()))?;
                 let mut model = tokenizers::Tokenizer::new(bpe);
                 model.with_pre_tokenizer(Some(pre_tokenizer::build(&spec)?));
-                // Llama 3 vocabularies add BOS unless the file says otherwise.
-                (TokenizerKind::ByteLevelBpe, model, spec.ignore_merges, false)
+                (TokenizerKind::ByteLevelBpe, model, spec.add_bos, false)
             }
             "llama" => {
                 let add_space_prefix = vocab.add_space_prefix.unwrap_or(true);

@@ -29,17 +29,19 @@ const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N
 /// o200k (GPT-4o): words split at lower-to-upper case changes, contractions attached.
 const GPT4O: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// A pre-tokenizer: its split regexes in order, and whether a word found whole in the vocabulary
-/// is taken as one token without running the merges (`ignore_merges`, Llama 3's behaviour).
+/// A pre-tokenizer: its split regexes in order, whether a word found whole in the vocabulary is
+/// taken as one token without running the merges (`ignore_merges`), and whether BOS is added when
+/// the file does not say (both Llama 3's behaviour).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PreTokenizerSpec {
     pub regexes: &'static [&'static str],
     pub ignore_merges: bool,
+    pub add_bos: bool,
 }
 
 /// The spec for a `tokenizer.ggml.pre` value; `None` (the key absent) reads as `default`.
 pub(crate) fn spec_for(pre: Option<&str>) -> Result<PreTokenizerSpec, TokenizerError> {
-    let spec = |regexes, ignore_merges| PreTokenizerSpec { regexes, ignore_merges };
+    let spec = |regexes, llama3| PreTokenizerSpec { regexes, ignore_merges: llama3, add_bos: llama3 };
     Ok(match pre.unwrap_or("default") {
         // llama.cpp's fallback for unrecognised BPE vocabularies: punctuation runs first, then
         // GPT-2's words, then numbers cut into groups of three digits.
