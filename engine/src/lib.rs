@@ -4,3 +4,4 @@
 pub mod cpu;
 pub mod gguf;
 pub mod model;
+pub mod tokenizer;
