@@ -94,6 +94,11 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Build the tokenizer a GGUF file describes.
+    /// The tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(file: &crate::gguf::GgufFile) -> Result<Self, TokenizerError> {
+        Self::from_gguf_vocab(&GgufVocab::from_gguf(file)?)
+    }
+
     pub fn from_gguf_vocab(vocab: &GgufVocab) -> Result<Self, TokenizerError> {
         let n = vocab.tokens.len();
         if n == 0 {
