@@ -1,7 +1,12 @@
-//! The engine: GGUF loading, model configuration and weights, and the CPU backend that every GPU
-//! path is checked against.
+//! The engine: GGUF loading, tokenizers, model configuration and weights, the CPU backend that
+//! every GPU path is checked against, sampling, generation, and the pieces of the command line.
 
+pub mod chat;
 pub mod cpu;
+pub mod default_model;
+pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod perplexity;
+pub mod provenance;
 pub mod tokenizer;

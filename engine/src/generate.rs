@@ -1,0 +1,162 @@
+//! The generation loop: prefill the prompt, then sample one token at a time, streaming text.
+
+use crate::model::{KvCache, Model, ModelError};
+use crate::tokenizer::Tokenizer;
+use std::time::{Duration, Instant};
+
+/// Turns token bytes into text as soon as it is valid UTF-8: a character split across tokens is
+/// held back until its last byte arrives.
+#[derive(Default)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Adds bytes and returns the text that is now complete.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            // An invalid sequence (not merely an unfinished one) is emitted as U+FFFD.
+            Err(e) if e.error_len().is_some() => self.pending.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
+        self.pending.drain(..valid);
+        text
+    }
+
+    /// Whatever is left at the end (an unfinished character becomes U+FFFD).
+    pub fn finish(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        text
+    }
+}
+
+/// Timings of one generation.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill: Duration,
+    pub decode: Duration,
+}
+
+impl Stats {
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+
+    /// Decode rate over the tokens after the first (the first comes from the prefill's logits).
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    EndOfSequence,
+    MaxTokens,
+    Stopped,
+    ContextFull,
+}
+
+/// Generates after `prompt`: `choose(logits)` picks each next token (a sampler), `on_token(id)`
+/// sees each one and returns false to stop (stop strings). Returns the new tokens, why it ended,
+/// and timings.
+pub fn generate(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    max_tokens: usize,
+    eos: &[u32],
+    choose: &mut dyn FnMut(&[f32]) -> Result<u32, String>,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, Finish, Stats), GenerateError> {
+    let n_vocab = model.config().n_vocab;
+    let mut stats = Stats { prompt_tokens: prompt.len(), ..Stats::default() };
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let start = Instant::now();
+    let logits = model.forward(prompt, cache)?;
+    stats.prefill = start.elapsed();
+    let mut last = logits[logits.len() - n_vocab..].to_vec();
+    let mut generated = Vec::new();
+    let decode_start = Instant::now();
+    let finish = loop {
+        if generated.len() >= max_tokens {
+            break Finish::MaxTokens;
+        }
+        let token = choose(&last).map_err(GenerateError::Sampling)?;
+        generated.push(token);
+        if eos.contains(&token) {
+            break Finish::EndOfSequence;
+        }
+        if !on_token(token) {
+            break Finish::Stopped;
+        }
+        if generated.len() >= max_tokens {
+            break Finish::MaxTokens;
+        }
+        if cache.len >= cache.capacity {
+            break Finish::ContextFull;
+        }
+        last = model.forward(&[token], cache)?;
+    };
+    stats.generated_tokens = generated.len();
+    stats.decode = decode_start.elapsed();
+    Ok((generated, finish, stats))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("the prompt is empty (no tokens)")]
+    EmptyPrompt,
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("sampling: {0}")]
+    Sampling(String),
+}
+
+/// Greedy choice: the first index of the largest logit (NaN never wins).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = (0usize, f32::NEG_INFINITY);
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0 as u32
+}
+
+/// Decodes `tokens` with the tokenizer, as text.
+pub fn detokenize(tokenizer: &Tokenizer, tokens: &[u32]) -> String {
+    tokenizer.decode(tokens, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn characters_split_across_tokens_wait_for_their_last_byte() {
+        let mut stream = Utf8Stream::default();
+        let snowman = "☃".as_bytes(); // three bytes
+        assert_eq!(stream.push(b"a"), "a");
+        assert_eq!(stream.push(&snowman[..1]), "");
+        assert_eq!(stream.push(&snowman[1..2]), "");
+        assert_eq!(stream.push(&snowman[2..]), "☃");
+        assert_eq!(stream.push(&[0xff, b'b']), "\u{fffd}b");
+        assert_eq!(stream.push(&snowman[..2]), "");
+        assert_eq!(stream.finish(), "\u{fffd}");
+    }
+
+    #[test]
+    fn argmax_takes_the_first_maximum_and_skips_nan() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, f32::NAN]), 1);
+        assert_eq!(argmax(&[f32::NAN, -1.0]), 1);
+    }
+}
