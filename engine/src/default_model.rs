@@ -19,8 +19,8 @@ pub const DEFAULT_INDEX: &str = "https://pypi.org/simple";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: io::Error },
     #[error("no cache directory: set ENGINE_CACHE_DIR or HOME")]
     NoCacheDir,
     #[error("fetching {url}: {message}")]
@@ -43,7 +43,7 @@ pub fn cache_dir() -> Result<PathBuf, FetchError> {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io { path: path.display().to_string(), source }
+    move |error| FetchError::Io { path: path.display().to_string(), error }
 }
 
 /// The path of the cached default model, fetching it first if it is not there.

@@ -9,4 +9,5 @@ pub mod gguf;
 pub mod model;
 pub mod perplexity;
 pub mod provenance;
+pub mod sampler;
 pub mod tokenizer;

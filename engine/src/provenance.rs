@@ -8,8 +8,8 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvenanceError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: line {line}: expected `<sha256 hex>  <name>`")]
     BadHashLine { path: String, line: usize },
     #[error(
@@ -19,7 +19,7 @@ pub enum ProvenanceError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ProvenanceError + '_ {
-    move |source| ProvenanceError::Io { path: path.display().to_string(), source }
+    move |error| ProvenanceError::Io { path: path.display().to_string(), error }
 }
 
 /// Lowercase hex SHA-256 of the file at `path`, read in 1 MiB pieces; `progress(done, total)` is

