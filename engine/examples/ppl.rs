@@ -6,7 +6,7 @@ fn main() {
     let text = std::fs::read_to_string(std::env::args().nth(2).unwrap()).unwrap();
     let file = GgufFile::open(&path).unwrap();
     let tok = Tokenizer::from_gguf(&file).unwrap();
-    let model = Model::load(&file, &|_, _| {}).unwrap();
+    let model = Model::load(&file, engine::model::Numerics::Exact, &|_, _| {}).unwrap();
     let ids = tok.encode(&text, tok.add_bos(), false).unwrap();
     eprintln!("{} tokens, add_bos {}", ids.len(), tok.add_bos());
     let t = std::time::Instant::now();

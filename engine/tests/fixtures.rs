@@ -8,7 +8,7 @@ use std::path::PathBuf;
 fn fixture(name: &str) -> (Model, Vec<u32>, Vec<f32>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
     let file = GgufFile::open(dir.join(format!("{name}.gguf"))).unwrap();
-    let model = Model::load(&file, &|_, _| {}).unwrap();
+    let model = Model::load(&file, engine::model::Numerics::Exact, &|_, _| {}).unwrap();
     let tokens: Vec<u32> = std::fs::read_to_string(dir.join(format!("{name}.tokens.json")))
         .unwrap()
         .trim()

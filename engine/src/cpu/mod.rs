@@ -8,5 +8,6 @@ pub mod attention;
 pub mod embedding;
 pub mod matmul;
 pub mod norm;
+pub mod quantized;
 pub mod rope;
 pub mod softmax;

@@ -6,37 +6,40 @@
 
 use super::kv_cache::KvCache;
 use super::llama::add;
-use super::weights::{load, load_optional};
-use super::{ModelConfig, ModelError};
-use crate::cpu::{activation, attention, embedding, matmul::matmul, norm};
+use super::weights::{load, load_matrix, load_matrix_optional};
+use super::{ModelConfig, ModelError, Numerics};
+use crate::cpu::quantized::{Matrix, matmul};
+use crate::cpu::{activation, attention, embedding, norm};
 use crate::gguf::GgufFile;
 
 struct Layer {
     ln1: (Vec<f32>, Vec<f32>),
-    w_qkv: Vec<f32>,
+    w_qkv: Matrix,
     b_qkv: Vec<f32>,
-    w_o: Vec<f32>,
+    w_o: Matrix,
     b_o: Vec<f32>,
     ln2: (Vec<f32>, Vec<f32>),
-    w_up: Vec<f32>,
+    w_up: Matrix,
     b_up: Vec<f32>,
-    w_down: Vec<f32>,
+    w_down: Matrix,
     b_down: Vec<f32>,
 }
 
 pub struct Gpt2 {
     config: ModelConfig,
-    token_embd: Vec<f32>,
+    pub(super) numerics: Numerics,
+    token_embd: Matrix,
     position_embd: Vec<f32>,
     layers: Vec<Layer>,
     output_norm: (Vec<f32>, Vec<f32>),
-    output: Option<Vec<f32>>,
+    output: Option<Matrix>,
 }
 
 impl Gpt2 {
     pub fn load(
         file: &GgufFile,
         config: ModelConfig,
+        numerics: Numerics,
         progress: &dyn Fn(usize, usize),
     ) -> Result<Self, ModelError> {
         let c = &config;
@@ -50,23 +53,24 @@ impl Gpt2 {
             let name = |suffix: &str| format!("blk.{i}.{suffix}");
             layers.push(Layer {
                 ln1: norm(&name("attn_norm"))?,
-                w_qkv: load(file, &name("attn_qkv.weight"), &[d, 3 * d])?,
+                w_qkv: load_matrix(file, &name("attn_qkv.weight"), d, 3 * d, numerics)?,
                 b_qkv: load(file, &name("attn_qkv.bias"), &[3 * d])?,
-                w_o: load(file, &name("attn_output.weight"), &[d, d])?,
+                w_o: load_matrix(file, &name("attn_output.weight"), d, d, numerics)?,
                 b_o: load(file, &name("attn_output.bias"), &[d])?,
                 ln2: norm(&name("ffn_norm"))?,
-                w_up: load(file, &name("ffn_up.weight"), &[d, f])?,
+                w_up: load_matrix(file, &name("ffn_up.weight"), d, f, numerics)?,
                 b_up: load(file, &name("ffn_up.bias"), &[f])?,
-                w_down: load(file, &name("ffn_down.weight"), &[f, d])?,
+                w_down: load_matrix(file, &name("ffn_down.weight"), f, d, numerics)?,
                 b_down: load(file, &name("ffn_down.bias"), &[d])?,
             });
         }
         progress(c.n_layer, c.n_layer);
         Ok(Gpt2 {
-            token_embd: load(file, "token_embd.weight", &[d, c.n_vocab])?,
+            token_embd: load_matrix(file, "token_embd.weight", d, c.n_vocab, numerics)?,
             position_embd: load(file, "position_embd.weight", &[d, c.n_ctx_train])?,
             output_norm: norm("output_norm")?,
-            output: load_optional(file, "output.weight", &[d, c.n_vocab])?,
+            output: load_matrix_optional(file, "output.weight", d, c.n_vocab, numerics)?,
+            numerics,
             layers,
             config,
         })
@@ -83,8 +87,7 @@ impl Gpt2 {
         let start = super::check_room(tokens, c, cache)?;
         let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
 
-        let mut x = vec![0.0; n * d];
-        embedding::embedding(&self.token_embd, tokens, &mut x, d);
+        let mut x: Vec<f32> = tokens.iter().flat_map(|&t| self.token_embd.row_f32(d, t as usize)).collect();
         embedding::position_add(&self.position_embd, &positions, &mut x, d);
         let mut h = vec![0.0; n * d];
         let mut qkv = vec![0.0; n * 3 * d];
@@ -102,16 +105,11 @@ impl Gpt2 {
                 v[t * d..(t + 1) * d].copy_from_slice(&row[2 * d..]);
             }
             cache.write(i, &k, &v);
-            attention::causal_attention(
-                &q,
-                &cache.keys[i],
-                &cache.values[i],
-                &mut attn,
-                start,
-                c.n_head,
-                c.n_head,
-                c.head_dim,
-            );
+            let attention = match self.numerics {
+                Numerics::Exact => attention::causal_attention,
+                Numerics::LlamaCpp => attention::causal_attention_llamacpp,
+            };
+            attention(&q, &cache.keys[i], &cache.values[i], &mut attn, start, c.n_head, c.n_head, c.head_dim);
             matmul(&attn, &layer.w_o, Some(&layer.b_o), &mut projected, d, d);
             add(&mut x, &projected);
 

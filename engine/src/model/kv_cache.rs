@@ -8,10 +8,12 @@ pub struct KvCache {
     pub len: usize,
     pub capacity: usize,
     row: usize,
+    /// Round what is written to f16, as a cache stored in f16 would hold it.
+    f16: bool,
 }
 
 impl KvCache {
-    pub fn new(n_layer: usize, capacity: usize, n_head_kv: usize, head_dim: usize) -> Self {
+    pub fn new(n_layer: usize, capacity: usize, n_head_kv: usize, head_dim: usize, f16: bool) -> Self {
         let row = n_head_kv * head_dim;
         KvCache {
             keys: vec![vec![0.0; capacity * row]; n_layer],
@@ -19,14 +21,20 @@ impl KvCache {
             len: 0,
             capacity,
             row,
+            f16,
         }
     }
 
     /// Stores k and v [n_tokens, n_head_kv, head_dim] of `layer` at positions len..len+n_tokens.
     pub fn write(&mut self, layer: usize, k: &[f32], v: &[f32]) {
         let start = self.len * self.row;
-        self.keys[layer][start..start + k.len()].copy_from_slice(k);
-        self.values[layer][start..start + v.len()].copy_from_slice(v);
+        let round = |x: &f32| if self.f16 { half::f16::from_f32(*x).to_f32() } else { *x };
+        for (slot, x) in self.keys[layer][start..start + k.len()].iter_mut().zip(k) {
+            *slot = round(x);
+        }
+        for (slot, x) in self.values[layer][start..start + v.len()].iter_mut().zip(v) {
+            *slot = round(x);
+        }
     }
 
     /// Forgets every position (a new sequence).

@@ -5,72 +5,79 @@
 //! x = h + Wdown (silu(Wgate m) * Wup m) with m = rms_norm(h). Logits = Wout rms_norm(x).
 
 use super::kv_cache::KvCache;
-use super::weights::{load, load_optional};
-use super::{ModelConfig, ModelError};
-use crate::cpu::{activation, attention, embedding, matmul::matmul, norm, rope};
+use super::weights::{load, load_matrix, load_matrix_optional, load_optional};
+use super::{ModelConfig, ModelError, Numerics};
+use crate::cpu::quantized::{Matrix, matmul};
+use crate::cpu::{activation, attention, norm, rope};
 use crate::gguf::GgufFile;
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Vec<f32>,
-    wk: Vec<f32>,
-    wv: Vec<f32>,
+    wq: Matrix,
+    wk: Matrix,
+    wv: Matrix,
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
-    wo: Vec<f32>,
+    wo: Matrix,
     ffn_norm: Vec<f32>,
-    w_gate: Vec<f32>,
-    w_up: Vec<f32>,
-    w_down: Vec<f32>,
+    w_gate: Matrix,
+    w_up: Matrix,
+    w_down: Matrix,
 }
 
 pub struct Llama {
     config: ModelConfig,
-    token_embd: Vec<f32>,
+    pub(super) numerics: Numerics,
+    token_embd: Matrix,
     layers: Vec<Layer>,
     output_norm: Vec<f32>,
     /// None when the output layer is the token embedding (tied).
-    output: Option<Vec<f32>>,
+    output: Option<Matrix>,
 }
 
 impl Llama {
     pub fn load(
         file: &GgufFile,
         config: ModelConfig,
+        numerics: Numerics,
         progress: &dyn Fn(usize, usize),
     ) -> Result<Self, ModelError> {
         let c = &config;
         let (d, kv_dim, q_dim) = (c.n_embd, c.n_head_kv * c.head_dim, c.n_head * c.head_dim);
-        let token_embd = load(file, "token_embd.weight", &[d, c.n_vocab])?;
+        let token_embd = load_matrix(file, "token_embd.weight", d, c.n_vocab, numerics)?;
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             progress(i, c.n_layer);
             let name = |suffix: &str| format!("blk.{i}.{suffix}");
-            let (wq, wk, wv) = match load_optional(file, &name("attn_qkv.weight"), &[d, q_dim + 2 * kv_dim])?
-            {
-                Some(qkv) => {
-                    // Rows are q, then k, then v.
-                    let (q, kv) = qkv.split_at(q_dim * d);
-                    let (k, v) = kv.split_at(kv_dim * d);
-                    (q.to_vec(), k.to_vec(), v.to_vec())
-                }
+            let (wq, wk, wv) = match load_matrix_optional(
+                file,
+                &name("attn_qkv.weight"),
+                d,
+                q_dim + 2 * kv_dim,
+                numerics,
+            )? {
+                // Rows are q, then k, then v.
+                Some(qkv) => (
+                    qkv.rows(d, 0, q_dim),
+                    qkv.rows(d, q_dim, q_dim + kv_dim),
+                    qkv.rows(d, q_dim + kv_dim, q_dim + 2 * kv_dim),
+                ),
                 None => (
-                    load(file, &name("attn_q.weight"), &[d, q_dim])?,
-                    load(file, &name("attn_k.weight"), &[d, kv_dim])?,
-                    load(file, &name("attn_v.weight"), &[d, kv_dim])?,
+                    load_matrix(file, &name("attn_q.weight"), d, q_dim, numerics)?,
+                    load_matrix(file, &name("attn_k.weight"), d, kv_dim, numerics)?,
+                    load_matrix(file, &name("attn_v.weight"), d, kv_dim, numerics)?,
                 ),
             };
             let (w_gate, w_up) = match file.tensor(&name("ffn_gate.weight")) {
                 Some(_) => (
-                    load(file, &name("ffn_gate.weight"), &[d, c.n_ff])?,
-                    load(file, &name("ffn_up.weight"), &[d, c.n_ff])?,
+                    load_matrix(file, &name("ffn_gate.weight"), d, c.n_ff, numerics)?,
+                    load_matrix(file, &name("ffn_up.weight"), d, c.n_ff, numerics)?,
                 ),
                 None => {
                     // Phi-3: gate and up in one matrix, gate rows first.
-                    let gate_up = load(file, &name("ffn_up.weight"), &[d, 2 * c.n_ff])?;
-                    let (gate, up) = gate_up.split_at(c.n_ff * d);
-                    (gate.to_vec(), up.to_vec())
+                    let gate_up = load_matrix(file, &name("ffn_up.weight"), d, 2 * c.n_ff, numerics)?;
+                    (gate_up.rows(d, 0, c.n_ff), gate_up.rows(d, c.n_ff, 2 * c.n_ff))
                 }
             };
             layers.push(Layer {
@@ -81,17 +88,17 @@ impl Llama {
                 bq: load_optional(file, &name("attn_q.bias"), &[q_dim])?,
                 bk: load_optional(file, &name("attn_k.bias"), &[kv_dim])?,
                 bv: load_optional(file, &name("attn_v.bias"), &[kv_dim])?,
-                wo: load(file, &name("attn_output.weight"), &[q_dim, d])?,
+                wo: load_matrix(file, &name("attn_output.weight"), q_dim, d, numerics)?,
                 ffn_norm: load(file, &name("ffn_norm.weight"), &[d])?,
                 w_gate,
                 w_up,
-                w_down: load(file, &name("ffn_down.weight"), &[c.n_ff, d])?,
+                w_down: load_matrix(file, &name("ffn_down.weight"), c.n_ff, d, numerics)?,
             });
         }
         progress(c.n_layer, c.n_layer);
         let output_norm = load(file, "output_norm.weight", &[d])?;
-        let output = load_optional(file, "output.weight", &[d, c.n_vocab])?;
-        Ok(Llama { config, token_embd, layers, output_norm, output })
+        let output = load_matrix_optional(file, "output.weight", d, c.n_vocab, numerics)?;
+        Ok(Llama { config, numerics, token_embd, layers, output_norm, output })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -107,8 +114,7 @@ impl Llama {
         let start = super::check_room(tokens, c, cache)?;
         let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
 
-        let mut x = vec![0.0; n * d];
-        embedding::embedding(&self.token_embd, tokens, &mut x, d);
+        let mut x: Vec<f32> = tokens.iter().flat_map(|&t| self.token_embd.row_f32(d, t as usize)).collect();
         let (mut h, mut q, mut k, mut v) =
             (vec![0.0; n * d], vec![0.0; n * q_dim], vec![0.0; n * kv_dim], vec![0.0; n * kv_dim]);
         let mut attn = vec![0.0; n * q_dim];
@@ -122,7 +128,11 @@ impl Llama {
             rope::rope(&mut q, &positions, c.n_head, rope_config);
             rope::rope(&mut k, &positions, c.n_head_kv, rope_config);
             cache.write(i, &k, &v);
-            attention::causal_attention(
+            let attention = match self.numerics {
+                Numerics::Exact => attention::causal_attention,
+                Numerics::LlamaCpp => attention::causal_attention_llamacpp,
+            };
+            attention(
                 &q,
                 &cache.keys[i],
                 &cache.values[i],

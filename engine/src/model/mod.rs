@@ -30,6 +30,19 @@ pub enum ModelError {
     NotImplemented(&'static str),
 }
 
+/// How the CPU backend does its arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Numerics {
+    /// f32 throughout: weights dequantized to f32, f32 activations, f32 attention and KV cache.
+    /// The reference the GPU backend and the transformers fixtures are held to.
+    Exact,
+    /// As llama.cpp's CPU back end: quantized weights stay in their blocks and meet 8-bit
+    /// quantized activations, the KV cache is f16 and attention runs as llama.cpp's f16 flash
+    /// attention. A quarter of the memory for Q4 weights, and the same greedy choices as llama.cpp.
+    #[default]
+    LlamaCpp,
+}
+
 /// A loaded model on the CPU backend.
 pub enum Model {
     Gpt2(Gpt2),
@@ -38,12 +51,16 @@ pub enum Model {
 
 impl Model {
     /// Reads the configuration and every weight; `progress(done, total)` is called per layer.
-    pub fn load(file: &GgufFile, progress: &dyn Fn(usize, usize)) -> Result<Self, ModelError> {
+    pub fn load(
+        file: &GgufFile,
+        numerics: Numerics,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Self, ModelError> {
         let config = ModelConfig::from_gguf(file)?;
         match config.architecture {
-            Architecture::Gpt2 => Ok(Model::Gpt2(Gpt2::load(file, config, progress)?)),
+            Architecture::Gpt2 => Ok(Model::Gpt2(Gpt2::load(file, config, numerics, progress)?)),
             Architecture::Llama | Architecture::Qwen2 | Architecture::Phi3 => {
-                Ok(Model::Llama(Llama::load(file, config, progress)?))
+                Ok(Model::Llama(Llama::load(file, config, numerics, progress)?))
             }
             Architecture::GptOss => Err(ModelError::NotImplemented("gpt-oss")),
         }
@@ -59,7 +76,14 @@ impl Model {
     /// A KV cache for `capacity` positions (at most the trained context for GPT-2).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = self.config();
-        KvCache::new(c.n_layer, capacity, c.n_head_kv, c.head_dim)
+        KvCache::new(c.n_layer, capacity, c.n_head_kv, c.head_dim, self.numerics() == Numerics::LlamaCpp)
+    }
+
+    pub fn numerics(&self) -> Numerics {
+        match self {
+            Model::Gpt2(m) => m.numerics,
+            Model::Llama(m) => m.numerics,
+        }
     }
 
     /// Logits [tokens.len(), n_vocab] for `tokens` following what the cache holds.

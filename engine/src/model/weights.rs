@@ -1,6 +1,8 @@
 //! Reading named tensors out of a GGUF file as f32, with their shapes checked.
 
-use crate::gguf::{GgufError, GgufFile};
+use super::Numerics;
+use crate::cpu::quantized::Matrix;
+use crate::gguf::{GgmlType, GgufError, GgufFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightError {
@@ -28,5 +30,44 @@ pub fn load_optional(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Opt
     match file.tensor(name) {
         None => Ok(None),
         Some(_) => load(file, name, shape).map(Some),
+    }
+}
+
+/// A weight matrix of shape [n_in, n_out] (ggml order) kept in its stored format when that is a
+/// block format (quantized), or as f32 when it is F32, F16 or BF16.
+pub fn load_matrix(
+    file: &GgufFile,
+    name: &str,
+    n_in: usize,
+    n_out: usize,
+    numerics: Numerics,
+) -> Result<Matrix, WeightError> {
+    let info = file.tensor(name).ok_or_else(|| WeightError::Missing(name.to_string()))?;
+    let expected = vec![n_in as u64, n_out as u64];
+    if info.dims != expected {
+        return Err(WeightError::Shape { name: name.to_string(), actual: info.dims.clone(), expected });
+    }
+    Ok(match info.ty {
+        _ if numerics == Numerics::Exact => Matrix::F32(
+            file.tensor_f32(info).map_err(|source| WeightError::Gguf { name: name.to_string(), source })?,
+        ),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => Matrix::F32(
+            file.tensor_f32(info).map_err(|source| WeightError::Gguf { name: name.to_string(), source })?,
+        ),
+        ty => Matrix::Blocks { ty, bytes: file.tensor_data(info).to_vec() },
+    })
+}
+
+/// Like [`load_matrix`], but a missing tensor is `None`.
+pub fn load_matrix_optional(
+    file: &GgufFile,
+    name: &str,
+    n_in: usize,
+    n_out: usize,
+    numerics: Numerics,
+) -> Result<Option<Matrix>, WeightError> {
+    match file.tensor(name) {
+        None => Ok(None),
+        Some(_) => load_matrix(file, name, n_in, n_out, numerics).map(Some),
     }
 }

