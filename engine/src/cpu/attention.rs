@@ -53,6 +53,21 @@ pub fn causal_attention(
     }
 }
 
+/// `x` rounded to the nearest f16 (ties to even), as f32. Normal f16 range by bit arithmetic (the
+/// value of a conversion there and back, without the conversions); the rest through `half`.
+#[inline]
+pub fn round_f16(x: f32) -> f32 {
+    let magnitude = x.abs();
+    if (6.103_515_6e-5..65504.0).contains(&magnitude) {
+        // f32 keeps 23 fraction bits, f16 10: round off the low 13, ties to even.
+        let bits = x.to_bits();
+        let rounded = bits.wrapping_add(0x0FFF + ((bits >> 13) & 1)) & !0x1FFF;
+        f32::from_bits(rounded)
+    } else {
+        half::f16::from_f32(x).to_f32()
+    }
+}
+
 /// Attention as llama.cpp's CPU flash attention computes it over an f16 cache: batches of 64 or
 /// more query tokens take its tiled path, f32 throughout (which is [`causal_attention`] on the
 /// f16-rounded cache), smaller ones its one-row path ([`causal_attention_f16`]).
@@ -88,21 +103,18 @@ pub fn causal_attention_f16(
     n_head_kv: usize,
     head_dim: usize,
 ) {
-    use half::f16;
     let n_tokens = q.len() / (n_head * head_dim);
     let group = n_head / n_head_kv;
     let kv_stride = n_head_kv * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut accumulator = vec![f16::ZERO; head_dim];
+    let mut accumulator = vec![0.0f32; head_dim];
     for t in 0..n_tokens {
         let position = start + t;
         for h in 0..n_head {
             let kv_head = h / group;
-            let query: Vec<f32> = q[(t * n_head + h) * head_dim..][..head_dim]
-                .iter()
-                .map(|&v| f16::from_f32(v).to_f32())
-                .collect();
-            accumulator.fill(f16::ZERO);
+            let query: Vec<f32> =
+                q[(t * n_head + h) * head_dim..][..head_dim].iter().map(|&v| round_f16(v)).collect();
+            accumulator.fill(0.0);
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
             for p in 0..=position {
                 let key = &keys[p * kv_stride + kv_head * head_dim..][..head_dim];
@@ -112,20 +124,20 @@ pub fn causal_attention_f16(
                     let rescale = (max - s).exp();
                     max = s;
                     for a in accumulator.iter_mut() {
-                        *a = f16::from_f32(a.to_f32() * rescale);
+                        *a = round_f16(*a * rescale);
                     }
                     (rescale, 1.0)
                 } else {
                     (1.0, (s - max).exp())
                 };
                 for (a, &v) in accumulator.iter_mut().zip(value) {
-                    *a = f16::from_f32(a.to_f32() + v * weight);
+                    *a = round_f16(*a + v * weight);
                 }
                 sum = sum * rescale + weight;
             }
             let inverse = if sum == 0.0 { 0.0 } else { 1.0 / sum };
             for (o, a) in out[(t * n_head + h) * head_dim..][..head_dim].iter_mut().zip(&accumulator) {
-                *o = a.to_f32() * inverse;
+                *o = a * inverse;
             }
         }
     }
@@ -141,6 +153,23 @@ mod tests {
         let mut out = [0.0; 2];
         causal_attention(&q, &k, &v, &mut out, 0, 1, 1, 2);
         assert_eq!(out, [1.0, 2.0]);
+    }
+
+    #[test]
+    fn f16_rounding_matches_a_conversion_there_and_back() {
+        let mut state = 0x1234_5678u32;
+        for _ in 0..200_000 {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let x = f32::from_bits(state);
+            if x.is_finite() {
+                let expected = half::f16::from_f32(x).to_f32();
+                assert_eq!(round_f16(x).to_bits(), expected.to_bits(), "{x:e}");
+            }
+        }
+        for x in [65504.0f32, 65519.0, 65520.0, 6.1035156e-5, 6.1e-5, 1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0]
+        {
+            assert_eq!(round_f16(x), half::f16::from_f32(x).to_f32(), "{x:e}");
+        }
     }
 
     #[test]

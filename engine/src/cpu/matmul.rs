@@ -16,7 +16,7 @@ pub fn matmul(x: &[f32], weight: &[f32], bias: Option<&[f32]>, out: &mut [f32], 
     // Parallel over output rows for every token at once: each weight row is read once per call and
     // stays in cache for all tokens.
     let mut transposed = vec![0.0f32; n_out * n_tokens];
-    transposed.par_chunks_mut(n_tokens).enumerate().for_each(|(o, column)| {
+    transposed.par_chunks_mut(n_tokens).with_min_len(64).enumerate().for_each(|(o, column)| {
         let row = &weight[o * n_in..(o + 1) * n_in];
         let b = bias.map_or(0.0, |b| b[o]);
         for (t, value) in column.iter_mut().enumerate() {

@@ -152,7 +152,7 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
     let mut transposed = vec![0.0f32; n_out * n_tokens];
     if integer_path(ty) {
         let activations: Vec<Vec<Q8Block>> = x.chunks_exact(n_in).map(quantize_q8).collect();
-        transposed.par_chunks_mut(n_tokens).enumerate().for_each(|(o, column)| {
+        transposed.par_chunks_mut(n_tokens).with_min_len(64).enumerate().for_each(|(o, column)| {
             let row = &bytes[o * row_bytes..(o + 1) * row_bytes];
             let mut q = [0i32; 32];
             let b = bias.map_or(0.0, |b| b[o]);
@@ -171,7 +171,7 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
             }
         });
     } else {
-        transposed.par_chunks_mut(n_tokens).enumerate().for_each(|(o, column)| {
+        transposed.par_chunks_mut(n_tokens).with_min_len(64).enumerate().for_each(|(o, column)| {
             let row =
                 dequantize(ty, &bytes[o * row_bytes..(o + 1) * row_bytes], n_in).expect("row size checked");
             let b = bias.map_or(0.0, |b| b[o]);

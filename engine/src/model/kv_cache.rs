@@ -28,7 +28,7 @@ impl KvCache {
     /// Stores k and v [n_tokens, n_head_kv, head_dim] of `layer` at positions len..len+n_tokens.
     pub fn write(&mut self, layer: usize, k: &[f32], v: &[f32]) {
         let start = self.len * self.row;
-        let round = |x: &f32| if self.f16 { half::f16::from_f32(*x).to_f32() } else { *x };
+        let round = |x: &f32| if self.f16 { crate::cpu::attention::round_f16(*x) } else { *x };
         for (slot, x) in self.keys[layer][start..start + k.len()].iter_mut().zip(k) {
             *slot = round(x);
         }
