@@ -59,9 +59,10 @@ fn q8_0(b: &[u8], out: &mut Vec<f32>) {
 fn q4(b: &[u8], out: &mut Vec<f32>, has_min: bool) {
     let d = f16_at(b, 0);
     let (m, qs) = if has_min { (f16_at(b, 2), &b[4..20]) } else { (0.0, &b[2..18]) };
-    let offset = if has_min { 0.0 } else { 8.0 };
-    out.extend(qs.iter().map(|&q| d * ((q & 0x0F) as f32 - offset) + m));
-    out.extend(qs.iter().map(|&q| d * ((q >> 4) as f32 - offset) + m));
+    // Without a min, no "+ 0.0": d * 0 with a negative d is -0, as gguf-py gives.
+    let value = |nibble: u8| if has_min { d * nibble as f32 + m } else { d * (nibble as f32 - 8.0) };
+    out.extend(qs.iter().map(|&q| value(q & 0x0F)));
+    out.extend(qs.iter().map(|&q| value(q >> 4)));
 }
 
 /// Q5_0 (x = d (q - 16)) and Q5_1 (x = d q + m).
@@ -70,11 +71,10 @@ fn q5(b: &[u8], out: &mut Vec<f32>, has_min: bool) {
     let (m, rest) = if has_min { (f16_at(b, 2), &b[4..]) } else { (0.0, &b[2..]) };
     let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
     let qs = &rest[4..20];
-    let offset = if has_min { 0.0 } else { 16.0 };
     for i in 0..32 {
         let low = if i < 16 { qs[i] & 0x0F } else { qs[i - 16] >> 4 };
-        let q = low as u32 | (((qh >> i) & 1) << 4);
-        out.push(d * (q as f32 - offset) + m);
+        let q = (low as u32 | (((qh >> i) & 1) << 4)) as f32;
+        out.push(if has_min { d * q + m } else { d * (q - 16.0) });
     }
 }
 
