@@ -10,6 +10,7 @@
 
 use cudarc::driver::sys::CUevent_flags;
 use host::activation::Activation;
+use host::matmul::WeightFormat;
 use host::rope::{Rope, RopeLayout, Yarn};
 use host::{Gpu, Result, bf16, f16};
 
@@ -26,6 +27,28 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
             (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
         })
         .collect()
+}
+
+/// Stored bytes of a matrix: random quants, with every block's f16 scale fields made finite.
+fn random_blocks(format: WeightFormat, len: usize, blocks: usize) -> Vec<u8> {
+    let noise = random(len / 4 + 1, 11);
+    let mut bytes: Vec<u8> = noise.iter().flat_map(|v| v.to_le_bytes()).take(len).collect();
+    let (_, block_bytes) = format.block();
+    if block_bytes > 4 {
+        let scale = f16::from_f32(0.01).to_le_bytes();
+        for b in 0..blocks {
+            bytes[b * block_bytes..b * block_bytes + 2].copy_from_slice(&scale);
+            if format == WeightFormat::Q4_1 {
+                bytes[b * block_bytes + 2..b * block_bytes + 4].copy_from_slice(&scale);
+            }
+        }
+    } else if format != WeightFormat::F32 {
+        // 16-bit floats: keep the exponent bits sane.
+        for pair in bytes.chunks_exact_mut(2) {
+            pair[1] &= 0x3f;
+        }
+    }
+    bytes
 }
 
 /// Median milliseconds of `f` over REPEATS event-timed launches.
@@ -153,5 +176,27 @@ fn main() -> Result<()> {
     table.row("rope", &format!("{tokens}x{heads}x{head_dim}"), bytes, ms);
     let ms = time(&gpu, || gpu.rope(&mut q, &positions, heads, &yarn))?;
     table.row("rope yarn neox", &format!("{tokens}x{heads}x{head_dim}"), bytes, ms);
+    drop(q);
+
+    // GEMV at Llama-3.1-8B's FFN shapes. Several copies of each matrix, used in turn, so that the
+    // weights (as small as 33 MB in Q4_0) come from DRAM, not from the 50 MB L2.
+    for (n_in, n_out) in [(4096usize, 14336usize), (14336, 4096)] {
+        let x = gpu.upload(&random(n_in, 10))?;
+        let mut y = gpu.alloc::<f32>(n_out)?;
+        for format in [WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1] {
+            let (block, block_bytes) = format.block();
+            let bytes = random_blocks(format, n_in / block * n_out * block_bytes, n_in * n_out / block);
+            let copies = (256usize << 20).div_ceil(bytes.len()).max(2);
+            let matrices: Vec<_> =
+                (0..copies).map(|_| gpu.upload_matrix(format, &bytes, n_in, n_out)).collect::<Result<_>>()?;
+            let mut next = 0;
+            let ms = time(&gpu, || {
+                next = (next + 1) % copies;
+                gpu.gemv(&matrices[next], &x, None, &mut y)
+            })?;
+            let moved = matrices[0].size() + 4 * (n_in + n_out);
+            table.row(&format!("gemv {format:?}"), &format!("{n_out}x{n_in}"), moved, ms);
+        }
+    }
     Ok(())
 }

@@ -10,6 +10,7 @@
 pub mod activation;
 pub mod device;
 pub mod element;
+pub mod matmul;
 pub mod embedding;
 pub mod norm;
 pub mod rope;

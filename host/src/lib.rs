@@ -14,6 +14,7 @@ pub use half::{bf16, f16};
 
 pub mod activation;
 pub mod embedding;
+pub mod matmul;
 pub mod norm;
 pub mod rope;
 pub mod softmax;
@@ -43,6 +44,12 @@ pub const KERNELS: &[&str] = &[
     "residual_add_f32",
     "softmax_f32",
     "rope_f32",
+    "gemv_f32",
+    "gemv_f16",
+    "gemv_bf16",
+    "gemv_q8_0",
+    "gemv_q4_0",
+    "gemv_q4_1",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -115,3 +115,20 @@ fn yarn_parameters_follow_the_formulas() {
     // 64 pairs: 4 tokens per block fill 256 threads; 5 tokens need 2 blocks.
     assert_eq!((params.tokens_per_block, config.grid_dim.0), (4, 2));
 }
+
+#[test]
+fn repacking_splits_block_fields_in_order() {
+    use crate::matmul::{WeightFormat, repack_blocks};
+    // Two Q4_1 blocks: d, m, 16 quant bytes each.
+    let mut bytes = Vec::new();
+    for b in 0..2u8 {
+        bytes.extend_from_slice(&[b, 0x10, b, 0x20]);
+        bytes.extend((0..16).map(|i| b * 16 + i));
+    }
+    let (quants, scales, mins) = repack_blocks(WeightFormat::Q4_1, &bytes);
+    assert_eq!(scales, vec![0x1000, 0x1001]);
+    assert_eq!(mins, vec![0x2000, 0x2001]);
+    assert_eq!(quants, (0..32).collect::<Vec<u8>>());
+    let (quants, scales, mins) = repack_blocks(WeightFormat::Q8_0, &[1, 2, 3, 4].repeat(1).into_iter().chain([5; 30]).collect::<Vec<_>>());
+    assert_eq!((quants.len(), scales, mins.len()), (32, vec![0x0201], 0));
+}

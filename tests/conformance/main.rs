@@ -11,6 +11,7 @@
 
 mod activation;
 mod embedding;
+mod gemv;
 mod norm;
 mod rope;
 mod softmax;

@@ -1,0 +1,2 @@
+//! Matrix kernels. `gemv`: matrix-vector products for decode, one warp per output row.
+pub mod gemv;

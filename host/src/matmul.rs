@@ -1,0 +1,169 @@
+//! Weight matrices on the GPU and the matrix-vector product (`gpu/src/matmul/gemv.rs`).
+
+use crate::{Gpu, Result, expect_len, shape_error, to_u32};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+use half::{bf16, f16};
+
+/// How a matrix is stored in the GGUF file (and so how it is handed to [`Gpu::upload_matrix`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    F32,
+    F16,
+    Bf16,
+    /// Blocks of 32: f16 scale, 32 i8.
+    Q8_0,
+    /// Blocks of 32: f16 scale, 16 bytes of nibbles (element j low, j + 16 high), q - 8.
+    Q4_0,
+    /// Blocks of 32: f16 scale, f16 min, 16 bytes of nibbles.
+    Q4_1,
+}
+
+impl WeightFormat {
+    /// (elements, bytes) per block.
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            WeightFormat::F32 => (1, 4),
+            WeightFormat::F16 | WeightFormat::Bf16 => (1, 2),
+            WeightFormat::Q8_0 => (32, 34),
+            WeightFormat::Q4_0 => (32, 18),
+            WeightFormat::Q4_1 => (32, 20),
+        }
+    }
+}
+
+enum Storage {
+    F32(CudaSlice<f32>),
+    F16(CudaSlice<f16>),
+    Bf16(CudaSlice<bf16>),
+    /// Quants, scales (f16 bits) and, for Q4_1, mins: the GGUF blocks' fields in separate arrays.
+    Blocks { format: WeightFormat, quants: CudaSlice<u8>, scales: CudaSlice<u16>, mins: Option<CudaSlice<u16>> },
+}
+
+/// A weight matrix [n_out, n_in] on the GPU, in its stored precision.
+pub struct GpuMatrix {
+    storage: Storage,
+    pub n_in: usize,
+    pub n_out: usize,
+}
+
+impl GpuMatrix {
+    /// Device bytes held.
+    pub fn size(&self) -> usize {
+        match &self.storage {
+            Storage::F32(w) => w.len() * 4,
+            Storage::F16(w) => w.len() * 2,
+            Storage::Bf16(w) => w.len() * 2,
+            Storage::Blocks { quants, scales, mins, .. } => {
+                quants.len() + 2 * scales.len() + mins.as_ref().map_or(0, |m| 2 * m.len())
+            }
+        }
+    }
+}
+
+/// Splits GGUF blocks into (quants, scales, mins): the same bytes, grouped by field so that the
+/// kernel reads quants with aligned 16-byte loads.
+pub fn repack_blocks(format: WeightFormat, bytes: &[u8]) -> (Vec<u8>, Vec<u16>, Vec<u16>) {
+    let (_, block_bytes) = format.block();
+    let (mut quants, mut scales, mut mins) = (Vec::new(), Vec::new(), Vec::new());
+    for block in bytes.chunks_exact(block_bytes) {
+        scales.push(u16::from_le_bytes([block[0], block[1]]));
+        let rest = if format == WeightFormat::Q4_1 {
+            mins.push(u16::from_le_bytes([block[2], block[3]]));
+            &block[4..]
+        } else {
+            &block[2..]
+        };
+        quants.extend_from_slice(rest);
+    }
+    (quants, scales, mins)
+}
+
+const ROWS_PER_BLOCK: usize = 4;
+
+impl Gpu {
+    /// Uploads a GGUF-stored matrix [n_out, n_in] (`bytes` exactly as in the file).
+    pub fn upload_matrix(&self, format: WeightFormat, bytes: &[u8], n_in: usize, n_out: usize) -> Result<GpuMatrix> {
+        const KERNEL: &str = "upload_matrix";
+        let (block, block_bytes) = format.block();
+        let row_multiple = if block == 1 { 16 / block_bytes } else { 32 };
+        if n_in == 0 || !n_in.is_multiple_of(row_multiple) {
+            return Err(shape_error(KERNEL, format!("{format:?} rows of {n_in} are not a positive multiple of {row_multiple}")));
+        }
+        to_u32(KERNEL, "n_in", n_in)?;
+        to_u32(KERNEL, "n_out", n_out)?;
+        expect_len(KERNEL, "bytes", bytes.len(), n_in / block * block_bytes * n_out)?;
+        let storage = match format {
+            WeightFormat::F32 => {
+                Storage::F32(self.upload(&bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<_>>())?)
+            }
+            WeightFormat::F16 => Storage::F16(self.upload(&bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>())?),
+            WeightFormat::Bf16 => Storage::Bf16(self.upload(&bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>())?),
+            _ => {
+                let (quants, scales, mins) = repack_blocks(format, bytes);
+                Storage::Blocks {
+                    format,
+                    quants: self.upload(&quants)?,
+                    scales: self.upload(&scales)?,
+                    mins: if mins.is_empty() { None } else { Some(self.upload(&mins)?) },
+                }
+            }
+        };
+        Ok(GpuMatrix { storage, n_in, n_out })
+    }
+
+    /// y = W x (+ bias) for x [n_in], y [n_out].
+    pub fn gemv(
+        &self,
+        w: &GpuMatrix,
+        x: &impl DevicePtr<f32>,
+        bias: Option<&CudaSlice<f32>>,
+        y: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        const KERNEL: &str = "gemv";
+        expect_len(KERNEL, "x", x.len(), w.n_in)?;
+        expect_len(KERNEL, "y", y.len(), w.n_out)?;
+        if let Some(b) = bias {
+            expect_len(KERNEL, "bias", b.len(), w.n_out)?;
+        }
+        let stream = self.stream();
+        let (x, _x) = x.device_ptr(stream);
+        if x % 16 != 0 {
+            return Err(shape_error(KERNEL, "x must start on a 16-byte boundary"));
+        }
+        let (y, _y) = y.device_ptr_mut(stream);
+        let bias_guard = bias.map(|b| b.device_ptr(stream));
+        let bias = bias_guard.as_ref().map_or(0u64, |(p, _)| *p);
+        let config = LaunchConfig {
+            grid_dim: (w.n_out.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1),
+            block_dim: (32 * ROWS_PER_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n_in, n_out) = (w.n_in as u32, w.n_out as u32);
+        match &w.storage {
+            Storage::F32(m) => {
+                let (m, _m) = m.device_ptr(stream);
+                self.launch("gemv_f32", config, &[&m, &bias, &x, &y, &n_in, &n_out])
+            }
+            Storage::F16(m) => {
+                let (m, _m) = m.device_ptr(stream);
+                self.launch("gemv_f16", config, &[&m, &bias, &x, &y, &n_in, &n_out])
+            }
+            Storage::Bf16(m) => {
+                let (m, _m) = m.device_ptr(stream);
+                self.launch("gemv_bf16", config, &[&m, &bias, &x, &y, &n_in, &n_out])
+            }
+            Storage::Blocks { format, quants, scales, mins } => {
+                let (q, _q) = quants.device_ptr(stream);
+                let (s, _s) = scales.device_ptr(stream);
+                match (format, mins) {
+                    (WeightFormat::Q4_1, Some(mins)) => {
+                        let (m, _m) = mins.device_ptr(stream);
+                        self.launch("gemv_q4_1", config, &[&q, &s, &m, &bias, &x, &y, &n_in, &n_out])
+                    }
+                    (WeightFormat::Q4_0, _) => self.launch("gemv_q4_0", config, &[&q, &s, &bias, &x, &y, &n_in, &n_out]),
+                    _ => self.launch("gemv_q8_0", config, &[&q, &s, &bias, &x, &y, &n_in, &n_out]),
+                }
+            }
+        }
+    }
+}
