@@ -183,7 +183,13 @@ fn main() -> Result<()> {
     for (n_in, n_out) in [(4096usize, 14336usize), (14336, 4096)] {
         let x = gpu.upload(&random(n_in, 10))?;
         let mut y = gpu.alloc::<f32>(n_out)?;
-        for format in [WeightFormat::F16, WeightFormat::Bf16, WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1] {
+        for format in [
+            WeightFormat::F16,
+            WeightFormat::Bf16,
+            WeightFormat::Q8_0,
+            WeightFormat::Q4_0,
+            WeightFormat::Q4_1,
+        ] {
             let (block, block_bytes) = format.block();
             let bytes = random_blocks(format, n_in / block * n_out * block_bytes, n_in * n_out / block);
             let copies = (256usize << 20).div_ceil(bytes.len()).max(2);

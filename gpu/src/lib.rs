@@ -10,8 +10,8 @@
 pub mod activation;
 pub mod device;
 pub mod element;
-pub mod matmul;
 pub mod embedding;
+pub mod matmul;
 pub mod norm;
 pub mod rope;
 pub mod softmax;

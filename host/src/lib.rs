@@ -86,6 +86,7 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
+    sm_count: usize,
 }
 
 impl Gpu {
@@ -106,8 +107,20 @@ impl Gpu {
         for &name in KERNELS {
             functions.insert(name, module.load_function(name)?);
         }
+        // The GEMV kernels keep x in shared memory: allow them more than the default 48 KiB.
+        for (name, function) in &functions {
+            if name.starts_with("gemv_") {
+                function.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    matmul::GEMV_SHARED_LIMIT as i32,
+                )?;
+            }
+        }
+        let sm_count = context
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
+            .max(1) as usize;
         let stream = context.new_stream()?;
-        Ok(Gpu { context, stream, _module: module, functions })
+        Ok(Gpu { context, stream, _module: module, functions, sm_count })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -142,6 +155,11 @@ impl Gpu {
     /// Waits until every kernel queued so far has finished.
     pub fn synchronize(&self) -> Result<()> {
         Ok(self.stream.synchronize()?)
+    }
+
+    /// Streaming multiprocessors on the device.
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
     }
 
     fn function(&self, name: &str) -> &CudaFunction {

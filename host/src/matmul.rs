@@ -36,11 +36,17 @@ enum Storage {
     F16(CudaSlice<f16>),
     Bf16(CudaSlice<bf16>),
     /// Quants, scales (f16 bits) and, for Q4_1, mins: the GGUF blocks' fields in separate arrays.
-    Blocks { format: WeightFormat, quants: CudaSlice<u8>, scales: CudaSlice<u16>, mins: Option<CudaSlice<u16>> },
+    Blocks {
+        format: WeightFormat,
+        quants: CudaSlice<u8>,
+        scales: CudaSlice<u16>,
+        mins: Option<CudaSlice<u16>>,
+    },
 }
 
 /// A weight matrix [n_out, n_in] on the GPU, in its stored precision.
 pub struct GpuMatrix {
+    format: WeightFormat,
     storage: Storage,
     pub n_in: usize,
     pub n_out: usize,
@@ -78,26 +84,67 @@ pub fn repack_blocks(format: WeightFormat, bytes: &[u8]) -> (Vec<u8>, Vec<u16>, 
     (quants, scales, mins)
 }
 
-const ROWS_PER_BLOCK: usize = 4;
+/// Warps (rows at a time) per block of the GEMV kernels.
+const WARPS_PER_BLOCK: usize = 8;
+
+/// Bytes of shared memory the GEMV kernels may use for x (raised from the 48 KiB default).
+pub const GEMV_SHARED_LIMIT: usize = 160 * 1024;
+
+/// Values of x per padded chunk and padding words, as the kernel lays x out in shared memory.
+fn x_layout(format: WeightFormat) -> (usize, usize) {
+    match format {
+        WeightFormat::F32 => (4, 0),
+        WeightFormat::F16 | WeightFormat::Bf16 => (8, 4),
+        WeightFormat::Q8_0 => (16, 4),
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 => (32, 4),
+    }
+}
+
+/// Shared memory for x of `n_in` values.
+pub fn gemv_shared_bytes(format: WeightFormat, n_in: usize) -> usize {
+    let (chunk, pad) = x_layout(format);
+    4 * (n_in + n_in / chunk * pad)
+}
 
 impl Gpu {
     /// Uploads a GGUF-stored matrix [n_out, n_in] (`bytes` exactly as in the file).
-    pub fn upload_matrix(&self, format: WeightFormat, bytes: &[u8], n_in: usize, n_out: usize) -> Result<GpuMatrix> {
+    pub fn upload_matrix(
+        &self,
+        format: WeightFormat,
+        bytes: &[u8],
+        n_in: usize,
+        n_out: usize,
+    ) -> Result<GpuMatrix> {
         const KERNEL: &str = "upload_matrix";
         let (block, block_bytes) = format.block();
         let row_multiple = if block == 1 { 16 / block_bytes } else { 32 };
         if n_in == 0 || !n_in.is_multiple_of(row_multiple) {
-            return Err(shape_error(KERNEL, format!("{format:?} rows of {n_in} are not a positive multiple of {row_multiple}")));
+            return Err(shape_error(
+                KERNEL,
+                format!("{format:?} rows of {n_in} are not a positive multiple of {row_multiple}"),
+            ));
         }
         to_u32(KERNEL, "n_in", n_in)?;
+        if gemv_shared_bytes(format, n_in) > GEMV_SHARED_LIMIT {
+            return Err(shape_error(KERNEL, format!("rows of {n_in} do not fit the GEMV's shared memory")));
+        }
         to_u32(KERNEL, "n_out", n_out)?;
         expect_len(KERNEL, "bytes", bytes.len(), n_in / block * block_bytes * n_out)?;
         let storage = match format {
-            WeightFormat::F32 => {
-                Storage::F32(self.upload(&bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<_>>())?)
-            }
-            WeightFormat::F16 => Storage::F16(self.upload(&bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>())?),
-            WeightFormat::Bf16 => Storage::Bf16(self.upload(&bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>())?),
+            WeightFormat::F32 => Storage::F32(
+                self.upload(
+                    &bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect::<Vec<_>>(),
+                )?,
+            ),
+            WeightFormat::F16 => Storage::F16(self.upload(
+                &bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>(),
+            )?),
+            WeightFormat::Bf16 => Storage::Bf16(self.upload(
+                &bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>(),
+            )?),
             _ => {
                 let (quants, scales, mins) = repack_blocks(format, bytes);
                 Storage::Blocks {
@@ -108,7 +155,7 @@ impl Gpu {
                 }
             }
         };
-        Ok(GpuMatrix { storage, n_in, n_out })
+        Ok(GpuMatrix { format, storage, n_in, n_out })
     }
 
     /// y = W x (+ bias) for x [n_in], y [n_out].
@@ -133,10 +180,13 @@ impl Gpu {
         let (y, _y) = y.device_ptr_mut(stream);
         let bias_guard = bias.map(|b| b.device_ptr(stream));
         let bias = bias_guard.as_ref().map_or(0u64, |(p, _)| *p);
+        // A persistent grid: two blocks per SM (or fewer when there are fewer rows), each staging x
+        // once and then taking rows in turn.
+        let blocks = w.n_out.div_ceil(WARPS_PER_BLOCK).min(2 * self.sm_count());
         let config = LaunchConfig {
-            grid_dim: (w.n_out.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1),
-            block_dim: (32 * ROWS_PER_BLOCK as u32, 1, 1),
-            shared_mem_bytes: 0,
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (32 * WARPS_PER_BLOCK as u32, 1, 1),
+            shared_mem_bytes: gemv_shared_bytes(w.format, w.n_in) as u32,
         };
         let (n_in, n_out) = (w.n_in as u32, w.n_out as u32);
         match &w.storage {
@@ -160,7 +210,9 @@ impl Gpu {
                         let (m, _m) = mins.device_ptr(stream);
                         self.launch("gemv_q4_1", config, &[&q, &s, &m, &bias, &x, &y, &n_in, &n_out])
                     }
-                    (WeightFormat::Q4_0, _) => self.launch("gemv_q4_0", config, &[&q, &s, &bias, &x, &y, &n_in, &n_out]),
+                    (WeightFormat::Q4_0, _) => {
+                        self.launch("gemv_q4_0", config, &[&q, &s, &bias, &x, &y, &n_in, &n_out])
+                    }
                     _ => self.launch("gemv_q8_0", config, &[&q, &s, &bias, &x, &y, &n_in, &n_out]),
                 }
             }

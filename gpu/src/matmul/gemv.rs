@@ -4,95 +4,136 @@
 //!   f32 / f16 / bf16: plain rows.
 //!   Q8_0, Q4_0, Q4_1 (blocks of 32): repacked by the host from GGUF's interleaved blocks into
 //!   separate arrays, so that quants can be read with aligned 16-byte loads:
-//!     quants [n_out, n_in]       i8      (Q8_0)  or [n_out, n_in / 2] bytes of nibbles (Q4_*:
-//!                                                 byte j of a block holds elements j and j + 16)
-//!     scales [n_out, n_in / 32]  f16, mins likewise (Q4_1 only).
-//!   Same bytes as the GGUF blocks, in another order; nothing is dequantized in memory.
-//! Launch: grid = ceil(n_out / ROWS_PER_BLOCK), block = 32 * ROWS_PER_BLOCK threads (a warp per
-//! row). n_in must be a multiple of 32 (and of 8 for the float forms) and rows 16-byte aligned; the
-//! host checks both. Each lane takes 16-byte chunks of its row in turn (a warp covers 512
-//! contiguous bytes per step), two chunks in flight, and reads x through the L1 cache.
-//! Cost: the weight bytes once, plus 4 * n_in bytes of x per row from L1/L2 and 4 * n_out written:
-//! memory-bound at batch 1 (2 flops per weight).
+//!     quants [n_out, n_in] i8 (Q8_0) or [n_out, n_in / 2] nibble bytes (Q4_*: byte j of a block
+//!     holds elements j (low) and j + 16 (high)); scales [n_out, n_in / 32] f16; mins likewise (Q4_1).
+//!   The same bytes as the GGUF blocks in another order; nothing is dequantized in memory.
+//! Launch: a persistent grid (about two blocks per SM) of WARPS_PER_BLOCK warps; each block first
+//! copies x into shared memory, then each warp takes rows in turn. A lane reads one 16-byte chunk
+//! of its row per step (a warp reads 512 contiguous bytes), two steps in flight, and the x values
+//! that chunk needs from shared memory. x is stored with 4 words of padding after every chunk's
+//! worth of values, which makes those 16-byte shared reads free of bank conflicts (lanes read
+//! chunks 64 to 128 bytes apart, which would otherwise land on the same banks).
+//! Dynamic shared memory: 4 * (n_in + 4 * n_in / chunk) bytes; chunk = 16 (Q8_0), 32 (Q4_*),
+//! 8 (f16, bf16); f32 needs no padding (chunk 4: lanes already read consecutive x).
+//! Cost: the weight bytes once, x once per block from L2, 4 * n_out bytes written: memory-bound.
 
 use crate::device::{
-    bf16_to_f32, f16_to_f32, lane_idx, load_f32x4, load_u16x8, warp_idx, warp_sum, WARP_SIZE,
+    WARP_SIZE, bf16_to_f32, block_dim, block_idx, dynamic_shared, f16_to_f32, grid_dim, lane_idx, load_f32x4,
+    load_u16x8, sync_threads, thread_idx, warp_idx, warp_sum,
 };
 
-pub const ROWS_PER_BLOCK: usize = 4;
+pub const WARPS_PER_BLOCK: usize = 8;
 
-/// Four consecutive x values.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Aligned4([f32; 4]);
+
+/// x in shared memory, CHUNK values then PAD words of padding, repeated.
+#[derive(Clone, Copy)]
+struct SharedX<const CHUNK: usize, const PAD: usize> {
+    base: *mut f32,
+}
+
+impl<const CHUNK: usize, const PAD: usize> SharedX<CHUNK, PAD> {
+    #[inline(always)]
+    fn new() -> Self {
+        SharedX { base: dynamic_shared() }
+    }
+
+    #[inline(always)]
+    fn index(self, i: usize) -> usize {
+        i + (i / CHUNK) * PAD
+    }
+
+    /// Copies x [n_in] in (all threads of the block; ends with a barrier).
+    #[inline(always)]
+    unsafe fn stage(self, x: *const f32, n_in: usize) {
+        let mut i = thread_idx() * 4;
+        while i < n_in {
+            let v = unsafe { load_f32x4(x.add(i)) };
+            unsafe { *(self.base.add(self.index(i)) as *mut Aligned4) = Aligned4(v) };
+            i += block_dim() * 4;
+        }
+        sync_threads();
+    }
+
+    /// x[i..i + 4]; i a multiple of 4.
+    #[inline(always)]
+    unsafe fn get4(self, i: usize) -> [f32; 4] {
+        unsafe { (*(self.base.add(self.index(i)) as *const Aligned4)).0 }
+    }
+}
+
+/// Runs `row_dot(row)` for this warp's rows and stores warp-summed results (+ bias).
 #[inline(always)]
-unsafe fn x4(x: *const f32, i: usize) -> [f32; 4] {
-    unsafe { load_f32x4(x.add(i)) }
+unsafe fn for_rows(n_out: usize, bias: *const f32, y: *mut f32, row_dot: impl Fn(usize) -> f32) {
+    let mut row = block_idx() * WARPS_PER_BLOCK + warp_idx();
+    while row < n_out {
+        let total = warp_sum(row_dot(row));
+        if lane_idx() == 0 {
+            let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(row) } };
+            unsafe { *y.add(row) = total + b };
+        }
+        row += grid_dim() * WARPS_PER_BLOCK;
+    }
+}
+
+/// sum over this lane's chunks c (lane, lane + 32, ...) of `compute(load(c), c)`, with the loads of
+/// two chunks issued before either is used.
+#[inline(always)]
+fn over_chunks(
+    chunks: usize,
+    load: impl Fn(usize) -> [u32; 4],
+    compute: impl Fn([u32; 4], usize) -> f32,
+) -> f32 {
+    let mut acc = 0.0f32;
+    let mut c = lane_idx();
+    while c + WARP_SIZE < chunks {
+        let (first, second) = (load(c), load(c + WARP_SIZE));
+        acc += compute(first, c) + compute(second, c + WARP_SIZE);
+        c += 2 * WARP_SIZE;
+    }
+    if c < chunks {
+        acc += compute(load(c), c);
+    }
+    acc
 }
 
 /// sum_k q[k] * x[i + k] for the 16 signed bytes of four little-endian words.
 #[inline(always)]
-unsafe fn dot_i8x16(words: [u32; 4], x: *const f32, i: usize) -> f32 {
-    let mut acc = 0.0f32;
-    let mut k = 0;
-    for w in words {
-        let [a, b, c, d] = unsafe { x4(x, i + k) };
-        acc += (w as i8) as f32 * a
+fn dot_i8x16(words: [u32; 4], x: SharedX<16, 4>, i: usize) -> f32 {
+    let word = |w: u32, k: usize| {
+        let [a, b, c, d] = unsafe { x.get4(i + k) };
+        (w as i8) as f32 * a
             + ((w >> 8) as i8) as f32 * b
             + ((w >> 16) as i8) as f32 * c
-            + ((w >> 24) as i8) as f32 * d;
-        k += 4;
-    }
-    acc
+            + ((w >> 24) as i8) as f32 * d
+    };
+    let [w0, w1, w2, w3] = words;
+    (word(w0, 0) + word(w1, 4)) + (word(w2, 8) + word(w3, 12))
 }
 
-/// (sum_j lo(q_j) x[i + j], sum_j hi(q_j) x[i + 16 + j]) over the 16 nibble bytes of a Q4 block.
+/// (sum_j lo(q_j) x[i + j] + hi(q_j) x[i + 16 + j], sum of the 32 x) for a Q4 block.
 #[inline(always)]
-unsafe fn dot_nibbles(words: [u32; 4], x: *const f32, i: usize) -> (f32, f32) {
-    let (mut low, mut high) = (0.0f32, 0.0f32);
-    let mut k = 0;
-    for w in words {
-        let [a, b, c, d] = unsafe { x4(x, i + k) };
-        low += (w & 0xF) as f32 * a
+fn dot_nibbles(words: [u32; 4], x: SharedX<32, 4>, i: usize) -> (f32, f32) {
+    let word = |w: u32, k: usize| {
+        let [a, b, c, d] = unsafe { x.get4(i + k) };
+        let [e, f, g, h] = unsafe { x.get4(i + 16 + k) };
+        let low = (w & 0xF) as f32 * a
             + ((w >> 8) & 0xF) as f32 * b
             + ((w >> 16) & 0xF) as f32 * c
             + ((w >> 24) & 0xF) as f32 * d;
-        let [a, b, c, d] = unsafe { x4(x, i + 16 + k) };
-        high += ((w >> 4) & 0xF) as f32 * a
-            + ((w >> 12) & 0xF) as f32 * b
-            + ((w >> 20) & 0xF) as f32 * c
-            + ((w >> 28) & 0xF) as f32 * d;
-        k += 4;
-    }
-    (low, high)
+        let high = ((w >> 4) & 0xF) as f32 * e
+            + ((w >> 12) & 0xF) as f32 * f
+            + ((w >> 20) & 0xF) as f32 * g
+            + ((w >> 28) & 0xF) as f32 * h;
+        (low + high, (a + b + c + d) + (e + f + g + h))
+    };
+    let [w0, w1, w2, w3] = words;
+    let ((d0, s0), (d1, s1), (d2, s2), (d3, s3)) = (word(w0, 0), word(w1, 4), word(w2, 8), word(w3, 12));
+    ((d0 + d1) + (d2 + d3), (s0 + s1) + (s2 + s3))
 }
 
-/// Sum of x[i..i + 32].
-#[inline(always)]
-unsafe fn sum32(x: *const f32, i: usize) -> f32 {
-    let mut acc = 0.0f32;
-    let mut k = 0;
-    while k < 32 {
-        let [a, b, c, d] = unsafe { x4(x, i + k) };
-        acc += (a + b) + (c + d);
-        k += 4;
-    }
-    acc
-}
-
-/// Finishes a row: warp sum, bias, store.
-#[inline(always)]
-unsafe fn finish(acc: f32, row: usize, bias: *const f32, y: *mut f32) {
-    let total = warp_sum(acc);
-    if lane_idx() == 0 {
-        let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(row) } };
-        unsafe { *y.add(row) = total + b };
-    }
-}
-
-#[inline(always)]
-fn row_index() -> usize {
-    crate::device::block_idx() * ROWS_PER_BLOCK + warp_idx()
-}
-
-/// Q8_0: chunk c of a row is quants [16c, 16c + 16), half of block c / 2.
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn gemv_q8_0(
     quants: *const u8,
@@ -103,56 +144,47 @@ pub unsafe extern "ptx-kernel" fn gemv_q8_0(
     n_in: u32,
     n_out: u32,
 ) {
-    let (row, n_in) = (row_index(), n_in as usize);
-    if row >= n_out as usize {
-        return;
-    }
-    let (quants, scales) = unsafe { (quants.add(row * n_in), scales.add(row * n_in / 32)) };
-    let chunks = n_in / 16;
-    let mut acc = 0.0f32;
-    let mut c = lane_idx();
-    while c < chunks {
-        let words = unsafe { load_u16x8(quants.add(16 * c) as *const u16) };
-        let d = f16_to_f32(unsafe { *scales.add(c / 2) });
-        acc += d * unsafe { dot_i8x16(words, x, 16 * c) };
-        c += WARP_SIZE;
-    }
-    unsafe { finish(acc, row, bias, y) };
+    let n_in = n_in as usize;
+    let sx = SharedX::<16, 4>::new();
+    unsafe { sx.stage(x, n_in) };
+    unsafe {
+        for_rows(n_out as usize, bias, y, |row| {
+            let (q, s) = (quants.add(row * n_in), scales.add(row * n_in / 32));
+            over_chunks(
+                n_in / 16,
+                |c| load_u16x8(q.add(16 * c) as *const u16),
+                |words, c| f16_to_f32(*s.add(c / 2)) * dot_i8x16(words, sx, 16 * c),
+            )
+        })
+    };
 }
 
-/// Q4_0 (x = d (q - 8)) and Q4_1 (x = d q + m): chunk c of a row is block c, all 16 bytes.
+/// One row's dot product for Q4_0 (x = d (q - 8), `mins` null) and Q4_1 (x = d q + m): chunk b of
+/// a row is block b.
 #[inline(always)]
-unsafe fn gemv_q4(
+unsafe fn q4_row(
     quants: *const u8,
     scales: *const u16,
     mins: *const u16,
-    bias: *const f32,
-    x: *const f32,
-    y: *mut f32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let (row, n_in) = (row_index(), n_in as usize);
-    if row >= n_out as usize {
-        return;
-    }
+    sx: SharedX<32, 4>,
+    row: usize,
+    n_in: usize,
+) -> f32 {
     let blocks = n_in / 32;
-    let (quants, scales) = unsafe { (quants.add(row * n_in / 2), scales.add(row * blocks)) };
-    let mut acc = 0.0f32;
-    let mut b = lane_idx();
-    while b < blocks {
-        let words = unsafe { load_u16x8(quants.add(16 * b) as *const u16) };
-        let d = f16_to_f32(unsafe { *scales.add(b) });
-        let (low, high) = unsafe { dot_nibbles(words, x, 32 * b) };
-        let sum_x = unsafe { sum32(x, 32 * b) };
-        acc += if mins.is_null() {
-            d * (low + high - 8.0 * sum_x)
-        } else {
-            d * (low + high) + f16_to_f32(unsafe { *mins.add(row * blocks + b) }) * sum_x
-        };
-        b += WARP_SIZE;
-    }
-    unsafe { finish(acc, row, bias, y) };
+    let (q, s) = unsafe { (quants.add(row * n_in / 2), scales.add(row * blocks)) };
+    over_chunks(
+        blocks,
+        |b| unsafe { load_u16x8(q.add(16 * b) as *const u16) },
+        |words, b| {
+            let (dot, sum) = dot_nibbles(words, sx, 32 * b);
+            let d = f16_to_f32(unsafe { *s.add(b) });
+            if mins.is_null() {
+                d * (dot - 8.0 * sum)
+            } else {
+                d * dot + f16_to_f32(unsafe { *mins.add(row * blocks + b) }) * sum
+            }
+        },
+    )
 }
 
 #[unsafe(no_mangle)]
@@ -165,10 +197,16 @@ pub unsafe extern "ptx-kernel" fn gemv_q4_0(
     n_in: u32,
     n_out: u32,
 ) {
-    unsafe { gemv_q4(quants, scales, core::ptr::null(), bias, x, y, n_in, n_out) }
+    let n_in = n_in as usize;
+    let sx = SharedX::<32, 4>::new();
+    unsafe {
+        sx.stage(x, n_in);
+        for_rows(n_out as usize, bias, y, |row| q4_row(quants, scales, core::ptr::null(), sx, row, n_in));
+    }
 }
 
 #[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn gemv_q4_1(
     quants: *const u8,
     scales: *const u16,
@@ -179,56 +217,97 @@ pub unsafe extern "ptx-kernel" fn gemv_q4_1(
     n_in: u32,
     n_out: u32,
 ) {
-    unsafe { gemv_q4(quants, scales, mins, bias, x, y, n_in, n_out) }
+    let n_in = n_in as usize;
+    let sx = SharedX::<32, 4>::new();
+    unsafe {
+        sx.stage(x, n_in);
+        for_rows(n_out as usize, bias, y, |row| q4_row(quants, scales, mins, sx, row, n_in));
+    }
 }
 
-/// Float rows: f32 (4 per 16 bytes), f16 and bf16 (8 per 16 bytes).
 #[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn gemv_f32(w: *const f32, bias: *const f32, x: *const f32, y: *mut f32, n_in: u32, n_out: u32) {
-    let (row, n_in) = (row_index(), n_in as usize);
-    if row >= n_out as usize {
-        return;
-    }
-    let w = unsafe { w.add(row * n_in) };
-    let mut acc = 0.0f32;
-    let mut c = lane_idx();
-    while c < n_in / 4 {
-        let [a, b, cc, d] = unsafe { load_f32x4(w.add(4 * c)) };
-        let [p, q, r, s] = unsafe { x4(x, 4 * c) };
-        acc += a * p + b * q + cc * r + d * s;
-        c += WARP_SIZE;
-    }
-    unsafe { finish(acc, row, bias, y) };
+pub unsafe extern "ptx-kernel" fn gemv_f32(
+    w: *const f32,
+    bias: *const f32,
+    x: *const f32,
+    y: *mut f32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let n_in = n_in as usize;
+    let sx = SharedX::<4, 0>::new();
+    unsafe { sx.stage(x, n_in) };
+    unsafe {
+        for_rows(n_out as usize, bias, y, |row| {
+            let w = w.add(row * n_in);
+            over_chunks(
+                n_in / 4,
+                |c| load_f32x4(w.add(4 * c)).map(f32::to_bits),
+                |words, c| {
+                    let [p, q, r, s] = sx.get4(4 * c);
+                    let [a, b, cc, d] = words.map(f32::from_bits);
+                    a * p + b * q + cc * r + d * s
+                },
+            )
+        })
+    };
 }
 
 #[inline(always)]
-unsafe fn gemv_half(w: *const u16, bias: *const f32, x: *const f32, y: *mut f32, n_in: u32, n_out: u32, convert: fn(u16) -> f32) {
-    let (row, n_in) = (row_index(), n_in as usize);
-    if row >= n_out as usize {
-        return;
-    }
-    let w = unsafe { w.add(row * n_in) };
-    let mut acc = 0.0f32;
-    let mut c = lane_idx();
-    while c < n_in / 8 {
-        let words = unsafe { load_u16x8(w.add(8 * c)) };
-        let mut k = 0;
-        for word in words {
-            acc += convert(word as u16) * unsafe { *x.add(8 * c + k) }
-                + convert((word >> 16) as u16) * unsafe { *x.add(8 * c + k + 1) };
-            k += 2;
-        }
-        c += WARP_SIZE;
-    }
-    unsafe { finish(acc, row, bias, y) };
+unsafe fn gemv_half(
+    w: *const u16,
+    bias: *const f32,
+    x: *const f32,
+    y: *mut f32,
+    n_in: u32,
+    n_out: u32,
+    convert: fn(u16) -> f32,
+) {
+    let n_in = n_in as usize;
+    let sx = SharedX::<8, 4>::new();
+    unsafe { sx.stage(x, n_in) };
+    unsafe {
+        for_rows(n_out as usize, bias, y, |row| {
+            let w = w.add(row * n_in);
+            over_chunks(
+                n_in / 8,
+                |c| load_u16x8(w.add(8 * c)),
+                |[w0, w1, w2, w3], c| {
+                    let [a, b, cc, d] = sx.get4(8 * c);
+                    let [e, f, g, h] = sx.get4(8 * c + 4);
+                    let half =
+                        |word: u32, high: bool| convert(if high { (word >> 16) as u16 } else { word as u16 });
+                    (half(w0, false) * a + half(w0, true) * b + half(w1, false) * cc + half(w1, true) * d)
+                        + (half(w2, false) * e
+                            + half(w2, true) * f
+                            + half(w3, false) * g
+                            + half(w3, true) * h)
+                },
+            )
+        })
+    };
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn gemv_f16(w: *const u16, bias: *const f32, x: *const f32, y: *mut f32, n_in: u32, n_out: u32) {
+pub unsafe extern "ptx-kernel" fn gemv_f16(
+    w: *const u16,
+    bias: *const f32,
+    x: *const f32,
+    y: *mut f32,
+    n_in: u32,
+    n_out: u32,
+) {
     unsafe { gemv_half(w, bias, x, y, n_in, n_out, f16_to_f32) }
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn gemv_bf16(w: *const u16, bias: *const f32, x: *const f32, y: *mut f32, n_in: u32, n_out: u32) {
+pub unsafe extern "ptx-kernel" fn gemv_bf16(
+    w: *const u16,
+    bias: *const f32,
+    x: *const f32,
+    y: *mut f32,
+    n_in: u32,
+    n_out: u32,
+) {
     unsafe { gemv_half(w, bias, x, y, n_in, n_out, bf16_to_f32) }
 }
