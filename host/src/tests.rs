@@ -131,7 +131,7 @@ fn repacking_splits_block_fields_in_order() {
     assert_eq!(quants, (0..32).collect::<Vec<u8>>());
     let (quants, scales, mins) = repack_blocks(
         WeightFormat::Q8_0,
-        &[1, 2, 3, 4].repeat(1).into_iter().chain([5; 30]).collect::<Vec<_>>(),
+        &[1, 2, 3, 4].into_iter().chain([5; 30]).collect::<Vec<u8>>(),
     );
     assert_eq!((quants.len(), scales, mins.len()), (32, vec![0x0201], 0));
 }
