@@ -12,7 +12,7 @@
 //! (The layouts are llama.cpp's; gguf-py's quants.py is the reference the tests compare against.)
 
 use super::types::GgmlType;
-use half::{bf16, f16};
+use half::f16;
 
 /// Dequantizes `n` elements of type `ty` from `bytes` (exactly n / block_size blocks).
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
@@ -30,9 +30,11 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Stri
             out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
         }
         GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(|b| f16_at(b, 0))),
-        GgmlType::Bf16 => {
-            out.extend(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()))
-        }
+        // bf16 is the top half of an f32: a shift, as ggml and gguf-py do it. (half's conversion
+        // sets the quiet bit of a signalling NaN, so it would not keep every bit pattern.)
+        GgmlType::Bf16 => out.extend(
+            bytes.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
+        ),
         GgmlType::Q8_0 => blocks.for_each(|b| q8_0(b, &mut out)),
         GgmlType::Q4_0 => blocks.for_each(|b| q4(b, &mut out, false)),
         GgmlType::Q4_1 => blocks.for_each(|b| q4(b, &mut out, true)),

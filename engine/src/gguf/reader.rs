@@ -160,7 +160,7 @@ impl GgufFile {
         }
         let tensor_count = r.u64("tensor count")?;
         let kv_count = r.u64("metadata count")?;
-        // Each metadata entry takes at least 12 bytes (empty key, type, smallest value) and each
+        // Each metadata entry takes at least 13 bytes (empty key, type, smallest value) and each
         // tensor info at least 24: counts beyond what the file can hold are rejected up front.
         r.check_count(kv_count, 13, "metadata count")?;
         r.check_count(tensor_count, 24, "tensor count")?;
