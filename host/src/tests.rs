@@ -129,9 +129,7 @@ fn repacking_splits_block_fields_in_order() {
     assert_eq!(scales, vec![0x1000, 0x1001]);
     assert_eq!(mins, vec![0x2000, 0x2001]);
     assert_eq!(quants, (0..32).collect::<Vec<u8>>());
-    let (quants, scales, mins) = repack_blocks(
-        WeightFormat::Q8_0,
-        &[1, 2, 3, 4].into_iter().chain([5; 30]).collect::<Vec<u8>>(),
-    );
+    let (quants, scales, mins) =
+        repack_blocks(WeightFormat::Q8_0, &[1, 2, 3, 4].into_iter().chain([5; 30]).collect::<Vec<u8>>());
     assert_eq!((quants.len(), scales, mins.len()), (32, vec![0x0201], 0));
 }
