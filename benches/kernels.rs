@@ -202,6 +202,16 @@ fn main() -> Result<()> {
             })?;
             let moved = matrices[0].size() + 4 * (n_in + n_out);
             table.row(&format!("gemv {format:?}"), &format!("{n_out}x{n_in}"), moved, ms);
+            if matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1) {
+                // The integer form, timed with the quantization of x it needs (two launches).
+                let mut activations = gpu.q8_activations(n_in)?;
+                let ms = time(&gpu, || {
+                    next = (next + 1) % copies;
+                    gpu.quantize_q8(&x, &mut activations)?;
+                    gpu.gemv_q8(&matrices[next], &activations, None, &mut y)
+                })?;
+                table.row(&format!("quantize+gemv_q8 {format:?}"), &format!("{n_out}x{n_in}"), moved, ms);
+            }
         }
     }
     Ok(())

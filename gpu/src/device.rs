@@ -303,3 +303,33 @@ pub fn sqrt(x: f32) -> f32 {
     unsafe { asm!("sqrt.rn.f32 {o}, {x};", o = out(reg32) out, x = in(reg32) x) };
     out
 }
+
+// ---- integer dot products ----------------------------------------------------------------------
+
+/// c + the sum of the four products of the signed bytes of a and b (`dp4a`, sm_61 and later).
+#[inline(always)]
+pub fn dp4a_signed(a: u32, b: u32, c: i32) -> i32 {
+    let out: i32;
+    unsafe {
+        asm!("dp4a.s32.s32 {o}, {a}, {b}, {c};", o = out(reg32) out, a = in(reg32) a, b = in(reg32) b, c = in(reg32) c)
+    };
+    out
+}
+
+/// c + the sum of the products of the unsigned bytes of a with the signed bytes of b.
+#[inline(always)]
+pub fn dp4a_unsigned_signed(a: u32, b: u32, c: i32) -> i32 {
+    let out: i32;
+    unsafe {
+        asm!("dp4a.u32.s32 {o}, {a}, {b}, {c};", o = out(reg32) out, a = in(reg32) a, b = in(reg32) b, c = in(reg32) c)
+    };
+    out
+}
+
+/// Round to the nearest integer, ties to even (`cvt.rni`).
+#[inline(always)]
+pub fn round_to_i32(x: f32) -> i32 {
+    let out: i32;
+    unsafe { asm!("cvt.rni.s32.f32 {o}, {x};", o = out(reg32) out, x = in(reg32) x) };
+    out
+}

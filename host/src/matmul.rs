@@ -180,13 +180,16 @@ impl Gpu {
         let (y, _y) = y.device_ptr_mut(stream);
         let bias_guard = bias.map(|b| b.device_ptr(stream));
         let bias = bias_guard.as_ref().map_or(0u64, |(p, _)| *p);
-        // A persistent grid: two blocks per SM (or fewer when there are fewer rows), each staging x
-        // once and then taking rows in turn.
-        let blocks = w.n_out.div_ceil(WARPS_PER_BLOCK).min(2 * self.sm_count());
+        // A persistent grid: as many blocks per SM as their copies of x fit in shared memory (at
+        // most 8), each staging x once and then taking rows in turn. More resident warps keep more
+        // loads in flight, which is what a batch-1 GEMV is limited by.
+        let shared = gemv_shared_bytes(w.format, w.n_in);
+        let per_sm = (200 * 1024 / shared.max(1)).clamp(1, 8);
+        let blocks = w.n_out.div_ceil(WARPS_PER_BLOCK).min(per_sm * self.sm_count());
         let config = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (32 * WARPS_PER_BLOCK as u32, 1, 1),
-            shared_mem_bytes: gemv_shared_bytes(w.format, w.n_in) as u32,
+            shared_mem_bytes: shared as u32,
         };
         let (n_in, n_out) = (w.n_in as u32, w.n_out as u32);
         match &w.storage {
@@ -216,6 +219,94 @@ impl Gpu {
                     _ => self.launch("gemv_q8_0", config, &[&q, &s, &bias, &x, &y, &n_in, &n_out]),
                 }
             }
+        }
+    }
+}
+
+/// Activations quantized to 8 bits per block of 32 (values, scales, scale times sum), the input of
+/// the integer GEMV forms. Made by [`Gpu::quantize_q8`]; reusable for every matrix that reads the
+/// same x (q, k and v; gate and up).
+pub struct Q8Activations {
+    q: CudaSlice<u8>,
+    d: CudaSlice<f32>,
+    s: CudaSlice<f32>,
+    pub n: usize,
+}
+
+impl Gpu {
+    /// Space for `n` quantized activations (n a multiple of 32).
+    pub fn q8_activations(&self, n: usize) -> Result<Q8Activations> {
+        if n == 0 || !n.is_multiple_of(32) {
+            return Err(shape_error("quantize_q8_1", format!("n = {n} must be a positive multiple of 32")));
+        }
+        Ok(Q8Activations { q: self.alloc(n)?, d: self.alloc(n / 32)?, s: self.alloc(n / 32)?, n })
+    }
+
+    /// Quantizes x into `out` (llama.cpp's Q8_1: round half to even, f16-rounded scale and sum).
+    pub fn quantize_q8(&self, x: &impl DevicePtr<f32>, out: &mut Q8Activations) -> Result<()> {
+        const KERNEL: &str = "quantize_q8_1";
+        expect_len(KERNEL, "x", x.len(), out.n)?;
+        let stream = self.stream();
+        let (x, _x) = x.device_ptr(stream);
+        let (q, _q) = out.q.device_ptr_mut(stream);
+        let (d, _d) = out.d.device_ptr_mut(stream);
+        let (s, _s) = out.s.device_ptr_mut(stream);
+        let blocks = (out.n / 32).div_ceil(8).min(4 * self.sm_count()) as u32;
+        let config = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let n = out.n as u32;
+        self.launch(KERNEL, config, &[&x, &q, &d, &s, &n])
+    }
+
+    /// y = W x (+ bias) with W quantized (Q8_0, Q4_0, Q4_1) and x given as 8-bit activations: the
+    /// integer (dp4a) form, the numbers llama.cpp computes.
+    pub fn gemv_q8(
+        &self,
+        w: &GpuMatrix,
+        x: &Q8Activations,
+        bias: Option<&CudaSlice<f32>>,
+        y: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        const KERNEL: &str = "gemv_q8";
+        expect_len(KERNEL, "x", x.n, w.n_in)?;
+        expect_len(KERNEL, "y", y.len(), w.n_out)?;
+        if let Some(b) = bias {
+            expect_len(KERNEL, "bias", b.len(), w.n_out)?;
+        }
+        let Storage::Blocks { format, quants, scales, mins } = &w.storage else {
+            return Err(shape_error(
+                KERNEL,
+                format!("{:?} weights have no integer form; use gemv", w.format),
+            ));
+        };
+        let stream = self.stream();
+        let (y, _y) = y.device_ptr_mut(stream);
+        let bias_guard = bias.map(|b| b.device_ptr(stream));
+        let bias = bias_guard.as_ref().map_or(0u64, |(p, _)| *p);
+        let (xq, _xq) = x.q.device_ptr(stream);
+        let (xd, _xd) = x.d.device_ptr(stream);
+        let (xs, _xs) = x.s.device_ptr(stream);
+        let (q, _q) = quants.device_ptr(stream);
+        let (s, _s) = scales.device_ptr(stream);
+        // A warp per row: no shared state, so every row gets its own warp and the GPU holds as
+        // many loads in flight as its occupancy allows.
+        let config = LaunchConfig {
+            grid_dim: (w.n_out.div_ceil(WARPS_PER_BLOCK) as u32, 1, 1),
+            block_dim: (32 * WARPS_PER_BLOCK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n_in, n_out) = (w.n_in as u32, w.n_out as u32);
+        match (format, mins) {
+            (WeightFormat::Q8_0, _) => {
+                self.launch("gemv_q8_0_q8", config, &[&q, &s, &bias, &xq, &xd, &y, &n_in, &n_out])
+            }
+            (WeightFormat::Q4_0, _) => {
+                self.launch("gemv_q4_0_q8", config, &[&q, &s, &bias, &xq, &xd, &xs, &y, &n_in, &n_out])
+            }
+            (WeightFormat::Q4_1, Some(mins)) => {
+                let (m, _m) = mins.device_ptr(stream);
+                self.launch("gemv_q4_1_q8", config, &[&q, &s, &m, &bias, &xq, &xd, &xs, &y, &n_in, &n_out])
+            }
+            _ => Err(shape_error(KERNEL, format!("{format:?} has no integer form"))),
         }
     }
 }

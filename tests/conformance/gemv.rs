@@ -93,3 +93,30 @@ fn gemv_rejects_bad_shapes() {
     let error = gpu.gemv(&matrix, &x, None, &mut y).unwrap_err().to_string();
     assert!(error.contains("x has 7 elements, expected 8"), "{error}");
 }
+
+proptest! {
+    #![proptest_config(config(48))]
+
+    /// The integer form against the CPU's llama.cpp-style product (engine::cpu::quantized), which
+    /// quantizes x the same way: the integers agree exactly, so only float summation order differs.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn gemv_q8_matches_the_cpu_integer_path(format in prop::sample::select(vec![WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1]), n_in_blocks in prop_oneof![1usize..=8, 9usize..=256], n_out in prop_oneof![1usize..=40, 41usize..=3000], with_bias: bool, seed: u64) {
+        use engine::cpu::quantized::{Matrix, matmul};
+        let n_in = 32 * n_in_blocks;
+        let bytes = random_matrix(format, n_in, n_out, seed);
+        let x = random_values(seed ^ 9, n_in, 2.0);
+        let bias = with_bias.then(|| random_values(seed ^ 10, n_out, 1.0));
+        let mut expected = vec![0.0f32; n_out];
+        matmul(&x, &Matrix::Blocks { ty: ggml_type(format), bytes: bytes.clone() }, bias.as_deref(), &mut expected, n_in, n_out);
+
+        let gpu = gpu();
+        let matrix = gpu.upload_matrix(format, &bytes, n_in, n_out).unwrap();
+        let mut activations = gpu.q8_activations(n_in).unwrap();
+        gpu.quantize_q8(&gpu.upload(&x).unwrap(), &mut activations).unwrap();
+        let bias_gpu = bias.as_ref().map(|b| gpu.upload(b).unwrap());
+        let mut y = poisoned(n_out);
+        gpu.gemv_q8(&matrix, &activations, bias_gpu.as_ref(), &mut y).unwrap();
+        assert_close(&format!("gemv_q8 {format:?} {n_out}x{n_in}"), &gpu.download(&y).unwrap(), &expected, 1e-5);
+    }
+}

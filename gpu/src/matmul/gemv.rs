@@ -18,8 +18,8 @@
 //! Cost: the weight bytes once, x once per block from L2, 4 * n_out bytes written: memory-bound.
 
 use crate::device::{
-    WARP_SIZE, bf16_to_f32, block_dim, block_idx, dynamic_shared, f16_to_f32, grid_dim, lane_idx, load_f32x4,
-    load_u16x8, sync_threads, thread_idx, warp_idx, warp_sum,
+    WARP_SIZE, bf16_to_f32, block_dim, block_idx, dp4a_signed, dp4a_unsigned_signed, dynamic_shared,
+    f16_to_f32, grid_dim, lane_idx, load_f32x4, load_u16x8, sync_threads, thread_idx, warp_idx, warp_sum,
 };
 
 pub const WARPS_PER_BLOCK: usize = 8;
@@ -310,4 +310,123 @@ pub unsafe extern "ptx-kernel" fn gemv_bf16(
     n_out: u32,
 ) {
     unsafe { gemv_half(w, bias, x, y, n_in, n_out, bf16_to_f32) }
+}
+
+// ---- integer forms: weights against 8-bit activations (see quantize.rs) -------------------------
+// The activations come quantized per block of 32: xq i8, xd its scale, xs = xd * sum(xq). Each lane
+// takes a 16-byte chunk of quants and the 16 or 32 activation bytes that go with it (consecutive
+// lanes read consecutive activation bytes, so these loads coalesce without shared memory), and
+// multiplies them four at a time with dp4a: about one instruction per weight byte fewer than
+// four, against four to six for the float forms above.
+
+/// Q8_0 weights: chunk c is half of block c / 2.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemv_q8_0_q8(
+    quants: *const u8,
+    scales: *const u16,
+    bias: *const f32,
+    xq: *const u8,
+    xd: *const f32,
+    y: *mut f32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let n_in = n_in as usize;
+    unsafe {
+        for_rows(n_out as usize, bias, y, |row| {
+            let (q, s) = (quants.add(row * n_in), scales.add(row * n_in / 32));
+            over_chunks(
+                n_in / 16,
+                |c| load_u16x8(q.add(16 * c) as *const u16),
+                |[w0, w1, w2, w3], c| {
+                    let [a0, a1, a2, a3] = load_u16x8(xq.add(16 * c) as *const u16);
+                    let sum =
+                        dp4a_signed(w3, a3, dp4a_signed(w2, a2, dp4a_signed(w1, a1, dp4a_signed(w0, a0, 0))));
+                    f16_to_f32(*s.add(c / 2)) * *xd.add(c / 2) * sum as f32
+                },
+            )
+        })
+    };
+}
+
+/// One row of Q4_0 (x = d (q - 8), `mins` null) or Q4_1 (x = d q + m) against 8-bit activations.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q4_row_q8(
+    quants: *const u8,
+    scales: *const u16,
+    mins: *const u16,
+    xq: *const u8,
+    xd: *const f32,
+    xs: *const f32,
+    row: usize,
+    n_in: usize,
+) -> f32 {
+    let blocks = n_in / 32;
+    let (q, s) = unsafe { (quants.add(row * n_in / 2), scales.add(row * blocks)) };
+    over_chunks(
+        blocks,
+        |b| unsafe { load_u16x8(q.add(16 * b) as *const u16) },
+        |[w0, w1, w2, w3], b| {
+            let [l0, l1, l2, l3] = unsafe { load_u16x8(xq.add(32 * b) as *const u16) };
+            let [h0, h1, h2, h3] = unsafe { load_u16x8(xq.add(32 * b + 16) as *const u16) };
+            let pair = |w: u32, low: u32, high: u32, acc: i32| {
+                let acc = dp4a_unsigned_signed(w & 0x0F0F_0F0F, low, acc);
+                dp4a_unsigned_signed((w >> 4) & 0x0F0F_0F0F, high, acc)
+            };
+            let sum = pair(w3, l3, h3, pair(w2, l2, h2, pair(w1, l1, h1, pair(w0, l0, h0, 0))));
+            let d = f16_to_f32(unsafe { *s.add(b) }) * unsafe { *xd.add(b) };
+            if mins.is_null() {
+                // sum((q - 8) xq) = sum(q xq) - 8 sum(xq), all in integers.
+                let ones = 0x0101_0101;
+                let sum_x =
+                    [l0, l1, l2, l3, h0, h1, h2, h3].into_iter().fold(0, |acc, a| dp4a_signed(ones, a, acc));
+                d * (sum - 8 * sum_x) as f32
+            } else {
+                d * sum as f32 + f16_to_f32(unsafe { *mins.add(row * blocks + b) }) * unsafe { *xs.add(b) }
+            }
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemv_q4_0_q8(
+    quants: *const u8,
+    scales: *const u16,
+    bias: *const f32,
+    xq: *const u8,
+    xd: *const f32,
+    xs: *const f32,
+    y: *mut f32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let n_in = n_in as usize;
+    unsafe {
+        for_rows(n_out as usize, bias, y, |row| {
+            q4_row_q8(quants, scales, core::ptr::null(), xq, xd, xs, row, n_in)
+        })
+    };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemv_q4_1_q8(
+    quants: *const u8,
+    scales: *const u16,
+    mins: *const u16,
+    bias: *const f32,
+    xq: *const u8,
+    xd: *const f32,
+    xs: *const f32,
+    y: *mut f32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let n_in = n_in as usize;
+    unsafe {
+        for_rows(n_out as usize, bias, y, |row| q4_row_q8(quants, scales, mins, xq, xd, xs, row, n_in))
+    };
 }
