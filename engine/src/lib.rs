@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod cpu;
+pub mod cuda;
 pub mod default_model;
 pub mod generate;
 pub mod gguf;

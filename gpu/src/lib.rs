@@ -8,6 +8,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 pub mod activation;
+pub mod attention;
 pub mod device;
 pub mod element;
 pub mod embedding;

@@ -13,6 +13,7 @@ pub use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr
 pub use half::{bf16, f16};
 
 pub mod activation;
+pub mod attention;
 pub mod embedding;
 pub mod matmul;
 pub mod norm;
@@ -54,6 +55,7 @@ pub const KERNELS: &[&str] = &[
     "gemv_q8_0_q8",
     "gemv_q4_0_q8",
     "gemv_q4_1_q8",
+    "attention_decode_f32",
 ];
 
 #[derive(Debug, thiserror::Error)]

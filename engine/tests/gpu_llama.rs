@@ -1,0 +1,77 @@
+//! The GPU decode path of the Llama family against the CPU reference and transformers, on the
+//! fixtures (tests/fixtures/). GPU tests: run with `cargo test -- --include-ignored` on a GPU.
+
+use engine::cuda::GpuLlama;
+use engine::gguf::GgufFile;
+use engine::model::{Model, Numerics};
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+}
+
+fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (diff / norm).sqrt()
+}
+
+fn check(name: &str) {
+    let file = GgufFile::open(fixture(&format!("{name}.gguf"))).unwrap();
+    let tokens: Vec<u32> =
+        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.tokens.json"))).unwrap())
+            .unwrap();
+    let transformers: Vec<f32> = std::fs::read(fixture(&format!("{name}.logits.f32")))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let cpu = Model::load(&file, Numerics::Exact, &|_, _| {}).unwrap();
+    let mut cache = cpu.new_cache(64);
+    let reference = cpu.forward(&tokens, &mut cache).unwrap();
+
+    let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
+    let mut model = GpuLlama::load(gpu, &file, 64, &|_, _| {}).unwrap();
+    let logits = model.forward(&tokens).unwrap();
+    let n_vocab = model.config().n_vocab;
+    let (mut worst_cpu, mut worst_hf) = (0.0f64, 0.0f64);
+    for t in 0..tokens.len() {
+        let row = &logits[t * n_vocab..(t + 1) * n_vocab];
+        worst_cpu = worst_cpu.max(relative_error(row, &reference[t * n_vocab..(t + 1) * n_vocab]));
+        worst_hf = worst_hf.max(relative_error(row, &transformers[t * n_vocab..(t + 1) * n_vocab]));
+    }
+    println!("{name}: GPU vs CPU {worst_cpu:.2e}, GPU vs transformers {worst_hf:.2e} (worst position)");
+    assert!(worst_cpu < 1e-2 && worst_hf < 1e-2, "{name}: {worst_cpu:.2e} / {worst_hf:.2e}");
+    // Greedy choices agree wherever the reference's top two are not within 1e-3.
+    for t in 0..tokens.len() {
+        let (row, reference_row) =
+            (&logits[t * n_vocab..(t + 1) * n_vocab], &reference[t * n_vocab..(t + 1) * n_vocab]);
+        let mut sorted = reference_row.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        if sorted[0] - sorted[1] > 1e-3 {
+            assert_eq!(
+                engine::generate::argmax(row),
+                engine::generate::argmax(reference_row),
+                "{name} position {t}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn llama_on_the_gpu_matches_the_cpu() {
+    check("llama");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn qwen2_on_the_gpu_matches_the_cpu() {
+    check("qwen2");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn phi3_on_the_gpu_matches_the_cpu() {
+    check("phi3");
+}
