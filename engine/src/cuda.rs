@@ -305,3 +305,21 @@ impl GpuLlama {
         Ok(gpu.download(&b.logits)?)
     }
 }
+
+impl crate::generate::Session for GpuLlama {
+    fn n_vocab(&self) -> usize {
+        self.config.n_vocab
+    }
+    fn position(&self) -> usize {
+        self.len
+    }
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, crate::generate::BackendError> {
+        Ok(GpuLlama::forward(self, tokens)?)
+    }
+    fn clear(&mut self) {
+        GpuLlama::clear(self);
+    }
+}

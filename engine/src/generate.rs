@@ -1,6 +1,6 @@
 //! The generation loop: prefill the prompt, then sample one token at a time, streaming text.
 
-use crate::model::{KvCache, Model, ModelError};
+use crate::model::{KvCache, Model};
 use crate::tokenizer::Tokenizer;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,70 @@ impl Utf8Stream {
         let text = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         text
+    }
+}
+
+/// A model with the state of one sequence (its KV cache): what generation and perplexity drive,
+/// on whichever backend holds the model.
+pub trait Session {
+    fn n_vocab(&self) -> usize;
+    /// Positions filled so far.
+    fn position(&self) -> usize;
+    /// Positions the cache holds.
+    fn capacity(&self) -> usize;
+    /// Logits [tokens.len(), n_vocab] of `tokens` following what the cache holds.
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError>;
+    /// Forgets the sequence.
+    fn clear(&mut self);
+}
+
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<T: Session + ?Sized> Session for &mut T {
+    fn n_vocab(&self) -> usize {
+        (**self).n_vocab()
+    }
+    fn position(&self) -> usize {
+        (**self).position()
+    }
+    fn capacity(&self) -> usize {
+        (**self).capacity()
+    }
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        (**self).forward(tokens)
+    }
+    fn clear(&mut self) {
+        (**self).clear()
+    }
+}
+
+/// The CPU backend's session: a model and a KV cache.
+pub struct CpuSession<'a> {
+    pub model: &'a Model,
+    pub cache: KvCache,
+}
+
+impl<'a> CpuSession<'a> {
+    pub fn new(model: &'a Model, capacity: usize) -> Self {
+        CpuSession { model, cache: model.new_cache(capacity) }
+    }
+}
+
+impl Session for CpuSession<'_> {
+    fn n_vocab(&self) -> usize {
+        self.model.config().n_vocab
+    }
+    fn position(&self) -> usize {
+        self.cache.len
+    }
+    fn capacity(&self) -> usize {
+        self.cache.capacity
+    }
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        Ok(self.model.forward(tokens, &mut self.cache)?)
+    }
+    fn clear(&mut self) {
+        self.cache.clear();
     }
 }
 
@@ -67,21 +131,20 @@ pub enum Finish {
 /// sees each one and returns false to stop (stop strings). Returns the new tokens, why it ended,
 /// and timings.
 pub fn generate(
-    model: &Model,
-    cache: &mut KvCache,
+    session: &mut dyn Session,
     prompt: &[u32],
     max_tokens: usize,
     eos: &[u32],
     choose: &mut dyn FnMut(&[f32]) -> Result<u32, String>,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, Finish, Stats), GenerateError> {
-    let n_vocab = model.config().n_vocab;
+    let n_vocab = session.n_vocab();
     let mut stats = Stats { prompt_tokens: prompt.len(), ..Stats::default() };
     if prompt.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
     let start = Instant::now();
-    let logits = model.forward(prompt, cache)?;
+    let logits = session.forward(prompt).map_err(GenerateError::Backend)?;
     stats.prefill = start.elapsed();
     let mut last = logits[logits.len() - n_vocab..].to_vec();
     let mut generated = Vec::new();
@@ -101,10 +164,10 @@ pub fn generate(
         if generated.len() >= max_tokens {
             break Finish::MaxTokens;
         }
-        if cache.len >= cache.capacity {
+        if session.position() >= session.capacity() {
             break Finish::ContextFull;
         }
-        last = model.forward(&[token], cache)?;
+        last = session.forward(&[token]).map_err(GenerateError::Backend)?;
     };
     stats.generated_tokens = generated.len();
     stats.decode = decode_start.elapsed();
@@ -116,7 +179,7 @@ pub enum GenerateError {
     #[error("the prompt is empty (no tokens)")]
     EmptyPrompt,
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Backend(BackendError),
     #[error("sampling: {0}")]
     Sampling(String),
 }

@@ -3,7 +3,8 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use engine::chat::{self, Message};
-use engine::generate::{self, Finish, Utf8Stream};
+use engine::cuda::GpuLlama;
+use engine::generate::{self, CpuSession, Finish, Session, Utf8Stream};
 use engine::gguf::{GgufFile, Value};
 use engine::model::Model;
 use engine::tokenizer::Tokenizer;
@@ -193,21 +194,21 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate { prompt, model, sampling, verbose } => {
-            let loaded = load(&model)?;
+            let mut loaded = load(&model)?;
             if verbose {
-                eprintln!("{:#?}", loaded.model.config());
+                eprintln!("{:#?}", loaded.config());
             }
             let tokens = loaded.tokenizer.encode(&prompt, loaded.tokenizer.add_bos(), false)?;
             print!("{prompt}");
-            run_generation(&loaded, &tokens, &sampling)?;
+            run_generation(&mut loaded, &tokens, &sampling)?;
             println!();
             Ok(())
         }
         Command::Chat { model, sampling, system, message } => {
-            chat_loop(&load(&model)?, &sampling, system, message)
+            chat_loop(&mut load(&model)?, &sampling, system, message)
         }
         Command::Perplexity { file, model, chunks } => {
-            let loaded = load(&model)?;
+            let mut loaded = load(&model)?;
             let text =
                 std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let tokens = loaded.tokenizer.encode(&text, loaded.tokenizer.add_bos(), false)?;
@@ -215,8 +216,9 @@ fn run(cli: Cli) -> Result<()> {
             let bos = loaded.tokenizer.add_bos().then(|| loaded.tokenizer.bos()).flatten();
             eprintln!("{} tokens; chunks of {n_ctx}", tokens.len());
             let start = Instant::now();
+            let mut session = loaded.session(n_ctx)?;
             let result =
-                perplexity::perplexity(&loaded.model, &tokens, n_ctx, chunks, bos, &mut |i, n, ppl| {
+                perplexity::perplexity(&mut *session, &tokens, n_ctx, chunks, bos, &mut |i, n, ppl| {
                     eprint!("[{i}/{n}] {ppl:.4}  ");
                     let _ = std::io::stderr().flush();
                 })?;
@@ -231,17 +233,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Logits { prompt, out, model } => {
-            let loaded = load(&model)?;
+            let mut loaded = load(&model)?;
             let tokens = loaded.tokenizer.encode(&prompt, loaded.tokenizer.add_bos(), false)?;
-            let mut cache = loaded.model.new_cache(tokens.len());
-            let logits = loaded.model.forward(&tokens, &mut cache)?;
-            write_npy(&out, &logits, tokens.len(), loaded.model.config().n_vocab)?;
-            eprintln!(
-                "wrote {} x {} logits to {}",
-                tokens.len(),
-                loaded.model.config().n_vocab,
-                out.display()
-            );
+            let n_vocab = loaded.config().n_vocab;
+            let logits = loaded.session(tokens.len())?.forward(&tokens).map_err(|e| anyhow::anyhow!(e))?;
+            write_npy(&out, &logits, tokens.len(), n_vocab)?;
+            eprintln!("wrote {} x {n_vocab} logits to {}", tokens.len(), out.display());
             Ok(())
         }
         Command::Tokenize { text, file, ids, no_bos, parse_special, model } => {
@@ -277,12 +274,43 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+enum Runner {
+    Cpu(Box<Model>),
+    Gpu(Box<GpuLlama>),
+}
+
 struct Loaded {
-    model: Model,
+    runner: Runner,
     tokenizer: Tokenizer,
     /// `tokenizer.chat_template`, if the file has one.
     chat_template: Option<String>,
     ctx_size: usize,
+}
+
+impl Loaded {
+    fn config(&self) -> &engine::model::ModelConfig {
+        match &self.runner {
+            Runner::Cpu(m) => m.config(),
+            Runner::Gpu(m) => m.config(),
+        }
+    }
+
+    /// A fresh sequence of up to `capacity` positions on the model's backend.
+    fn session(&mut self, capacity: usize) -> Result<Box<dyn Session + '_>> {
+        match &mut self.runner {
+            Runner::Cpu(model) => Ok(Box::new(CpuSession::new(model, capacity))),
+            Runner::Gpu(model) => {
+                if capacity > self.ctx_size {
+                    bail!(
+                        "the GPU KV cache holds {} positions; raise --ctx-size to {capacity}",
+                        self.ctx_size
+                    );
+                }
+                model.clear();
+                Ok(Box::new(&mut **model))
+            }
+        }
+    }
 }
 
 fn model_path(path: Option<&Path>) -> Result<PathBuf> {
@@ -311,11 +339,6 @@ fn model_path(path: Option<&Path>) -> Result<PathBuf> {
 }
 
 fn load(args: &ModelArgs) -> Result<Loaded> {
-    match args.backend {
-        Backend::Cuda => bail!("the CUDA backend is not built yet; use --backend cpu (or auto)"),
-        Backend::Auto => eprintln!("note: running on the CPU (the CUDA backend is not built yet)"),
-        Backend::Cpu => {}
-    }
     let path = model_path(args.model.as_deref())?;
     let start = Instant::now();
     if args.trusted_hashes.is_some() || args.audit_log.is_some() {
@@ -340,28 +363,57 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers").expect("valid template"),
     );
     bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-    let numerics = match args.numerics {
-        NumericsArg::LlamaCpp => engine::model::Numerics::LlamaCpp,
-        NumericsArg::Exact => engine::model::Numerics::Exact,
-    };
-    let model = Model::load(&file, numerics, &|done, total| {
+    let progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    })
-    .with_context(|| format!("loading {}", path.display()))?;
-    bar.finish_and_clear();
-    let trained = model.config().n_ctx_train;
+    };
+    let trained = engine::model::ModelConfig::from_gguf(&file)?.n_ctx_train;
     let ctx_size = args.ctx_size.unwrap_or(trained.min(4096));
     if ctx_size == 0 {
         bail!("--ctx-size must be at least 1");
     }
-    eprintln!("loaded {} in {:.2} s", path.display(), start.elapsed().as_secs_f64());
+    let gpu = match args.backend {
+        Backend::Cpu => None,
+        Backend::Cuda => Some(GpuLlama::load(host::Gpu::new(0)?, &file, ctx_size, &progress)?),
+        Backend::Auto => match host::Gpu::new(0) {
+            Err(e) => {
+                eprintln!("note: running on the CPU ({e})");
+                None
+            }
+            Ok(gpu) => match GpuLlama::load(gpu, &file, ctx_size, &progress) {
+                Ok(model) => Some(model),
+                Err(e) => {
+                    eprintln!("note: running on the CPU: {e}");
+                    None
+                }
+            },
+        },
+    };
+    let runner = match gpu {
+        Some(model) => Runner::Gpu(Box::new(model)),
+        None => Runner::Cpu(Box::new(load_cpu(&file, args, &progress)?)),
+    };
+    bar.finish_and_clear();
+    eprintln!(
+        "loaded {} in {:.2} s ({})",
+        path.display(),
+        start.elapsed().as_secs_f64(),
+        if matches!(runner, Runner::Gpu(_)) { "GPU" } else { "CPU" }
+    );
     let chat_template = file.get_str_opt("tokenizer.chat_template")?.map(str::to_string);
-    Ok(Loaded { model, tokenizer, chat_template, ctx_size })
+    Ok(Loaded { runner, tokenizer, chat_template, ctx_size })
+}
+
+fn load_cpu(file: &GgufFile, args: &ModelArgs, progress: &dyn Fn(usize, usize)) -> Result<Model> {
+    let numerics = match args.numerics {
+        NumericsArg::LlamaCpp => engine::model::Numerics::LlamaCpp,
+        NumericsArg::Exact => engine::model::Numerics::Exact,
+    };
+    Ok(Model::load(file, numerics, progress)?)
 }
 
 /// Generates after `tokens`, streaming text to stdout; returns the generated text.
-fn run_generation(loaded: &Loaded, tokens: &[u32], sampling: &SamplingArgs) -> Result<String> {
+fn run_generation(loaded: &mut Loaded, tokens: &[u32], sampling: &SamplingArgs) -> Result<String> {
     if tokens.len() >= loaded.ctx_size {
         bail!(
             "the prompt is {} tokens but the context holds {}; shorten it or raise --ctx-size",
@@ -369,7 +421,15 @@ fn run_generation(loaded: &Loaded, tokens: &[u32], sampling: &SamplingArgs) -> R
             loaded.ctx_size
         );
     }
-    let mut cache = loaded.model.new_cache(loaded.ctx_size);
+    let ctx_size = loaded.ctx_size;
+    let tokenizer = &loaded.tokenizer;
+    let mut session = match &mut loaded.runner {
+        Runner::Cpu(model) => Box::new(CpuSession::new(model, ctx_size)) as Box<dyn Session>,
+        Runner::Gpu(model) => {
+            model.clear();
+            Box::new(&mut **model)
+        }
+    };
     let mut sampler = engine::sampler::Sampler::new(sampler_config(sampling));
     for &t in tokens {
         sampler.accept(t);
@@ -378,10 +438,9 @@ fn run_generation(loaded: &Loaded, tokens: &[u32], sampling: &SamplingArgs) -> R
     let mut stream = Utf8Stream::default();
     let mut text = String::new();
     let mut stdout = std::io::stdout();
-    let eos: Vec<u32> = loaded.tokenizer.eos().into_iter().collect();
+    let eos: Vec<u32> = tokenizer.eos().into_iter().collect();
     let (_, finish, stats) = generate::generate(
-        &loaded.model,
-        &mut cache,
+        &mut *session,
         tokens,
         sampling.max_tokens,
         &eos,
@@ -391,7 +450,7 @@ fn run_generation(loaded: &Loaded, tokens: &[u32], sampling: &SamplingArgs) -> R
             Ok(token)
         },
         &mut |token| {
-            let piece = stream.push(loaded.tokenizer.token_bytes(token).unwrap_or(b""));
+            let piece = stream.push(tokenizer.token_bytes(token).unwrap_or(b""));
             let out = stops.push(&piece);
             text.push_str(&out.emit);
             let _ = write!(stdout, "{}", out.emit);
@@ -435,7 +494,7 @@ fn sampler_config(s: &SamplingArgs) -> engine::sampler::SamplerConfig {
 }
 
 fn chat_loop(
-    loaded: &Loaded,
+    loaded: &mut Loaded,
     sampling: &SamplingArgs,
     system: Option<String>,
     message: Option<String>,

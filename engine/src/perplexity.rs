@@ -4,7 +4,7 @@
 //! vocabulary adds one), and score only the second half of each chunk: the negative log-likelihood
 //! of token j+1 given tokens ..=j for j in n_ctx/2 .. n_ctx-1. PPL = exp(mean NLL).
 
-use crate::model::{Model, ModelError};
+use crate::generate::{BackendError, Session};
 
 #[derive(Debug, Clone)]
 pub struct Perplexity {
@@ -22,13 +22,13 @@ pub enum PerplexityError {
     #[error("the context size must be at least 4, got {0}")]
     ContextTooSmall(usize),
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Backend(BackendError),
 }
 
 /// `tokens` is the whole text tokenized; `bos` is the token to start each chunk with, if any.
 /// `on_chunk(i, running_ppl)` is called after each chunk.
 pub fn perplexity(
-    model: &Model,
+    session: &mut dyn Session,
     tokens: &[u32],
     n_ctx: usize,
     max_chunks: Option<usize>,
@@ -41,19 +41,23 @@ pub fn perplexity(
     if tokens.len() < 2 * n_ctx {
         return Err(PerplexityError::TooShort { tokens: tokens.len(), n_ctx, needed: 2 * n_ctx });
     }
-    let n_vocab = model.config().n_vocab;
+    let n_vocab = session.n_vocab();
+    if session.capacity() < n_ctx {
+        return Err(PerplexityError::Backend(
+            format!("the context holds {} positions, fewer than {n_ctx}", session.capacity()).into(),
+        ));
+    }
     let chunks = (tokens.len() / n_ctx).min(max_chunks.unwrap_or(usize::MAX));
     let first = n_ctx / 2;
     let (mut nll, mut count) = (0.0f64, 0usize);
     let mut running = Vec::with_capacity(chunks);
-    let mut cache = model.new_cache(n_ctx);
     for chunk in 0..chunks {
         let mut input = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
         if let Some(bos) = bos {
             input[0] = bos;
         }
-        cache.clear();
-        let logits = model.forward(&input, &mut cache)?;
+        session.clear();
+        let logits = session.forward(&input).map_err(PerplexityError::Backend)?;
         for j in first..n_ctx - 1 {
             let row = &logits[j * n_vocab..(j + 1) * n_vocab];
             nll -= log_softmax(row, input[j + 1] as usize);

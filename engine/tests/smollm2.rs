@@ -81,8 +81,9 @@ fn perplexity_is_within_one_percent_of_llama_cpp() {
     let (model, tokenizer) = load(Numerics::Exact);
     let text = std::fs::read_to_string(data("text/genesis-kjv.txt")).unwrap();
     let tokens = tokenizer.encode(&text, tokenizer.add_bos(), false).unwrap();
+    let mut session = engine::generate::CpuSession::new(&model, 512);
     let result =
-        engine::perplexity::perplexity(&model, &tokens, 512, Some(2), None, &mut |_, _, _| {}).unwrap();
+        engine::perplexity::perplexity(&mut session, &tokens, 512, Some(2), None, &mut |_, _, _| {}).unwrap();
     let expected = reference()["perplexity"]["running"][1].as_f64().unwrap();
     let difference = (result.ppl - expected).abs() / expected;
     println!("PPL over 2 chunks: {:.4}, llama.cpp {expected:.4} ({:.2}%)", result.ppl, 100.0 * difference);
