@@ -1,14 +1,14 @@
 //! The Llama family (Llama, SmolLM2, Qwen2, Phi-3) on the GPU, decode path: weights uploaded in
 //! their stored precision (F32/F16/BF16 rows, Q8_0/Q4_0/Q4_1 blocks), one token per step through
-//! the kernels of `gpu/` (RMSNorm, GEMV, RoPE, decode attention over an f32 KV cache, SwiGLU,
-//! residual adds), logits copied back. A prompt runs as a sequence of steps for now (no GEMM
-//! prefill yet). Checked against the CPU reference (`Numerics::Exact`).
+//! the kernels of `gpu/` (embedding lookup, RMSNorm, GEMV, RoPE, KV write, decode attention over
+//! an f32 KV cache, SwiGLU, residual adds), logits copied back. Every kernel of a step reads the
+//! token and its position from device memory, so the step is captured once as a CUDA graph and
+//! replayed for each token. A prompt runs as a sequence of steps for now (no GEMM prefill yet).
+//! Checked against the CPU reference (`Numerics::Exact`).
 
-use crate::cpu::quantized::Matrix;
 use crate::cpu::rope::RopeLayout;
 use crate::gguf::{GgmlType, GgufFile};
-use crate::model::weights::load_matrix;
-use crate::model::{Architecture, ModelConfig, ModelError, Numerics};
+use crate::model::{Architecture, ModelConfig, ModelError};
 use host::matmul::{GpuMatrix, WeightFormat};
 use host::rope::{Rope, RopeLayout as GpuRopeLayout, Yarn};
 use host::{CudaSlice, Gpu};
@@ -53,6 +53,7 @@ struct Buffers {
     up: CudaSlice<f32>,
     act: CudaSlice<f32>,
     logits: CudaSlice<f32>,
+    token: CudaSlice<u32>,
     position: CudaSlice<u32>,
 }
 
@@ -60,8 +61,8 @@ pub struct GpuLlama {
     gpu: Gpu,
     config: ModelConfig,
     rope: Rope,
-    /// Kept on the host: one row is looked up per token.
-    token_embd: Matrix,
+    /// The embedding table when it is not also the output matrix (tied models use `output`).
+    token_embd: Option<GpuMatrix>,
     layers: Vec<Layer>,
     output_norm: CudaSlice<f32>,
     output: GpuMatrix,
@@ -71,6 +72,10 @@ pub struct GpuLlama {
     /// Positions filled so far.
     pub len: usize,
     buffers: Buffers,
+    /// The captured decode step, made on first use.
+    graph: Option<host::CudaGraph>,
+    /// Capture and replay the step as a graph (default), or launch its kernels one by one.
+    pub use_graph: bool,
 }
 
 fn format_of(name: &str, ty: GgmlType) -> Result<WeightFormat, CudaError> {
@@ -172,11 +177,14 @@ impl GpuLlama {
             });
         }
         progress(c.n_layer, c.n_layer);
-        let output_name =
-            if file.tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
-        let output = upload(output_name, d, c.n_vocab, (0, c.n_vocab))?;
-        let token_embd = load_matrix(file, "token_embd.weight", d, c.n_vocab, Numerics::LlamaCpp)
-            .map_err(ModelError::from)?;
+        let (output, token_embd) = if file.tensor("output.weight").is_some() {
+            (
+                upload("output.weight", d, c.n_vocab, (0, c.n_vocab))?,
+                Some(upload("token_embd.weight", d, c.n_vocab, (0, c.n_vocab))?),
+            )
+        } else {
+            (upload("token_embd.weight", d, c.n_vocab, (0, c.n_vocab))?, None)
+        };
         let rope_config = c.rope.expect("the Llama family uses RoPE");
         let rope = Rope {
             head_dim: rope_config.head_dim,
@@ -214,6 +222,7 @@ impl GpuLlama {
             up: zeros(c.n_ff)?,
             act: zeros(c.n_ff)?,
             logits: zeros(c.n_vocab)?,
+            token: gpu.upload(&[0u32])?,
             position: gpu.upload(&[0u32])?,
         };
         let output_norm = vector("output_norm.weight", d)?;
@@ -230,6 +239,8 @@ impl GpuLlama {
             capacity,
             len: 0,
             buffers,
+            graph: None,
+            use_graph: true,
         })
     }
 
@@ -260,12 +271,37 @@ impl GpuLlama {
         if self.len >= self.capacity {
             return Err(ModelError::ContextFull { needed: self.len + 1, capacity: self.capacity }.into());
         }
+        let stream = self.gpu.stream().clone();
+        stream.memcpy_htod(&[token], &mut self.buffers.token).map_err(host::Error::from)?;
+        stream.memcpy_htod(&[self.len as u32], &mut self.buffers.position).map_err(host::Error::from)?;
+        if self.use_graph {
+            if self.graph.is_none() {
+                stream
+                    .begin_capture(host::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                    .map_err(host::Error::from)?;
+                let enqueued = self.enqueue_step();
+                let graph =
+                    stream.end_capture(host::sys::CUgraphInstantiate_flags(0)).map_err(host::Error::from)?;
+                enqueued?;
+                self.graph = graph;
+            }
+            match &self.graph {
+                Some(graph) => graph.launch().map_err(host::Error::from)?,
+                None => self.enqueue_step()?,
+            }
+        } else {
+            self.enqueue_step()?;
+        }
+        self.len += 1;
+        Ok(self.gpu.download(&self.buffers.logits)?)
+    }
+
+    /// Queues every kernel of one decode step; the token and position are read on the device.
+    fn enqueue_step(&mut self) -> Result<(), CudaError> {
+        let c = &self.config;
         let (gpu, b) = (&self.gpu, &mut self.buffers);
-        let (d, kv_dim, pos) = (c.n_embd, c.n_head_kv * c.head_dim, self.len);
-        gpu.stream()
-            .memcpy_htod(&self.token_embd.row_f32(d, token as usize), &mut b.x)
-            .map_err(host::Error::from)?;
-        gpu.stream().memcpy_htod(&[pos as u32], &mut b.position).map_err(host::Error::from)?;
+        let d = c.n_embd;
+        gpu.embed(self.token_embd.as_ref().unwrap_or(&self.output), &b.token, &mut b.x)?;
         for (i, layer) in self.layers.iter().enumerate() {
             gpu.rms_norm(&b.x, &layer.attn_norm, &mut b.h, 1, d, c.norm_eps)?;
             gpu.gemv(&layer.wq, &b.h, layer.bq.as_ref(), &mut b.q)?;
@@ -273,19 +309,14 @@ impl GpuLlama {
             gpu.gemv(&layer.wv, &b.h, layer.bv.as_ref(), &mut b.v)?;
             gpu.rope(&mut b.q, &b.position, c.n_head, &self.rope)?;
             gpu.rope(&mut b.k, &b.position, c.n_head_kv, &self.rope)?;
-            let stream = gpu.stream();
-            stream
-                .memcpy_dtod(&b.k, &mut self.keys[i].slice_mut(pos * kv_dim..(pos + 1) * kv_dim))
-                .map_err(host::Error::from)?;
-            stream
-                .memcpy_dtod(&b.v, &mut self.values[i].slice_mut(pos * kv_dim..(pos + 1) * kv_dim))
-                .map_err(host::Error::from)?;
+            gpu.kv_write(&b.k, &mut self.keys[i], &b.position)?;
+            gpu.kv_write(&b.v, &mut self.values[i], &b.position)?;
             gpu.attention_decode(
                 &b.q,
                 &self.keys[i],
                 &self.values[i],
                 &mut b.attn,
-                pos + 1,
+                &b.position,
                 c.n_head,
                 c.n_head_kv,
                 c.head_dim,
@@ -301,8 +332,7 @@ impl GpuLlama {
         }
         gpu.rms_norm(&b.x, &self.output_norm, &mut b.h, 1, d, c.norm_eps)?;
         gpu.gemv(&self.output, &b.h, None, &mut b.logits)?;
-        self.len += 1;
-        Ok(gpu.download(&b.logits)?)
+        Ok(())
     }
 }
 

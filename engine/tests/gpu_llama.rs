@@ -34,13 +34,17 @@ fn check(name: &str) {
     let mut model = GpuLlama::load(gpu, &file, 64, &|_, _| {}).unwrap();
     let logits = model.forward(&tokens).unwrap();
     let n_vocab = model.config().n_vocab;
+    // The captured graph replays exactly what launching the kernels one by one computes.
+    model.clear();
+    model.use_graph = false;
+    assert_eq!(model.forward(&tokens).unwrap(), logits, "{name}: graph and eager steps differ");
     let (mut worst_cpu, mut worst_hf) = (0.0f64, 0.0f64);
     for t in 0..tokens.len() {
         let row = &logits[t * n_vocab..(t + 1) * n_vocab];
         worst_cpu = worst_cpu.max(relative_error(row, &reference[t * n_vocab..(t + 1) * n_vocab]));
         worst_hf = worst_hf.max(relative_error(row, &transformers[t * n_vocab..(t + 1) * n_vocab]));
     }
-    println!("{name}: GPU vs CPU {worst_cpu:.2e}, GPU vs transformers {worst_hf:.2e} (worst position)");
+    eprintln!("{name}: GPU vs CPU {worst_cpu:.2e}, GPU vs transformers {worst_hf:.2e} (worst position)");
     assert!(worst_cpu < 1e-2 && worst_hf < 1e-2, "{name}: {worst_cpu:.2e} / {worst_hf:.2e}");
     // Greedy choices agree wherever the reference's top two are not within 1e-3.
     for t in 0..tokens.len() {

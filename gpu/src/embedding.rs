@@ -64,3 +64,34 @@ crate::kernel_per_weight_type!(embedding(table: *const W, ids: *const u32, vocab
     => embedding_f32, embedding_f16, embedding_bf16);
 crate::kernel_per_weight_type!(position_add(table: *const W, positions: *const u32, n_positions: u32, x: *mut f32, dim: u32)
     => position_add_f32, position_add_f16, position_add_bf16);
+
+/// out[:] = row ids[0] of a matrix stored as Q8_0 / Q4_0 / Q4_1 blocks in the GEMV's repacked
+/// layout (quants, f16 scales, f16 mins): the token embedding of a model whose embedding table is
+/// quantized, looked up without a dequantized copy. Launch: 1 block, 256 threads.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn embedding_blocks(
+    quants: *const u8,
+    scales: *const u16,
+    mins: *const u16,
+    ids: *const u32,
+    out: *mut f32,
+    dim: u32,
+    bits: u32,
+) {
+    let (dim, row) = (dim as usize, unsafe { *ids } as usize);
+    let blocks = dim / 32;
+    let mut i = crate::device::thread_idx();
+    while i < dim {
+        let (b, j) = (row * blocks + i / 32, i % 32);
+        let d = crate::device::f16_to_f32(unsafe { *scales.add(b) });
+        let value = if bits == 8 {
+            d * unsafe { *(quants.add(row * dim + i) as *const i8) } as f32
+        } else {
+            let byte = unsafe { *quants.add(row * dim / 2 + (i / 32) * 16 + j % 16) };
+            let q = if j < 16 { byte & 0x0F } else { byte >> 4 } as f32;
+            if mins.is_null() { d * (q - 8.0) } else { d * q + crate::device::f16_to_f32(unsafe { *mins.add(b) }) }
+        };
+        unsafe { *out.add(i) = value };
+        i += crate::device::block_dim();
+    }
+}

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, DriverError, LaunchConfig, PushKernelArg};
-pub use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
+pub use cudarc::driver::{
+    CudaGraph, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, sys,
+};
 pub use half::{bf16, f16};
 
 pub mod activation;
@@ -56,6 +58,8 @@ pub const KERNELS: &[&str] = &[
     "gemv_q4_0_q8",
     "gemv_q4_1_q8",
     "attention_decode_f32",
+    "kv_write_f32",
+    "embedding_blocks",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +112,9 @@ impl Gpu {
             return Err(Error::NoDevice(ordinal));
         }
         let context = CudaContext::new(ordinal)?;
+        // One stream does all the work, so cudarc's cross-stream event tracking is not needed, and
+        // its events would get in the way of capturing the decode step as a CUDA graph.
+        unsafe { context.disable_event_tracking() };
         let module = context.load_module(cudarc::nvrtc::Ptx::from_src(PTX))?;
         let mut functions = HashMap::new();
         for &name in KERNELS {
@@ -115,7 +122,7 @@ impl Gpu {
         }
         // The GEMV kernels keep x in shared memory: allow them more than the default 48 KiB.
         for (name, function) in &functions {
-            if name.starts_with("gemv_") {
+            if name.starts_with("gemv_") || *name == "attention_decode_f32" {
                 function.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     matmul::GEMV_SHARED_LIMIT as i32,

@@ -310,3 +310,36 @@ impl Gpu {
         }
     }
 }
+
+impl Gpu {
+    /// out = row ids[0] of `w` (a token embedding table [vocab, dim] in its stored precision).
+    pub fn embed(
+        &self,
+        w: &GpuMatrix,
+        ids: &impl DevicePtr<u32>,
+        out: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        const KERNEL: &str = "embed";
+        expect_len(KERNEL, "ids", ids.len(), 1)?;
+        expect_len(KERNEL, "out", out.len(), w.n_in)?;
+        match &w.storage {
+            Storage::F32(table) => self.embedding(table, ids, out, w.n_in),
+            Storage::F16(table) => self.embedding(table, ids, out, w.n_in),
+            Storage::Bf16(table) => self.embedding(table, ids, out, w.n_in),
+            Storage::Blocks { format, quants, scales, mins } => {
+                let stream = self.stream();
+                let (q, _q) = quants.device_ptr(stream);
+                let (s, _s) = scales.device_ptr(stream);
+                let mins_guard = mins.as_ref().map(|m| m.device_ptr(stream));
+                let m = mins_guard.as_ref().map_or(0u64, |(p, _)| *p);
+                let (i, _i) = ids.device_ptr(stream);
+                let (o, _o) = out.device_ptr_mut(stream);
+                let bits: u32 = if *format == WeightFormat::Q8_0 { 8 } else { 4 };
+                let config =
+                    LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let dim = w.n_in as u32;
+                self.launch("embedding_blocks", config, &[&q, &s, &m, &i, &o, &dim, &bits])
+            }
+        }
+    }
+}
