@@ -388,7 +388,9 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
-    /// The raw bytes of a tensor (bounds were checked when the file was parsed).
+    /// The raw bytes of a tensor (bounds were checked when the file was parsed). `info` must be
+    /// one of this file's `tensors()`: an info made by hand or taken from another file may lie
+    /// outside this one, and then this panics.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + info.offset) as usize;
         &self.bytes.as_slice()[start..start + info.n_bytes as usize]
