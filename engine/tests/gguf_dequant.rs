@@ -2,7 +2,7 @@
 //! blocks: tests/data/gguf/make_quant_vectors.py made the raw blocks and gguf-py's output (F16 and
 //! BF16 include zeros of both signs, subnormals, the largest finite values, infinities and a NaN).
 
-use engine::gguf::{GgmlType, dequantize, e8m0_half};
+use engine::gguf::{GgmlType, GgufError, dequantize, e8m0_half};
 use std::path::PathBuf;
 
 fn data_dir() -> PathBuf {
@@ -77,8 +77,14 @@ fn mxfp4_matches_gguf_py() {
 
 #[test]
 fn wrong_sizes_are_errors() {
-    assert!(dequantize(GgmlType::Q8_0, &[0; 34], 31).is_err());
-    assert!(dequantize(GgmlType::Q8_0, &[0; 33], 32).is_err());
+    let e = dequantize(GgmlType::Q8_0, &[0; 34], 31).unwrap_err();
+    assert!(matches!(e, GgufError::PartialBlock { ty: GgmlType::Q8_0, n_elements: 31 }));
+    assert_eq!(e.to_string(), "31 elements are not a whole number of Q8_0 blocks of 32");
+    let e = dequantize(GgmlType::Q8_0, &[0; 33], 32).unwrap_err();
+    assert!(matches!(e, GgufError::DataSize { expected: 34, actual: 33, .. }));
+    assert_eq!(e.to_string(), "32 Q8_0 elements take 34 bytes (blocks of 32 in 34 bytes), got 33");
+    // An element count whose byte size overflows is a wrong size, not a panic.
+    assert!(matches!(dequantize(GgmlType::F32, &[0; 4], usize::MAX), Err(GgufError::DataSize { .. })));
     assert!(dequantize(GgmlType::Q4K, &[0; 144], 256).is_ok());
 }
 

@@ -243,11 +243,11 @@ fn every_truncation_is_an_error() {
             Err(GgufError::Truncated { offset, available, .. }) => {
                 assert!(offset as usize <= len && available as usize == len - offset as usize, "{len}")
             }
+            Err(GgufError::Invalid { field, message, .. }) if field.starts_with("data offset of") => {
+                assert!(message.contains("past the end"), "{len}: {message}")
+            }
             Err(GgufError::Invalid { message, .. }) => {
                 assert!(message.contains("do not fit"), "{len}: {message}")
-            }
-            Err(GgufError::Tensor { message, .. }) => {
-                assert!(message.contains("past the end"), "{len}: {message}")
             }
             Err(e) => panic!("a file cut to {len} bytes: unexpected {e}"),
         }
@@ -264,8 +264,20 @@ fn parse_error(w: &Writer) -> GgufError {
 
 /// The message of an error of the Invalid variant, checking its field name.
 fn invalid(w: &Writer, field: &str) -> String {
+    invalid_at(w, field).1
+}
+
+/// The byte offset and message of an error of the Invalid variant, checking its field name, and
+/// that its text names the field and the offset.
+fn invalid_at(w: &Writer, field: &str) -> (u64, String) {
     match parse_error(w) {
-        GgufError::Invalid { field: f, message, .. } if f == field => message,
+        e @ GgufError::Invalid { .. } => {
+            let text = e.to_string();
+            let GgufError::Invalid { field: f, offset, message } = e else { unreachable!() };
+            assert_eq!(f, field, "{text}");
+            assert!(text.contains(&format!("{field} at byte {offset}")), "{text}");
+            (offset, message)
+        }
         e => panic!("expected Invalid {{ field: {field} }}, got {e:?}"),
     }
 }
@@ -290,10 +302,12 @@ fn hostile_headers_are_named_errors() {
     for count in [u64::MAX, 1 << 60, 1000] {
         let mut w = Writer::default();
         w.header(3, count, 0);
-        assert!(invalid(&w, "tensor count").contains("do not fit"));
+        let (offset, message) = invalid_at(&w, "tensor count");
+        assert!(offset == 8 && message.contains("do not fit"), "{offset}: {message}");
         let mut w = Writer::default();
         w.header(3, 0, count);
-        assert!(invalid(&w, "metadata count").contains("do not fit"));
+        let (offset, message) = invalid_at(&w, "metadata count");
+        assert!(offset == 16 && message.contains("do not fit"), "{offset}: {message}");
     }
 
     // A string longer than the file.
@@ -316,7 +330,9 @@ fn hostile_headers_are_named_errors() {
     for (element_type, min_bytes) in [(0, 1), (3, 2), (6, 4), (8, 8), (9, 12), (12, 8)] {
         let mut w = Writer::default();
         w.header(3, 0, 1).string("k").u32(9).u32(element_type).u64(1 << 61);
-        let message = invalid(&w, "k");
+        // The length follows 24 header bytes, the key (8 + 1), the value type and element type (4 + 4).
+        let (offset, message) = invalid_at(&w, "k");
+        assert_eq!(offset, 24 + 9 + 8, "the offset of the array's length");
         assert!(message.contains(&format!("at least {min_bytes} bytes do not fit")), "{message}");
     }
     let mut w = Writer::default();
@@ -351,8 +367,12 @@ fn hostile_headers_are_named_errors() {
 
     for alignment in [0u32, 48, 3, u32::MAX] {
         let mut w = Writer::default();
-        w.header(3, 0, 1).kv("general.alignment", &Value::U32(alignment));
-        assert!(invalid(&w, "general.alignment").contains("not a positive power of two"));
+        w.header(3, 0, 2).kv("general.name", &Value::String("x".into()));
+        let value_at = w.bytes.len() as u64 + 8 + 17 + 4;
+        w.kv("general.alignment", &Value::U32(alignment));
+        let (offset, message) = invalid_at(&w, "general.alignment");
+        assert!(message.contains("not a positive power of two"), "{message}");
+        assert_eq!(offset, value_at, "the offset of the alignment's value");
     }
     // The alignment must be a u32, as llama.cpp requires.
     let mut w = Writer::default();
@@ -406,20 +426,20 @@ fn hostile_tensor_infos_are_named_errors() {
     assert!(info(&tensor_file(&[48], 8, 0, 64)).contains("not whole Q8_0 blocks"));
 
     for (dims, offset, data) in [(&[4u64, 2][..], 64, 32), (&[4, 3], 0, 32), (&[4, 2], u64::MAX - 31, 32)] {
-        match parse_error(&tensor_file(dims, 0, offset, data)) {
-            GgufError::Tensor { name, message } => {
-                assert_eq!(name, "t");
-                assert!(message.contains("past the end of the file"), "{message}");
-            }
-            e => panic!("{e:?}"),
-        }
+        let (at, message) = invalid_at(&tensor_file(dims, 0, offset, data), "data offset of t");
+        assert!(message.contains("past the end of the file"), "{message}");
+        // After the header, the name (8 + 1), the dimension count, the dims and the type.
+        assert_eq!(at, 24 + 9 + 4 + 8 * dims.len() as u64 + 4);
     }
 
     for id in [4, 5, 10, 40, u32::MAX] {
         let e = parse_error(&tensor_file(&[256], id, 0, 1024));
-        assert!(matches!(&e, GgufError::UnsupportedType { name, id: i } if name == "t" && *i == id));
+        let type_at = 24 + 9 + 4 + 8;
+        assert!(
+            matches!(&e, GgufError::UnsupportedType { name, id: i, offset } if name == "t" && *i == id && *offset == type_at)
+        );
         let message = e.to_string();
-        assert!(message.contains(&format!("type id {id}")), "{message}");
+        assert!(message.contains(&format!("type id {id} at byte {type_at}")), "{message}");
         assert!(
             message.contains("F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4"),
             "{message}"

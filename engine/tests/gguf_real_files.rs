@@ -1,7 +1,7 @@
 //! The reader on real GGUF files written by llama.cpp's tools, against what gguf-py's reader sees in
 //! them: every metadata key with its type and value, every tensor's dims, type, offset and size, and
-//! the first and last value of every F32 tensor. tests/data/gguf/make_file_manifests.py wrote the
-//! manifests (<file>.json) from gguf-py.
+//! the first and last value of every F32 tensor, for a tiny Llama model and two vocab-only files.
+//! tests/data/gguf/make_file_manifests.py wrote the manifests (<file>.json) from gguf-py.
 
 use engine::gguf::{GgmlType, GgufFile, Value};
 use serde_json::Value as Json;
@@ -120,5 +120,28 @@ fn gpt2_vocab_matches_gguf_py() {
     assert_eq!(tokens[0].as_str(), Some("!"));
     assert_eq!(tokens[50256].as_str(), Some("<|endoftext|>"));
     assert_eq!(file.get_array_len("tokenizer.ggml.merges").unwrap(), 50000);
+    assert!(file.tensors().is_empty());
+}
+
+#[test]
+fn llama_spm_vocab_matches_gguf_py() {
+    let file = open(&engine_dir().join("tests/data/vocab/ggml-vocab-llama-spm.gguf"));
+    check_against_gguf_py(&file, "ggml-vocab-llama-spm.gguf");
+    assert_eq!(file.get_str("general.architecture").unwrap(), "llama");
+    assert_eq!(file.get_str("tokenizer.ggml.model").unwrap(), "llama");
+    assert_eq!(file.get_u32("llama.vocab_size").unwrap(), 32000);
+    assert_eq!(file.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap(), 1e-5);
+    assert_eq!(file.get_bool_opt("tokenizer.ggml.add_bos_token").unwrap(), Some(true));
+    assert_eq!(file.get_bool_opt("tokenizer.ggml.add_eos_token").unwrap(), Some(false));
+    let tokens = file.get_array("tokenizer.ggml.tokens").unwrap();
+    assert_eq!(tokens.len(), 32000);
+    assert_eq!(
+        tokens[..3],
+        [Value::String("<unk>".into()), Value::String("<s>".into()), Value::String("</s>".into())]
+    );
+    let scores = file.get_array("tokenizer.ggml.scores").unwrap();
+    assert_eq!((scores.len(), scores.last()), (32000, Some(&Value::F32(-31740.0))));
+    let types = file.get_array("tokenizer.ggml.token_type").unwrap();
+    assert_eq!(types[..3], [Value::I32(2), Value::I32(3), Value::I32(3)]);
     assert!(file.tensors().is_empty());
 }

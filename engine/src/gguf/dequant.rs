@@ -11,17 +11,19 @@
 //!   MXFP4 e:u8 q:u8[16]                       x = 2^(e - 127) * E2M1(nibble), low nibbles first
 //! (The layouts are llama.cpp's; gguf-py's quants.py is the reference the tests compare against.)
 
+use super::GgufError;
 use super::types::GgmlType;
 use half::f16;
 
 /// Dequantizes `n` elements of type `ty` from `bytes` (exactly n / block_size blocks).
-pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
+pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, GgufError> {
     if !n.is_multiple_of(ty.block_size()) {
-        return Err(format!("{n} elements is not a whole number of {ty} blocks of {}", ty.block_size()));
+        return Err(GgufError::PartialBlock { ty, n_elements: n });
     }
-    let expected = n / ty.block_size() * ty.block_bytes();
-    if bytes.len() != expected {
-        return Err(format!("{n} {ty} elements take {expected} bytes, got {}", bytes.len()));
+    let expected = (n / ty.block_size()).checked_mul(ty.block_bytes());
+    if expected != Some(bytes.len()) {
+        let expected = expected.unwrap_or(usize::MAX);
+        return Err(GgufError::DataSize { ty, n_elements: n, expected, actual: bytes.len() });
     }
     let mut out = Vec::with_capacity(n);
     let blocks = bytes.chunks_exact(ty.block_bytes());

@@ -25,12 +25,20 @@ pub enum GgufError {
     Truncated { field: String, offset: u64, needed: u64, available: u64 },
     #[error("invalid {field} at byte {offset}: {message}")]
     Invalid { field: String, offset: u64, message: String },
-    #[error("tensor {name} has type id {id}, which is not supported (supported: {supported})", supported = GgmlType::supported_list())]
-    UnsupportedType { name: String, id: u32 },
+    #[error("tensor {name}: type id {id} at byte {offset} is not supported (supported: {supported})", supported = GgmlType::supported_list())]
+    UnsupportedType { name: String, id: u32, offset: u64 },
     #[error("metadata key {0} is missing")]
     MissingKey(String),
     #[error("metadata key {key} is {actual}, expected {expected}")]
     WrongType { key: String, expected: &'static str, actual: &'static str },
     #[error("tensor {name}: {message}")]
     Tensor { name: String, message: String },
+    #[error(
+        "{n_elements} {ty} elements take {expected} bytes (blocks of {} in {} bytes), got {actual}",
+        ty.block_size(),
+        ty.block_bytes()
+    )]
+    DataSize { ty: GgmlType, n_elements: usize, expected: usize, actual: usize },
+    #[error("{n_elements} elements are not a whole number of {ty} blocks of {}", ty.block_size())]
+    PartialBlock { ty: GgmlType, n_elements: usize },
 }

@@ -13,6 +13,15 @@ use std::path::Path;
 const MAX_DIMS: u32 = 4;
 /// Arrays may nest (arrays of arrays); hostile files must not recurse without bound.
 const MAX_NESTING: usize = 8;
+/// The most items reserved up front for a count the file claims. A count is only checked against
+/// the bytes left, which in a weights file can be gigabytes; reserving all of it before the items
+/// are read would let a few bad bytes cost many times the file's size. Past this, vectors grow as
+/// items actually parse (real files' largest arrays, vocabularies, take a few doublings).
+const MAX_RESERVE: u64 = 1 << 14;
+
+fn reserve(count: u64) -> usize {
+    count.min(MAX_RESERVE) as usize
+}
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -158,19 +167,26 @@ impl GgufFile {
         if !(2..=3).contains(&version) {
             return Err(GgufError::UnsupportedVersion(version));
         }
+        let tensor_count_at = r.pos as u64;
         let tensor_count = r.u64("tensor count")?;
+        let kv_count_at = r.pos as u64;
         let kv_count = r.u64("metadata count")?;
         // Each metadata entry takes at least 13 bytes (empty key, type, smallest value) and each
         // tensor info at least 24: counts beyond what the file can hold are rejected up front.
-        r.check_count(kv_count, 13, "metadata count")?;
-        r.check_count(tensor_count, 24, "tensor count")?;
+        r.check_count(kv_count, 13, kv_count_at, "metadata count")?;
+        r.check_count(tensor_count, 24, tensor_count_at, "tensor count")?;
 
-        let mut metadata = Vec::with_capacity(kv_count as usize);
-        let mut metadata_index = HashMap::with_capacity(kv_count as usize);
+        let mut metadata = Vec::with_capacity(reserve(kv_count));
+        let mut metadata_index = HashMap::with_capacity(reserve(kv_count));
+        // Where the value of general.alignment is, for an error about it.
+        let mut alignment_at = 0;
         for _ in 0..kv_count {
             let at = r.pos as u64;
             let key = r.string("metadata key")?;
             let ty = r.u32(&format!("type of metadata {key}"))?;
+            if key == "general.alignment" {
+                alignment_at = r.pos as u64;
+            }
             let value = r.value(ty, &key, 0)?;
             if metadata_index.insert(key.clone(), metadata.len()).is_some() {
                 return Err(r.invalid_at(at, "metadata key", format!("{key} appears twice")));
@@ -182,16 +198,18 @@ impl GgufFile {
             None => 32,
             Some(Value::U32(a)) if *a > 0 && a.is_power_of_two() => *a as u64,
             Some(other) => {
-                return Err(GgufError::Invalid {
-                    field: "general.alignment".into(),
-                    offset: 0,
-                    message: format!("{other:?} is not a positive power of two (u32)"),
-                });
+                return Err(r.invalid_at(
+                    alignment_at,
+                    "general.alignment",
+                    format!("{other:?} is not a positive power of two (u32)"),
+                ));
             }
         };
 
-        let mut tensors = Vec::with_capacity(tensor_count as usize);
-        let mut tensor_index = HashMap::with_capacity(tensor_count as usize);
+        let mut tensors = Vec::with_capacity(reserve(tensor_count));
+        let mut tensor_index = HashMap::with_capacity(reserve(tensor_count));
+        // Where each tensor's data offset is written, for an error about its data range.
+        let mut offsets_at = Vec::with_capacity(reserve(tensor_count));
         for _ in 0..tensor_count {
             let at = r.pos as u64;
             let name = r.string("tensor name")?;
@@ -209,8 +227,12 @@ impl GgufFile {
             }
             let type_at = r.pos as u64;
             let type_id = r.u32(&format!("type of {name}"))?;
-            let ty = GgmlType::from_id(type_id)
-                .ok_or(GgufError::UnsupportedType { name: name.clone(), id: type_id })?;
+            let ty = GgmlType::from_id(type_id).ok_or(GgufError::UnsupportedType {
+                name: name.clone(),
+                id: type_id,
+                offset: type_at,
+            })?;
+            offsets_at.push(r.pos as u64);
             let offset = r.u64(&format!("data offset of {name}"))?;
             let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
                 r.invalid_at(at, "tensor info", format!("{name}: dimensions {dims:?} overflow"))
@@ -244,16 +266,17 @@ impl GgufFile {
 
         let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
         let file_len = data.len() as u64;
-        for t in &tensors {
+        for (t, &at) in tensors.iter().zip(&offsets_at) {
             let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(t.n_bytes));
             if end.is_none_or(|end| end > file_len) {
-                return Err(GgufError::Tensor {
-                    name: t.name.clone(),
-                    message: format!(
+                return Err(r.invalid_at(
+                    at,
+                    &format!("data offset of {}", t.name),
+                    format!(
                         "its {} bytes at data offset {} run past the end of the file ({file_len} bytes, data from {data_offset})",
                         t.n_bytes, t.offset
                     ),
-                });
+                ));
             }
         }
         Ok(GgufFile {
@@ -365,7 +388,9 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
-    /// The raw bytes of a tensor (bounds were checked when the file was parsed).
+    /// The raw bytes of a tensor (bounds were checked when the file was parsed). `info` must be
+    /// one of this file's `tensors()`: an info made by hand or taken from another file may lie
+    /// outside this one, and then this panics.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + info.offset) as usize;
         &self.bytes.as_slice()[start..start + info.n_bytes as usize]
@@ -374,7 +399,7 @@ impl GgufFile {
     /// A tensor dequantized to f32.
     pub fn tensor_f32(&self, info: &TensorInfo) -> Result<Vec<f32>, GgufError> {
         dequantize(info.ty, self.tensor_data(info), info.n_elements as usize)
-            .map_err(|message| GgufError::Tensor { name: info.name.clone(), message })
+            .map_err(|e| GgufError::Tensor { name: info.name.clone(), message: e.to_string() })
     }
 }
 
@@ -406,11 +431,12 @@ impl<'a> Reader<'a> {
         GgufError::Invalid { field: field.to_string(), offset, message }
     }
 
-    /// Rejects a count of items of at least `min_bytes` each that the rest of the file cannot hold.
-    fn check_count(&self, count: u64, min_bytes: u64, field: &str) -> Result<(), GgufError> {
+    /// Rejects a count (written at `at`) of items of at least `min_bytes` each that the rest of
+    /// the file cannot hold.
+    fn check_count(&self, count: u64, min_bytes: u64, at: u64, field: &str) -> Result<(), GgufError> {
         if count.checked_mul(min_bytes).is_none_or(|b| b > self.remaining()) {
             return Err(self.invalid_at(
-                self.pos as u64,
+                at,
                 field,
                 format!(
                     "{count} items of at least {min_bytes} bytes do not fit in the {} bytes left",
@@ -476,9 +502,10 @@ impl<'a> Reader<'a> {
                 if element_type > 12 {
                     return Err(self.invalid_at(at, key, format!("unknown element type {element_type}")));
                 }
+                let count_at = self.pos as u64;
                 let count = self.u64(&format!("length of {key}"))?;
-                self.check_count(count, Self::min_size(element_type), key)?;
-                let mut items = Vec::with_capacity(count as usize);
+                self.check_count(count, Self::min_size(element_type), count_at, key)?;
+                let mut items = Vec::with_capacity(reserve(count));
                 for _ in 0..count {
                     items.push(self.value(element_type, key, depth + 1)?);
                 }

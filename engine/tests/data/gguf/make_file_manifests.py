@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What gguf-py's reader sees in two real GGUF files, for the Rust reader to be checked against.
+"""What gguf-py's reader sees in three real GGUF files, for the Rust reader to be checked against.
 
     PYTHONPATH=<llama.cpp-converter>/gguf-py python3 make_file_manifests.py
 
@@ -19,6 +19,7 @@ engine = here.parent.parent.parent
 FILES = {
     "llama.gguf": engine.parent / "tests/fixtures/llama.gguf",
     "ggml-vocab-gpt-2.gguf": engine / "tests/data/vocab/ggml-vocab-gpt-2.gguf",
+    "ggml-vocab-llama-spm.gguf": engine / "tests/data/vocab/ggml-vocab-llama-spm.gguf",
 }
 TYPE_NAMES = {
     GGUFValueType.UINT8: "u8", GGUFValueType.INT8: "i8", GGUFValueType.UINT16: "u16",
