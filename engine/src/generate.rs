@@ -1,7 +1,6 @@
 //! The generation loop: prefill the prompt, then sample one token at a time, streaming text.
 
 use crate::model::{KvCache, Model};
-use crate::tokenizer::Tokenizer;
 use std::time::{Duration, Instant};
 
 /// Turns token bytes into text as soon as it is valid UTF-8: a character split across tokens is
@@ -193,11 +192,6 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best.0 as u32
-}
-
-/// Decodes `tokens` with the tokenizer, as text.
-pub fn detokenize(tokenizer: &Tokenizer, tokens: &[u32]) -> String {
-    tokenizer.decode(tokens, true)
 }
 
 #[cfg(test)]
