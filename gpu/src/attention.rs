@@ -71,7 +71,12 @@ pub unsafe extern "ptx-kernel" fn attention_decode_f32(
 /// cache[position * row + i] = x[i] for i < row: the new token's keys or values into the cache, at
 /// the position held in device memory. Launch: any grid, 256 threads (grid-stride over row).
 #[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn kv_write_f32(x: *const f32, cache: *mut f32, position: *const u32, row: u32) {
+pub unsafe extern "ptx-kernel" fn kv_write_f32(
+    x: *const f32,
+    cache: *mut f32,
+    position: *const u32,
+    row: u32,
+) {
     let (row, base) = (row as usize, unsafe { *position } as usize * row as usize);
     let mut i = crate::device::global_idx();
     while i < row {

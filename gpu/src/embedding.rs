@@ -89,7 +89,11 @@ pub unsafe extern "ptx-kernel" fn embedding_blocks(
         } else {
             let byte = unsafe { *quants.add(row * dim / 2 + (i / 32) * 16 + j % 16) };
             let q = if j < 16 { byte & 0x0F } else { byte >> 4 } as f32;
-            if mins.is_null() { d * (q - 8.0) } else { d * q + crate::device::f16_to_f32(unsafe { *mins.add(b) }) }
+            if mins.is_null() {
+                d * (q - 8.0)
+            } else {
+                d * q + crate::device::f16_to_f32(unsafe { *mins.add(b) })
+            }
         };
         unsafe { *out.add(i) = value };
         i += crate::device::block_dim();
