@@ -6,7 +6,9 @@
 //! on the H100) does not serve repeats; 5 warm-up launches, then 30 timed ones, each between two
 //! events; the median is reported. Bytes are the fewest the kernel must move (each input read
 //! once, each output written once). The copy bandwidth is a 1 GiB device-to-device copy, counting
-//! bytes read plus bytes written.
+//! bytes read plus bytes written. GEMV rows marked "(batched)" time 20 launches back to back
+//! between two events (launch latency then overlaps the kernel before, as in the captured decode
+//! step), cycling through copies of the matrix so that weights come from DRAM.
 
 use cudarc::driver::sys::CUevent_flags;
 use host::activation::Activation;
@@ -37,9 +39,10 @@ fn random_blocks(format: WeightFormat, len: usize, blocks: usize) -> Vec<u8> {
     if block_bytes > 4 {
         let scale = f16::from_f32(0.01).to_le_bytes();
         for b in 0..blocks {
-            bytes[b * block_bytes..b * block_bytes + 2].copy_from_slice(&scale);
-            if format == WeightFormat::Q4_1 {
-                bytes[b * block_bytes + 2..b * block_bytes + 4].copy_from_slice(&scale);
+            let at = b * block_bytes + if format == WeightFormat::Q6K { 208 } else { 0 };
+            bytes[at..at + 2].copy_from_slice(&scale);
+            if matches!(format, WeightFormat::Q4_1 | WeightFormat::Q4K) {
+                bytes[at + 2..at + 4].copy_from_slice(&scale);
             }
         }
     } else if format != WeightFormat::F32 {
@@ -64,6 +67,28 @@ fn time(gpu: &Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
         let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
         end.synchronize()?;
         times.push(start.elapsed_ms(&end)? as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[REPEATS / 2])
+}
+
+/// Milliseconds per call of `f` when BATCH calls run back to back between two events (median of
+/// REPEATS batches): launch latency overlaps the previous kernel, as in a captured decode step.
+fn time_batched(gpu: &Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    const BATCH: usize = 20;
+    for _ in 0..WARMUP {
+        f()?;
+    }
+    let stream = gpu.stream();
+    let mut times = Vec::with_capacity(REPEATS);
+    for _ in 0..REPEATS {
+        let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        for _ in 0..BATCH {
+            f()?;
+        }
+        let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        end.synchronize()?;
+        times.push(start.elapsed_ms(&end)? as f64 / BATCH as f64);
     }
     times.sort_by(f64::total_cmp);
     Ok(times[REPEATS / 2])
@@ -189,6 +214,8 @@ fn main() -> Result<()> {
             WeightFormat::Q8_0,
             WeightFormat::Q4_0,
             WeightFormat::Q4_1,
+            WeightFormat::Q4K,
+            WeightFormat::Q6K,
         ] {
             let (block, block_bytes) = format.block();
             let bytes = random_blocks(format, n_in / block * n_out * block_bytes, n_in * n_out / block);
@@ -196,22 +223,37 @@ fn main() -> Result<()> {
             let matrices: Vec<_> =
                 (0..copies).map(|_| gpu.upload_matrix(format, &bytes, n_in, n_out)).collect::<Result<_>>()?;
             let mut next = 0;
-            let ms = time(&gpu, || {
-                next = (next + 1) % copies;
-                gpu.gemv(&matrices[next], &x, None, &mut y)
-            })?;
             let moved = matrices[0].size() + 4 * (n_in + n_out);
-            table.row(&format!("gemv {format:?}"), &format!("{n_out}x{n_in}"), moved, ms);
-            if matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4_1) {
-                // The integer form, timed with the quantization of x it needs (two launches).
-                let mut activations = gpu.q8_activations(n_in)?;
+            let shape = format!("{n_out}x{n_in}");
+            if !format.is_k_quant() {
                 let ms = time(&gpu, || {
                     next = (next + 1) % copies;
-                    gpu.quantize_q8(&x, &mut activations)?;
-                    gpu.gemv_q8(&matrices[next], &activations, None, &mut y)
+                    gpu.gemv(&matrices[next], &x, None, &mut y)
                 })?;
-                table.row(&format!("quantize+gemv_q8 {format:?}"), &format!("{n_out}x{n_in}"), moved, ms);
+                table.row(&format!("gemv {format:?}"), &shape, moved, ms);
+                let ms = time_batched(&gpu, || {
+                    next = (next + 1) % copies;
+                    gpu.gemv(&matrices[next], &x, None, &mut y)
+                })?;
+                table.row(&format!("gemv {format:?} (batched)"), &shape, moved, ms);
             }
+            if matches!(format, WeightFormat::F16 | WeightFormat::Bf16) {
+                continue;
+            }
+            // The integer form: timed with the quantization of x it needs (two launches), and
+            // alone back to back (in a decode step one quantization serves several matrices).
+            let mut activations = gpu.q8_activations(n_in)?;
+            let ms = time(&gpu, || {
+                next = (next + 1) % copies;
+                gpu.quantize_q8(&x, &mut activations)?;
+                gpu.gemv_q8(&matrices[next], &activations, None, &mut y)
+            })?;
+            table.row(&format!("quantize+gemv_q8 {format:?}"), &shape, moved, ms);
+            let ms = time_batched(&gpu, || {
+                next = (next + 1) % copies;
+                gpu.gemv_q8(&matrices[next], &activations, None, &mut y)
+            })?;
+            table.row(&format!("gemv_q8 {format:?} (batched)"), &shape, moved, ms);
         }
     }
     Ok(())

@@ -333,3 +333,62 @@ pub fn round_to_i32(x: f32) -> i32 {
     unsafe { asm!("cvt.rni.s32.f32 {o}, {x};", o = out(reg32) out, x = in(reg32) x) };
     out
 }
+
+// ---- asynchronous copies global -> shared (cp.async, sm_80) ---------------------------------------
+// A thread's copies land in shared memory without passing through registers; commit groups them and
+// wait_group::<N> waits until at most N of the thread's groups are still in flight. A thread that
+// reads only what it copied itself needs no barrier after the wait.
+
+/// The block's dynamic shared memory as a shared-window address (for cp.async and ld.shared).
+#[inline(always)]
+pub fn dynamic_shared_address() -> u32 {
+    let p: u32;
+    unsafe { asm!("mov.u32 {p}, dynamic_shared;", p = out(reg32) p) };
+    p
+}
+
+/// Starts copying 16 bytes from global `src` (16-byte aligned) to shared address `dst`.
+#[inline(always)]
+pub unsafe fn copy_async_16(dst: u32, src: *const u8) {
+    unsafe { asm!("cp.async.cg.shared.global [{d}], [{s}], 16;", d = in(reg32) dst, s = in(reg64) src) };
+}
+
+/// Starts copying 4 bytes from global `src` (4-byte aligned) to shared address `dst`.
+#[inline(always)]
+pub unsafe fn copy_async_4(dst: u32, src: *const u8) {
+    unsafe { asm!("cp.async.ca.shared.global [{d}], [{s}], 4;", d = in(reg32) dst, s = in(reg64) src) };
+}
+
+/// Closes the group of copies started since the last commit.
+#[inline(always)]
+pub fn copy_async_commit() {
+    unsafe { asm!("cp.async.commit_group;") };
+}
+
+/// Waits until at most N of this thread's committed groups are still in flight.
+#[inline(always)]
+pub fn copy_async_wait<const N: u32>() {
+    unsafe { asm!("cp.async.wait_group {n};", n = const N) };
+}
+
+/// 16 bytes of shared memory at shared address `p` (16-byte aligned), as four words.
+#[inline(always)]
+pub unsafe fn load_shared_x4(p: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!(
+            "ld.shared.v4.b32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+            a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+            p = in(reg32) p,
+        );
+    }
+    [a, b, c, d]
+}
+
+/// A word of shared memory at shared address `p` (4-byte aligned).
+#[inline(always)]
+pub unsafe fn load_shared(p: u32) -> u32 {
+    let v: u32;
+    unsafe { asm!("ld.shared.b32 {v}, [{p}];", v = out(reg32) v, p = in(reg32) p) };
+    v
+}

@@ -99,3 +99,41 @@ pub unsafe extern "ptx-kernel" fn embedding_blocks(
         i += crate::device::block_dim();
     }
 }
+
+/// out = row ids[0] of a Q4_K table (see matmul/kquant.rs); dim a multiple of 256.
+/// Launch: one block of 256 threads.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn embedding_q4_k(
+    quants: *const u8,
+    heads: *const u8,
+    ids: *const u32,
+    out: *mut f32,
+    dim: u32,
+) {
+    let (dim, row) = (dim as usize, unsafe { *ids } as usize);
+    let mut i = crate::device::thread_idx();
+    while i < dim {
+        unsafe { *out.add(i) = crate::matmul::kquant::q4_k_value(quants, heads, row, dim, i) };
+        i += crate::device::block_dim();
+    }
+}
+
+/// out = row ids[0] of a Q6_K table (see matmul/kquant.rs); dim a multiple of 256.
+/// Launch: one block of 256 threads.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn embedding_q6_k(
+    low: *const u8,
+    high: *const u8,
+    scales: *const u16,
+    sub: *const u8,
+    ids: *const u32,
+    out: *mut f32,
+    dim: u32,
+) {
+    let (dim, row) = (dim as usize, unsafe { *ids } as usize);
+    let mut i = crate::device::thread_idx();
+    while i < dim {
+        unsafe { *out.add(i) = crate::matmul::kquant::q6_k_value(low, high, scales, sub, row, dim, i) };
+        i += crate::device::block_dim();
+    }
+}

@@ -57,9 +57,13 @@ pub const KERNELS: &[&str] = &[
     "gemv_q8_0_q8",
     "gemv_q4_0_q8",
     "gemv_q4_1_q8",
+    "gemv_q4_k_q8",
+    "gemv_q6_k_q8",
     "attention_decode_f32",
     "kv_write_f32",
     "embedding_blocks",
+    "embedding_q4_k",
+    "embedding_q6_k",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,12 @@ pub enum WeightFormat {
     Q4_0,
     /// Blocks of 32: f16 scale, f16 min, 16 bytes of nibbles.
     Q4_1,
+    /// Super-blocks of 256: f16 d, f16 dmin, 12 bytes of packed 6-bit sub-block scales and mins,
+    /// 128 bytes of nibbles.
+    Q4K,
+    /// Super-blocks of 256: 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, 16 i8
+    /// sub-block scales, f16 d.
+    Q6K,
 }
 
 impl WeightFormat {
@@ -27,7 +33,14 @@ impl WeightFormat {
             WeightFormat::Q8_0 => (32, 34),
             WeightFormat::Q4_0 => (32, 18),
             WeightFormat::Q4_1 => (32, 20),
+            WeightFormat::Q4K => (256, 144),
+            WeightFormat::Q6K => (256, 210),
         }
+    }
+
+    /// Whether the format is one of the 256-element super-block ("K") quantizations.
+    pub fn is_k_quant(self) -> bool {
+        matches!(self, WeightFormat::Q4K | WeightFormat::Q6K)
     }
 }
 
@@ -35,12 +48,14 @@ enum Storage {
     F32(CudaSlice<f32>),
     F16(CudaSlice<f16>),
     Bf16(CudaSlice<bf16>),
-    /// Quants, scales (f16 bits) and, for Q4_1, mins: the GGUF blocks' fields in separate arrays.
+    /// The GGUF blocks' fields in separate arrays (see [`repack_blocks`]).
     Blocks {
         format: WeightFormat,
         quants: CudaSlice<u8>,
         scales: CudaSlice<u16>,
         mins: Option<CudaSlice<u16>>,
+        /// K-quants' sub-block scales (and Q4K's mins), as stored.
+        sub: Option<CudaSlice<u8>>,
     },
 }
 
@@ -59,29 +74,88 @@ impl GpuMatrix {
             Storage::F32(w) => w.len() * 4,
             Storage::F16(w) => w.len() * 2,
             Storage::Bf16(w) => w.len() * 2,
-            Storage::Blocks { quants, scales, mins, .. } => {
-                quants.len() + 2 * scales.len() + mins.as_ref().map_or(0, |m| 2 * m.len())
+            Storage::Blocks { quants, scales, mins, sub, .. } => {
+                quants.len()
+                    + 2 * scales.len()
+                    + mins.as_ref().map_or(0, |m| 2 * m.len())
+                    + sub.as_ref().map_or(0, |s| s.len())
             }
         }
     }
 }
 
-/// Splits GGUF blocks into (quants, scales, mins): the same bytes, grouped by field so that the
-/// kernel reads quants with aligned 16-byte loads.
-pub fn repack_blocks(format: WeightFormat, bytes: &[u8]) -> (Vec<u8>, Vec<u16>, Vec<u16>) {
+/// GGUF blocks split by field, so that kernels read quants with aligned 16-byte loads. The same
+/// bytes in another order; nothing is dequantized.
+#[derive(Debug, Default, PartialEq)]
+pub struct Repacked {
+    /// Q8_0: 32 i8 per block; Q4_0/Q4_1: 16 nibble bytes (value i low, i + 16 high); Q4K: 16
+    /// such nibble bytes per sub-block of 32; Q6K: the low 4 bits in that layout for every block of
+    /// the matrix, then the high 2 bits, 8 bytes per block (gpu/src/matmul/kquant.rs). The same
+    /// bits as the GGUF blocks, regrouped so that 16 bytes of quants match 32 activations.
+    pub quants: Vec<u8>,
+    /// The f16 scale of each block (Q6K: the super-block's d). Q4K: the super-block's whole
+    /// 16-byte head as stored (d, dmin, 12 bytes of packed 6-bit scales and mins), as 8 words.
+    pub scales: Vec<u16>,
+    /// Q4_1: the f16 min of each block; else empty.
+    pub mins: Vec<u16>,
+    /// Q6K: the 16 i8 scales of each super-block; else empty.
+    pub sub: Vec<u8>,
+    /// Q6K: the high 2 bits of every value (appended to `quants` on the device); else empty.
+    pub high: Vec<u8>,
+}
+
+/// Splits GGUF blocks of `format` into a [`Repacked`].
+pub fn repack_blocks(format: WeightFormat, bytes: &[u8]) -> Repacked {
     let (_, block_bytes) = format.block();
-    let (mut quants, mut scales, mut mins) = (Vec::new(), Vec::new(), Vec::new());
+    let mut out = Repacked::default();
+    let half = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
     for block in bytes.chunks_exact(block_bytes) {
-        scales.push(u16::from_le_bytes([block[0], block[1]]));
-        let rest = if format == WeightFormat::Q4_1 {
-            mins.push(u16::from_le_bytes([block[2], block[3]]));
-            &block[4..]
-        } else {
-            &block[2..]
-        };
-        quants.extend_from_slice(rest);
+        match format {
+            WeightFormat::Q4_1 => {
+                out.scales.push(half(block, 0));
+                out.mins.push(half(block, 2));
+                out.quants.extend_from_slice(&block[4..]);
+            }
+            WeightFormat::Q4K => {
+                out.scales.extend((0..16).step_by(2).map(|at| half(block, at)));
+                let qs = &block[16..144];
+                for j in 0..8 {
+                    let nibble = |t: usize| {
+                        let byte = qs[32 * (j / 2) + t];
+                        if j % 2 == 1 { byte >> 4 } else { byte & 0xF }
+                    };
+                    out.quants.extend((0..16).map(|i| nibble(i) | nibble(i + 16) << 4));
+                }
+            }
+            WeightFormat::Q6K => {
+                let (ql, qh) = (&block[..128], &block[128..192]);
+                let value = |e: usize| {
+                    let (n, k, l) = (e / 128, (e % 128) / 32, e % 32);
+                    let low = ql[64 * n + 32 * (k & 1) + l];
+                    let low = if k >= 2 { low >> 4 } else { low & 0xF };
+                    (low, (qh[32 * n + l] >> (2 * k)) & 3)
+                };
+                for b in 0..8 {
+                    let v: Vec<(u8, u8)> = (0..32).map(|t| value(32 * b + t)).collect();
+                    out.quants.extend((0..16).map(|i| v[i].0 | v[i + 16].0 << 4));
+                    for half in 0..2 {
+                        out.high.extend(
+                            (0..4).map(|t| {
+                                (0..4).fold(0u8, |acc, w| acc | v[16 * half + 4 * w + t].1 << (2 * w))
+                            }),
+                        );
+                    }
+                }
+                out.sub.extend_from_slice(&block[192..208]);
+                out.scales.push(half(block, 208));
+            }
+            _ => {
+                out.scales.push(half(block, 0));
+                out.quants.extend_from_slice(&block[2..]);
+            }
+        }
     }
-    (quants, scales, mins)
+    out
 }
 
 /// Warps (rows at a time) per block of the GEMV kernels.
@@ -97,11 +171,16 @@ fn x_layout(format: WeightFormat) -> (usize, usize) {
         WeightFormat::F16 | WeightFormat::Bf16 => (8, 4),
         WeightFormat::Q8_0 => (16, 4),
         WeightFormat::Q4_0 | WeightFormat::Q4_1 => (32, 4),
+        // K-quants have only the integer form, which stages nothing.
+        WeightFormat::Q4K | WeightFormat::Q6K => (1, 0),
     }
 }
 
 /// Shared memory for x of `n_in` values.
 pub fn gemv_shared_bytes(format: WeightFormat, n_in: usize) -> usize {
+    if format.is_k_quant() {
+        return 0;
+    }
     let (chunk, pad) = x_layout(format);
     4 * (n_in + n_in / chunk * pad)
 }
@@ -117,7 +196,7 @@ impl Gpu {
     ) -> Result<GpuMatrix> {
         const KERNEL: &str = "upload_matrix";
         let (block, block_bytes) = format.block();
-        let row_multiple = if block == 1 { 16 / block_bytes } else { 32 };
+        let row_multiple = if block == 1 { 16 / block_bytes } else { block };
         if n_in == 0 || !n_in.is_multiple_of(row_multiple) {
             return Err(shape_error(
                 KERNEL,
@@ -146,12 +225,14 @@ impl Gpu {
                 &bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>(),
             )?),
             _ => {
-                let (quants, scales, mins) = repack_blocks(format, bytes);
+                let mut r = repack_blocks(format, bytes);
+                r.quants.append(&mut r.high);
                 Storage::Blocks {
                     format,
-                    quants: self.upload(&quants)?,
-                    scales: self.upload(&scales)?,
-                    mins: if mins.is_empty() { None } else { Some(self.upload(&mins)?) },
+                    quants: self.upload(&r.quants)?,
+                    scales: self.upload(&r.scales)?,
+                    mins: if r.mins.is_empty() { None } else { Some(self.upload(&r.mins)?) },
+                    sub: if r.sub.is_empty() { None } else { Some(self.upload(&r.sub)?) },
                 }
             }
         };
@@ -167,6 +248,12 @@ impl Gpu {
         y: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         const KERNEL: &str = "gemv";
+        if w.format.is_k_quant() {
+            return Err(shape_error(
+                KERNEL,
+                format!("{:?} weights have only the integer form; use gemv_q8", w.format),
+            ));
+        }
         expect_len(KERNEL, "x", x.len(), w.n_in)?;
         expect_len(KERNEL, "y", y.len(), w.n_out)?;
         if let Some(b) = bias {
@@ -205,7 +292,7 @@ impl Gpu {
                 let (m, _m) = m.device_ptr(stream);
                 self.launch("gemv_bf16", config, &[&m, &bias, &x, &y, &n_in, &n_out])
             }
-            Storage::Blocks { format, quants, scales, mins } => {
+            Storage::Blocks { format, quants, scales, mins, .. } => {
                 let (q, _q) = quants.device_ptr(stream);
                 let (s, _s) = scales.device_ptr(stream);
                 match (format, mins) {
@@ -257,8 +344,8 @@ impl Gpu {
         self.launch(KERNEL, config, &[&x, &q, &d, &s, &n])
     }
 
-    /// y = W x (+ bias) with W quantized (Q8_0, Q4_0, Q4_1) and x given as 8-bit activations: the
-    /// integer (dp4a) form, the numbers llama.cpp computes.
+    /// y = W x (+ bias) with W quantized (Q8_0, Q4_0, Q4_1, Q4K, Q6K) and x given as 8-bit
+    /// activations: the integer (dp4a) form, the numbers llama.cpp computes.
     pub fn gemv_q8(
         &self,
         w: &GpuMatrix,
@@ -272,7 +359,7 @@ impl Gpu {
         if let Some(b) = bias {
             expect_len(KERNEL, "bias", b.len(), w.n_out)?;
         }
-        let Storage::Blocks { format, quants, scales, mins } = &w.storage else {
+        let Storage::Blocks { format, quants, scales, mins, sub } = &w.storage else {
             return Err(shape_error(
                 KERNEL,
                 format!("{:?} weights have no integer form; use gemv", w.format),
@@ -287,6 +374,8 @@ impl Gpu {
         let (xs, _xs) = x.s.device_ptr(stream);
         let (q, _q) = quants.device_ptr(stream);
         let (s, _s) = scales.device_ptr(stream);
+        let sub_guard = sub.as_ref().map(|s| s.device_ptr(stream));
+        let sub = sub_guard.as_ref().map_or(0u64, |(p, _)| *p);
         // A warp per row: no shared state, so every row gets its own warp and the GPU holds as
         // many loads in flight as its occupancy allows.
         let config = LaunchConfig {
@@ -305,6 +394,17 @@ impl Gpu {
             (WeightFormat::Q4_1, Some(mins)) => {
                 let (m, _m) = mins.device_ptr(stream);
                 self.launch("gemv_q4_1_q8", config, &[&q, &s, &m, &bias, &xq, &xd, &xs, &y, &n_in, &n_out])
+            }
+            (WeightFormat::Q4K, _) => {
+                self.launch("gemv_q4_k_q8", config, &[&q, &s, &bias, &xq, &xd, &xs, &y, &n_in, &n_out])
+            }
+            (WeightFormat::Q6K, _) => {
+                let high = q + (w.n_out * w.n_in / 2) as u64;
+                self.launch(
+                    "gemv_q6_k_q8",
+                    config,
+                    &[&q, &high, &s, &sub, &bias, &xq, &xd, &y, &n_in, &n_out],
+                )
             }
             _ => Err(shape_error(KERNEL, format!("{format:?} has no integer form"))),
         }
@@ -326,19 +426,30 @@ impl Gpu {
             Storage::F32(table) => self.embedding(table, ids, out, w.n_in),
             Storage::F16(table) => self.embedding(table, ids, out, w.n_in),
             Storage::Bf16(table) => self.embedding(table, ids, out, w.n_in),
-            Storage::Blocks { format, quants, scales, mins } => {
+            Storage::Blocks { format, quants, scales, mins, sub } => {
                 let stream = self.stream();
                 let (q, _q) = quants.device_ptr(stream);
                 let (s, _s) = scales.device_ptr(stream);
                 let mins_guard = mins.as_ref().map(|m| m.device_ptr(stream));
                 let m = mins_guard.as_ref().map_or(0u64, |(p, _)| *p);
+                let sub_guard = sub.as_ref().map(|s| s.device_ptr(stream));
+                let sub = sub_guard.as_ref().map_or(0u64, |(p, _)| *p);
                 let (i, _i) = ids.device_ptr(stream);
                 let (o, _o) = out.device_ptr_mut(stream);
-                let bits: u32 = if *format == WeightFormat::Q8_0 { 8 } else { 4 };
                 let config =
                     LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
                 let dim = w.n_in as u32;
-                self.launch("embedding_blocks", config, &[&q, &s, &m, &i, &o, &dim, &bits])
+                match format {
+                    WeightFormat::Q4K => self.launch("embedding_q4_k", config, &[&q, &s, &i, &o, &dim]),
+                    WeightFormat::Q6K => {
+                        let high = q + (w.n_out * w.n_in / 2) as u64;
+                        self.launch("embedding_q6_k", config, &[&q, &high, &s, &sub, &i, &o, &dim])
+                    }
+                    _ => {
+                        let bits: u32 = if *format == WeightFormat::Q8_0 { 8 } else { 4 };
+                        self.launch("embedding_blocks", config, &[&q, &s, &m, &i, &o, &dim, &bits])
+                    }
+                }
             }
         }
     }

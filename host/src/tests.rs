@@ -125,11 +125,53 @@ fn repacking_splits_block_fields_in_order() {
         bytes.extend_from_slice(&[b, 0x10, b, 0x20]);
         bytes.extend((0..16).map(|i| b * 16 + i));
     }
-    let (quants, scales, mins) = repack_blocks(WeightFormat::Q4_1, &bytes);
-    assert_eq!(scales, vec![0x1000, 0x1001]);
-    assert_eq!(mins, vec![0x2000, 0x2001]);
-    assert_eq!(quants, (0..32).collect::<Vec<u8>>());
-    let (quants, scales, mins) =
-        repack_blocks(WeightFormat::Q8_0, &[1, 2, 3, 4].into_iter().chain([5; 30]).collect::<Vec<u8>>());
-    assert_eq!((quants.len(), scales, mins.len()), (32, vec![0x0201], 0));
+    let r = repack_blocks(WeightFormat::Q4_1, &bytes);
+    assert_eq!(r.scales, vec![0x1000, 0x1001]);
+    assert_eq!(r.mins, vec![0x2000, 0x2001]);
+    assert_eq!(r.quants, (0..32).collect::<Vec<u8>>());
+    let r = repack_blocks(WeightFormat::Q8_0, &[1, 2, 3, 4].into_iter().chain([5; 30]).collect::<Vec<u8>>());
+    assert_eq!((r.quants.len(), r.scales, r.mins.len(), r.sub.len()), (32, vec![0x0201], 0, 0));
+}
+
+#[test]
+fn repacking_k_quants_regroups_values_by_block_of_32() {
+    use crate::matmul::{WeightFormat, repack_blocks};
+    // Q4K: a 16-byte head, then 128 bytes: byte 32g + t holds value t of sub-block 2g (low
+    // nibble) and of sub-block 2g + 1 (high). Value t of sub-block j here: (t + j) % 16.
+    let mut block: Vec<u8> = (0..16).collect();
+    for g in 0..4 {
+        block.extend((0..32).map(|t| ((t + 2 * g) % 16 | ((t + 2 * g + 1) % 16) << 4) as u8));
+    }
+    let r = repack_blocks(WeightFormat::Q4K, &block);
+    let head: Vec<u16> = (0..16).step_by(2).map(|i| u16::from_le_bytes([i, i + 1])).collect();
+    assert_eq!((r.scales, r.mins.len(), r.sub.len(), r.high.len()), (head, 0, 0, 0));
+    for j in 0..8 {
+        for t in 0..32 {
+            let byte = r.quants[16 * j + t % 16];
+            let nibble = if t < 16 { byte & 0xF } else { byte >> 4 };
+            assert_eq!(nibble as usize, (t + j) % 16, "Q4K sub-block {j} value {t}");
+        }
+    }
+
+    // Q6K: value e = (7 e) % 64, encoded as GGUF stores it (ql 128, qh 64, 16 scales, d).
+    let value = |e: usize| (7 * e % 64) as u8;
+    let (mut ql, mut qh) = (vec![0u8; 128], vec![0u8; 64]);
+    for e in 0..256 {
+        let (n, k, l) = (e / 128, (e % 128) / 32, e % 32);
+        let at = 64 * n + 32 * (k & 1) + l;
+        ql[at] |= (value(e) & 0xF) << if k >= 2 { 4 } else { 0 };
+        qh[32 * n + l] |= (value(e) >> 4) << (2 * k);
+    }
+    let block: Vec<u8> = ql.into_iter().chain(qh).chain(200..216).chain([1, 2]).collect();
+    let r = repack_blocks(WeightFormat::Q6K, &block);
+    assert_eq!((r.sub, r.scales), ((200..216).collect::<Vec<u8>>(), vec![0x0201]));
+    assert_eq!((r.quants.len(), r.high.len()), (128, 64));
+    for e in 0..256 {
+        let (b, t) = (e / 32, e % 32);
+        let low = r.quants[16 * b + t % 16];
+        let low = if t < 16 { low & 0xF } else { low >> 4 };
+        let (half, u) = (t / 16, t % 16);
+        let high = (r.high[8 * b + 4 * half + u % 4] >> (2 * (u / 4))) & 3;
+        assert_eq!(low | high << 4, value(e), "Q6K value {e}");
+    }
 }

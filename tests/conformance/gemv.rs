@@ -26,6 +26,8 @@ fn ggml_type(format: WeightFormat) -> GgmlType {
         WeightFormat::Q8_0 => GgmlType::Q8_0,
         WeightFormat::Q4_0 => GgmlType::Q4_0,
         WeightFormat::Q4_1 => GgmlType::Q4_1,
+        WeightFormat::Q4K => GgmlType::Q4K,
+        WeightFormat::Q6K => GgmlType::Q6K,
     }
 }
 
@@ -47,6 +49,11 @@ fn random_matrix(format: WeightFormat, n_in: usize, n_out: usize, seed: u64) -> 
                 chunk[..2].copy_from_slice(&f16(scale));
                 chunk[2..4].copy_from_slice(&f16(noise[(b + 1) % n_blocks] * 0.3));
             }
+            WeightFormat::Q4K => {
+                chunk[..2].copy_from_slice(&f16(scale * 0.1));
+                chunk[2..4].copy_from_slice(&f16(noise[(b + 1) % n_blocks] * 0.01));
+            }
+            WeightFormat::Q6K => chunk[208..].copy_from_slice(&f16(scale * 0.1)),
         }
     }
     bytes
@@ -118,5 +125,52 @@ proptest! {
         let mut y = poisoned(n_out);
         gpu.gemv_q8(&matrix, &activations, bias_gpu.as_ref(), &mut y).unwrap();
         assert_close(&format!("gemv_q8 {format:?} {n_out}x{n_in}"), &gpu.download(&y).unwrap(), &expected, 1e-5);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(48))]
+
+    /// K-quant GEMVs (integer form only) against engine::cpu::quantized::matvec_k_q8_1, an f64
+    /// sum of the same integer products: only float summation order differs.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn gemv_k_quants_match_the_cpu_integer_form(format in prop::sample::select(vec![WeightFormat::Q4K, WeightFormat::Q6K]), super_blocks in prop_oneof![1usize..=4, 5usize..=64], n_out in prop_oneof![1usize..=40, 41usize..=3000], with_bias: bool, seed: u64) {
+        use engine::cpu::quantized::matvec_k_q8_1;
+        let n_in = 256 * super_blocks;
+        let bytes = random_matrix(format, n_in, n_out, seed);
+        let x = random_values(seed ^ 9, n_in, 2.0);
+        let bias = with_bias.then(|| random_values(seed ^ 10, n_out, 1.0));
+        let expected = matvec_k_q8_1(&x, ggml_type(format), &bytes, bias.as_deref(), n_in, n_out);
+
+        let gpu = gpu();
+        let matrix = gpu.upload_matrix(format, &bytes, n_in, n_out).unwrap();
+        let mut activations = gpu.q8_activations(n_in).unwrap();
+        gpu.quantize_q8(&gpu.upload(&x).unwrap(), &mut activations).unwrap();
+        let bias_gpu = bias.as_ref().map(|b| gpu.upload(b).unwrap());
+        let mut y = poisoned(n_out);
+        gpu.gemv_q8(&matrix, &activations, bias_gpu.as_ref(), &mut y).unwrap();
+        assert_close(&format!("gemv_q8 {format:?} {n_out}x{n_in}"), &gpu.download(&y).unwrap(), &expected, 1e-5);
+        // The float form refuses K-quants rather than computing something else.
+        let mut y = poisoned(n_out);
+        prop_assert!(gpu.gemv(&matrix, &gpu.upload(&x).unwrap(), None, &mut y).is_err());
+    }
+
+    /// Embedding rows of every block format against the CPU dequantizer (checked against gguf-py).
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn embedding_rows_of_block_formats_match_the_dequantizer(format in prop::sample::select(vec![WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q4K, WeightFormat::Q6K]), blocks in 1usize..=12, rows in 1usize..=50, seed: u64) {
+        let (block, _) = format.block();
+        let dim = block * blocks;
+        let bytes = random_matrix(format, dim, rows, seed);
+        let table = dequantize(ggml_type(format), &bytes, dim * rows).unwrap();
+        let gpu = gpu();
+        let matrix = gpu.upload_matrix(format, &bytes, dim, rows).unwrap();
+        for row in [0, rows / 2, rows - 1] {
+            let ids = gpu.upload(&[row as u32]).unwrap();
+            let mut out = poisoned(dim);
+            gpu.embed(&matrix, &ids, &mut out).unwrap();
+            assert_close(&format!("embed {format:?} row {row}"), &gpu.download(&out).unwrap(), &table[row * dim..(row + 1) * dim], 1e-6);
+        }
     }
 }

@@ -187,6 +187,70 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
     }
 }
 
+/// y = W x (+ bias) for K-quant weights (Q4_K, Q6_K) in the GPU's integer form
+/// (gpu/src/matmul/gemv_k.rs): x quantized to Q8_1 blocks of 32 as above, then per sub-block
+///   Q4_K:  d sc xd sum(q xq) - dmin m xs          (sc, m: the sub-block's 6-bit scale and min)
+///   Q6_K:  d sc xd sum((q - 32) xq) per 16 values  (sc: i8 scale)
+/// summed in f64. The reference the GPU kernels are checked against; llama.cpp's CPU back end
+/// quantizes x differently for these types (per 256), so this is not the CPU engine's path.
+pub fn matvec_k_q8_1(
+    x: &[f32],
+    ty: GgmlType,
+    bytes: &[u8],
+    bias: Option<&[f32]>,
+    n_in: usize,
+    n_out: usize,
+) -> Vec<f32> {
+    assert!(matches!(ty, GgmlType::Q4K | GgmlType::Q6K), "{ty} is not a K-quant");
+    assert_eq!(n_in % 256, 0);
+    let block_bytes = ty.block_bytes();
+    let row_bytes = n_in / 256 * block_bytes;
+    assert_eq!(bytes.len(), row_bytes * n_out);
+    let act = quantize_q8(x);
+    (0..n_out)
+        .map(|o| {
+            let mut total = 0.0f64;
+            for (sb, b) in bytes[o * row_bytes..(o + 1) * row_bytes].chunks_exact(block_bytes).enumerate() {
+                if ty == GgmlType::Q4K {
+                    let (d, dmin, s, qs) = (f16_at(b, 0) as f64, f16_at(b, 2) as f64, &b[4..16], &b[16..144]);
+                    for j in 0..8 {
+                        let (sc, m) = if j < 4 {
+                            (s[j] & 63, s[j + 4] & 63)
+                        } else {
+                            ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+                        };
+                        let a = &act[8 * sb + j];
+                        let dot: i32 = (0..32)
+                            .map(|k| {
+                                let byte = qs[32 * (j / 2) + k];
+                                let q = if j % 2 == 1 { byte >> 4 } else { byte & 0xF };
+                                q as i32 * a.q[k] as i32
+                            })
+                            .sum();
+                        total += d * sc as f64 * a.d as f64 * dot as f64 - dmin * m as f64 * a.s as f64;
+                    }
+                } else {
+                    let (ql, qh, sc, d) = (&b[..128], &b[128..192], &b[192..208], f16_at(b, 208) as f64);
+                    for t in 0..16 {
+                        let a = &act[8 * sb + t / 2];
+                        let dot: i32 = (16 * t..16 * t + 16)
+                            .map(|e| {
+                                let (n, k, l) = (e / 128, (e % 128) / 32, e % 32);
+                                let low = ql[64 * n + 32 * (k & 1) + l];
+                                let low = if k >= 2 { low >> 4 } else { low & 0xF } as i32;
+                                let high = ((qh[32 * n + l] >> (2 * k)) & 3) as i32;
+                                ((low | (high << 4)) - 32) * a.q[e % 32] as i32
+                            })
+                            .sum();
+                        total += d * (sc[t] as i8) as f64 * a.d as f64 * dot as f64;
+                    }
+                }
+            }
+            (total + bias.map_or(0.0, |b| b[o] as f64)) as f32
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +313,46 @@ mod tests {
         assert_eq!(&blocks[0].q[..4], &[127, 2, 4, -2]);
         assert_eq!(blocks[0].d, 1.0);
         assert_eq!(blocks[0].s, 131.0);
+    }
+
+    /// The K-quant integer form against dequantized weights times exact activations: equal up
+    /// to the activation rounding, and not equal (the rounding happened).
+    #[test]
+    fn k_quant_integer_form_is_within_the_activation_rounding() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+            let (n_in, n_out) = (512, 3);
+            let mut bytes: Vec<u8> =
+                (0..n_in / 256 * ty.block_bytes() * n_out).map(|_| next() as u8).collect();
+            for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+                let at = if ty == GgmlType::Q4K { 0 } else { 208 };
+                block[at..at + 2].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
+                if ty == GgmlType::Q4K {
+                    block[2..4].copy_from_slice(&f16::from_f32(0.02).to_le_bytes());
+                }
+            }
+            let x: Vec<f32> = (0..n_in).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.1).collect();
+            let w = dequantize(ty, &bytes, n_in * n_out).unwrap();
+            let got = matvec_k_q8_1(&x, ty, &bytes, None, n_in, n_out);
+            let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for o in 0..n_out {
+                let row = &w[o * n_in..(o + 1) * n_in];
+                let exact: f64 = row.iter().zip(&x).map(|(&w, &x)| w as f64 * x as f64).sum();
+                let bound =
+                    row.iter().map(|w| w.abs() as f64).sum::<f64>() * amax as f64 / 254.0 * 1.01 + 1e-3;
+                assert!(
+                    (got[o] as f64 - exact).abs() <= bound,
+                    "{ty} row {o}: {} vs {exact} (bound {bound})",
+                    got[o]
+                );
+                assert_ne!(got[o] as f64, exact, "{ty}: no rounding means the integer form did not run");
+            }
+        }
     }
 }

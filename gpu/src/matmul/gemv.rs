@@ -66,7 +66,7 @@ impl<const CHUNK: usize, const PAD: usize> SharedX<CHUNK, PAD> {
 
 /// Runs `row_dot(row)` for this warp's rows and stores warp-summed results (+ bias).
 #[inline(always)]
-unsafe fn for_rows(n_out: usize, bias: *const f32, y: *mut f32, row_dot: impl Fn(usize) -> f32) {
+pub(crate) unsafe fn for_rows(n_out: usize, bias: *const f32, y: *mut f32, row_dot: impl Fn(usize) -> f32) {
     let mut row = block_idx() * WARPS_PER_BLOCK + warp_idx();
     while row < n_out {
         let total = warp_sum(row_dot(row));
