@@ -1,15 +1,18 @@
 //! The Llama family (Llama, SmolLM2, Qwen2, Phi-3) on the GPU, decode path: weights uploaded in
-//! their stored precision (F32/F16/BF16 rows, Q8_0/Q4_0/Q4_1 blocks), one token per step through
+//! their stored precision (F32/F16/BF16 rows, Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks), one token per step through
 //! the kernels of `gpu/` (embedding lookup, RMSNorm, GEMV, RoPE, KV write, decode attention over
 //! an f32 KV cache, SwiGLU, residual adds), logits copied back. Every kernel of a step reads the
 //! token and its position from device memory, so the step is captured once as a CUDA graph and
 //! replayed for each token. A prompt runs as a sequence of steps for now (no GEMM prefill yet).
-//! Checked against the CPU reference (`Numerics::Exact`).
+//! Quantized matrices meet either f32 activations (`integer_activations` off: the exact numbers of
+//! the CPU reference, `Numerics::Exact`) or activations quantized to 8 bits per block of 32 (on,
+//! the default: llama.cpp's numbers, and faster); K-quants have only the integer form.
+//! Checked against the CPU reference.
 
 use crate::cpu::rope::RopeLayout;
 use crate::gguf::{GgmlType, GgufFile};
 use crate::model::{Architecture, ModelConfig, ModelError};
-use host::matmul::{GpuMatrix, WeightFormat};
+use host::matmul::{GpuMatrix, Q8Activations, WeightFormat};
 use host::rope::{Rope, RopeLayout as GpuRopeLayout, Yarn};
 use host::{CudaSlice, Gpu};
 
@@ -19,24 +22,81 @@ pub enum CudaError {
     Gpu(#[from] host::Error),
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("tensor {name} is {ty}; the GPU backend takes F32, F16, BF16, Q8_0, Q4_0 and Q4_1 for now")]
+    #[error("tensor {name} is {ty}; the GPU backend takes F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K")]
     UnsupportedType { name: String, ty: GgmlType },
+    #[error(
+        "not enough GPU memory: the model needs {} ({ledger}) but {} is free; {advice}",
+        gib(ledger.total()),
+        gib(*free)
+    )]
+    OutOfMemory { ledger: VramLedger, free: usize, advice: String },
     #[error("the {0} architecture has no GPU implementation yet")]
     Architecture(&'static str),
 }
 
+fn gib(bytes: usize) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// Device memory a loaded model holds, by category.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VramLedger {
+    /// Weight matrices and vectors, as stored in the GGUF.
+    pub weights: usize,
+    /// Keys and values of every layer for the whole context.
+    pub kv_cache: usize,
+    /// Activations of one step.
+    pub activations: usize,
+    /// Quantized activations, positions and other scratch.
+    pub workspace: usize,
+}
+
+impl VramLedger {
+    pub fn total(&self) -> usize {
+        self.weights + self.kv_cache + self.activations + self.workspace
+    }
+}
+
+impl std::fmt::Display for VramLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "weights {}, KV cache {}, activations {}, workspace {}",
+            gib(self.weights),
+            gib(self.kv_cache),
+            gib(self.activations),
+            gib(self.workspace)
+        )
+    }
+}
+
+/// Memory the CUDA context, kernel module and graph take beyond our allocations (measured on the
+/// H100: about 0.5 GiB is used before the first allocation; this is the margin kept free).
+const CONTEXT_MARGIN: usize = 256 << 20;
+
+/// Matrices that read the same input and write consecutive parts of one output (q, k, v; gate,
+/// up): one matrix when they share a format, so that a single GEMV computes them all.
+struct Stacked(Vec<GpuMatrix>);
+
+impl Stacked {
+    fn matrices(&self) -> &[GpuMatrix] {
+        &self.0
+    }
+}
+
 struct Layer {
     attn_norm: CudaSlice<f32>,
-    wq: GpuMatrix,
-    wk: GpuMatrix,
-    wv: GpuMatrix,
-    bq: Option<CudaSlice<f32>>,
-    bk: Option<CudaSlice<f32>>,
-    bv: Option<CudaSlice<f32>>,
+    /// [q; k; v] rows, and their biases (Qwen2): one per matrix of `qkv`, or none.
+    qkv: Stacked,
+    qkv_bias: Vec<CudaSlice<f32>>,
     wo: GpuMatrix,
     ffn_norm: CudaSlice<f32>,
-    w_gate: GpuMatrix,
-    w_up: GpuMatrix,
+    /// [gate; up] rows.
+    gate_up: Stacked,
     w_down: GpuMatrix,
 }
 
@@ -44,17 +104,20 @@ struct Layer {
 struct Buffers {
     x: CudaSlice<f32>,
     h: CudaSlice<f32>,
-    q: CudaSlice<f32>,
-    k: CudaSlice<f32>,
-    v: CudaSlice<f32>,
+    /// [q; k; v] of the token.
+    qkv: CudaSlice<f32>,
     attn: CudaSlice<f32>,
     projected: CudaSlice<f32>,
-    gate: CudaSlice<f32>,
-    up: CudaSlice<f32>,
+    /// [gate; up].
+    gate_up: CudaSlice<f32>,
     act: CudaSlice<f32>,
     logits: CudaSlice<f32>,
     token: CudaSlice<u32>,
     position: CudaSlice<u32>,
+    /// 8-bit copies of h [n_embd], attn [q_dim] and act [n_ff] for the integer GEMVs.
+    hq: Q8Activations,
+    attn_q: Q8Activations,
+    act_q: Q8Activations,
 }
 
 pub struct GpuLlama {
@@ -76,6 +139,9 @@ pub struct GpuLlama {
     graph: Option<host::CudaGraph>,
     /// Capture and replay the step as a graph (default), or launch its kernels one by one.
     pub use_graph: bool,
+    /// Quantized matrices meet 8-bit activations (see the module notes).
+    integer_activations: bool,
+    ledger: VramLedger,
 }
 
 fn format_of(name: &str, ty: GgmlType) -> Result<WeightFormat, CudaError> {
@@ -86,6 +152,8 @@ fn format_of(name: &str, ty: GgmlType) -> Result<WeightFormat, CudaError> {
         GgmlType::Q8_0 => WeightFormat::Q8_0,
         GgmlType::Q4_0 => WeightFormat::Q4_0,
         GgmlType::Q4_1 => WeightFormat::Q4_1,
+        GgmlType::Q4K => WeightFormat::Q4K,
+        GgmlType::Q6K => WeightFormat::Q6K,
         ty => return Err(CudaError::UnsupportedType { name: name.to_string(), ty }),
     })
 }
@@ -103,6 +171,28 @@ impl GpuLlama {
         }
         let c = config.clone();
         let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        // What this will allocate, checked against free memory before anything is uploaded.
+        let kv_per_position = 2 * c.n_layer * kv_dim * 4;
+        let ledger = VramLedger {
+            weights: file.tensors().iter().map(|t| file.tensor_data(t).len()).sum(),
+            kv_cache: capacity * kv_per_position,
+            activations: 4 * (4 * d + 3 * q_dim + 2 * kv_dim + 3 * c.n_ff + c.n_vocab),
+            workspace: (d + q_dim + c.n_ff) * 9 / 8 + 64,
+        };
+        let (free, _) = gpu.memory()?;
+        if ledger.total() + CONTEXT_MARGIN > free {
+            let rest = ledger.total() - ledger.kv_cache + CONTEXT_MARGIN;
+            let advice = if rest < free {
+                format!(
+                    "lower --ctx-size from {capacity} to at most {} (KV cache {} per position)",
+                    (free - rest) / kv_per_position,
+                    gib(kv_per_position)
+                )
+            } else {
+                "the weights alone do not fit: use a smaller or more quantized model".to_string()
+            };
+            return Err(CudaError::OutOfMemory { ledger, free, advice });
+        }
         // Rows [start, end) of a stored matrix [n_out, n_in], uploaded as stored.
         let upload =
             |name: &str, n_in: usize, n_out: usize, rows: (usize, usize)| -> Result<GpuMatrix, CudaError> {
@@ -124,55 +214,98 @@ impl GpuLlama {
                 let bytes = &file.tensor_data(info)[rows.0 * row..rows.1 * row];
                 Ok(gpu.upload_matrix(format, bytes, n_in, rows.1 - rows.0)?)
             };
-        let vector = |name: &str, n: usize| -> Result<CudaSlice<f32>, CudaError> {
-            Ok(gpu.upload(&crate::model::weights::load(file, name, &[n]).map_err(ModelError::from)?)?)
+        let vector = |name: &str, n: usize| -> Result<Vec<f32>, CudaError> {
+            crate::model::weights::load(file, name, &[n]).map_err(|e| ModelError::from(e).into())
         };
-        let optional_vector = |name: &str, n: usize| -> Result<Option<CudaSlice<f32>>, CudaError> {
-            file.tensor(name).map(|_| vector(name, n)).transpose()
+        let device_vector = |name: &str, n: usize| -> Result<CudaSlice<f32>, CudaError> {
+            Ok(gpu.upload(&vector(name, n)?)?)
+        };
+        // Row ranges of tensors (name, n_out, rows) that read the same input of n_in values, as
+        // one matrix when they share a format (the bytes of their rows concatenated).
+        let stacked = |parts: &[(String, usize, (usize, usize))], n_in: usize| -> Result<Stacked, CudaError> {
+            let infos = parts
+                .iter()
+                .map(|(name, n_out, _)| {
+                    let info = file.tensor(name).ok_or_else(|| {
+                        ModelError::Weight(crate::model::weights::WeightError::Missing(name.clone()))
+                    })?;
+                    let expected = vec![n_in as u64, *n_out as u64];
+                    if info.dims != expected {
+                        return Err(ModelError::Weight(crate::model::weights::WeightError::Shape {
+                            name: name.clone(),
+                            actual: info.dims.clone(),
+                            expected,
+                        })
+                        .into());
+                    }
+                    Ok(info)
+                })
+                .collect::<Result<Vec<_>, CudaError>>()?;
+            if infos.iter().all(|i| i.ty == infos[0].ty) {
+                let format = format_of(&parts[0].0, infos[0].ty)?;
+                let (block, block_bytes) = format.block();
+                let row = n_in / block * block_bytes;
+                let mut bytes = Vec::new();
+                let mut rows = 0;
+                for ((_, _, (start, end)), info) in parts.iter().zip(&infos) {
+                    bytes.extend_from_slice(&file.tensor_data(info)[start * row..end * row]);
+                    rows += end - start;
+                }
+                Ok(Stacked(vec![gpu.upload_matrix(format, &bytes, n_in, rows)?]))
+            } else {
+                let parts = parts
+                    .iter()
+                    .map(|(name, n_out, rows)| upload(name, n_in, *n_out, *rows))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Stacked(parts))
+            }
         };
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             progress(i, c.n_layer);
             let name = |suffix: &str| format!("blk.{i}.{suffix}");
-            let (wq, wk, wv) = if file.tensor(&name("attn_qkv.weight")).is_some() {
-                let fused = name("attn_qkv.weight");
+            let qkv = if file.tensor(&name("attn_qkv.weight")).is_some() {
                 let n_out = q_dim + 2 * kv_dim;
-                (
-                    upload(&fused, d, n_out, (0, q_dim))?,
-                    upload(&fused, d, n_out, (q_dim, q_dim + kv_dim))?,
-                    upload(&fused, d, n_out, (q_dim + kv_dim, n_out))?,
-                )
+                stacked(&[(name("attn_qkv.weight"), n_out, (0, n_out))], d)?
             } else {
-                (
-                    upload(&name("attn_q.weight"), d, q_dim, (0, q_dim))?,
-                    upload(&name("attn_k.weight"), d, kv_dim, (0, kv_dim))?,
-                    upload(&name("attn_v.weight"), d, kv_dim, (0, kv_dim))?,
-                )
+                stacked(
+                    &[
+                        (name("attn_q.weight"), q_dim, (0, q_dim)),
+                        (name("attn_k.weight"), kv_dim, (0, kv_dim)),
+                        (name("attn_v.weight"), kv_dim, (0, kv_dim)),
+                    ],
+                    d,
+                )?
             };
-            let (w_gate, w_up) = if file.tensor(&name("ffn_gate.weight")).is_some() {
-                (
-                    upload(&name("ffn_gate.weight"), d, c.n_ff, (0, c.n_ff))?,
-                    upload(&name("ffn_up.weight"), d, c.n_ff, (0, c.n_ff))?,
-                )
+            let qkv_bias = if file.tensor(&name("attn_q.bias")).is_some() {
+                let parts = [
+                    vector(&name("attn_q.bias"), q_dim)?,
+                    vector(&name("attn_k.bias"), kv_dim)?,
+                    vector(&name("attn_v.bias"), kv_dim)?,
+                ];
+                if qkv.matrices().len() == 1 {
+                    vec![gpu.upload(&parts.concat())?]
+                } else {
+                    parts.iter().map(|p| gpu.upload(p)).collect::<Result<_, _>>()?
+                }
             } else {
-                let fused = name("ffn_up.weight");
-                (
-                    upload(&fused, d, 2 * c.n_ff, (0, c.n_ff))?,
-                    upload(&fused, d, 2 * c.n_ff, (c.n_ff, 2 * c.n_ff))?,
-                )
+                Vec::new()
+            };
+            let gate_up = if file.tensor(&name("ffn_gate.weight")).is_some() {
+                stacked(
+                    &[(name("ffn_gate.weight"), c.n_ff, (0, c.n_ff)), (name("ffn_up.weight"), c.n_ff, (0, c.n_ff))],
+                    d,
+                )?
+            } else {
+                stacked(&[(name("ffn_up.weight"), 2 * c.n_ff, (0, 2 * c.n_ff))], d)?
             };
             layers.push(Layer {
-                attn_norm: vector(&name("attn_norm.weight"), d)?,
-                wq,
-                wk,
-                wv,
-                bq: optional_vector(&name("attn_q.bias"), q_dim)?,
-                bk: optional_vector(&name("attn_k.bias"), kv_dim)?,
-                bv: optional_vector(&name("attn_v.bias"), kv_dim)?,
+                attn_norm: device_vector(&name("attn_norm.weight"), d)?,
+                qkv,
+                qkv_bias,
                 wo: upload(&name("attn_output.weight"), q_dim, d, (0, d))?,
-                ffn_norm: vector(&name("ffn_norm.weight"), d)?,
-                w_gate,
-                w_up,
+                ffn_norm: device_vector(&name("ffn_norm.weight"), d)?,
+                gate_up,
                 w_down: upload(&name("ffn_down.weight"), c.n_ff, d, (0, d))?,
             });
         }
@@ -213,19 +346,19 @@ impl GpuLlama {
         let buffers = Buffers {
             x: zeros(d)?,
             h: zeros(d)?,
-            q: zeros(q_dim)?,
-            k: zeros(kv_dim)?,
-            v: zeros(kv_dim)?,
+            qkv: zeros(q_dim + 2 * kv_dim)?,
             attn: zeros(q_dim)?,
             projected: zeros(d)?,
-            gate: zeros(c.n_ff)?,
-            up: zeros(c.n_ff)?,
+            gate_up: zeros(2 * c.n_ff)?,
             act: zeros(c.n_ff)?,
             logits: zeros(c.n_vocab)?,
             token: gpu.upload(&[0u32])?,
             position: gpu.upload(&[0u32])?,
+            hq: gpu.q8_activations(d)?,
+            attn_q: gpu.q8_activations(q_dim)?,
+            act_q: gpu.q8_activations(c.n_ff)?,
         };
-        let output_norm = vector("output_norm.weight", d)?;
+        let output_norm = device_vector("output_norm.weight", d)?;
         Ok(GpuLlama {
             gpu,
             config,
@@ -241,7 +374,35 @@ impl GpuLlama {
             buffers,
             graph: None,
             use_graph: true,
+            integer_activations: true,
+            ledger,
         })
+    }
+
+    /// Bytes of weights one decode step reads: every matrix and vector once, except the token
+    /// embedding table, of which it reads one row.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let embedding = self.token_embd.as_ref().map_or(0, |t| t.size() - t.size() / t.n_out);
+        self.ledger.weights - embedding
+    }
+
+    /// The GPU the model runs on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Device memory held, by category (weights counted as stored in the file).
+    pub fn ledger(&self) -> VramLedger {
+        self.ledger
+    }
+
+    /// Quantized matrices meet 8-bit activations (on, the default) or f32 ones (off: the exact
+    /// numbers of the CPU reference; K-quants stay integer).
+    pub fn set_integer_activations(&mut self, on: bool) {
+        if on != self.integer_activations {
+            self.integer_activations = on;
+            self.graph = None;
+        }
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -300,19 +461,51 @@ impl GpuLlama {
     fn enqueue_step(&mut self) -> Result<(), CudaError> {
         let c = &self.config;
         let (gpu, b) = (&self.gpu, &mut self.buffers);
-        let d = c.n_embd;
+        let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        let integer = self.integer_activations;
+        // Which form each matrix takes, and whether its input needs an 8-bit copy.
+        let uses_q8 = |w: &GpuMatrix| w.format().is_k_quant() || (integer && w.is_blocks());
+        let matvec = |w: &GpuMatrix,
+                      x: &CudaSlice<f32>,
+                      xq: &Q8Activations,
+                      bias: Option<&CudaSlice<f32>>,
+                      y: &mut host::CudaViewMut<f32>|
+         -> Result<(), host::Error> {
+            if uses_q8(w) { gpu.gemv_q8(w, xq, bias, y) } else { gpu.gemv(w, x, bias, y) }
+        };
+        // y = [W_1; W_2; ...] x, part by part when the parts could not be stacked.
+        let stacked = |w: &Stacked,
+                       x: &CudaSlice<f32>,
+                       xq: &mut Q8Activations,
+                       biases: &[CudaSlice<f32>],
+                       y: &mut CudaSlice<f32>|
+         -> Result<(), host::Error> {
+            if w.matrices().iter().any(uses_q8) {
+                gpu.quantize_q8(x, xq)?;
+            }
+            let mut start = 0;
+            for (k, m) in w.matrices().iter().enumerate() {
+                matvec(m, x, xq, biases.get(k), &mut y.slice_mut(start..start + m.n_out))?;
+                start += m.n_out;
+            }
+            Ok(())
+        };
+        let single = |w: &GpuMatrix, x: &CudaSlice<f32>, xq: &mut Q8Activations, y: &mut CudaSlice<f32>| {
+            if uses_q8(w) {
+                gpu.quantize_q8(x, xq)?;
+            }
+            matvec(w, x, xq, None, &mut y.slice_mut(..))
+        };
         gpu.embed(self.token_embd.as_ref().unwrap_or(&self.output), &b.token, &mut b.x)?;
         for (i, layer) in self.layers.iter().enumerate() {
             gpu.rms_norm(&b.x, &layer.attn_norm, &mut b.h, 1, d, c.norm_eps)?;
-            gpu.gemv(&layer.wq, &b.h, layer.bq.as_ref(), &mut b.q)?;
-            gpu.gemv(&layer.wk, &b.h, layer.bk.as_ref(), &mut b.k)?;
-            gpu.gemv(&layer.wv, &b.h, layer.bv.as_ref(), &mut b.v)?;
-            gpu.rope(&mut b.q, &b.position, c.n_head, &self.rope)?;
-            gpu.rope(&mut b.k, &b.position, c.n_head_kv, &self.rope)?;
-            gpu.kv_write(&b.k, &mut self.keys[i], &b.position)?;
-            gpu.kv_write(&b.v, &mut self.values[i], &b.position)?;
+            stacked(&layer.qkv, &b.h, &mut b.hq, &layer.qkv_bias, &mut b.qkv)?;
+            gpu.rope(&mut b.qkv.slice_mut(..q_dim), &b.position, c.n_head, &self.rope)?;
+            gpu.rope(&mut b.qkv.slice_mut(q_dim..q_dim + kv_dim), &b.position, c.n_head_kv, &self.rope)?;
+            gpu.kv_write(&b.qkv.slice(q_dim..q_dim + kv_dim), &mut self.keys[i], &b.position)?;
+            gpu.kv_write(&b.qkv.slice(q_dim + kv_dim..), &mut self.values[i], &b.position)?;
             gpu.attention_decode(
-                &b.q,
+                &b.qkv.slice(..q_dim),
                 &self.keys[i],
                 &self.values[i],
                 &mut b.attn,
@@ -321,17 +514,16 @@ impl GpuLlama {
                 c.n_head_kv,
                 c.head_dim,
             )?;
-            gpu.gemv(&layer.wo, &b.attn, None, &mut b.projected)?;
+            single(&layer.wo, &b.attn, &mut b.attn_q, &mut b.projected)?;
             gpu.residual_add(&mut b.x, &b.projected)?;
             gpu.rms_norm(&b.x, &layer.ffn_norm, &mut b.h, 1, d, c.norm_eps)?;
-            gpu.gemv(&layer.w_gate, &b.h, None, &mut b.gate)?;
-            gpu.gemv(&layer.w_up, &b.h, None, &mut b.up)?;
-            gpu.swiglu(&b.gate, &b.up, &mut b.act)?;
-            gpu.gemv(&layer.w_down, &b.act, None, &mut b.projected)?;
+            stacked(&layer.gate_up, &b.h, &mut b.hq, &[], &mut b.gate_up)?;
+            gpu.swiglu(&b.gate_up.slice(..c.n_ff), &b.gate_up.slice(c.n_ff..), &mut b.act)?;
+            single(&layer.w_down, &b.act, &mut b.act_q, &mut b.projected)?;
             gpu.residual_add(&mut b.x, &b.projected)?;
         }
         gpu.rms_norm(&b.x, &self.output_norm, &mut b.h, 1, d, c.norm_eps)?;
-        gpu.gemv(&self.output, &b.h, None, &mut b.logits)?;
+        single(&self.output, &b.h, &mut b.hq, &mut b.logits)?;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The engine: GGUF loading, tokenizers, model configuration and weights, the CPU backend that
 //! every GPU path is checked against, sampling, generation, and the pieces of the command line.
 
+pub mod bench;
 pub mod chat;
 pub mod cpu;
 pub mod cuda;

@@ -35,7 +35,8 @@ enum Command {
         model: ModelArgs,
         #[command(flatten)]
         sampling: SamplingArgs,
-        /// Print the model's configuration and memory use before generating.
+        /// Print the model's configuration and, on the GPU, its memory by category (weights, KV
+        /// cache, activations, workspace) before generating.
         #[arg(long)]
         verbose: bool,
     },
@@ -99,6 +100,20 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Measure prefill and decode speed on the GPU, as llama-bench does (pp and tg tests).
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt tokens processed in one forward pass (llama-bench -p).
+        #[arg(long, short = 'p', default_value_t = 512)]
+        prompt_tokens: usize,
+        /// Tokens generated one at a time (llama-bench -n).
+        #[arg(long, short = 'n', default_value_t = 128)]
+        gen_tokens: usize,
+        /// Timed runs of each test, after one warm-up run (llama-bench -r).
+        #[arg(long, short = 'r', default_value_t = 5)]
+        repeats: usize,
+    },
     /// Print a file's SHA-256 (for --trusted-hashes lists).
     Verify {
         /// The GGUF file.
@@ -132,8 +147,9 @@ struct ModelArgs {
     /// at most 4096.
     #[arg(long, short = 'c')]
     ctx_size: Option<usize>,
-    /// CPU arithmetic: llama-cpp (quantized weights meet 8-bit activations, f16 KV cache; the
-    /// numbers llama.cpp computes) or exact (everything in f32; the reference).
+    /// Arithmetic: llama-cpp (quantized weights meet 8-bit activations, on the CPU also an f16
+    /// KV cache; the numbers llama.cpp computes) or exact (f32 activations; the reference; on the
+    /// GPU, Q4_K/Q6_K weights still meet 8-bit activations).
     #[arg(long, value_enum, default_value_t = NumericsArg::LlamaCpp)]
     numerics: NumericsArg,
     /// File of `sha256  name` lines: refuse to load a model whose hash is not listed.
@@ -197,6 +213,10 @@ fn run(cli: Cli) -> Result<()> {
             let mut loaded = load(&model)?;
             if verbose {
                 eprintln!("{:#?}", loaded.config());
+                if let Runner::Gpu(model) = &loaded.runner {
+                    let ledger = model.ledger();
+                    eprintln!("GPU memory: {ledger} (total {:.2} GiB)", ledger.total() as f64 / (1u64 << 30) as f64);
+                }
             }
             let tokens = loaded.tokenizer.encode(&prompt, loaded.tokenizer.add_bos(), false)?;
             print!("{prompt}");
@@ -266,6 +286,59 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Inspect { model, full } => inspect(&model, full),
+        Command::Bench { mut model, prompt_tokens, gen_tokens, repeats } => {
+            if repeats == 0 {
+                bail!("--repeats must be at least 1");
+            }
+            if model.backend == Backend::Auto {
+                model.backend = Backend::Cuda;
+            }
+            if model.backend != Backend::Cuda {
+                bail!("engine bench measures the GPU backend; drop --backend cpu");
+            }
+            if model.ctx_size.is_none() {
+                model.ctx_size = Some(prompt_tokens.max(gen_tokens).max(1));
+            }
+            let mut loaded = load(&model)?;
+            let Runner::Gpu(gpu_model) = &mut loaded.runner else { bail!("the model did not load on the GPU") };
+            let ledger = gpu_model.ledger();
+            let report = engine::bench::run(gpu_model, prompt_tokens, gen_tokens, repeats)?;
+            let gb = |b: usize| b as f64 / 1e9;
+            let spread = |runs: &[f64]| {
+                let mean = runs.iter().sum::<f64>() / runs.len().max(1) as f64;
+                let var = runs.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / runs.len().max(1) as f64;
+                var.sqrt()
+            };
+            println!("model: {}", model_path(model.model.as_deref())?.display());
+            println!("GPU memory: {ledger}");
+            println!("| test | tok/s | ± | runs |");
+            println!("|---|---|---|---|");
+            if prompt_tokens > 0 {
+                println!(
+                    "| pp{prompt_tokens} | {:.1} | {:.1} | {} |",
+                    report.prefill_tps,
+                    spread(&report.prefill_runs),
+                    report.prefill_runs.len()
+                );
+            }
+            if gen_tokens > 0 {
+                println!(
+                    "| tg{gen_tokens} | {:.1} | {:.1} | {} |",
+                    report.decode_tps,
+                    spread(&report.decode_runs),
+                    report.decode_runs.len()
+                );
+            }
+            println!(
+                "weights read per decode step: {:.3} GB; copy bandwidth {:.0} GB/s; decode floor {:.0} tok/s; \
+                 decode at {:.1}% of the floor",
+                gb(report.bytes_per_token),
+                report.copy_bandwidth / 1e9,
+                report.decode_floor_tps(),
+                100.0 * report.decode_tps / report.decode_floor_tps()
+            );
+            Ok(())
+        }
         Command::Verify { model } => {
             let hash = provenance::sha256_file(&model, &|_, _| {})?;
             println!("{hash}  {}", model.display());
@@ -372,15 +445,21 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
     if ctx_size == 0 {
         bail!("--ctx-size must be at least 1");
     }
+    let load_gpu = |gpu: host::Gpu| {
+        GpuLlama::load(gpu, &file, ctx_size, &progress).map(|mut model| {
+            model.set_integer_activations(args.numerics == NumericsArg::LlamaCpp);
+            model
+        })
+    };
     let gpu = match args.backend {
         Backend::Cpu => None,
-        Backend::Cuda => Some(GpuLlama::load(host::Gpu::new(0)?, &file, ctx_size, &progress)?),
+        Backend::Cuda => Some(load_gpu(host::Gpu::new(0)?)?),
         Backend::Auto => match host::Gpu::new(0) {
             Err(e) => {
                 eprintln!("note: running on the CPU ({e})");
                 None
             }
-            Ok(gpu) => match GpuLlama::load(gpu, &file, ctx_size, &progress) {
+            Ok(gpu) => match load_gpu(gpu) {
                 Ok(model) => Some(model),
                 Err(e) => {
                     eprintln!("note: running on the CPU: {e}");

@@ -32,6 +32,7 @@ fn check(name: &str) {
 
     let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
     let mut model = GpuLlama::load(gpu, &file, 64, &|_, _| {}).unwrap();
+    model.set_integer_activations(false);
     let logits = model.forward(&tokens).unwrap();
     let n_vocab = model.config().n_vocab;
     // The captured graph replays exactly what launching the kernels one by one computes.

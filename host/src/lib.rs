@@ -175,6 +175,11 @@ impl Gpu {
     }
 
     /// Streaming multiprocessors on the device.
+    /// (free, total) bytes of device memory.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        Ok(self.context.mem_get_info()?)
+    }
+
     pub fn sm_count(&self) -> usize {
         self.sm_count
     }

@@ -68,6 +68,16 @@ pub struct GpuMatrix {
 }
 
 impl GpuMatrix {
+    /// The stored format.
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// Whether the matrix is quantized in blocks (has an integer GEMV form).
+    pub fn is_blocks(&self) -> bool {
+        matches!(self.storage, Storage::Blocks { .. })
+    }
+
     /// Device bytes held.
     pub fn size(&self) -> usize {
         match &self.storage {

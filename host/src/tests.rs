@@ -140,7 +140,7 @@ fn repacking_k_quants_regroups_values_by_block_of_32() {
     // nibble) and of sub-block 2g + 1 (high). Value t of sub-block j here: (t + j) % 16.
     let mut block: Vec<u8> = (0..16).collect();
     for g in 0..4 {
-        block.extend((0..32).map(|t| ((t + 2 * g) % 16 | ((t + 2 * g + 1) % 16) << 4) as u8));
+        block.extend((0..32).map(|t| (((t + 2 * g) % 16) | (((t + 2 * g + 1) % 16) << 4)) as u8));
     }
     let r = repack_blocks(WeightFormat::Q4K, &block);
     let head: Vec<u16> = (0..16).step_by(2).map(|i| u16::from_le_bytes([i, i + 1])).collect();
