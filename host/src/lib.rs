@@ -59,6 +59,16 @@ pub const KERNELS: &[&str] = &[
     "gemv_q4_1_q8",
     "attention_decode_f32",
     "kv_write_f32",
+    "kv_write_paged",
+    "attention_prefill_hd64",
+    "attention_prefill_hd80",
+    "attention_prefill_hd96",
+    "attention_prefill_hd128",
+    "attention_decode_hd64",
+    "attention_decode_hd80",
+    "attention_decode_hd96",
+    "attention_decode_hd128",
+    "attention_decode_combine",
     "embedding_blocks",
 ];
 
@@ -97,6 +107,7 @@ pub struct Gpu {
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
     sm_count: usize,
+    shared_per_sm: usize,
 }
 
 impl Gpu {
@@ -120,9 +131,10 @@ impl Gpu {
         for &name in KERNELS {
             functions.insert(name, module.load_function(name)?);
         }
-        // The GEMV kernels keep x in shared memory: allow them more than the default 48 KiB.
+        // The GEMV kernels keep x in shared memory, the attention kernels tiles of K and V: allow
+        // them more than the default 48 KiB.
         for (name, function) in &functions {
-            if name.starts_with("gemv_") || *name == "attention_decode_f32" {
+            if name.starts_with("gemv_") || name.starts_with("attention_") {
                 function.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     matmul::GEMV_SHARED_LIMIT as i32,
@@ -132,8 +144,13 @@ impl Gpu {
         let sm_count = context
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
             .max(1) as usize;
+        let shared_per_sm = context
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+            )?
+            .max(0) as usize;
         let stream = context.new_stream()?;
-        Ok(Gpu { context, stream, _module: module, functions, sm_count })
+        Ok(Gpu { context, stream, _module: module, functions, sm_count, shared_per_sm })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -173,6 +190,11 @@ impl Gpu {
     /// Streaming multiprocessors on the device.
     pub fn sm_count(&self) -> usize {
         self.sm_count
+    }
+
+    /// Bytes of shared memory per streaming multiprocessor (all blocks resident on it together).
+    pub fn shared_per_sm(&self) -> usize {
+        self.shared_per_sm
     }
 
     fn function(&self, name: &str) -> &CudaFunction {
