@@ -107,7 +107,6 @@ pub struct Gpu {
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
     sm_count: usize,
-    shared_per_sm: usize,
 }
 
 impl Gpu {
@@ -144,13 +143,8 @@ impl Gpu {
         let sm_count = context
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
             .max(1) as usize;
-        let shared_per_sm = context
-            .attribute(
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
-            )?
-            .max(0) as usize;
         let stream = context.new_stream()?;
-        Ok(Gpu { context, stream, _module: module, functions, sm_count, shared_per_sm })
+        Ok(Gpu { context, stream, _module: module, functions, sm_count })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -192,9 +186,12 @@ impl Gpu {
         self.sm_count
     }
 
-    /// Bytes of shared memory per streaming multiprocessor (all blocks resident on it together).
-    pub fn shared_per_sm(&self) -> usize {
-        self.shared_per_sm
+    /// Blocks of kernel `name` (of `threads` threads and `shared` bytes of dynamic shared memory)
+    /// that one SM holds at once, at least 1.
+    fn resident_blocks(&self, name: &str, threads: u32, shared: usize) -> Result<usize> {
+        let blocks =
+            self.function(name).occupancy_max_active_blocks_per_multiprocessor(threads, shared, None)?;
+        Ok((blocks as usize).max(1))
     }
 
     fn function(&self, name: &str) -> &CudaFunction {

@@ -193,17 +193,18 @@ mod paged_attention {
 
     #[test]
     fn one_long_sequence_is_split_to_fill_the_gpu() {
-        // 32 heads over 8 KV heads of 128: 8 blocks per split; an H100 (132 SMs, 228 KiB each) holds
-        // 3 blocks of 75 KiB per SM: 396 blocks, 50 splits, fewer where the capacity is short.
-        let h100 = (132, 228 * 1024);
-        assert_eq!(decode_splits(1, 32, &shape(128), 2048, h100.0, h100.1), 50);
-        assert_eq!(decode_splits(1, 32, &shape(128), 100, h100.0, h100.1), 25);
-        assert_eq!(decode_splits(1, 32, &shape(128), 1, h100.0, h100.1), 1);
-        // A batch that fills the GPU on its own needs no split.
-        assert_eq!(decode_splits(64, 32, &shape(128), 2048, h100.0, h100.1), 1);
-        assert!(
-            decode_splits(1, 1, &PagedKvShape { n_head_kv: 1, ..shape(64) }, 1 << 20, 1000, h100.1)
-                <= MAX_SPLITS
+        // 32 heads over 8 KV heads: 8 blocks per split. An H100 holding 3 blocks on each of its
+        // 132 SMs: 396 slots, 49 splits (392 blocks: one wave), fewer where the capacity is short.
+        let slots = 3 * 132;
+        assert_eq!(decode_splits(1, 32, &shape(128), 2048, slots), 49);
+        assert_eq!(decode_splits(1, 32, &shape(128), 100, slots), 25);
+        assert_eq!(decode_splits(1, 32, &shape(128), 1, slots), 1);
+        // 16 sequences: 3 splits (384 blocks); a batch that fills the GPU on its own: none.
+        assert_eq!(decode_splits(16, 32, &shape(128), 256, slots), 3);
+        assert_eq!(decode_splits(64, 32, &shape(128), 2048, slots), 1);
+        assert_eq!(
+            decode_splits(1, 1, &PagedKvShape { n_head_kv: 1, ..shape(64) }, 1 << 20, 10_000),
+            MAX_SPLITS
         );
     }
 }

@@ -97,19 +97,6 @@ unsafe fn attention_decode<const HD: usize>(
     let warp_pages = pages + warp as u32 * STAGES as u32 * 2 * pb;
     let weights = pages + (WARPS * STAGES) as u32 * 2 * pb + (warp * 4 * PAGE_SIZE * DECODE_HEADS) as u32;
 
-    let mut i = tid;
-    while i < DECODE_HEADS * HD / 4 {
-        let (g, c) = (i / (HD / 4), i % (HD / 4));
-        let v = if g < heads {
-            unsafe { load_f32x4(q.add((seq * n_head + first_head + g) * HD + 4 * c)) }
-        } else {
-            [0.0; 4]
-        };
-        unsafe { shared_store_f32x4(q_shared + (16 * i) as u32, v) };
-        i += block_dim();
-    }
-    sync_threads();
-
     // Page k of this warp is the split's page warp + 4k.
     let page_index = |k: usize| split_begin + warp + WARPS * k;
     let my_pages = split_end.saturating_sub(split_begin + warp).div_ceil(WARPS);
@@ -141,12 +128,25 @@ unsafe fn attention_decode<const HD: usize>(
     // acc[g]: dims 2 lane, 2 lane + 1, 2 (lane + 32), 2 (lane + 32) + 1 of head g.
     let mut acc = [[0.0f32; 4]; DECODE_HEADS];
 
+    // The first pages are on their way while the queries are staged.
     for stage in 0..STAGES {
         if stage < my_pages {
             issue(stage, stage);
         }
         copy_async_commit();
     }
+    let mut i = tid;
+    while i < DECODE_HEADS * HD / 4 {
+        let (g, c) = (i / (HD / 4), i % (HD / 4));
+        let v = if g < heads {
+            unsafe { load_f32x4(q.add((seq * n_head + first_head + g) * HD + 4 * c)) }
+        } else {
+            [0.0; 4]
+        };
+        unsafe { shared_store_f32x4(q_shared + (16 * i) as u32, v) };
+        i += block_dim();
+    }
+    sync_threads();
     for k in 0..my_pages {
         copy_async_wait::<{ STAGES as u32 - 1 }>();
         sync_warp();

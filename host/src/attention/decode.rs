@@ -20,23 +20,20 @@ pub(crate) fn decode_shared_bytes(head_dim: usize) -> usize {
 }
 
 /// Splits per sequence for a batch of `n_seq` with `n_head` query heads over `max_pages` pages
-/// per sequence: enough blocks for one wave on `sm_count` SMs (at the blocks per SM that
-/// `shared_per_sm` bytes of shared memory allow, up to 3, which the registers allow), at most one split per 4
-/// pages of capacity (a page per warp), at most [`MAX_SPLITS`]. Each sequence's actual length is
-/// divided among the splits on the device.
+/// per sequence, on a GPU that holds `slots` decode blocks at once (SMs x resident blocks per SM):
+/// as many as keep the grid within one wave (a second, partial wave would double the time), at
+/// most one split per 4 pages of capacity (a page per warp), at most [`MAX_SPLITS`]. Each
+/// sequence's actual length is divided among the splits on the device.
 pub fn decode_splits(
     n_seq: usize,
     n_head: usize,
     shape: &PagedKvShape,
     max_pages: usize,
-    sm_count: usize,
-    shared_per_sm: usize,
+    slots: usize,
 ) -> usize {
-    // The driver reserves 1 KiB of shared memory per block.
-    let blocks_per_sm = (shared_per_sm / (decode_shared_bytes(shape.head_dim) + 1024)).clamp(1, 3);
     let group = n_head / shape.n_head_kv.max(1);
-    let base = (n_seq * shape.n_head_kv * group.div_ceil(DECODE_HEADS)).max(1);
-    (sm_count * blocks_per_sm).div_ceil(base).min(max_pages.div_ceil(WARPS)).clamp(1, MAX_SPLITS)
+    let blocks_per_split = (n_seq * shape.n_head_kv * group.div_ceil(DECODE_HEADS)).max(1);
+    (slots / blocks_per_split).min(max_pages.div_ceil(WARPS)).clamp(1, MAX_SPLITS)
 }
 
 /// Per-split partial results of a decode batch: [n_seq, n_head, n_splits, head_dim] sums and
@@ -76,14 +73,11 @@ impl DecodeWorkspace {
     /// [`decode_splits`] picks for a full batch on this GPU.
     pub fn for_cache(gpu: &Gpu, cache: &PagedKvCache, n_seq: usize, n_head: usize) -> Result<Self> {
         let shape = cache.shape();
-        let splits = decode_splits(
-            n_seq,
-            n_head,
-            shape,
-            cache.allocator().max_pages(),
-            gpu.sm_count(),
-            gpu.shared_per_sm(),
-        );
+        let kernel = format!("attention_decode_hd{}", shape.head_dim);
+        shape.check("DecodeWorkspace")?;
+        let per_sm = gpu.resident_blocks(&kernel, 128, decode_shared_bytes(shape.head_dim))?;
+        let slots = gpu.sm_count() * per_sm;
+        let splits = decode_splits(n_seq, n_head, shape, cache.allocator().max_pages(), slots);
         DecodeWorkspace::new(gpu, n_seq, n_head, shape.head_dim, splits)
     }
 
