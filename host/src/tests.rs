@@ -137,7 +137,7 @@ fn repacking_splits_block_fields_in_order() {
 mod paged_attention {
     use crate::attention::{
         AttentionOptions, MAX_SPLITS, NO_PAGE, PAGE_SIZE, PageAllocator, PagedKvShape, decode_config,
-        decode_splits, prefill_config,
+        decode_splits, heads_per_block, prefill_config,
     };
 
     fn shape(head_dim: usize) -> PagedKvShape {
@@ -183,9 +183,14 @@ mod paged_attention {
         assert!(prefill_config(&shape(128), &AttentionOptions { scale: f32::NAN, ..options }, 1).is_err());
         assert!(prefill_config(&PagedKvShape { n_pages: 0, ..shape(64) }, &options, 1).is_err());
 
-        // Decode: 2 blocks of heads per KV head for a group of 9 (8 heads per block).
+        // Decode: 2 blocks of heads per KV head for a group of 9 (8 heads per block), 1 for 4.
         let (decode, combine) = decode_config(&shape(80), &AttentionOptions::new(72, 80), 3, 5).unwrap();
         assert_eq!((decode.grid_dim, combine.grid_dim), ((5, 16, 3), (72, 3, 1)));
+        assert_eq!(combine.shared_mem_bytes, 4 * 5);
+        let (decode, _) = decode_config(&shape(80), &options, 1, 5).unwrap();
+        assert_eq!(decode.grid_dim, (5, 8, 1));
+        let heads: Vec<usize> = (1..=17).map(heads_per_block).collect();
+        assert_eq!(heads, [1, 2, 4, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8]);
         assert!(decode_config(&shape(80), &options, 0, 5).is_err());
         assert!(decode_config(&shape(80), &options, 1, MAX_SPLITS + 1).is_err());
         assert!(decode_config(&shape(80), &options, 1, 0).is_err());

@@ -9,29 +9,34 @@
 //! adds pages; partial [n_seq, n_head, n_splits, head_dim] and stats [n_seq, n_head, n_splits, 2]
 //! (max, sum) f32 hold each split's unnormalised output.
 //!
-//! attention_decode_hd{64,80,96,128}: grid (n_splits, n_head_kv * ceil(group / 8), n_seq), 128
-//! threads, `decode_shared_bytes(head_dim)` of dynamic shared memory. n_splits is fixed at launch
-//! (the host picks it from the cache capacity so that one long sequence fills the GPU); each
+//! attention_decode_hd{64,80,96,128}_h{1,2,4,8}: grid (n_splits, n_head_kv * ceil(group / H),
+//! n_seq), 128 threads, `decode_shared_bytes(head_dim)` of dynamic shared memory. n_splits is fixed
+//! at launch (the host picks it so that one long sequence fills the GPU in one wave); each
 //! sequence's pages from first_b on are divided evenly among the splits on the device, from its
-//! length. A block takes up to 8 query heads of one GQA group, so that their KV head is read once
-//! for all of them, and its 4 warps take the split's pages in turn, each warp on its own: it
-//! copies its next pages of K and V into shared memory with `cp.async` (two pages in flight,
-//! rows padded by 16 bytes so that 16 lanes reading 16 different rows hit distinct banks), then
-//! computes the scores of its 16 keys for every head (lane = key + 16 half: each half-warp takes
-//! half of the dims, one shuffle adds them), an online softmax per head, and the weighted sum of
-//! values (lane = pairs of dims). At the end the warps' states are merged through shared memory.
-//! attention_decode_combine: grid (n_head, n_seq), 128 threads: out = sum_s A_s e^(m_s - M) /
-//! (e^(sink - M) + sum_s L_s e^(m_s - M)), M the largest of the m_s and the sink.
-//! Cost: each position's K and V read once per block of 8 heads: 4 head_dim bytes per position
-//! per KV head, the floor of decode attention; arithmetic ~100 instructions per position per
-//! warp at 8 heads, below what the SM can issue at the copy rate.
+//! length. A block takes H query heads of one GQA group (H, a compile-time 1, 2, 4 or 8, is the
+//! smallest that covers the group, or 8), so that their KV head is read once for all of them, and
+//! its 4 warps take the split's pages in turn, each warp on its own: it copies its next pages of K
+//! and V into shared memory with `cp.async` (two pages in flight, rows padded by 16 bytes so that
+//! 16 lanes reading 16 different rows hit distinct banks), then computes the scores of its 16 keys
+//! for every head (lane = key + 16 half: each half-warp takes half of the dims, one shuffle adds
+//! them), an online softmax per head, and the weighted sum of values (lane = pairs of dims). At
+//! the end the warps' states are merged through shared memory.
+//! attention_decode_combine: grid (n_head, n_seq), 128 threads, 4 n_splits bytes of dynamic shared
+//! memory: out = sum_s A_s e^(m_s - M) / (e^(sink - M) + sum_s L_s e^(m_s - M)), M the largest of
+//! the m_s and the sink; the splits' factors are computed in parallel, then each thread sums its
+//! dim over the splits with 8 loads in flight.
+//! Cost: each position's K and V read once per block of H heads: 4 head_dim bytes per position
+//! per KV head, the floor of decode attention. Per page of 16 positions a warp issues about
+//! 16 (HD / 16) (1 + H) + 16 (2 + (HD / 64) (4 + 2H)) instructions (scores, values; ~1,100 at HD 128,
+//! H 4), which 12 warps per SM issue faster than the SM's share of the copy rate brings the pages.
 
 use super::paged::{PAGE_SIZE, page_offset};
 use crate::device::{
-    WARP_SIZE, block_dim, block_idx, block_idx_y, block_idx_z, copy_async_16, copy_async_commit,
-    copy_async_wait, dynamic_shared_address, exp, f16x2_to_f32, f16x8_to_f32, grid_dim, lane_idx, load_f32x4,
-    max, shared_load_f32, shared_load_f32x4, shared_load_u32, shared_load_u32x4, shared_store_f32,
-    shared_store_f32x4, shuffle_xor, sync_threads, sync_warp, thread_idx, warp_idx,
+    WARP_SIZE, block_dim, block_idx, block_idx_y, block_idx_z, block_max, block_sum, copy_async_16,
+    copy_async_commit, copy_async_wait, dynamic_shared_address, exp, f16x2_to_f32, f16x8_to_f32, fma,
+    grid_dim, lane_idx, load_f32x4, max, shared_load_f32, shared_load_f32x4, shared_load_u32,
+    shared_load_u32x4, shared_store_f32, shared_store_f32x4, shuffle_xor, sync_threads, sync_warp,
+    thread_idx, warp_idx,
 };
 use crate::unroll;
 
@@ -57,7 +62,7 @@ const _: () = assert!(WARPS * DECODE_HEADS * (2 + 128) * 4 <= WARPS * STAGES * 2
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attention_decode<const HD: usize>(
+unsafe fn attention_decode<const HD: usize, const HEADS: usize>(
     q: *const f32,
     key_pages: *const u16,
     value_pages: *const u16,
@@ -77,10 +82,12 @@ unsafe fn attention_decode<const HD: usize>(
     let (tid, lane, warp) = (thread_idx(), lane_idx(), warp_idx());
     let (split, n_splits, seq) = (block_idx(), grid_dim(), block_idx_z());
     let group = n_head / n_head_kv;
-    let head_blocks = group.div_ceil(DECODE_HEADS);
+    let head_blocks = group.div_ceil(HEADS);
     let (kv_head, head_block) = (block_idx_y() / head_blocks, block_idx_y() % head_blocks);
-    let first_head = kv_head * group + head_block * DECODE_HEADS;
-    let heads = (group - head_block * DECODE_HEADS).min(DECODE_HEADS);
+    let first_head = kv_head * group + head_block * HEADS;
+    // Heads of this block that exist; the others (when HEADS does not divide the group) have zero
+    // queries and are computed and dropped, which keeps the inner loops free of branches.
+    let heads = (group - head_block * HEADS).min(HEADS);
 
     // This split's pages: the sequence's visible pages divided evenly among the splits.
     let len = unsafe { *lens.add(seq) } as usize;
@@ -136,7 +143,7 @@ unsafe fn attention_decode<const HD: usize>(
         copy_async_commit();
     }
     let mut i = tid;
-    while i < DECODE_HEADS * HD / 4 {
+    while i < HEADS * HD / 4 {
         let (g, c) = (i / (HD / 4), i % (HD / 4));
         let v = if g < heads {
             unsafe { load_f32x4(q.add((seq * n_head + first_head + g) * HD + 4 * c)) }
@@ -162,17 +169,18 @@ unsafe fn attention_decode<const HD: usize>(
         for c in 0..HD / 16 {
             let kf = f16x8_to_f32(unsafe { shared_load_u32x4(k_row + 16 * c as u32) });
             unroll!([0, 1, 2, 3, 4, 5, 6, 7], |g| {
-                if g < heads {
+                if g < HEADS {
                     let at = q_half + (4 * (g * HD + 8 * c)) as u32;
                     let (qa, qb) = unsafe { (shared_load_f32x4(at), shared_load_f32x4(at + 16)) };
-                    s[g] += (qa[0] * kf[0] + qa[1] * kf[1] + qa[2] * kf[2] + qa[3] * kf[3])
-                        + (qb[0] * kf[4] + qb[1] * kf[5] + qb[2] * kf[6] + qb[3] * kf[7]);
+                    let low =
+                        fma(qa[3], kf[3], fma(qa[2], kf[2], fma(qa[1], kf[1], fma(qa[0], kf[0], s[g]))));
+                    s[g] = fma(qb[3], kf[7], fma(qb[2], kf[6], fma(qb[1], kf[5], fma(qb[0], kf[4], low))));
                 }
             });
         }
         let mut p = [0.0f32; DECODE_HEADS];
         unroll!([0, 1, 2, 3, 4, 5, 6, 7], |g| {
-            if g < heads {
+            if g < HEADS {
                 let total = s[g] + shuffle_xor(s[g], 16);
                 let score = if visible { total * scale } else { f32::NEG_INFINITY };
                 let mut page_max = max(score, shuffle_xor(score, 8));
@@ -193,9 +201,9 @@ unsafe fn attention_decode<const HD: usize>(
         });
         if half == 0 {
             let at = weights + (4 * key * DECODE_HEADS) as u32;
-            unsafe {
-                shared_store_f32x4(at, [p[0], p[1], p[2], p[3]]);
-                shared_store_f32x4(at + 16, [p[4], p[5], p[6], p[7]]);
+            unsafe { shared_store_f32x4(at, [p[0], p[1], p[2], p[3]]) };
+            if HEADS > 4 {
+                unsafe { shared_store_f32x4(at + 16, [p[4], p[5], p[6], p[7]]) };
             }
         }
         sync_warp();
@@ -203,7 +211,8 @@ unsafe fn attention_decode<const HD: usize>(
         let (j0, j1) = (first.max(p0) - p0, len.min(p0 + PAGE_SIZE).saturating_sub(p0));
         for j in j0..j1 {
             let at = weights + (4 * j * DECODE_HEADS) as u32;
-            let (wa, wb) = unsafe { (shared_load_f32x4(at), shared_load_f32x4(at + 16)) };
+            let wa = unsafe { shared_load_f32x4(at) };
+            let wb = if HEADS > 4 { unsafe { shared_load_f32x4(at + 16) } } else { [0.0; 4] };
             let w = [wa[0], wa[1], wa[2], wa[3], wb[0], wb[1], wb[2], wb[3]];
             unroll!([0, 1], |half_word| {
                 let word = lane + WARP_SIZE * half_word;
@@ -211,9 +220,9 @@ unsafe fn attention_decode<const HD: usize>(
                     let at = v_buffer + (j * (HD + 8) * 2 + 4 * word) as u32;
                     let [a, b] = f16x2_to_f32(unsafe { shared_load_u32(at) });
                     unroll!([0, 1, 2, 3, 4, 5, 6, 7], |g| {
-                        if g < heads {
-                            acc[g][2 * half_word] += w[g] * a;
-                            acc[g][2 * half_word + 1] += w[g] * b;
+                        if g < HEADS {
+                            acc[g][2 * half_word] = fma(w[g], a, acc[g][2 * half_word]);
+                            acc[g][2 * half_word + 1] = fma(w[g], b, acc[g][2 * half_word + 1]);
                         }
                     });
                 }
@@ -235,7 +244,7 @@ unsafe fn attention_decode<const HD: usize>(
         merge + (4 * (2 * WARPS * DECODE_HEADS + (w * DECODE_HEADS + g) * HD + d)) as u32
     };
     unroll!([0, 1, 2, 3, 4, 5, 6, 7], |g| {
-        if g < heads {
+        if g < HEADS && g < heads {
             let mut sum = l[g] + shuffle_xor(l[g], 8);
             sum += shuffle_xor(sum, 4);
             sum += shuffle_xor(sum, 2);
@@ -287,7 +296,7 @@ unsafe fn attention_decode<const HD: usize>(
 }
 
 macro_rules! decode_entry {
-    ($($name:ident = $hd:literal),*) => {$(
+    ($($name:ident = ($hd:literal, $heads:literal)),*) => {$(
         #[unsafe(no_mangle)]
         #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $name(
@@ -306,7 +315,7 @@ macro_rules! decode_entry {
             scale: f32,
         ) {
             unsafe {
-                attention_decode::<$hd>(
+                attention_decode::<$hd, $heads>(
                     q, key_pages, value_pages, block_table, lens, partial, stats, n_head, n_head_kv,
                     n_pages, max_pages, window, scale,
                 )
@@ -315,11 +324,25 @@ macro_rules! decode_entry {
     )*};
 }
 
+// attention_decode_hd{head_dim}_h{heads per block}; the host takes the smallest of 1, 2, 4, 8
+// that covers the group (8 for larger groups, in several blocks).
 decode_entry!(
-    attention_decode_hd64 = 64,
-    attention_decode_hd80 = 80,
-    attention_decode_hd96 = 96,
-    attention_decode_hd128 = 128
+    attention_decode_hd64_h1 = (64, 1),
+    attention_decode_hd64_h2 = (64, 2),
+    attention_decode_hd64_h4 = (64, 4),
+    attention_decode_hd64_h8 = (64, 8),
+    attention_decode_hd80_h1 = (80, 1),
+    attention_decode_hd80_h2 = (80, 2),
+    attention_decode_hd80_h4 = (80, 4),
+    attention_decode_hd80_h8 = (80, 8),
+    attention_decode_hd96_h1 = (96, 1),
+    attention_decode_hd96_h2 = (96, 2),
+    attention_decode_hd96_h4 = (96, 4),
+    attention_decode_hd96_h8 = (96, 8),
+    attention_decode_hd128_h1 = (128, 1),
+    attention_decode_hd128_h2 = (128, 2),
+    attention_decode_hd128_h4 = (128, 4),
+    attention_decode_hd128_h8 = (128, 8)
 );
 
 /// Combines the splits of `attention_decode_hd*` (see the top of this file).
@@ -333,28 +356,58 @@ pub unsafe extern "ptx-kernel" fn attention_decode_combine(
     n_splits: u32,
     head_dim: u32,
 ) {
-    let (head, seq) = (block_idx(), block_idx_y());
+    let (head, seq, tid) = (block_idx(), block_idx_y(), thread_idx());
     let (n_splits, head_dim) = (n_splits as usize, head_dim as usize);
     let row = seq * n_head as usize + head;
     let sink = if sinks.is_null() { f32::NEG_INFINITY } else { unsafe { *sinks.add(head) } };
-    let mut total_max = sink;
-    for s in 0..n_splits {
-        total_max = max(total_max, unsafe { *stats.add(2 * (row * n_splits + s)) });
+    let stats = unsafe { stats.add(2 * row * n_splits) };
+    let mut local_max = sink;
+    let mut s = tid;
+    while s < n_splits {
+        local_max = max(local_max, unsafe { *stats.add(2 * s) });
+        s += block_dim();
     }
-    let mut d = thread_idx();
+    let total_max = block_max(local_max);
+    // factors[s] = e^(m_s - M), 0 for an empty split; the sum of the L_s weighted by them.
+    let factors = dynamic_shared_address();
+    let mut local_sum = 0.0f32;
+    let mut s = tid;
+    while s < n_splits {
+        let split_max = unsafe { *stats.add(2 * s) };
+        let factor = if split_max == f32::NEG_INFINITY { 0.0 } else { exp(split_max - total_max) };
+        unsafe { shared_store_f32(factors + 4 * s as u32, factor) };
+        local_sum = fma(unsafe { *stats.add(2 * s + 1) }, factor, local_sum);
+        s += block_dim();
+    }
+    // block_sum's barriers also make the factors visible to every thread.
+    let mut sum = block_sum(local_sum);
+    if sink != f32::NEG_INFINITY {
+        sum += exp(sink - total_max);
+    }
+    let inverse = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    let partial = unsafe { partial.add(row * n_splits * head_dim) };
+    let mut d = tid;
     while d < head_dim {
-        let mut sum = if sink == f32::NEG_INFINITY { 0.0 } else { exp(sink - total_max) };
-        let mut value = 0.0f32;
-        for s in 0..n_splits {
-            let at = row * n_splits + s;
-            let split_max = unsafe { *stats.add(2 * at) };
-            if split_max != f32::NEG_INFINITY {
-                let factor = exp(split_max - total_max);
-                sum += unsafe { *stats.add(2 * at + 1) } * factor;
-                value += unsafe { *partial.add(at * head_dim + d) } * factor;
+        let mut value = [0.0f32; 8];
+        let mut s = 0;
+        while s + 8 <= n_splits {
+            let loaded: [f32; 8] = core::array::from_fn(|k| unsafe { *partial.add((s + k) * head_dim + d) });
+            for k in 0..8 {
+                value[k] = fma(loaded[k], unsafe { shared_load_f32(factors + 4 * (s + k) as u32) }, value[k]);
             }
+            s += 8;
         }
-        unsafe { *out.add(row * head_dim + d) = if sum > 0.0 { value / sum } else { 0.0 } };
+        while s < n_splits {
+            value[0] = fma(
+                unsafe { *partial.add(s * head_dim + d) },
+                unsafe { shared_load_f32(factors + 4 * s as u32) },
+                value[0],
+            );
+            s += 1;
+        }
+        let total =
+            ((value[0] + value[1]) + (value[2] + value[3])) + ((value[4] + value[5]) + (value[6] + value[7]));
+        unsafe { *out.add(row * head_dim + d) = total * inverse };
         d += block_dim();
     }
 }

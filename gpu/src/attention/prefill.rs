@@ -24,8 +24,8 @@
 
 use super::paged::{PAGE_SIZE, page_of, page_offset};
 use crate::device::{
-    block_idx, block_idx_y, dynamic_shared_address, exp, f16x8_to_f32, grid_dim, load_f32x4, load_u16x8, max,
-    shared_load_f32x4, shared_store_f32x4, shuffle_xor, store_f32x4, sync_threads, thread_idx,
+    block_idx, block_idx_y, dynamic_shared_address, exp, f16x8_to_f32, fma, grid_dim, load_f32x4, load_u16x8,
+    max, shared_load_f32x4, shared_store_f32x4, shuffle_xor, store_f32x4, sync_threads, thread_idx,
 };
 use crate::unroll;
 
@@ -40,9 +40,10 @@ pub const fn prefill_shared_bytes(head_dim: usize) -> usize {
     4 * ((QUERY_TILE + 2 * KEY_TILE) * (head_dim + 4) + KEY_TILE * WEIGHT_ROW)
 }
 
+/// acc + a . b, in FMAs.
 #[inline(always)]
-fn dot4(a: [f32; 4], b: [f32; 4]) -> f32 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3]
+fn dot4(acc: f32, a: [f32; 4], b: [f32; 4]) -> f32 {
+    fma(a[3], b[3], fma(a[2], b[2], fma(a[1], b[1], fma(a[0], b[0], acc))))
 }
 
 /// Sum over the 8 lanes that share bits 3.. of the lane index.
@@ -167,7 +168,7 @@ unsafe fn attention_prefill<const HD: usize>(
             });
             for i in 0..4 {
                 for j in 0..4 {
-                    s[i][j] += dot4(qv[i], kv[j]);
+                    s[i][j] = dot4(s[i][j], qv[i], kv[j]);
                 }
             }
             d += 4;
@@ -211,7 +212,7 @@ unsafe fn attention_prefill<const HD: usize>(
                     let v = unsafe { shared_load_f32x4(v_tile + (4 * (key * row + 4 * quad)) as u32) };
                     unroll!([0, 1, 2, 3], |i| {
                         for e in 0..4 {
-                            acc[i][c][e] += w[i] * v[e];
+                            acc[i][c][e] = fma(w[i], v[e], acc[i][c][e]);
                         }
                     });
                 }

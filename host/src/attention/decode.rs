@@ -32,8 +32,20 @@ pub fn decode_splits(
     slots: usize,
 ) -> usize {
     let group = n_head / shape.n_head_kv.max(1);
-    let blocks_per_split = (n_seq * shape.n_head_kv * group.div_ceil(DECODE_HEADS)).max(1);
+    let blocks_per_split = (n_seq * shape.n_head_kv * group.div_ceil(heads_per_block(group))).max(1);
     (slots / blocks_per_split).min(max_pages.div_ceil(WARPS)).clamp(1, MAX_SPLITS)
+}
+
+/// Query heads a decode block takes: the smallest of 1, 2, 4, 8 that covers the GQA group, or 8
+/// (larger groups take several blocks). Heads beyond the group in the last block are computed
+/// and dropped.
+pub fn heads_per_block(group: usize) -> usize {
+    group.clamp(1, DECODE_HEADS).next_power_of_two()
+}
+
+/// The decode kernel for a head dim and a GQA group.
+fn decode_kernel(head_dim: usize, group: usize) -> String {
+    format!("attention_decode_hd{head_dim}_h{}", heads_per_block(group))
 }
 
 /// Per-split partial results of a decode batch: [n_seq, n_head, n_splits, head_dim] sums and
@@ -73,8 +85,8 @@ impl DecodeWorkspace {
     /// [`decode_splits`] picks for a full batch on this GPU.
     pub fn for_cache(gpu: &Gpu, cache: &PagedKvCache, n_seq: usize, n_head: usize) -> Result<Self> {
         let shape = cache.shape();
-        let kernel = format!("attention_decode_hd{}", shape.head_dim);
         shape.check("DecodeWorkspace")?;
+        let kernel = decode_kernel(shape.head_dim, n_head / shape.n_head_kv);
         let per_sm = gpu.resident_blocks(&kernel, 128, decode_shared_bytes(shape.head_dim))?;
         let slots = gpu.sm_count() * per_sm;
         let splits = decode_splits(n_seq, n_head, shape, cache.allocator().max_pages(), slots);
@@ -103,7 +115,7 @@ pub fn decode_config(
         return Err(shape_error(KERNEL, format!("{n_splits} splits (1..={MAX_SPLITS})")));
     }
     let group = options.n_head / shape.n_head_kv;
-    let blocks_y = shape.n_head_kv * group.div_ceil(DECODE_HEADS);
+    let blocks_y = shape.n_head_kv * group.div_ceil(heads_per_block(group));
     let decode = LaunchConfig {
         grid_dim: (n_splits as u32, blocks_y as u32, n_seq as u32),
         block_dim: (128, 1, 1),
@@ -112,7 +124,7 @@ pub fn decode_config(
     let combine = LaunchConfig {
         grid_dim: (options.n_head as u32, n_seq as u32, 1),
         block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: 4 * n_splits as u32,
     };
     Ok((decode, combine))
 }
@@ -176,7 +188,7 @@ impl Gpu {
         let (n_head_kv, n_pages, max_pages) =
             (shape.n_head_kv as u32, shape.n_pages as u32, max_pages as u32);
         self.launch(
-            &format!("attention_decode_hd{}", shape.head_dim),
+            &decode_kernel(shape.head_dim, options.n_head / shape.n_head_kv),
             decode,
             &[
                 &q,
