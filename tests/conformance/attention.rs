@@ -16,14 +16,15 @@ use proptest::prelude::*;
 const LAYER: usize = 1;
 const BOUND: f64 = 1e-5;
 
-/// (n_head_kv, query heads per KV head): MHA, GQA of the target models, and groups of more than
-/// the 8 heads a decode block takes.
+/// (n_head_kv, query heads per KV head): MHA, GQA of the target models, groups that the decode
+/// blocks' 1, 2, 4 or 8 heads do not divide (3, 7), and groups of more than 8 (several blocks).
 fn heads() -> impl Strategy<Value = (usize, usize)> {
     prop::sample::select(vec![
         (1, 1),
         (4, 1),
         (8, 1),
         (2, 2),
+        (2, 3),
         (2, 4),
         (4, 4),
         (1, 7),
