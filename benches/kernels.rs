@@ -1,6 +1,6 @@
 //! Kernel benchmark: time, achieved bandwidth and its fraction of the measured copy bandwidth,
 //! per kernel and size, on GPU 0. Run with `cargo bench --bench kernels` (or the packed binary
-//! `.gpu/bin/kernels-*` on the GPU machine).
+//! `.gpu/bin/kernels-*` on the GPU machine); `kernels attention` runs only the attention rows.
 //!
 //! Method: inputs are random (never zeros), every size moves at least 128 MiB so that L2 (50 MiB
 //! on the H100) does not serve repeats; 5 warm-up launches, then 30 timed ones, each between two
@@ -12,6 +12,7 @@
 
 use cudarc::driver::sys::CUevent_flags;
 use host::activation::Activation;
+use host::attention::{AttentionOptions, DecodeWorkspace, PAGE_SIZE, PagedKvCache, PagedKvShape};
 use host::matmul::WeightFormat;
 use host::rope::{Rope, RopeLayout, Yarn};
 use host::{Gpu, Result, bf16, f16};
@@ -106,6 +107,12 @@ impl Table {
             100.0 * gbps / self.copy_gbps
         );
     }
+
+    /// A compute-bound row: TFLOP/s in place of GB/s, no fraction of copy.
+    fn row_flops(&self, kernel: &str, size: &str, flops: f64, ms: f64) {
+        let tflops = flops / ms / 1e9;
+        println!("| {kernel:<22} | {size:<26} | {ms:>9.4} | {tflops:>6.2}TF |       - |");
+    }
 }
 
 fn main() -> Result<()> {
@@ -122,6 +129,9 @@ fn main() -> Result<()> {
     let table = Table { copy_gbps };
     println!("| kernel                 | size                       |   time ms |     GB/s | of copy |");
     println!("|------------------------|----------------------------|-----------|----------|---------|");
+    if std::env::args().skip(1).any(|a| a == "attention") {
+        return attention(&gpu, &table);
+    }
 
     // Element-wise: 64 Mi elements (256 MiB per array).
     let n = 64 << 20;
@@ -255,6 +265,73 @@ fn main() -> Result<()> {
             })?;
             table.row(&format!("gemv_q8 {format:?} (batched)"), &shape, moved, ms);
         }
+    }
+    attention(&gpu, &table)
+}
+
+/// Paged attention at Llama-3.1-8B's shape (32 heads over 8 KV heads of 128). Decode: one
+/// sequence at a long context (and a batch), timed over 4 or more layers' caches back to back
+/// (at least 256 MiB, so that the KV cache comes from DRAM), per layer; bytes = the K and V the
+/// step must read. Prefill: FLOP/s, with
+/// 4 T (start + (T + 1) / 2) head_dim FLOPs per head (QK and PV, causal).
+fn attention(gpu: &Gpu, table: &Table) -> Result<()> {
+    let (n_head, n_head_kv, head_dim) = (32usize, 8usize, 128usize);
+    let options = AttentionOptions::new(n_head, head_dim);
+    let page = |n_pages| PagedKvShape { n_pages, n_head_kv, head_dim };
+    let fill = |cache: &mut PagedKvCache, seed: u64| -> Result<()> {
+        let values: Vec<f16> =
+            random(cache.shape().pool_len(), seed).iter().map(|&v| f16::from_f32(v)).collect();
+        for layer in 0..cache.n_layer() {
+            let (keys, vals) = cache.pools_mut(layer).expect("layer in range");
+            gpu.stream().memcpy_htod(&values, keys)?;
+            gpu.stream().memcpy_htod(&values, vals)?;
+        }
+        Ok(())
+    };
+    for (n_seq, context) in [(1usize, 4096usize), (1, 32768), (16, 4096)] {
+        let pages = context / PAGE_SIZE;
+        let layer_bytes = n_seq * context * n_head_kv * head_dim * 2 * 2;
+        let layers = (256usize << 20).div_ceil(layer_bytes).max(4);
+        let mut cache = PagedKvCache::new(gpu, layers, page(n_seq * pages), n_seq, pages)?;
+        fill(&mut cache, 12)?;
+        for seq in 0..n_seq {
+            cache.reserve(gpu, seq, context)?;
+        }
+        let q = gpu.upload(&random(n_seq * n_head * head_dim, 13))?;
+        let lens = gpu.upload(&vec![context as u32; n_seq])?;
+        let mut out = gpu.alloc::<f32>(n_seq * n_head * head_dim)?;
+        let mut workspace = DecodeWorkspace::for_cache(gpu, &cache, n_seq, n_head)?;
+        // Every layer in turn, as in a decode step (launches queue up; their cost overlaps).
+        let ms = time(gpu, || {
+            for layer in 0..layers {
+                gpu.attention_decode_paged(
+                    &cache,
+                    layer,
+                    &q,
+                    &lens,
+                    None,
+                    &options,
+                    &mut workspace,
+                    &mut out,
+                )?;
+            }
+            Ok(())
+        })? / layers as f64;
+        let size = format!("{n_seq}x{context} ({} splits)", workspace.n_splits());
+        table.row("attention decode paged", &size, layer_bytes, ms);
+    }
+    for (n_tokens, start) in [(512usize, 0usize), (512, 3584), (2048, 0)] {
+        let context = start + n_tokens;
+        let mut cache = PagedKvCache::new(gpu, 1, page(context / PAGE_SIZE), 1, context / PAGE_SIZE)?;
+        fill(&mut cache, 14)?;
+        cache.reserve(gpu, 0, context)?;
+        let q = gpu.upload(&random(n_tokens * n_head * head_dim, 15))?;
+        let start_gpu = gpu.upload(&[start as u32])?;
+        let mut out = gpu.alloc::<f32>(n_tokens * n_head * head_dim)?;
+        let ms = time(gpu, || gpu.attention_prefill(&cache, 0, 0, &q, &start_gpu, None, &options, &mut out))?;
+        let flops =
+            4.0 * (n_tokens * head_dim * n_head) as f64 * (start as f64 + (n_tokens as f64 + 1.0) / 2.0);
+        table.row_flops("attention prefill", &format!("T={n_tokens} start={start}"), flops, ms);
     }
     Ok(())
 }

@@ -8,6 +8,14 @@ use core::arch::nvptx;
 
 pub const WARP_SIZE: usize = 32;
 
+/// `unroll!([0, 1, 2, 3], |i| { body })` runs the body once per listed index, written out: arrays
+/// indexed by `i` in the body stay in registers even where LLVM would keep a loop (a loop that
+/// indexes a register array puts the array in local memory).
+#[macro_export]
+macro_rules! unroll {
+    ([$($k:literal),*], |$i:ident| $body:block) => { $( { let $i: usize = $k; $body } )* };
+}
+
 #[inline(always)]
 pub fn thread_idx() -> usize {
     unsafe { nvptx::_thread_idx_x() as usize }
@@ -21,6 +29,16 @@ pub fn block_idx() -> usize {
 #[inline(always)]
 pub fn block_idx_y() -> usize {
     unsafe { nvptx::_block_idx_y() as usize }
+}
+
+#[inline(always)]
+pub fn block_idx_z() -> usize {
+    unsafe { nvptx::_block_idx_z() as usize }
+}
+
+#[inline(always)]
+pub fn grid_dim_y() -> usize {
+    unsafe { nvptx::_grid_dim_y() as usize }
 }
 
 #[inline(always)]
@@ -59,6 +77,12 @@ pub fn warp_idx() -> usize {
 #[inline(always)]
 pub fn sync_threads() {
     unsafe { nvptx::_syncthreads() }
+}
+
+/// `__syncwarp()`: a barrier for the lanes of this warp, which also orders their memory accesses.
+#[inline(always)]
+pub fn sync_warp() {
+    unsafe { asm!("bar.warp.sync 0xffffffff;") }
 }
 
 /// Butterfly shuffle: the value held by lane `lane ^ mask`. Every lane of the warp must call it.
@@ -154,6 +178,113 @@ pub fn max(a: f32, b: f32) -> f32 {
     out
 }
 
+// ---- shared memory by address --------------------------------------------------------------
+// Addresses in the shared window (32 bits), used with `ld.shared`/`st.shared`, which skip the
+// generic-to-shared check that loads through a generic pointer pay, and with `cp.async`.
+
+/// The shared-window address of the block's dynamic shared memory (16-byte aligned).
+#[inline(always)]
+pub fn dynamic_shared_address() -> u32 {
+    let a: u32;
+    unsafe { asm!("mov.u32 {a}, dynamic_shared;", a = out(reg32) a, options(pure, nomem, nostack)) };
+    a
+}
+
+#[inline(always)]
+pub unsafe fn shared_load_f32(address: u32) -> f32 {
+    let v: f32;
+    unsafe {
+        asm!("ld.shared.f32 {v}, [{a}];", v = out(reg32) v, a = in(reg32) address, options(pure, readonly, nostack))
+    };
+    v
+}
+
+/// Four f32 at a 16-byte aligned shared address.
+#[inline(always)]
+pub unsafe fn shared_load_f32x4(address: u32) -> [f32; 4] {
+    let (a, b, c, d): (f32, f32, f32, f32);
+    unsafe {
+        asm!(
+            "ld.shared.v4.f32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+            a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+            p = in(reg32) address,
+            options(pure, readonly, nostack),
+        );
+    }
+    [a, b, c, d]
+}
+
+/// One 32-bit word at a 4-byte aligned shared address.
+#[inline(always)]
+pub unsafe fn shared_load_u32(address: u32) -> u32 {
+    let v: u32;
+    unsafe {
+        asm!("ld.shared.b32 {v}, [{a}];", v = out(reg32) v, a = in(reg32) address, options(pure, readonly, nostack))
+    };
+    v
+}
+
+/// Four 32-bit words at a 16-byte aligned shared address.
+#[inline(always)]
+pub unsafe fn shared_load_u32x4(address: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!(
+            "ld.shared.v4.b32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+            a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+            p = in(reg32) address,
+            options(pure, readonly, nostack),
+        );
+    }
+    [a, b, c, d]
+}
+
+#[inline(always)]
+pub unsafe fn shared_store_f32(address: u32, v: f32) {
+    unsafe { asm!("st.shared.f32 [{a}], {v};", a = in(reg32) address, v = in(reg32) v, options(nostack)) };
+}
+
+/// Four f32 to a 16-byte aligned shared address.
+#[inline(always)]
+pub unsafe fn shared_store_f32x4(address: u32, v: [f32; 4]) {
+    unsafe {
+        asm!(
+            "st.shared.v4.f32 [{p}], {{{a}, {b}, {c}, {d}}};",
+            p = in(reg32) address,
+            a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2], d = in(reg32) v[3],
+            options(nostack),
+        );
+    }
+}
+
+/// Starts an asynchronous copy of 16 bytes from global memory to shared memory (`cp.async`,
+/// sm_80 and later), bypassing L1 and registers. With `valid` false nothing is read and the 16
+/// bytes are zero-filled. Both addresses 16-byte aligned. The copy is complete (for this thread)
+/// after [`copy_async_wait`]; other threads see it after a barrier that follows that wait.
+#[inline(always)]
+pub unsafe fn copy_async_16(shared: u32, global: *const u8, valid: bool) {
+    let bytes: u32 = if valid { 16 } else { 0 };
+    unsafe {
+        asm!(
+            "cp.async.cg.shared.global [{s}], [{g}], 16, {n};",
+            s = in(reg32) shared, g = in(reg64) global, n = in(reg32) bytes,
+            options(nostack),
+        );
+    }
+}
+
+/// Closes the group of asynchronous copies started since the last commit.
+#[inline(always)]
+pub fn copy_async_commit() {
+    unsafe { asm!("cp.async.commit_group;", options(nostack)) };
+}
+
+/// Waits until at most `PENDING` of this thread's committed copy groups are still in flight.
+#[inline(always)]
+pub fn copy_async_wait<const PENDING: u32>() {
+    unsafe { asm!("cp.async.wait_group {n};", n = const PENDING, options(nostack)) };
+}
+
 // ---- 16-bit floats ---------------------------------------------------------------------------
 
 #[inline(always)]
@@ -161,6 +292,28 @@ pub fn f16_to_f32(bits: u16) -> f32 {
     let out: f32;
     unsafe { asm!("cvt.f32.f16 {o}, {h};", o = out(reg32) out, h = in(reg16) bits) };
     out
+}
+
+/// The two f16 of a little-endian word (low half first) as f32.
+#[inline(always)]
+pub fn f16x2_to_f32(word: u32) -> [f32; 2] {
+    let (low, high): (f32, f32);
+    unsafe {
+        asm!(
+            "{{ .reg .b16 lo, hi; mov.b32 {{lo, hi}}, {w}; cvt.f32.f16 {a}, lo; cvt.f32.f16 {b}, hi; }}",
+            w = in(reg32) word, a = out(reg32) low, b = out(reg32) high,
+            options(pure, nomem, nostack),
+        );
+    }
+    [low, high]
+}
+
+/// Eight f16 held as four little-endian words (as [`load_u16x8`] returns them) as f32.
+#[inline(always)]
+pub fn f16x8_to_f32(words: [u32; 4]) -> [f32; 8] {
+    let ([a, b], [c, d], [e, f], [g, h]) =
+        (f16x2_to_f32(words[0]), f16x2_to_f32(words[1]), f16x2_to_f32(words[2]), f16x2_to_f32(words[3]));
+    [a, b, c, d, e, f, g, h]
 }
 
 #[inline(always)]
@@ -272,11 +425,17 @@ pub fn exp(x: f32) -> f32 {
     fma(power, low * core::f32::consts::LN_2, power)
 }
 
+/// a * b + c with one rounding. Rust never contracts `a * b + c` into an FMA on its own (that would
+/// change results), so kernels whose inner loops multiply and add call this: half the instructions.
 #[inline(always)]
 pub fn fma(a: f32, b: f32, c: f32) -> f32 {
     let out: f32;
     unsafe {
-        asm!("fma.rn.f32 {o}, {a}, {b}, {c};", o = out(reg32) out, a = in(reg32) a, b = in(reg32) b, c = in(reg32) c)
+        asm!(
+            "fma.rn.f32 {o}, {a}, {b}, {c};",
+            o = out(reg32) out, a = in(reg32) a, b = in(reg32) b, c = in(reg32) c,
+            options(pure, nomem, nostack),
+        )
     };
     out
 }

@@ -61,6 +61,28 @@ pub const KERNELS: &[&str] = &[
     "gemv_q6_k_q8",
     "attention_decode_f32",
     "kv_write_f32",
+    "kv_write_paged",
+    "attention_prefill_hd64",
+    "attention_prefill_hd80",
+    "attention_prefill_hd96",
+    "attention_prefill_hd128",
+    "attention_decode_hd64_h1",
+    "attention_decode_hd64_h2",
+    "attention_decode_hd64_h4",
+    "attention_decode_hd64_h8",
+    "attention_decode_hd80_h1",
+    "attention_decode_hd80_h2",
+    "attention_decode_hd80_h4",
+    "attention_decode_hd80_h8",
+    "attention_decode_hd96_h1",
+    "attention_decode_hd96_h2",
+    "attention_decode_hd96_h4",
+    "attention_decode_hd96_h8",
+    "attention_decode_hd128_h1",
+    "attention_decode_hd128_h2",
+    "attention_decode_hd128_h4",
+    "attention_decode_hd128_h8",
+    "attention_decode_combine",
     "embedding_blocks",
     "embedding_q4_k",
     "embedding_q6_k",
@@ -124,9 +146,10 @@ impl Gpu {
         for &name in KERNELS {
             functions.insert(name, module.load_function(name)?);
         }
-        // The GEMV kernels keep x in shared memory: allow them more than the default 48 KiB.
+        // The GEMV kernels keep x in shared memory, the attention kernels tiles of K and V: allow
+        // them more than the default 48 KiB.
         for (name, function) in &functions {
-            if name.starts_with("gemv_") || *name == "attention_decode_f32" {
+            if name.starts_with("gemv_") || name.starts_with("attention_") {
                 function.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     matmul::GEMV_SHARED_LIMIT as i32,
@@ -182,6 +205,14 @@ impl Gpu {
 
     pub fn sm_count(&self) -> usize {
         self.sm_count
+    }
+
+    /// Blocks of kernel `name` (of `threads` threads and `shared` bytes of dynamic shared memory)
+    /// that one SM holds at once, at least 1.
+    fn resident_blocks(&self, name: &str, threads: u32, shared: usize) -> Result<usize> {
+        let blocks =
+            self.function(name).occupancy_max_active_blocks_per_multiprocessor(threads, shared, None)?;
+        Ok((blocks as usize).max(1))
     }
 
     fn function(&self, name: &str) -> &CudaFunction {

@@ -175,3 +175,83 @@ fn repacking_k_quants_regroups_values_by_block_of_32() {
         assert_eq!(low | high << 4, value(e), "Q6K value {e}");
     }
 }
+
+mod paged_attention {
+    use crate::attention::{
+        AttentionOptions, MAX_SPLITS, NO_PAGE, PAGE_SIZE, PageAllocator, PagedKvShape, decode_config,
+        decode_splits, heads_per_block, prefill_config,
+    };
+
+    fn shape(head_dim: usize) -> PagedKvShape {
+        PagedKvShape { n_pages: 64, n_head_kv: 8, head_dim }
+    }
+
+    #[test]
+    fn pages_are_handed_out_in_order_and_returned() {
+        let mut pages = PageAllocator::new(5, 2, 3).unwrap();
+        assert!(pages.reserve(0, 1).unwrap());
+        assert!(!pages.reserve(0, PAGE_SIZE).unwrap(), "16 positions fit in the page it has");
+        assert!(pages.reserve(1, PAGE_SIZE + 1).unwrap());
+        assert!(pages.reserve(0, 2 * PAGE_SIZE + 1).unwrap());
+        assert_eq!(pages.table(), &[0, 3, 4, 1, 2, NO_PAGE]);
+        assert_eq!((pages.capacity(0), pages.capacity(1), pages.free_pages()), (48, 32, 0));
+        // The pool is empty: a request fails and takes nothing.
+        let error = pages.reserve(1, 3 * PAGE_SIZE).unwrap_err().to_string();
+        assert_eq!(error, "PageAllocator::reserve: sequence 1 needs 1 more pages and 0 are free");
+        assert_eq!(pages.table(), &[0, 3, 4, 1, 2, NO_PAGE]);
+        pages.release(0);
+        assert_eq!(pages.table(), &[NO_PAGE, NO_PAGE, NO_PAGE, 1, 2, NO_PAGE]);
+        assert_eq!(pages.free_pages(), 3);
+        assert!(pages.reserve(1, 3 * PAGE_SIZE).unwrap());
+        assert_eq!(pages.table()[3..], [1, 2, 0]);
+        // Beyond a row, beyond the slots.
+        assert!(pages.reserve(0, 3 * PAGE_SIZE + 1).is_err());
+        assert!(pages.reserve(2, 1).is_err());
+        assert!(PageAllocator::new(5, 0, 3).is_err());
+        assert!(PageAllocator::new(NO_PAGE as usize, 1, 1).is_err());
+    }
+
+    #[test]
+    fn paged_shapes_are_checked() {
+        let options = AttentionOptions::new(32, 128);
+        let config = prefill_config(&shape(128), &options, 130).unwrap();
+        assert_eq!((config.grid_dim, config.block_dim.0), ((3, 32, 1), 128));
+        // Q [64][132], K and V [32][132], weights [32][68], f32.
+        assert_eq!(config.shared_mem_bytes, 4 * (128 * 132 + 32 * 68));
+        assert!(prefill_config(&shape(128), &options, 0).is_err());
+        let error = prefill_config(&shape(112), &options, 1).unwrap_err().to_string();
+        assert_eq!(error, "attention_prefill: head_dim 112 is not one of [64, 80, 96, 128]");
+        assert!(prefill_config(&shape(128), &AttentionOptions::new(12, 128), 1).is_err(), "12 heads over 8");
+        assert!(prefill_config(&shape(128), &AttentionOptions { scale: f32::NAN, ..options }, 1).is_err());
+        assert!(prefill_config(&PagedKvShape { n_pages: 0, ..shape(64) }, &options, 1).is_err());
+
+        // Decode: 2 blocks of heads per KV head for a group of 9 (8 heads per block), 1 for 4.
+        let (decode, combine) = decode_config(&shape(80), &AttentionOptions::new(72, 80), 3, 5).unwrap();
+        assert_eq!((decode.grid_dim, combine.grid_dim), ((5, 16, 3), (72, 3, 1)));
+        assert_eq!(combine.shared_mem_bytes, 4 * 5);
+        let (decode, _) = decode_config(&shape(80), &options, 1, 5).unwrap();
+        assert_eq!(decode.grid_dim, (5, 8, 1));
+        let heads: Vec<usize> = (1..=17).map(heads_per_block).collect();
+        assert_eq!(heads, [1, 2, 4, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8]);
+        assert!(decode_config(&shape(80), &options, 0, 5).is_err());
+        assert!(decode_config(&shape(80), &options, 1, MAX_SPLITS + 1).is_err());
+        assert!(decode_config(&shape(80), &options, 1, 0).is_err());
+    }
+
+    #[test]
+    fn one_long_sequence_is_split_to_fill_the_gpu() {
+        // 32 heads over 8 KV heads: 8 blocks per split. An H100 holding 3 blocks on each of its
+        // 132 SMs: 396 slots, 49 splits (392 blocks: one wave), fewer where the capacity is short.
+        let slots = 3 * 132;
+        assert_eq!(decode_splits(1, 32, &shape(128), 2048, slots), 49);
+        assert_eq!(decode_splits(1, 32, &shape(128), 100, slots), 25);
+        assert_eq!(decode_splits(1, 32, &shape(128), 1, slots), 1);
+        // 16 sequences: 3 splits (384 blocks); a batch that fills the GPU on its own: none.
+        assert_eq!(decode_splits(16, 32, &shape(128), 256, slots), 3);
+        assert_eq!(decode_splits(64, 32, &shape(128), 2048, slots), 1);
+        assert_eq!(
+            decode_splits(1, 1, &PagedKvShape { n_head_kv: 1, ..shape(64) }, 1 << 20, 10_000),
+            MAX_SPLITS
+        );
+    }
+}

@@ -4,12 +4,14 @@
 //!
 //! Error measure: ||gpu - ref|| / ||ref|| over the whole output. The CPU references accumulate in
 //! f64 and are fed exactly the values the GPU sees (16-bit weights are rounded before the
-//! reference reads them), so the bound only has to cover the GPU's f32 arithmetic:
-//! 1e-5 for reductions over rows (norms, softmax), 2e-6 for element-wise functions and RoPE,
-//! exact for copies (embeddings). Outputs are poisoned with NaN before each launch, so an element
-//! the kernel failed to write fails the check.
+//! reference reads them, as are the f16 keys and values of the paged KV cache), so the bound only
+//! has to cover the GPU's f32 arithmetic: 1e-5 for reductions over rows (norms, softmax,
+//! attention), 2e-6 for element-wise functions and RoPE, exact for copies (embeddings, KV writes).
+//! Outputs are poisoned with NaN before each launch, so an element the kernel failed to write
+//! fails the check.
 
 mod activation;
+mod attention;
 mod embedding;
 mod gemv;
 mod norm;

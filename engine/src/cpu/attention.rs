@@ -53,6 +53,74 @@ pub fn causal_attention(
     }
 }
 
+/// The general form of causal attention that the GPU's paged kernels compute.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionOptions<'a> {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    /// Factor on q . k.
+    pub scale: f32,
+    /// Position p attends to j with p - window < j <= p; 0 = every j <= p.
+    pub window: usize,
+    /// One learned logit per query head that joins the softmax's denominator only.
+    pub sinks: Option<&'a [f32]>,
+}
+
+/// Causal attention with an explicit scale, an optional sliding window and optional attention
+/// sinks, accumulated in f64. q [n_tokens, n_head, head_dim] at positions start..start+n_tokens;
+/// keys and values [n_cached, n_head_kv, head_dim] with n_cached >= start + n_tokens; out like q.
+/// For query head h at position p with visible positions J: s_j = scale q . k_j, m = max(sink_h,
+/// max_j s_j), w_j = exp(s_j - m) / (exp(sink_h - m) + sum_k exp(s_k - m)), out = sum_j w_j v_j
+/// (no sink: the usual softmax).
+pub fn causal_attention_with(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    out: &mut [f32],
+    start: usize,
+    options: &AttentionOptions,
+) {
+    let AttentionOptions { n_head, n_head_kv, head_dim, scale, window, sinks } = *options;
+    let n_tokens = q.len() / (n_head * head_dim);
+    assert_eq!(out.len(), q.len());
+    assert!(n_head.is_multiple_of(n_head_kv));
+    assert!(sinks.is_none_or(|s| s.len() == n_head));
+    let group = n_head / n_head_kv;
+    let kv_stride = n_head_kv * head_dim;
+    assert!(keys.len() >= (start + n_tokens) * kv_stride && values.len() == keys.len());
+    let mut scores = Vec::new();
+    for t in 0..n_tokens {
+        let position = start + t;
+        let first = if window > 0 { (position + 1).saturating_sub(window) } else { 0 };
+        for h in 0..n_head {
+            let kv_head = h / group;
+            let query = &q[(t * n_head + h) * head_dim..][..head_dim];
+            scores.clear();
+            for p in first..=position {
+                let key = &keys[p * kv_stride + kv_head * head_dim..][..head_dim];
+                let s: f64 = query.iter().zip(key).map(|(&a, &b)| a as f64 * b as f64).sum();
+                scores.push(s * scale as f64);
+            }
+            let sink = sinks.map(|s| s[h] as f64);
+            let max = scores.iter().copied().fold(sink.unwrap_or(f64::NEG_INFINITY), f64::max);
+            let mut total = sink.map_or(0.0, |s| (s - max).exp());
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            let output = &mut out[(t * n_head + h) * head_dim..][..head_dim];
+            for (d, o) in output.iter_mut().enumerate() {
+                let mut acc = 0.0f64;
+                for (i, &w) in scores.iter().enumerate() {
+                    acc += w * values[(first + i) * kv_stride + kv_head * head_dim + d] as f64;
+                }
+                *o = (acc / total) as f32;
+            }
+        }
+    }
+}
+
 /// `x` rounded to the nearest f16 (ties to even), as f32. Normal f16 range by bit arithmetic (the
 /// value of a conversion there and back, without the conversions); the rest through `half`.
 #[inline]
@@ -194,5 +262,90 @@ mod tests {
         let mut out = [0.0; 4];
         causal_attention(&q, &k, &v, &mut out, 1, 2, 1, 2);
         assert_eq!(out, [2.0, 4.0, 2.0, 4.0]);
+    }
+
+    fn options(n_head: usize, n_head_kv: usize, head_dim: usize) -> AttentionOptions<'static> {
+        AttentionOptions { n_head, n_head_kv, head_dim, scale: 1.0, window: 0, sinks: None }
+    }
+
+    #[test]
+    fn the_general_form_without_options_is_causal_attention() {
+        let (n_head, n_head_kv, head_dim, n) = (4, 2, 8, 5);
+        let q: Vec<f32> = (0..n * n_head * head_dim).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.07).collect();
+        let kv: Vec<f32> =
+            (0..(n + 2) * n_head_kv * head_dim).map(|i| ((i * 13 % 19) as f32 - 9.0) * 0.1).collect();
+        let (mut expected, mut actual) = (vec![0.0; q.len()], vec![0.0; q.len()]);
+        causal_attention(&q, &kv, &kv, &mut expected, 2, n_head, n_head_kv, head_dim);
+        // 1/sqrt(8) rounded to f32 is within 3e-8 of the f64 scale causal_attention uses.
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        causal_attention_with(
+            &q,
+            &kv,
+            &kv,
+            &mut actual,
+            2,
+            &AttentionOptions { scale, ..options(n_head, n_head_kv, head_dim) },
+        );
+        for (a, e) in actual.iter().zip(&expected) {
+            assert!((a - e).abs() < 1e-6, "{a} vs {e}");
+        }
+    }
+
+    #[test]
+    fn a_sink_takes_its_share_of_the_weight() {
+        // One key with score 0 against a sink of 0: w = 1 / (1 + 1). A sink of ln 3: w = 1 / 4.
+        let (q, k, v) = ([1.0, 0.0], [0.0, 5.0], [4.0, -8.0]);
+        let mut out = [0.0; 2];
+        causal_attention_with(
+            &q,
+            &k,
+            &v,
+            &mut out,
+            0,
+            &AttentionOptions { sinks: Some(&[0.0]), ..options(1, 1, 2) },
+        );
+        assert_eq!(out, [2.0, -4.0]);
+        let sink = [3.0f32.ln()];
+        causal_attention_with(
+            &q,
+            &k,
+            &v,
+            &mut out,
+            0,
+            &AttentionOptions { sinks: Some(&sink), ..options(1, 1, 2) },
+        );
+        assert!((out[0] - 1.0).abs() < 1e-6 && (out[1] + 2.0).abs() < 1e-6, "{out:?}");
+        // A sink far below the scores changes nothing.
+        causal_attention_with(
+            &q,
+            &k,
+            &v,
+            &mut out,
+            0,
+            &AttentionOptions { sinks: Some(&[-1e4]), ..options(1, 1, 2) },
+        );
+        assert_eq!(out, [4.0, -8.0]);
+    }
+
+    #[test]
+    fn a_window_hides_older_positions() {
+        // Three positions, values 1, 2, 4 (head_dim 1), equal scores. The last token sees all three
+        // (mean 7/3) without a window, the last two (3) with window 2, itself (4) with window 1.
+        let (q, k, v) = ([1.0f32], [1.0f32, 1.0, 1.0], [1.0f32, 2.0, 4.0]);
+        let mut out = [0.0f32];
+        for (window, expected) in [(0, 7.0 / 3.0), (3, 7.0 / 3.0), (2, 3.0), (1, 4.0)] {
+            causal_attention_with(&q, &k, &v, &mut out, 2, &AttentionOptions { window, ..options(1, 1, 1) });
+            assert!((out[0] - expected).abs() < 1e-6, "window {window}: {} vs {expected}", out[0]);
+        }
+    }
+
+    #[test]
+    fn the_scale_is_applied_to_the_scores() {
+        // Scores 0 and ln 2 / scale at scale 0.5: weights 1/3, 2/3.
+        let q = [2.0 * 2.0f32.ln()];
+        let (k, v) = ([0.0f32, 1.0], [3.0f32, 6.0]);
+        let mut out = [0.0f32];
+        causal_attention_with(&q, &k, &v, &mut out, 1, &AttentionOptions { scale: 0.5, ..options(1, 1, 1) });
+        assert!((out[0] - 5.0).abs() < 1e-6, "{}", out[0]);
     }
 }

@@ -1,4 +1,4 @@
-//! Attention for one new token over a KV cache (decode), grouped-query heads.
+//! Attention for one new token over an f32 KV cache (decode), grouped-query heads.
 //!
 //! Math, for query head h at position p = len - 1: s_j = q_h . k_j / sqrt(head_dim) for j < len,
 //! w = softmax(s), out_h = sum_j w_j v_j, with k_j, v_j from KV head h / (n_head / n_head_kv).

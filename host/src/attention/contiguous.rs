@@ -1,4 +1,4 @@
-//! Decode attention over a KV cache (`gpu/src/attention.rs`).
+//! Decode attention over an f32 KV cache (`gpu/src/attention/contiguous.rs`).
 
 use crate::{Gpu, Result, expect_len, shape_error, to_u32};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};

@@ -1,0 +1,224 @@
+//! Flash-decoding over the paged cache (`gpu/src/attention/decode.rs`): one new token for each
+//! sequence of a batch, the context split over blocks, then the splits combined.
+
+use super::{AttentionOptions, PagedKvCache, PagedKvShape, check_aligned, check_options, layer_error};
+use crate::{Gpu, Result, expect_len, shape_error, to_u32};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+
+/// Most splits per sequence (the combine kernel reads every split's partial result).
+pub const MAX_SPLITS: usize = 256;
+/// Query heads per block, warps per block, pages in flight per warp: as in the kernel.
+const DECODE_HEADS: usize = 8;
+const WARPS: usize = 4;
+const STAGES: usize = 2;
+
+/// Dynamic shared memory: the queries [8][hd] f32, per warp STAGES pages of K and V of
+/// [16][hd + 8] f16, per warp the weights [16][8] f32.
+pub(crate) fn decode_shared_bytes(head_dim: usize) -> usize {
+    4 * DECODE_HEADS * head_dim
+        + WARPS * (STAGES * 2 * super::PAGE_SIZE * (head_dim + 8) * 2 + 4 * 16 * DECODE_HEADS)
+}
+
+/// Splits per sequence for a batch of `n_seq` with `n_head` query heads over `max_pages` pages
+/// per sequence, on a GPU that holds `slots` decode blocks at once (SMs x resident blocks per SM):
+/// as many as keep the grid within one wave (a second, partial wave would double the time), at
+/// most one split per 4 pages of capacity (a page per warp), at most [`MAX_SPLITS`]. Each
+/// sequence's actual length is divided among the splits on the device.
+pub fn decode_splits(
+    n_seq: usize,
+    n_head: usize,
+    shape: &PagedKvShape,
+    max_pages: usize,
+    slots: usize,
+) -> usize {
+    let group = n_head / shape.n_head_kv.max(1);
+    let blocks_per_split = (n_seq * shape.n_head_kv * group.div_ceil(heads_per_block(group))).max(1);
+    (slots / blocks_per_split).min(max_pages.div_ceil(WARPS)).clamp(1, MAX_SPLITS)
+}
+
+/// Query heads a decode block takes: the smallest of 1, 2, 4, 8 that covers the GQA group, or 8
+/// (larger groups take several blocks). Heads beyond the group in the last block are computed
+/// and dropped.
+pub fn heads_per_block(group: usize) -> usize {
+    group.clamp(1, DECODE_HEADS).next_power_of_two()
+}
+
+/// The decode kernel for a head dim and a GQA group.
+fn decode_kernel(head_dim: usize, group: usize) -> String {
+    format!("attention_decode_hd{head_dim}_h{}", heads_per_block(group))
+}
+
+/// Per-split partial results of a decode batch: [n_seq, n_head, n_splits, head_dim] sums and
+/// [n_seq, n_head, n_splits, 2] (max, sum). Sized once; a captured graph keeps using it.
+pub struct DecodeWorkspace {
+    partial: CudaSlice<f32>,
+    stats: CudaSlice<f32>,
+    n_seq: usize,
+    n_head: usize,
+    head_dim: usize,
+    n_splits: usize,
+}
+
+impl DecodeWorkspace {
+    /// A workspace for batches of up to `n_seq` sequences, with `n_splits` splits.
+    pub fn new(gpu: &Gpu, n_seq: usize, n_head: usize, head_dim: usize, n_splits: usize) -> Result<Self> {
+        const WHAT: &str = "DecodeWorkspace";
+        if n_seq == 0 || n_head == 0 || head_dim == 0 {
+            return Err(shape_error(WHAT, "a workspace needs at least one sequence, head and dim"));
+        }
+        if n_splits == 0 || n_splits > MAX_SPLITS {
+            return Err(shape_error(WHAT, format!("{n_splits} splits (1..={MAX_SPLITS})")));
+        }
+        let rows = n_seq * n_head * n_splits;
+        to_u32(WHAT, "n_seq * n_head * n_splits * head_dim", rows * head_dim)?;
+        Ok(DecodeWorkspace {
+            partial: gpu.alloc(rows * head_dim)?,
+            stats: gpu.alloc(rows * 2)?,
+            n_seq,
+            n_head,
+            head_dim,
+            n_splits,
+        })
+    }
+
+    /// A workspace for batches of up to `n_seq` sequences of `cache`, with the split count
+    /// [`decode_splits`] picks for a full batch on this GPU.
+    pub fn for_cache(gpu: &Gpu, cache: &PagedKvCache, n_seq: usize, n_head: usize) -> Result<Self> {
+        let shape = cache.shape();
+        shape.check("DecodeWorkspace")?;
+        let kernel = decode_kernel(shape.head_dim, n_head / shape.n_head_kv);
+        let per_sm = gpu.resident_blocks(&kernel, 128, decode_shared_bytes(shape.head_dim))?;
+        let slots = gpu.sm_count() * per_sm;
+        let splits = decode_splits(n_seq, n_head, shape, cache.allocator().max_pages(), slots);
+        DecodeWorkspace::new(gpu, n_seq, n_head, shape.head_dim, splits)
+    }
+
+    pub fn n_splits(&self) -> usize {
+        self.n_splits
+    }
+}
+
+/// The launches of `attention_decode_hd*` and `attention_decode_combine` for a batch of `n_seq`,
+/// after checking the shapes.
+pub fn decode_config(
+    shape: &PagedKvShape,
+    options: &AttentionOptions,
+    n_seq: usize,
+    n_splits: usize,
+) -> Result<(LaunchConfig, LaunchConfig)> {
+    const KERNEL: &str = "attention_decode_paged";
+    check_options(KERNEL, shape, options, None)?;
+    if n_seq == 0 || n_seq > 65535 {
+        return Err(shape_error(KERNEL, format!("a batch of {n_seq} sequences (1..=65535)")));
+    }
+    if n_splits == 0 || n_splits > MAX_SPLITS {
+        return Err(shape_error(KERNEL, format!("{n_splits} splits (1..={MAX_SPLITS})")));
+    }
+    let group = options.n_head / shape.n_head_kv;
+    let blocks_y = shape.n_head_kv * group.div_ceil(heads_per_block(group));
+    let decode = LaunchConfig {
+        grid_dim: (n_splits as u32, blocks_y as u32, n_seq as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: decode_shared_bytes(shape.head_dim) as u32,
+    };
+    let combine = LaunchConfig {
+        grid_dim: (options.n_head as u32, n_seq as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 4 * n_splits as u32,
+    };
+    Ok((decode, combine))
+}
+
+impl Gpu {
+    /// Attention of one new token per sequence over layer `layer` of the cache: q, out [n_seq,
+    /// n_head * head_dim] f32 with n_seq = lens.len(); sequence b is block-table row b and has
+    /// lens[b] positions cached, its new token's included (lens are read on the device).
+    /// `sinks`: one logit per query head, or None. `workspace` must be for at least n_seq
+    /// sequences of these heads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode_paged(
+        &self,
+        cache: &PagedKvCache,
+        layer: usize,
+        q: &impl DevicePtr<f32>,
+        lens: &impl DevicePtr<u32>,
+        sinks: Option<&CudaSlice<f32>>,
+        options: &AttentionOptions,
+        workspace: &mut DecodeWorkspace,
+        out: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        const KERNEL: &str = "attention_decode_paged";
+        let shape = *cache.shape();
+        check_options(KERNEL, &shape, options, sinks.map(|s| s.len()))?;
+        let n_seq = lens.len();
+        let (decode, combine) = decode_config(&shape, options, n_seq, workspace.n_splits)?;
+        let (table_rows, max_pages) = (cache.allocator().n_seq(), cache.allocator().max_pages());
+        if n_seq > table_rows {
+            return Err(shape_error(
+                KERNEL,
+                format!("a batch of {n_seq} sequences; the cache has {table_rows} slots"),
+            ));
+        }
+        if n_seq > workspace.n_seq
+            || workspace.n_head != options.n_head
+            || workspace.head_dim != shape.head_dim
+        {
+            return Err(shape_error(
+                KERNEL,
+                format!(
+                    "the workspace is for {} sequences of {} heads of {}; this batch is {n_seq} of {} of {}",
+                    workspace.n_seq, workspace.n_head, workspace.head_dim, options.n_head, shape.head_dim
+                ),
+            ));
+        }
+        let row = options.n_head * shape.head_dim;
+        expect_len(KERNEL, "q", q.len(), n_seq * row)?;
+        expect_len(KERNEL, "out", out.len(), n_seq * row)?;
+        let (keys, values) = cache.pools(layer).ok_or_else(|| layer_error(KERNEL, layer, cache.n_layer()))?;
+        let (n_head, window) = (options.n_head as u32, options.window as u32);
+        let stream = self.stream();
+        let (q, _q) = q.device_ptr(stream);
+        check_aligned(KERNEL, &[("q", q)])?;
+        let (k, _k) = keys.device_ptr(stream);
+        let (v, _v) = values.device_ptr(stream);
+        let (table, _table) = cache.block_table().device_ptr(stream);
+        let (lens, _lens) = lens.device_ptr(stream);
+        let (partial, _partial) = workspace.partial.device_ptr_mut(stream);
+        let (stats, _stats) = workspace.stats.device_ptr_mut(stream);
+        let (n_head_kv, n_pages, max_pages) =
+            (shape.n_head_kv as u32, shape.n_pages as u32, max_pages as u32);
+        self.launch(
+            &decode_kernel(shape.head_dim, options.n_head / shape.n_head_kv),
+            decode,
+            &[
+                &q,
+                &k,
+                &v,
+                &table,
+                &lens,
+                &partial,
+                &stats,
+                &n_head,
+                &n_head_kv,
+                &n_pages,
+                &max_pages,
+                &window,
+                &options.scale,
+            ],
+        )?;
+        let (sinks, _sinks) = match sinks {
+            Some(s) => {
+                let (pointer, guard) = s.device_ptr(stream);
+                (pointer, Some(guard))
+            }
+            None => (0, None),
+        };
+        let (o, _o) = out.device_ptr_mut(stream);
+        let (n_splits, head_dim) = (workspace.n_splits as u32, shape.head_dim as u32);
+        self.launch(
+            "attention_decode_combine",
+            combine,
+            &[&partial, &stats, &sinks, &o, &n_head, &n_splits, &head_dim],
+        )
+    }
+}
