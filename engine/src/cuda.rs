@@ -1,7 +1,9 @@
 //! The Llama family (Llama, SmolLM2, Qwen2, Phi-3) on the GPU, decode path: weights uploaded in
 //! their stored precision (F32/F16/BF16 rows, Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks), one token per step through
 //! the kernels of `gpu/` (embedding lookup, RMSNorm, GEMV, RoPE, KV write, decode attention over
-//! an f32 KV cache, SwiGLU, residual adds), logits copied back. Every kernel of a step reads the
+//! a KV cache, SwiGLU, residual adds), logits copied back. The KV cache is paged f16 with
+//! flash-decoding attention (host::attention) for head dims 64, 80, 96 and 128, and a contiguous
+//! f32 cache with the simple decode kernel for other head dims (the tiny test fixtures). Every kernel of a step reads the
 //! token and its position from device memory, so the step is captured once as a CUDA graph and
 //! replayed for each token. A prompt runs as a sequence of steps for now (no GEMM prefill yet).
 //! Quantized matrices meet either f32 activations (`integer_activations` off: the exact numbers of
@@ -12,6 +14,7 @@
 use crate::cpu::rope::RopeLayout;
 use crate::gguf::{GgmlType, GgufFile};
 use crate::model::{Architecture, ModelConfig, ModelError};
+use host::attention::{AttentionOptions, DecodeWorkspace, HEAD_DIMS, PAGE_SIZE, PagedKvCache, PagedKvShape};
 use host::matmul::{GpuMatrix, Q8Activations, WeightFormat};
 use host::rope::{Rope, RopeLayout as GpuRopeLayout, Yarn};
 use host::{CudaSlice, Gpu};
@@ -88,6 +91,13 @@ impl Stacked {
     }
 }
 
+enum KvCache {
+    /// f16 pages (one sequence, every page reserved at load), flash-decoding attention.
+    Paged { cache: PagedKvCache, workspace: DecodeWorkspace, options: AttentionOptions },
+    /// f32 [capacity, n_head_kv, head_dim] per layer, for head dims the paged kernels lack.
+    Contiguous { keys: Vec<CudaSlice<f32>>, values: Vec<CudaSlice<f32>> },
+}
+
 struct Layer {
     attn_norm: CudaSlice<f32>,
     /// [q; k; v] rows, and their biases (Qwen2): one per matrix of `qkv`, or none.
@@ -112,8 +122,8 @@ struct Buffers {
     gate_up: CudaSlice<f32>,
     act: CudaSlice<f32>,
     logits: CudaSlice<f32>,
-    token: CudaSlice<u32>,
-    position: CudaSlice<u32>,
+    /// [token, position, length (position + 1), sequence slot], read by the step's kernels.
+    args: CudaSlice<u32>,
     /// 8-bit copies of h [n_embd], attn [q_dim] and act [n_ff] for the integer GEMVs.
     hq: Q8Activations,
     attn_q: Q8Activations,
@@ -129,8 +139,7 @@ pub struct GpuLlama {
     layers: Vec<Layer>,
     output_norm: CudaSlice<f32>,
     output: GpuMatrix,
-    keys: Vec<CudaSlice<f32>>,
-    values: Vec<CudaSlice<f32>>,
+    kv: KvCache,
     capacity: usize,
     /// Positions filled so far.
     pub len: usize,
@@ -172,10 +181,11 @@ impl GpuLlama {
         let c = config.clone();
         let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         // What this will allocate, checked against free memory before anything is uploaded.
-        let kv_per_position = 2 * c.n_layer * kv_dim * 4;
+        let paged = HEAD_DIMS.contains(&c.head_dim);
+        let kv_per_position = 2 * c.n_layer * kv_dim * if paged { 2 } else { 4 };
         let ledger = VramLedger {
             weights: file.tensors().iter().map(|t| file.tensor_data(t).len()).sum(),
-            kv_cache: capacity * kv_per_position,
+            kv_cache: capacity.next_multiple_of(PAGE_SIZE) * kv_per_position,
             activations: 4 * (4 * d + 3 * q_dim + 2 * kv_dim + 3 * c.n_ff + c.n_vocab),
             workspace: (d + q_dim + c.n_ff) * 9 / 8 + 64,
         };
@@ -222,44 +232,45 @@ impl GpuLlama {
         };
         // Row ranges of tensors (name, n_out, rows) that read the same input of n_in values, as
         // one matrix when they share a format (the bytes of their rows concatenated).
-        let stacked = |parts: &[(String, usize, (usize, usize))], n_in: usize| -> Result<Stacked, CudaError> {
-            let infos = parts
-                .iter()
-                .map(|(name, n_out, _)| {
-                    let info = file.tensor(name).ok_or_else(|| {
-                        ModelError::Weight(crate::model::weights::WeightError::Missing(name.clone()))
-                    })?;
-                    let expected = vec![n_in as u64, *n_out as u64];
-                    if info.dims != expected {
-                        return Err(ModelError::Weight(crate::model::weights::WeightError::Shape {
-                            name: name.clone(),
-                            actual: info.dims.clone(),
-                            expected,
-                        })
-                        .into());
-                    }
-                    Ok(info)
-                })
-                .collect::<Result<Vec<_>, CudaError>>()?;
-            if infos.iter().all(|i| i.ty == infos[0].ty) {
-                let format = format_of(&parts[0].0, infos[0].ty)?;
-                let (block, block_bytes) = format.block();
-                let row = n_in / block * block_bytes;
-                let mut bytes = Vec::new();
-                let mut rows = 0;
-                for ((_, _, (start, end)), info) in parts.iter().zip(&infos) {
-                    bytes.extend_from_slice(&file.tensor_data(info)[start * row..end * row]);
-                    rows += end - start;
-                }
-                Ok(Stacked(vec![gpu.upload_matrix(format, &bytes, n_in, rows)?]))
-            } else {
-                let parts = parts
+        let stacked =
+            |parts: &[(String, usize, (usize, usize))], n_in: usize| -> Result<Stacked, CudaError> {
+                let infos = parts
                     .iter()
-                    .map(|(name, n_out, rows)| upload(name, n_in, *n_out, *rows))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Stacked(parts))
-            }
-        };
+                    .map(|(name, n_out, _)| {
+                        let info = file.tensor(name).ok_or_else(|| {
+                            ModelError::Weight(crate::model::weights::WeightError::Missing(name.clone()))
+                        })?;
+                        let expected = vec![n_in as u64, *n_out as u64];
+                        if info.dims != expected {
+                            return Err(ModelError::Weight(crate::model::weights::WeightError::Shape {
+                                name: name.clone(),
+                                actual: info.dims.clone(),
+                                expected,
+                            })
+                            .into());
+                        }
+                        Ok(info)
+                    })
+                    .collect::<Result<Vec<_>, CudaError>>()?;
+                if infos.iter().all(|i| i.ty == infos[0].ty) {
+                    let format = format_of(&parts[0].0, infos[0].ty)?;
+                    let (block, block_bytes) = format.block();
+                    let row = n_in / block * block_bytes;
+                    let mut bytes = Vec::new();
+                    let mut rows = 0;
+                    for ((_, _, (start, end)), info) in parts.iter().zip(&infos) {
+                        bytes.extend_from_slice(&file.tensor_data(info)[start * row..end * row]);
+                        rows += end - start;
+                    }
+                    Ok(Stacked(vec![gpu.upload_matrix(format, &bytes, n_in, rows)?]))
+                } else {
+                    let parts = parts
+                        .iter()
+                        .map(|(name, n_out, rows)| upload(name, n_in, *n_out, *rows))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(Stacked(parts))
+                }
+            };
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             progress(i, c.n_layer);
@@ -293,7 +304,10 @@ impl GpuLlama {
             };
             let gate_up = if file.tensor(&name("ffn_gate.weight")).is_some() {
                 stacked(
-                    &[(name("ffn_gate.weight"), c.n_ff, (0, c.n_ff)), (name("ffn_up.weight"), c.n_ff, (0, c.n_ff))],
+                    &[
+                        (name("ffn_gate.weight"), c.n_ff, (0, c.n_ff)),
+                        (name("ffn_up.weight"), c.n_ff, (0, c.n_ff)),
+                    ],
                     d,
                 )?
             } else {
@@ -337,12 +351,22 @@ impl GpuLlama {
             }),
         };
         let zeros = |n: usize| gpu.upload(&vec![0.0f32; n]);
-        let mut keys = Vec::with_capacity(c.n_layer);
-        let mut values = Vec::with_capacity(c.n_layer);
-        for _ in 0..c.n_layer {
-            keys.push(zeros(capacity * kv_dim)?);
-            values.push(zeros(capacity * kv_dim)?);
-        }
+        let kv = if paged {
+            let pages = capacity.div_ceil(PAGE_SIZE);
+            let shape = PagedKvShape { n_pages: pages, n_head_kv: c.n_head_kv, head_dim: c.head_dim };
+            let mut cache = PagedKvCache::new(&gpu, c.n_layer, shape, 1, pages)?;
+            cache.reserve(&gpu, 0, capacity)?;
+            let workspace = DecodeWorkspace::for_cache(&gpu, &cache, 1, c.n_head)?;
+            KvCache::Paged { cache, workspace, options: AttentionOptions::new(c.n_head, c.head_dim) }
+        } else {
+            let mut keys = Vec::with_capacity(c.n_layer);
+            let mut values = Vec::with_capacity(c.n_layer);
+            for _ in 0..c.n_layer {
+                keys.push(zeros(capacity * kv_dim)?);
+                values.push(zeros(capacity * kv_dim)?);
+            }
+            KvCache::Contiguous { keys, values }
+        };
         let buffers = Buffers {
             x: zeros(d)?,
             h: zeros(d)?,
@@ -352,8 +376,7 @@ impl GpuLlama {
             gate_up: zeros(2 * c.n_ff)?,
             act: zeros(c.n_ff)?,
             logits: zeros(c.n_vocab)?,
-            token: gpu.upload(&[0u32])?,
-            position: gpu.upload(&[0u32])?,
+            args: gpu.upload(&[0u32; 4])?,
             hq: gpu.q8_activations(d)?,
             attn_q: gpu.q8_activations(q_dim)?,
             act_q: gpu.q8_activations(c.n_ff)?,
@@ -367,8 +390,7 @@ impl GpuLlama {
             layers,
             output_norm,
             output,
-            keys,
-            values,
+            kv,
             capacity,
             len: 0,
             buffers,
@@ -433,8 +455,8 @@ impl GpuLlama {
             return Err(ModelError::ContextFull { needed: self.len + 1, capacity: self.capacity }.into());
         }
         let stream = self.gpu.stream().clone();
-        stream.memcpy_htod(&[token], &mut self.buffers.token).map_err(host::Error::from)?;
-        stream.memcpy_htod(&[self.len as u32], &mut self.buffers.position).map_err(host::Error::from)?;
+        let args = [token, self.len as u32, self.len as u32 + 1, 0];
+        stream.memcpy_htod(&args, &mut self.buffers.args).map_err(host::Error::from)?;
         if self.use_graph {
             if self.graph.is_none() {
                 stream
@@ -496,24 +518,36 @@ impl GpuLlama {
             }
             matvec(w, x, xq, None, &mut y.slice_mut(..))
         };
-        gpu.embed(self.token_embd.as_ref().unwrap_or(&self.output), &b.token, &mut b.x)?;
+        let (token, position, len, slot) =
+            (b.args.slice(0..1), b.args.slice(1..2), b.args.slice(2..3), b.args.slice(3..4));
+        gpu.embed(self.token_embd.as_ref().unwrap_or(&self.output), &token, &mut b.x)?;
         for (i, layer) in self.layers.iter().enumerate() {
             gpu.rms_norm(&b.x, &layer.attn_norm, &mut b.h, 1, d, c.norm_eps)?;
             stacked(&layer.qkv, &b.h, &mut b.hq, &layer.qkv_bias, &mut b.qkv)?;
-            gpu.rope(&mut b.qkv.slice_mut(..q_dim), &b.position, c.n_head, &self.rope)?;
-            gpu.rope(&mut b.qkv.slice_mut(q_dim..q_dim + kv_dim), &b.position, c.n_head_kv, &self.rope)?;
-            gpu.kv_write(&b.qkv.slice(q_dim..q_dim + kv_dim), &mut self.keys[i], &b.position)?;
-            gpu.kv_write(&b.qkv.slice(q_dim + kv_dim..), &mut self.values[i], &b.position)?;
-            gpu.attention_decode(
-                &b.qkv.slice(..q_dim),
-                &self.keys[i],
-                &self.values[i],
-                &mut b.attn,
-                &b.position,
-                c.n_head,
-                c.n_head_kv,
-                c.head_dim,
-            )?;
+            gpu.rope(&mut b.qkv.slice_mut(..q_dim), &position, c.n_head, &self.rope)?;
+            gpu.rope(&mut b.qkv.slice_mut(q_dim..q_dim + kv_dim), &position, c.n_head_kv, &self.rope)?;
+            let (q, k, v) =
+                (b.qkv.slice(..q_dim), b.qkv.slice(q_dim..q_dim + kv_dim), b.qkv.slice(q_dim + kv_dim..));
+            match &mut self.kv {
+                KvCache::Paged { cache, workspace, options } => {
+                    gpu.kv_write_paged(cache, i, &k, &v, &slot, &position)?;
+                    gpu.attention_decode_paged(cache, i, &q, &len, None, options, workspace, &mut b.attn)?;
+                }
+                KvCache::Contiguous { keys, values } => {
+                    gpu.kv_write(&k, &mut keys[i], &position)?;
+                    gpu.kv_write(&v, &mut values[i], &position)?;
+                    gpu.attention_decode(
+                        &q,
+                        &keys[i],
+                        &values[i],
+                        &mut b.attn,
+                        &position,
+                        c.n_head,
+                        c.n_head_kv,
+                        c.head_dim,
+                    )?;
+                }
+            }
             single(&layer.wo, &b.attn, &mut b.attn_q, &mut b.projected)?;
             gpu.residual_add(&mut b.x, &b.projected)?;
             gpu.rms_norm(&b.x, &layer.ffn_norm, &mut b.h, 1, d, c.norm_eps)?;

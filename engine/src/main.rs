@@ -215,7 +215,10 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("{:#?}", loaded.config());
                 if let Runner::Gpu(model) = &loaded.runner {
                     let ledger = model.ledger();
-                    eprintln!("GPU memory: {ledger} (total {:.2} GiB)", ledger.total() as f64 / (1u64 << 30) as f64);
+                    eprintln!(
+                        "GPU memory: {ledger} (total {:.2} GiB)",
+                        ledger.total() as f64 / (1u64 << 30) as f64
+                    );
                 }
             }
             let tokens = loaded.tokenizer.encode(&prompt, loaded.tokenizer.add_bos(), false)?;
@@ -300,7 +303,9 @@ fn run(cli: Cli) -> Result<()> {
                 model.ctx_size = Some(prompt_tokens.max(gen_tokens).max(1));
             }
             let mut loaded = load(&model)?;
-            let Runner::Gpu(gpu_model) = &mut loaded.runner else { bail!("the model did not load on the GPU") };
+            let Runner::Gpu(gpu_model) = &mut loaded.runner else {
+                bail!("the model did not load on the GPU")
+            };
             let ledger = gpu_model.ledger();
             let report = engine::bench::run(gpu_model, prompt_tokens, gen_tokens, repeats)?;
             let gb = |b: usize| b as f64 / 1e9;

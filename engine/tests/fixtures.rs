@@ -73,6 +73,11 @@ fn llama_matches_transformers() {
 }
 
 #[test]
+fn llama_with_head_dim_64_matches_transformers() {
+    check("llama64");
+}
+
+#[test]
 fn qwen2_matches_transformers() {
     check("qwen2");
 }
@@ -92,4 +97,27 @@ fn a_sequence_longer_than_the_context_is_an_error() {
     assert!(
         model.forward(&[100_000], &mut cache).unwrap_err().to_string().contains("outside the vocabulary")
     );
+}
+
+/// How far the llama.cpp numerics (8-bit activations, f16 KV cache) move the Q8_0 fixture's logits
+/// from the exact ones: the scale of the difference the GPU's integer path is allowed.
+#[test]
+fn quantized_fixture_numerics_differ_by_the_activation_rounding() {
+    use engine::gguf::GgufFile;
+    use engine::model::Numerics;
+    let path =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama64-q8_0.gguf");
+    let file = GgufFile::open(&path).unwrap();
+    let tokens: Vec<u32> =
+        serde_json::from_str(&std::fs::read_to_string(path.with_file_name("llama64.tokens.json")).unwrap())
+            .unwrap();
+    let run = |numerics| {
+        let model = Model::load(&file, numerics, &|_, _| {}).unwrap();
+        let mut cache = model.new_cache(64);
+        model.forward(&tokens, &mut cache).unwrap()
+    };
+    let (exact, llamacpp) = (run(Numerics::Exact), run(Numerics::LlamaCpp));
+    let error = worst_position_error(&llamacpp, &exact, 300);
+    eprintln!("llama64-q8_0: llama.cpp numerics vs exact {error:.2e}");
+    assert!(error > 1e-6 && error < 0.1, "{error:.2e}");
 }
