@@ -93,7 +93,7 @@ impl Stacked {
 
 enum KvCache {
     /// f16 pages (one sequence, every page reserved at load), flash-decoding attention.
-    Paged { cache: PagedKvCache, workspace: DecodeWorkspace, options: AttentionOptions },
+    Paged { cache: Box<PagedKvCache>, workspace: Box<DecodeWorkspace>, options: AttentionOptions },
     /// f32 [capacity, n_head_kv, head_dim] per layer, for head dims the paged kernels lack.
     Contiguous { keys: Vec<CudaSlice<f32>>, values: Vec<CudaSlice<f32>> },
 }
@@ -357,7 +357,11 @@ impl GpuLlama {
             let mut cache = PagedKvCache::new(&gpu, c.n_layer, shape, 1, pages)?;
             cache.reserve(&gpu, 0, capacity)?;
             let workspace = DecodeWorkspace::for_cache(&gpu, &cache, 1, c.n_head)?;
-            KvCache::Paged { cache, workspace, options: AttentionOptions::new(c.n_head, c.head_dim) }
+            KvCache::Paged {
+                cache: Box::new(cache),
+                workspace: Box::new(workspace),
+                options: AttentionOptions::new(c.n_head, c.head_dim),
+            }
         } else {
             let mut keys = Vec::with_capacity(c.n_layer);
             let mut values = Vec::with_capacity(c.n_layer);
