@@ -12,4 +12,5 @@ pub mod model;
 pub mod perplexity;
 pub mod provenance;
 pub mod sampler;
+pub mod synth;
 pub mod tokenizer;

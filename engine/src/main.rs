@@ -114,6 +114,18 @@ enum Command {
         #[arg(long, short = 'r', default_value_t = 5)]
         repeats: usize,
     },
+    /// Write a GGUF with the real shapes of a known model and random weights, for speed tests
+    /// (presets: llama-3.1-8b [Q4_K, Q6_K output, 4.66 GB], qwen2.5-0.5b [Q8_0], gpt2-124m [F16],
+    /// tiny-llama [Q4_K, for tests]).
+    Synth {
+        /// The preset.
+        preset: String,
+        /// Where to write the file (written as OUT.tmp, renamed when complete).
+        out: PathBuf,
+        /// Random seed (the same seed gives the same file).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Print a file's SHA-256 (for --trusted-hashes lists).
     Verify {
         /// The GGUF file.
@@ -289,6 +301,28 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Inspect { model, full } => inspect(&model, full),
+        Command::Synth { preset, out, seed } => {
+            let start = Instant::now();
+            let bar = ProgressBar::new(1).with_style(
+                ProgressStyle::with_template(
+                    "writing {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+                )
+                .expect("valid template"),
+            );
+            bar.set_message(preset.clone());
+            let bytes = engine::synth::write(&preset, &out, seed, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            eprintln!(
+                "wrote {} ({:.2} GB) in {:.1} s",
+                out.display(),
+                bytes as f64 / 1e9,
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Command::Bench { mut model, prompt_tokens, gen_tokens, repeats } => {
             if repeats == 0 {
                 bail!("--repeats must be at least 1");

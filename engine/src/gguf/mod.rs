@@ -8,6 +8,7 @@
 mod dequant;
 mod reader;
 mod types;
+pub mod writer;
 
 pub use dequant::{dequantize, e8m0_half};
 pub use reader::{GgufFile, TensorInfo, Value};
