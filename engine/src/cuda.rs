@@ -487,7 +487,7 @@ impl GpuLlama {
     fn enqueue_step(&mut self) -> Result<(), CudaError> {
         let c = &self.config;
         let (gpu, b) = (&self.gpu, &mut self.buffers);
-        let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
+        let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         let integer = self.integer_activations;
         // Which form each matrix takes, and whether its input needs an 8-bit copy.
         let uses_q8 = |w: &GpuMatrix| w.format().is_k_quant() || (integer && w.is_blocks());
@@ -499,16 +499,14 @@ impl GpuLlama {
          -> Result<(), host::Error> {
             if uses_q8(w) { gpu.gemv_q8(w, xq, bias, y) } else { gpu.gemv(w, x, bias, y) }
         };
-        // y = [W_1; W_2; ...] x, part by part when the parts could not be stacked.
+        // y = [W_1; W_2; ...] x, part by part when the parts could not be stacked; x given in
+        // f32 and quantized.
         let stacked = |w: &Stacked,
                        x: &CudaSlice<f32>,
-                       xq: &mut Q8Activations,
+                       xq: &Q8Activations,
                        biases: &[CudaSlice<f32>],
                        y: &mut CudaSlice<f32>|
          -> Result<(), host::Error> {
-            if w.matrices().iter().any(uses_q8) {
-                gpu.quantize_q8(x, xq)?;
-            }
             let mut start = 0;
             for (k, m) in w.matrices().iter().enumerate() {
                 matvec(m, x, xq, biases.get(k), &mut y.slice_mut(start..start + m.n_out))?;
@@ -516,20 +514,18 @@ impl GpuLlama {
             }
             Ok(())
         };
-        let single = |w: &GpuMatrix, x: &CudaSlice<f32>, xq: &mut Q8Activations, y: &mut CudaSlice<f32>| {
-            if uses_q8(w) {
-                gpu.quantize_q8(x, xq)?;
-            }
-            matvec(w, x, xq, None, &mut y.slice_mut(..))
-        };
         let (token, position, len, slot) =
             (b.args.slice(0..1), b.args.slice(1..2), b.args.slice(2..3), b.args.slice(3..4));
+        let eps = c.norm_eps;
         gpu.embed(self.token_embd.as_ref().unwrap_or(&self.output), &token, &mut b.x)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            gpu.rms_norm(&b.x, &layer.attn_norm, &mut b.h, 1, d, c.norm_eps)?;
-            stacked(&layer.qkv, &b.h, &mut b.hq, &layer.qkv_bias, &mut b.qkv)?;
-            gpu.rope(&mut b.qkv.slice_mut(..q_dim), &position, c.n_head, &self.rope)?;
-            gpu.rope(&mut b.qkv.slice_mut(q_dim..q_dim + kv_dim), &position, c.n_head_kv, &self.rope)?;
+            // x += the previous layer's output (none before the first layer), then the norm and
+            // its 8-bit copy, in one launch.
+            let residual = if i > 0 { Some(&b.projected) } else { None };
+            gpu.rms_norm_q8(&mut b.x, residual, &layer.attn_norm, eps, Some(&mut b.h), &mut b.hq)?;
+            stacked(&layer.qkv, &b.h, &b.hq, &layer.qkv_bias, &mut b.qkv)?;
+            // q and k are adjacent in qkv: one RoPE launch over both sets of heads.
+            gpu.rope(&mut b.qkv.slice_mut(..q_dim + kv_dim), &position, c.n_head + c.n_head_kv, &self.rope)?;
             let (q, k, v) =
                 (b.qkv.slice(..q_dim), b.qkv.slice(q_dim..q_dim + kv_dim), b.qkv.slice(q_dim + kv_dim..));
             match &mut self.kv {
@@ -552,16 +548,17 @@ impl GpuLlama {
                     )?;
                 }
             }
-            single(&layer.wo, &b.attn, &mut b.attn_q, &mut b.projected)?;
-            gpu.residual_add(&mut b.x, &b.projected)?;
-            gpu.rms_norm(&b.x, &layer.ffn_norm, &mut b.h, 1, d, c.norm_eps)?;
-            stacked(&layer.gate_up, &b.h, &mut b.hq, &[], &mut b.gate_up)?;
-            gpu.swiglu(&b.gate_up.slice(..c.n_ff), &b.gate_up.slice(c.n_ff..), &mut b.act)?;
-            single(&layer.w_down, &b.act, &mut b.act_q, &mut b.projected)?;
-            gpu.residual_add(&mut b.x, &b.projected)?;
+            if uses_q8(&layer.wo) {
+                gpu.quantize_q8(&b.attn, &mut b.attn_q)?;
+            }
+            matvec(&layer.wo, &b.attn, &b.attn_q, None, &mut b.projected.slice_mut(..))?;
+            gpu.rms_norm_q8(&mut b.x, Some(&b.projected), &layer.ffn_norm, eps, Some(&mut b.h), &mut b.hq)?;
+            stacked(&layer.gate_up, &b.h, &b.hq, &[], &mut b.gate_up)?;
+            gpu.swiglu_q8(&b.gate_up, Some(&mut b.act), &mut b.act_q)?;
+            matvec(&layer.w_down, &b.act, &b.act_q, None, &mut b.projected.slice_mut(..))?;
         }
-        gpu.rms_norm(&b.x, &self.output_norm, &mut b.h, 1, d, c.norm_eps)?;
-        single(&self.output, &b.h, &mut b.hq, &mut b.logits)?;
+        gpu.rms_norm_q8(&mut b.x, Some(&b.projected), &self.output_norm, eps, Some(&mut b.h), &mut b.hq)?;
+        matvec(&self.output, &b.h, &b.hq, None, &mut b.logits.slice_mut(..))?;
         Ok(())
     }
 }

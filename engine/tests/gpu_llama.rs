@@ -101,11 +101,40 @@ fn llama_with_the_paged_cache_matches_the_cpu() {
     check("llama64");
 }
 
-/// Q8_0 matrices against 8-bit activations (the default GPU numerics), paged cache, against the
-/// CPU's llama.cpp numerics (the same 8-bit activations, f16 KV cache). Transformers' logits come
-/// from the unquantized weights, so they are not compared here.
+/// Q8_0 matrices against 8-bit activations (the default GPU numerics), paged cache. At the first
+/// position the GPU computes the same integers as the CPU's llama.cpp numerics (8-bit activations
+/// too), so they agree to float rounding. Later positions pass through attention, where the two
+/// differ by ~1e-3 (f16 keys and values on both, but the CPU also rounds as llama.cpp's flash
+/// attention does); re-quantizing those slightly different activations flips some 8-bit roundings,
+/// a difference as large as the quantization itself on this tiny random model (measured: the CPU's
+/// two numerics differ by 1.4-2.0e-2 here). So later positions are held to the exact CPU
+/// reference within 5e-2, and the GPU's own exact path is checked to 1e-2 above.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn quantized_llama_with_integer_activations_matches_the_cpu() {
-    check_file("llama64", "llama64-q8_0", true, false);
+    let file = GgufFile::open(fixture("llama64-q8_0.gguf")).unwrap();
+    let tokens: Vec<u32> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("llama64.tokens.json")).unwrap()).unwrap();
+    let cpu = |numerics| {
+        let m = Model::load(&file, numerics, &|_, _| {}).unwrap();
+        let mut cache = m.new_cache(64);
+        m.forward(&tokens, &mut cache).unwrap()
+    };
+    let (exact, llamacpp) = (cpu(Numerics::Exact), cpu(Numerics::LlamaCpp));
+    let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
+    let mut model = GpuLlama::load(gpu, &file, 64, &|_, _| {}).unwrap();
+    model.set_integer_activations(true);
+    let logits = model.forward(&tokens).unwrap();
+    let n_vocab = model.config().n_vocab;
+    let row = |v: &[f32], t: usize| v[t * n_vocab..(t + 1) * n_vocab].to_vec();
+    let first = relative_error(&row(&logits, 0), &row(&llamacpp, 0));
+    assert!(first < 1e-5, "position 0: GPU vs CPU llama.cpp numerics {first:.2e}");
+    for t in 0..tokens.len() {
+        let error = relative_error(&row(&logits, t), &row(&exact, t));
+        let cpu_spread = relative_error(&row(&llamacpp, t), &row(&exact, t));
+        assert!(
+            error < 5e-2,
+            "position {t}: GPU vs exact CPU {error:.2e} (CPU numerics differ by {cpu_spread:.2e})"
+        );
+    }
 }

@@ -54,6 +54,8 @@ pub const KERNELS: &[&str] = &[
     "gemv_q4_0",
     "gemv_q4_1",
     "quantize_q8_1",
+    "rms_norm_q8_1",
+    "swiglu_q8_1",
     "gemv_q8_0_q8",
     "gemv_q4_0_q8",
     "gemv_q4_1_q8",

@@ -114,8 +114,34 @@ pub struct Repacked {
     pub high: Vec<u8>,
 }
 
-/// Splits GGUF blocks of `format` into a [`Repacked`].
+/// Splits GGUF blocks of `format` into a [`Repacked`], on all cores for large matrices (the parts
+/// are independent runs of whole blocks, joined in order).
 pub fn repack_blocks(format: WeightFormat, bytes: &[u8]) -> Repacked {
+    let (_, block_bytes) = format.block();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let blocks = bytes.len() / block_bytes;
+    if threads == 1 || bytes.len() < (4 << 20) {
+        return repack_run(format, bytes);
+    }
+    let per_thread = blocks.div_ceil(threads) * block_bytes;
+    let parts: Vec<Repacked> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            bytes.chunks(per_thread).map(|run| scope.spawn(move || repack_run(format, run))).collect();
+        handles.into_iter().map(|h| h.join().expect("repacking does not panic")).collect()
+    });
+    let mut out = Repacked::default();
+    for mut part in parts {
+        out.quants.append(&mut part.quants);
+        out.scales.append(&mut part.scales);
+        out.mins.append(&mut part.mins);
+        out.sub.append(&mut part.sub);
+        out.high.append(&mut part.high);
+    }
+    out
+}
+
+/// [`repack_blocks`] of one run of whole blocks.
+fn repack_run(format: WeightFormat, bytes: &[u8]) -> Repacked {
     let (_, block_bytes) = format.block();
     let mut out = Repacked::default();
     let half = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
@@ -352,6 +378,70 @@ impl Gpu {
         let config = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let n = out.n as u32;
         self.launch(KERNEL, config, &[&x, &q, &d, &s, &n])
+    }
+
+    /// x += residual (when given), then out = RMSNorm(x) * weight (when `out` is given) and its
+    /// 8-bit quantization into `q8`, for one row of `q8.n` values: the decode step's norm, in one
+    /// launch.
+    pub fn rms_norm_q8(
+        &self,
+        x: &mut impl DevicePtrMut<f32>,
+        residual: Option<&CudaSlice<f32>>,
+        weight: &impl DevicePtr<f32>,
+        eps: f32,
+        out: Option<&mut CudaSlice<f32>>,
+        q8: &mut Q8Activations,
+    ) -> Result<()> {
+        const KERNEL: &str = "rms_norm_q8_1";
+        let n = q8.n;
+        expect_len(KERNEL, "x", x.len(), n)?;
+        expect_len(KERNEL, "weight", weight.len(), n)?;
+        if let Some(r) = residual {
+            expect_len(KERNEL, "residual", r.len(), n)?;
+        }
+        if let Some(o) = &out {
+            expect_len(KERNEL, "out", o.len(), n)?;
+        }
+        let stream = self.stream();
+        let (x, _x) = x.device_ptr_mut(stream);
+        let residual_guard = residual.map(|r| r.device_ptr(stream));
+        let residual = residual_guard.as_ref().map_or(0u64, |(p, _)| *p);
+        let (w, _w) = weight.device_ptr(stream);
+        let out_guard = out.map(|o| o.device_ptr_mut(stream));
+        let out = out_guard.as_ref().map_or(0u64, |(p, _)| *p);
+        let (q, _q) = q8.q.device_ptr_mut(stream);
+        let (d, _d) = q8.d.device_ptr_mut(stream);
+        let (s, _s) = q8.s.device_ptr_mut(stream);
+        let threads = (n / 32).clamp(1, 32) as u32 * 32;
+        let config = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let dim = n as u32;
+        self.launch(KERNEL, config, &[&x, &residual, &w, &eps, &out, &q, &d, &s, &dim])
+    }
+
+    /// act = silu(gate) * up for gate_up = [gate; up] (into `out` when given), quantized into `q8`.
+    pub fn swiglu_q8(
+        &self,
+        gate_up: &impl DevicePtr<f32>,
+        out: Option<&mut CudaSlice<f32>>,
+        q8: &mut Q8Activations,
+    ) -> Result<()> {
+        const KERNEL: &str = "swiglu_q8_1";
+        let n = q8.n;
+        expect_len(KERNEL, "gate_up", gate_up.len(), 2 * n)?;
+        if let Some(o) = &out {
+            expect_len(KERNEL, "out", o.len(), n)?;
+        }
+        let stream = self.stream();
+        let (g, _g) = gate_up.device_ptr(stream);
+        let out_guard = out.map(|o| o.device_ptr_mut(stream));
+        let out = out_guard.as_ref().map_or(0u64, |(p, _)| *p);
+        let (q, _q) = q8.q.device_ptr_mut(stream);
+        let (d, _d) = q8.d.device_ptr_mut(stream);
+        let (s, _s) = q8.s.device_ptr_mut(stream);
+        let blocks = (n / 32).div_ceil(8).min(4 * self.sm_count()) as u32;
+        let config = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let n = n as u32;
+        self.launch(KERNEL, config, &[&g, &out, &q, &d, &s, &n])
     }
 
     /// y = W x (+ bias) with W quantized (Q8_0, Q4_0, Q4_1, Q4K, Q6K) and x given as 8-bit

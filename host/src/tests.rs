@@ -255,3 +255,33 @@ mod paged_attention {
         );
     }
 }
+
+#[test]
+fn repacking_on_several_threads_joins_the_parts_in_order() {
+    use crate::matmul::{WeightFormat, repack_blocks};
+    for format in [WeightFormat::Q4K, WeightFormat::Q6K, WeightFormat::Q4_1] {
+        let (_, block_bytes) = format.block();
+        let blocks = (5 << 20) / block_bytes + 7; // over the 4 MiB threshold, uneven
+        let mut state = 0x1234_5678u32;
+        let bytes: Vec<u8> = (0..blocks * block_bytes)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            })
+            .collect();
+        let whole = repack_blocks(format, &bytes);
+        // Pieces under the threshold are repacked on one thread; joined they must be the same.
+        let mut joined = crate::matmul::Repacked::default();
+        for piece in bytes.chunks(1000 * block_bytes) {
+            let mut part = repack_blocks(format, piece);
+            joined.quants.append(&mut part.quants);
+            joined.scales.append(&mut part.scales);
+            joined.mins.append(&mut part.mins);
+            joined.sub.append(&mut part.sub);
+            joined.high.append(&mut part.high);
+        }
+        assert!(whole == joined, "{format:?}");
+    }
+}

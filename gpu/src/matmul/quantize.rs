@@ -6,10 +6,32 @@
 //! Layout: x [n] f32 -> q [n] i8, d [n / 32] f32, s [n / 32] f32. n a multiple of 32.
 //! Launch: any grid of warps: warp w of the grid quantizes blocks w, w + warps, ...; 256 threads.
 //! Cost: reads 4 n bytes, writes 1.25 n: negligible beside a matrix.
+//! The fused forms below (RMSNorm, with the residual add before it, and SwiGLU, each followed by
+//! the quantization) save the decode step launches: at batch 1 a small kernel costs its launch
+//! and ramp (a few microseconds), not its bytes.
 
+use crate::activation::silu;
 use crate::device::{
-    WARP_SIZE, f16_to_f32, f32_to_f16, global_idx, grid_size, lane_idx, round_to_i32, warp_max, warp_sum,
+    WARP_SIZE, block_dim, block_sum, f16_to_f32, f32_to_f16, global_idx, grid_size, lane_idx, round_to_i32, sqrt,
+    thread_idx, warp_idx, warp_max, warp_sum,
 };
+
+/// Quantizes block `block` of 32 values, value `lane` held by each lane of the warp.
+#[inline(always)]
+unsafe fn quantize_block(v: f32, block: usize, q: *mut i8, d: *mut f32, s: *mut f32) {
+    let amax = warp_max(v.abs());
+    let scale = amax / 127.0;
+    let inverse = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let qi = round_to_i32(v * inverse);
+    let sum = warp_sum(qi as f32);
+    unsafe { *q.add(32 * block + lane_idx()) = qi as i8 };
+    if lane_idx() == 0 {
+        unsafe {
+            *d.add(block) = f16_to_f32(f32_to_f16(scale));
+            *s.add(block) = f16_to_f32(f32_to_f16(scale * sum));
+        }
+    }
+}
 
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn quantize_q8_1(x: *const f32, q: *mut i8, d: *mut f32, s: *mut f32, n: u32) {
@@ -17,20 +39,77 @@ pub unsafe extern "ptx-kernel" fn quantize_q8_1(x: *const f32, q: *mut i8, d: *m
     let warps = grid_size() / WARP_SIZE;
     let mut block = global_idx() / WARP_SIZE;
     while block < blocks {
-        let i = 32 * block + lane_idx();
-        let v = unsafe { *x.add(i) };
-        let amax = warp_max(v.abs());
-        let scale = amax / 127.0;
-        let inverse = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let qi = round_to_i32(v * inverse);
-        let sum = warp_sum(qi as f32);
-        unsafe { *q.add(i) = qi as i8 };
-        if lane_idx() == 0 {
-            unsafe {
-                *d.add(block) = f16_to_f32(f32_to_f16(scale));
-                *s.add(block) = f16_to_f32(f32_to_f16(scale * sum));
-            }
+        unsafe { quantize_block(*x.add(32 * block + lane_idx()), block, q, d, s) };
+        block += warps;
+    }
+}
+
+// ---- fused forms for the decode step: the op that makes x, then its quantization ---------------
+
+/// One row: x += residual (when not null; x written back), out = x / sqrt(mean(x^2) + eps) *
+/// weight (written when `out` is not null), then out quantized as by `quantize_q8_1`.
+/// Launch: one block of up to 1024 threads (a multiple of 32); dim a multiple of 32.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn rms_norm_q8_1(
+    x: *mut f32,
+    residual: *const f32,
+    weight: *const f32,
+    eps: f32,
+    out: *mut f32,
+    q: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    dim: u32,
+) {
+    let dim = dim as usize;
+    let mut acc = 0.0f32;
+    let mut i = thread_idx();
+    while i < dim {
+        let mut v = unsafe { *x.add(i) };
+        if !residual.is_null() {
+            v += unsafe { *residual.add(i) };
+            unsafe { *x.add(i) = v };
         }
+        acc += v * v;
+        i += block_dim();
+    }
+    // The barriers of the block sum also make the updated x visible to the whole block.
+    let inverse = 1.0 / sqrt(block_sum(acc) / dim as f32 + eps);
+    let warps = block_dim() / WARP_SIZE;
+    let mut block = warp_idx();
+    while block < dim / 32 {
+        let i = 32 * block + lane_idx();
+        let v = unsafe { *x.add(i) } * inverse * unsafe { *weight.add(i) };
+        if !out.is_null() {
+            unsafe { *out.add(i) = v };
+        }
+        unsafe { quantize_block(v, block, q, d, s) };
+        block += warps;
+    }
+}
+
+/// act = silu(gate) * up for gate_up = [gate (n); up (n)] (written when `out` is not null), then
+/// act quantized as by `quantize_q8_1`. Launch: any grid of warps, as `quantize_q8_1`.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn swiglu_q8_1(
+    gate_up: *const f32,
+    out: *mut f32,
+    q: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    n: u32,
+) {
+    let n = n as usize;
+    let warps = grid_size() / WARP_SIZE;
+    let mut block = global_idx() / WARP_SIZE;
+    while block < n / 32 {
+        let i = 32 * block + lane_idx();
+        let v = silu(unsafe { *gate_up.add(i) }) * unsafe { *gate_up.add(n + i) };
+        if !out.is_null() {
+            unsafe { *out.add(i) = v };
+        }
+        unsafe { quantize_block(v, block, q, d, s) };
         block += warps;
     }
 }
