@@ -128,6 +128,12 @@ fn main() -> Result<()> {
     drop((source, destination));
     let table = Table { copy_gbps };
     println!("| kernel                 | size                       |   time ms |     GB/s | of copy |");
+    // KERNELS=gemv or KERNELS=attention runs that section alone.
+    match std::env::var("KERNELS").as_deref() {
+        Ok("gemv") => return gemv(&gpu, &table),
+        Ok("attention") => return attention(&gpu, &table),
+        _ => {}
+    }
     println!("|------------------------|----------------------------|-----------|----------|---------|");
     if std::env::args().skip(1).any(|a| a == "attention") {
         return attention(&gpu, &table);
@@ -213,8 +219,13 @@ fn main() -> Result<()> {
     table.row("rope yarn neox", &format!("{tokens}x{heads}x{head_dim}"), bytes, ms);
     drop(q);
 
-    // GEMV at Llama-3.1-8B's FFN shapes. Several copies of each matrix, used in turn, so that the
-    // weights (as small as 33 MB in Q4_0) come from DRAM, not from the 50 MB L2.
+    gemv(&gpu, &table)?;
+    attention(&gpu, &table)
+}
+
+/// GEMV at Llama-3.1-8B's FFN shapes. Several copies of each matrix, used in turn, so that the
+/// weights (as small as 33 MB in Q4_0) come from DRAM, not from the 50 MB L2.
+fn gemv(gpu: &Gpu, table: &Table) -> Result<()> {
     for (n_in, n_out) in [(4096usize, 14336usize), (14336, 4096)] {
         let x = gpu.upload(&random(n_in, 10))?;
         let mut y = gpu.alloc::<f32>(n_out)?;
@@ -236,12 +247,12 @@ fn main() -> Result<()> {
             let moved = matrices[0].size() + 4 * (n_in + n_out);
             let shape = format!("{n_out}x{n_in}");
             if !format.is_k_quant() {
-                let ms = time(&gpu, || {
+                let ms = time(gpu, || {
                     next = (next + 1) % copies;
                     gpu.gemv(&matrices[next], &x, None, &mut y)
                 })?;
                 table.row(&format!("gemv {format:?}"), &shape, moved, ms);
-                let ms = time_batched(&gpu, || {
+                let ms = time_batched(gpu, || {
                     next = (next + 1) % copies;
                     gpu.gemv(&matrices[next], &x, None, &mut y)
                 })?;
@@ -253,20 +264,20 @@ fn main() -> Result<()> {
             // The integer form: timed with the quantization of x it needs (two launches), and
             // alone back to back (in a decode step one quantization serves several matrices).
             let mut activations = gpu.q8_activations(n_in)?;
-            let ms = time(&gpu, || {
+            let ms = time(gpu, || {
                 next = (next + 1) % copies;
                 gpu.quantize_q8(&x, &mut activations)?;
                 gpu.gemv_q8(&matrices[next], &activations, None, &mut y)
             })?;
             table.row(&format!("quantize+gemv_q8 {format:?}"), &shape, moved, ms);
-            let ms = time_batched(&gpu, || {
+            let ms = time_batched(gpu, || {
                 next = (next + 1) % copies;
                 gpu.gemv_q8(&matrices[next], &activations, None, &mut y)
             })?;
             table.row(&format!("gemv_q8 {format:?} (batched)"), &shape, moved, ms);
         }
     }
-    attention(&gpu, &table)
+    Ok(())
 }
 
 /// Paged attention at Llama-3.1-8B's shape (32 heads over 8 KV heads of 128). Decode: one
