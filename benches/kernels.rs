@@ -128,9 +128,10 @@ fn main() -> Result<()> {
     drop((source, destination));
     let table = Table { copy_gbps };
     println!("| kernel                 | size                       |   time ms |     GB/s | of copy |");
-    // KERNELS=gemv or KERNELS=attention runs that section alone.
+    // KERNELS=gemv, gemm or attention runs that section alone.
     match std::env::var("KERNELS").as_deref() {
         Ok("gemv") => return gemv(&gpu, &table),
+        Ok("gemm") => return gemm(&gpu, &table),
         Ok("attention") => return attention(&gpu, &table),
         _ => {}
     }
@@ -220,7 +221,30 @@ fn main() -> Result<()> {
     drop(q);
 
     gemv(&gpu, &table)?;
+    gemm(&gpu, &table)?;
     attention(&gpu, &table)
+}
+
+/// Prefill GEMM at T = 512 on Llama-3.1-8B's shapes, TFLOP/s (2 T n_in n_out FLOPs).
+fn gemm(gpu: &Gpu, table: &Table) -> Result<()> {
+    let t = 512;
+    for (n_in, n_out) in [(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {
+        let x = gpu.upload(&random(t * n_in, 20))?;
+        let mut y = gpu.alloc::<f32>(t * n_out)?;
+        for format in [WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K] {
+            let (block, block_bytes) = format.block();
+            let bytes = random_blocks(format, n_in / block * n_out * block_bytes, n_in * n_out / block);
+            let matrix = gpu.upload_matrix(format, &bytes, n_in, n_out)?;
+            let ms = time(gpu, || gpu.gemm(&matrix, 0..n_out, &x, t, None, &mut y))?;
+            table.row_flops(
+                &format!("gemm {format:?}"),
+                &format!("{t}x{n_out}x{n_in}"),
+                (2 * t * n_in * n_out) as f64,
+                ms,
+            );
+        }
+    }
+    Ok(())
 }
 
 /// GEMV at Llama-3.1-8B's FFN shapes. Several copies of each matrix, used in turn, so that the

@@ -17,6 +17,7 @@ pub use half::{bf16, f16};
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod gemm;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
@@ -47,6 +48,13 @@ pub const KERNELS: &[&str] = &[
     "residual_add_f32",
     "softmax_f32",
     "rope_f32",
+    "gemm_f32",
+    "gemm_f16",
+    "gemm_q8_0",
+    "gemm_q4_0",
+    "gemm_q4_1",
+    "gemm_q4_k",
+    "gemm_q6_k",
     "gemv_f32",
     "gemv_f16",
     "gemv_bf16",

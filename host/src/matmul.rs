@@ -44,7 +44,7 @@ impl WeightFormat {
     }
 }
 
-enum Storage {
+pub(crate) enum Storage {
     F32(CudaSlice<f32>),
     F16(CudaSlice<f16>),
     Bf16(CudaSlice<bf16>),
@@ -68,6 +68,10 @@ pub struct GpuMatrix {
 }
 
 impl GpuMatrix {
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// The stored format.
     pub fn format(&self) -> WeightFormat {
         self.format
