@@ -521,7 +521,8 @@ impl Gpu {
 }
 
 impl Gpu {
-    /// out = row ids[0] of `w` (a token embedding table [vocab, dim] in its stored precision).
+    /// out[t] = row ids[t] of `w` (a token embedding table [vocab, dim] in its stored precision),
+    /// for every id; out is [ids.len(), dim].
     pub fn embed(
         &self,
         w: &GpuMatrix,
@@ -529,8 +530,11 @@ impl Gpu {
         out: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         const KERNEL: &str = "embed";
-        expect_len(KERNEL, "ids", ids.len(), 1)?;
-        expect_len(KERNEL, "out", out.len(), w.n_in)?;
+        let tokens = ids.len();
+        expect_len(KERNEL, "out", out.len(), tokens * w.n_in)?;
+        if tokens == 0 {
+            return Ok(());
+        }
         match &w.storage {
             Storage::F32(table) => self.embedding(table, ids, out, w.n_in),
             Storage::F16(table) => self.embedding(table, ids, out, w.n_in),
@@ -545,8 +549,11 @@ impl Gpu {
                 let sub = sub_guard.as_ref().map_or(0u64, |(p, _)| *p);
                 let (i, _i) = ids.device_ptr(stream);
                 let (o, _o) = out.device_ptr_mut(stream);
-                let config =
-                    LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let config = LaunchConfig {
+                    grid_dim: (to_u32(KERNEL, "ids", tokens)?, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
                 let dim = w.n_in as u32;
                 match format {
                     WeightFormat::Q4K => self.launch("embedding_q4_k", config, &[&q, &s, &i, &o, &dim]),

@@ -11,7 +11,8 @@
 //! Launch: grid (ceil(n_out / 128), ceil(T / 64)), 256 threads (8 warps, each a 32 x 32 tile of
 //! Y: 2 x 4 mma tiles), dynamic shared memory GEMM_SHARED bytes. Per step of 32 inputs the block
 //! stages X [64][32] and W [128][32] as f16 rows padded to 40 values (80 bytes: the fragment
-//! loads of a warp then hit 32 distinct banks), then runs two k16 steps of mma.
+//! loads of a warp then hit 32 distinct banks), then runs two k16 steps of mma while the next
+//! step's values are loaded into registers.
 //! Cost: W is read once per 64 tokens (from L2 after the first block row), X once per 128
 //! outputs; 2 T n_in n_out FLOPs on the tensor cores.
 
@@ -220,17 +221,27 @@ unsafe fn gemm<T: Tile>(
     // Staging, 16 values a thread: X row tid / 2 (threads below 128), W row tid / 2.
     let (w_row, w_half) = (tid / 2, tid % 2);
     let (x_row, x_half) = (tid / 2, tid % 2);
+    // The next tile is loaded into registers while the tensor cores work on the current one.
+    let load = |k0: usize| {
+        let xv = if x_row < BM { unsafe { x16(x, t, n_in, m0 + x_row, k0 + 16 * x_half) } } else { [0; 8] };
+        let wv = if n0 + w_row < n_out {
+            unsafe { T::load16(w, n_in, n0 + w_row, k0 / 32, w_half) }
+        } else {
+            [0; 8]
+        };
+        (xv, wv)
+    };
+    let (mut xv, mut wv) = load(0);
     let mut k0 = 0;
     while k0 < n_in {
-        let c = k0 / 32;
         if x_row < BM {
-            let v = unsafe { x16(x, t, n_in, m0 + x_row, k0 + 16 * x_half) };
-            unsafe { store8(xs, x_row * LD + 16 * x_half, v) };
+            unsafe { store8(xs, x_row * LD + 16 * x_half, xv) };
         }
-        let v =
-            if n0 + w_row < n_out { unsafe { T::load16(w, n_in, n0 + w_row, c, w_half) } } else { [0; 8] };
-        unsafe { store8(ws, w_row * LD + 16 * w_half, v) };
+        unsafe { store8(ws, w_row * LD + 16 * w_half, wv) };
         sync_threads();
+        if k0 + BK < n_in {
+            (xv, wv) = load(k0 + BK);
+        }
         unroll!([0, 16], |kk| {
             let k = kk + 2 * q;
             let mut a = [[0u32; 4]; 2];
