@@ -77,7 +77,7 @@ impl Gpu {
                     WeightFormat::Q4_1 => {
                         ("gemm_q4_1", [q + r * n / 2, s + 2 * blocks32, m + 2 * blocks32, 0], guards)
                     }
-                    WeightFormat::Q4K => ("gemm_q4_k", [q + r * n / 2, s + r * n / 16, 0, 0], guards),
+                    WeightFormat::Q4K => ("gemm_q4_k", [q + r * n / 2, s + 20 * r * n / 256, 0, 0], guards),
                     WeightFormat::Q6K => {
                         let high = q + (w.n_out * n_in / 2) as u64;
                         let sb = r * n / 256;

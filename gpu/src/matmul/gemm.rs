@@ -6,7 +6,7 @@
 //! Layout: X [T, n_in] f32, Y [T, n_out] f32 (row stride n_out), bias [n_out] f32 or null. W as
 //! the host stores it (host/src/matmul.rs), given as up to four arrays w0..w3:
 //!   f32, f16: w0 rows.          Q8_0, Q4_0: w0 quants, w1 f16 scales.   Q4_1: + w2 f16 mins.
-//!   Q4_K: w0 quants, w1 16-byte heads.   Q6_K: w0 low nibbles, w1 high bits, w2 d, w3 i8 scales.
+//!   Q4_K: w0 quants, w1 20-byte heads.   Q6_K: w0 low nibbles, w1 high bits, w2 d, w3 i8 scales.
 //! n_in a multiple of 32 (256 for K-quants); any T and n_out.
 //! Launch: grid (ceil(n_out / 128), ceil(T / 64)), 256 threads (8 warps, each a 32 x 32 tile of
 //! Y: 2 x 4 mma tiles), dynamic shared memory GEMM_SHARED bytes. Per step of 32 inputs the block
@@ -143,9 +143,10 @@ impl Tile for Q4K {
     #[inline(always)]
     unsafe fn load16(w: [*const u8; 4], n_in: usize, row: usize, c: usize, h: usize) -> [u32; 8] {
         let q = unsafe { words(w[0].add(row * n_in / 2 + 16 * c)) };
-        let head = unsafe { w[1].add(16 * (row * n_in / 256 + c / 8)) };
-        let [dm, ..] = unsafe { words(head) };
-        let (scale, min) = unsafe { super::kquant::q4_k_scale_min(head.add(4), c % 8) };
+        let head = unsafe { w[1].add(20 * (row * n_in / 256 + c / 8)) };
+        let dm = unsafe { *(head as *const u32) };
+        let pair = unsafe { *(head.add(4 + 2 * (c % 8)) as *const u16) };
+        let (scale, min) = (pair & 0xFF, pair >> 8);
         let d = f16_to_f32(dm as u16) * scale as f32;
         let m = f16_to_f32((dm >> 16) as u16) * min as f32;
         pack16(|i| d * nibble(q, i, h) as f32 - m)

@@ -50,18 +50,6 @@ fn over_units<T: Copy + Default>(
 #[derive(Clone, Copy, Default)]
 struct Words12([u32; 12]);
 
-/// Sub-block j's (scale, min) from a Q4_K super-block's 12 packed scale bytes given as 3 words.
-#[inline(always)]
-fn q4_k_scale_min_words([w0, w1, w2]: [u32; 3], j: usize) -> (u32, u32) {
-    let shift = 8 * (j % 4) as u32;
-    let (a0, a1, a2) = (w0 >> shift, w1 >> shift, w2 >> shift);
-    if j < 4 {
-        (a0 & 63, a1 & 63)
-    } else {
-        ((a2 & 0xF) | ((a0 >> 2) & 0x30), ((a2 >> 4) & 0xF) | ((a1 >> 2) & 0x30))
-    }
-}
-
 #[derive(Clone, Copy, Default)]
 struct Words4([u32; 4]);
 
@@ -113,7 +101,7 @@ unsafe fn q4_k_rows(
     unsafe {
         for_rows(n_out as usize, bias, y, |row| {
             let q = quants.add(row * n_in / 2);
-            let head = heads.add(row * n_in / 16);
+            let head = heads.add(20 * (row * n_in / 256));
             let load = |c: usize| Words4(load_u16x8(q.add(16 * c) as *const u16));
             let compute = |Words4(w): Words4, c: usize| {
                 let (low, high) = activations(xq, c);
@@ -122,8 +110,10 @@ unsafe fn q4_k_rows(
                     dot = dp4a_unsigned_signed(w[i] & 0x0F0F_0F0F, low[i], dot);
                     dot = dp4a_unsigned_signed((w[i] >> 4) & 0x0F0F_0F0F, high[i], dot);
                 }
-                let [dm, s0, s1, s2] = load_u16x8(head.add(16 * (c / 8)) as *const u16);
-                let (scale, min) = q4_k_scale_min_words([s0, s1, s2], c % 8);
+                let sb = head.add(20 * (c / 8));
+                let dm = *(sb as *const u32);
+                let pair = *(sb.add(4 + 2 * (c % 8)) as *const u16) as u32;
+                let (scale, min) = (pair & 0xFF, pair >> 8);
                 f16_to_f32(dm as u16) * scale as f32 * *xd.add(c) * dot as f32
                     - f16_to_f32((dm >> 16) as u16) * min as f32 * *xs.add(c)
             };
