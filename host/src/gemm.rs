@@ -6,7 +6,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use std::ops::Range;
 
 /// Shared bytes of the GEMM kernels (X and W tiles of f16, padded rows).
-pub const GEMM_SHARED: usize = (64 + 128) * 40 * 2;
+pub const GEMM_SHARED: usize = (128 + 128) * 40 * 2;
 
 impl Gpu {
     /// y[t, :] = W[rows, :] x[t, :] (+ bias[rows]) for the `n_tokens` rows of x [n_tokens, n_in];
@@ -87,10 +87,15 @@ impl Gpu {
                 }
             }
         };
+        // Blocks of 128 tokens when that still gives two blocks per SM (measured at T = 512:
+        // 106-107 against 81-82 TFLOP/s at 14336 x 4096), else of 64 (at 4096 x 4096 the wide
+        // grid is 128 blocks for 132 SMs, and Q8_0 fell from 84 to 73 TFLOP/s; benches/NOTES.md).
+        let wide = n_out.div_ceil(128) * n_tokens.div_ceil(128) >= 2 * self.sm_count();
+        let (kernel, bm) = if wide { (format!("{kernel}_wide"), 128) } else { (kernel.to_string(), 64) };
         let config = LaunchConfig {
             grid_dim: (
                 to_u32(KERNEL, "n_out", n_out.div_ceil(128))?,
-                to_u32(KERNEL, "n_tokens", n_tokens.div_ceil(64))?,
+                to_u32(KERNEL, "n_tokens", n_tokens.div_ceil(bm))?,
                 1,
             ),
             block_dim: (256, 1, 1),
@@ -98,6 +103,6 @@ impl Gpu {
         };
         let (t, n_in, n_out) = (n_tokens as u32, n_in as u32, n_out as u32);
         let [w0, w1, w2, w3] = pointers;
-        self.launch(kernel, config, &[&w0, &w1, &w2, &w3, &bias, &x, &y, &t, &n_in, &n_out])
+        self.launch(&kernel, config, &[&w0, &w1, &w2, &w3, &bias, &x, &y, &t, &n_in, &n_out])
     }
 }

@@ -63,3 +63,29 @@ fn gemm_rejects_bad_shapes() {
     let error = gpu.gemm(&matrix, 0..3, &x, 3, None, &mut y).unwrap_err().to_string();
     assert!(error.contains("x has 64 elements"), "{error}");
 }
+
+/// Grids large enough for the 128-token blocks (`gemm_*_wide`: at least two blocks per SM), which
+/// the proptest sizes above do not reach.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gemm_wide_blocks_match_cpu() {
+    let (n_in, n_out, tokens) = (256usize, 11_300usize, 300usize);
+    for format in [WeightFormat::F16, WeightFormat::Q4K] {
+        let bytes = random_matrix(format, n_in, n_out, 77);
+        let weights = dequantize(ggml_type(format), &bytes, n_in * n_out).unwrap();
+        let x = random_values(78, tokens * n_in, 2.0);
+        let mut expected = vec![0.0f32; tokens * n_out];
+        for t in 0..tokens {
+            let xt: Vec<f64> = x[t * n_in..(t + 1) * n_in].iter().map(|&v| round(v)).collect();
+            for o in 0..n_out {
+                let w = &weights[o * n_in..(o + 1) * n_in];
+                expected[t * n_out + o] = w.iter().zip(&xt).map(|(&a, b)| round(a) * b).sum::<f64>() as f32;
+            }
+        }
+        let gpu = gpu();
+        let matrix = gpu.upload_matrix(format, &bytes, n_in, n_out).unwrap();
+        let mut y = poisoned(tokens * n_out);
+        gpu.gemm(&matrix, 0..n_out, &gpu.upload(&x).unwrap(), tokens, None, &mut y).unwrap();
+        assert_close(&format!("gemm wide {format:?}"), &gpu.download(&y).unwrap(), &expected, 1e-4);
+    }
+}

@@ -8,12 +8,13 @@
 //!   f32, f16: w0 rows.          Q8_0, Q4_0: w0 quants, w1 f16 scales.   Q4_1: + w2 f16 mins.
 //!   Q4_K: w0 quants, w1 20-byte heads.   Q6_K: w0 low nibbles, w1 high bits, w2 d, w3 i8 scales.
 //! n_in a multiple of 32 (256 for K-quants); any T and n_out.
-//! Launch: grid (ceil(n_out / 128), ceil(T / 64)), 256 threads (8 warps, each a 32 x 32 tile of
-//! Y: 2 x 4 mma tiles), dynamic shared memory GEMM_SHARED bytes. Per step of 32 inputs the block
-//! stages X [64][32] and W [128][32] as f16 rows padded to 40 values (80 bytes: the fragment
+//! Launch: grid (ceil(n_out / 128), ceil(T / BM)), 256 threads (8 warps, each a BM / 2 x 32 tile
+//! of Y: BM / 32 x 4 mma tiles), dynamic shared memory GEMM_SHARED bytes; BM = 64 (`gemm_*`) or
+//! 128 (`gemm_*_wide`, when that still gives two blocks per SM). Per step of 32 inputs the block
+//! stages X [BM][32] and W [128][32] as f16 rows padded to 40 values (80 bytes: the fragment
 //! loads of a warp then hit 32 distinct banks), then runs two k16 steps of mma while the next
 //! step's values are loaded into registers.
-//! Cost: W is read once per 64 tokens (from L2 after the first block row), X once per 128
+//! Cost: W is read once per BM tokens (from L2 after the first block row), X once per 128
 //! outputs; 2 T n_in n_out FLOPs on the tensor cores.
 
 use crate::device::{
@@ -21,13 +22,12 @@ use crate::device::{
 };
 use crate::unroll;
 
-const BM: usize = 64;
 const BN: usize = 128;
 const BK: usize = 32;
 /// f16 values per shared row (32 + 8 of padding).
 const LD: usize = BK + 8;
-/// Shared bytes: X tile then W tile.
-pub const GEMM_SHARED: usize = (BM + BN) * LD * 2;
+/// Shared bytes (for the wide form; the narrow one uses less): X tile then W tile.
+pub const GEMM_SHARED: usize = (128 + BN) * LD * 2;
 
 /// Two f32 as an f16 pair (lo in the low half).
 #[inline(always)]
@@ -202,7 +202,7 @@ unsafe fn pair(base: *const u16, at: usize) -> u32 {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm<T: Tile>(
+unsafe fn gemm<T: Tile, const BM: usize>(
     w: [*const u8; 4],
     bias: *const f32,
     x: *const f32,
@@ -215,11 +215,12 @@ unsafe fn gemm<T: Tile>(
     let ws = unsafe { xs.add(BM * LD) };
     let (m0, n0) = (block_idx_y() * BM, block_idx() * BN);
     let (warp, lane) = (warp_idx(), lane_idx());
-    let (wm, wn) = (32 * (warp % 2), 32 * (warp / 2));
+    // Warps 2 (tokens) x 4 (outputs); each BM / 2 tokens x 32 outputs, MT m16 tiles by 4 n8.
+    let (wm, wn) = (BM / 2 * (warp % 2), 32 * (warp / 2));
     let (g, q) = (lane / 4, lane % 4);
-    let mut acc = [[[0.0f32; 4]; 4]; 2];
+    let mut acc = [[[0.0f32; 4]; 4]; 4];
     let tid = thread_idx();
-    // Staging, 16 values a thread: X row tid / 2 (threads below 128), W row tid / 2.
+    // Staging, 16 values a thread: X row tid / 2 (threads below 2 BM), W row tid / 2.
     let (w_row, w_half) = (tid / 2, tid % 2);
     let (x_row, x_half) = (tid / 2, tid % 2);
     // The next tile is loaded into registers while the tensor cores work on the current one.
@@ -245,48 +246,55 @@ unsafe fn gemm<T: Tile>(
         }
         unroll!([0, 16], |kk| {
             let k = kk + 2 * q;
-            let mut a = [[0u32; 4]; 2];
-            unroll!([0, 1], |mt| {
-                let r = wm + 16 * mt + g;
-                a[mt] = unsafe {
-                    [
-                        pair(xs, r * LD + k),
-                        pair(xs, (r + 8) * LD + k),
-                        pair(xs, r * LD + k + 8),
-                        pair(xs, (r + 8) * LD + k + 8),
-                    ]
-                };
+            let mut a = [[0u32; 4]; 4];
+            unroll!([0, 1, 2, 3], |mt| {
+                if mt < BM / 32 {
+                    let r = wm + 16 * mt + g;
+                    a[mt] = unsafe {
+                        [
+                            pair(xs, r * LD + k),
+                            pair(xs, (r + 8) * LD + k),
+                            pair(xs, r * LD + k + 8),
+                            pair(xs, (r + 8) * LD + k + 8),
+                        ]
+                    };
+                }
             });
             unroll!([0, 1, 2, 3], |nt| {
                 let col = wn + 8 * nt + g;
                 let b = unsafe { [pair(ws, col * LD + k), pair(ws, col * LD + k + 8)] };
-                unroll!([0, 1], |mt| {
-                    mma(&mut acc[mt][nt], a[mt], b);
+                unroll!([0, 1, 2, 3], |mt| {
+                    if mt < BM / 32 {
+                        mma(&mut acc[mt][nt], a[mt], b);
+                    }
                 });
             });
         });
         sync_threads();
         k0 += BK;
     }
-    unroll!([0, 1], |mt| {
-        unroll!([0, 1, 2, 3], |nt| {
-            let d = acc[mt][nt];
-            let col = n0 + wn + 8 * nt + 2 * q;
-            unroll!([0, 1], |half| {
-                let row = m0 + wm + 16 * mt + g + 8 * half;
-                unroll!([0, 1], |e| {
-                    if row < t && col + e < n_out {
-                        let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(col + e) } };
-                        unsafe { *y.add(row * n_out + col + e) = d[2 * half + e] + b };
-                    }
+    unroll!([0, 1, 2, 3], |mt| {
+        if mt < BM / 32 {
+            unroll!([0, 1, 2, 3], |nt| {
+                let d = acc[mt][nt];
+                let col = n0 + wn + 8 * nt + 2 * q;
+                unroll!([0, 1], |half| {
+                    let row = m0 + wm + 16 * mt + g + 8 * half;
+                    unroll!([0, 1], |e| {
+                        if row < t && col + e < n_out {
+                            let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(col + e) } };
+                            unsafe { *y.add(row * n_out + col + e) = d[2 * half + e] + b };
+                        }
+                    });
                 });
             });
-        });
+        }
     });
 }
 
 macro_rules! gemm_kernel {
-    ($name:ident, $tile:ty) => {
+    ($name:ident, $wide:ident, $tile:ty) => {
+        /// Blocks of 64 tokens (for grids that would not fill the GPU with 128).
         #[unsafe(no_mangle)]
         #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $name(
@@ -301,15 +309,37 @@ macro_rules! gemm_kernel {
             n_in: u32,
             n_out: u32,
         ) {
-            unsafe { gemm::<$tile>([w0, w1, w2, w3], bias, x, y, t as usize, n_in as usize, n_out as usize) }
+            unsafe {
+                gemm::<$tile, 64>([w0, w1, w2, w3], bias, x, y, t as usize, n_in as usize, n_out as usize)
+            }
+        }
+
+        /// Blocks of 128 tokens: each W tile dequantized half as often, twice the mma per fragment.
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $wide(
+            w0: *const u8,
+            w1: *const u8,
+            w2: *const u8,
+            w3: *const u8,
+            bias: *const f32,
+            x: *const f32,
+            y: *mut f32,
+            t: u32,
+            n_in: u32,
+            n_out: u32,
+        ) {
+            unsafe {
+                gemm::<$tile, 128>([w0, w1, w2, w3], bias, x, y, t as usize, n_in as usize, n_out as usize)
+            }
         }
     };
 }
 
-gemm_kernel!(gemm_f32, F32);
-gemm_kernel!(gemm_f16, F16);
-gemm_kernel!(gemm_q8_0, Q8_0);
-gemm_kernel!(gemm_q4_0, Q4_0);
-gemm_kernel!(gemm_q4_1, Q4_1);
-gemm_kernel!(gemm_q4_k, Q4K);
-gemm_kernel!(gemm_q6_k, Q6K);
+gemm_kernel!(gemm_f32, gemm_f32_wide, F32);
+gemm_kernel!(gemm_f16, gemm_f16_wide, F16);
+gemm_kernel!(gemm_q8_0, gemm_q8_0_wide, Q8_0);
+gemm_kernel!(gemm_q4_0, gemm_q4_0_wide, Q4_0);
+gemm_kernel!(gemm_q4_1, gemm_q4_1_wide, Q4_1);
+gemm_kernel!(gemm_q4_k, gemm_q4_k_wide, Q4K);
+gemm_kernel!(gemm_q6_k, gemm_q6_k_wide, Q6K);
