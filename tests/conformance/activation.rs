@@ -27,7 +27,16 @@ proptest! {
         let x_gpu = gpu.upload(&x).unwrap();
         let mut out = poisoned(n);
         gpu.activation(function, &x_gpu.slice(offset..), &mut out).unwrap();
-        assert_close(&format!("{function:?} n={n} offset={offset}"), &gpu.download(&out).unwrap(), &expected, 2e-6);
+        let actual = gpu.download(&out).unwrap();
+        // Relative 2e-6 plus an absolute floor of 1e-6 per element (in the rms): GELU's far
+        // negative tail is x (1 + erf) with 1 + erf cancelling to ~1e-7, where a few f32 ulps of
+        // erf are a large relative error of a tiny output; a row made only of such values (small
+        // n) failed the purely relative bound once on the H100.
+        let what = format!("{function:?} n={n} offset={offset}");
+        assert_close(&what, &actual, &expected, f64::INFINITY);
+        let diff: f64 = actual.iter().zip(&expected).map(|(a, e)| (*a as f64 - *e as f64).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = expected.iter().map(|e| (*e as f64).powi(2)).sum::<f64>().sqrt();
+        prop_assert!(diff <= 2e-6 * norm + 1e-6 * (n as f64).sqrt(), "{what}: error {diff:.3e} against norm {norm:.3e}");
     }
 
     #[test]
