@@ -288,17 +288,16 @@ fn run(cli: Cli) -> Result<()> {
             let file = GgufFile::open(&path)?;
             let tokenizer = Tokenizer::from_gguf(&file)?;
             let tokens = tokenizer.encode(&text, tokenizer.add_bos() && !no_bos, parse_special)?;
+            let mut out = String::new();
             if ids {
-                println!("{tokens:?}");
+                out = format!("{tokens:?}\n");
             } else {
                 for &t in &tokens {
-                    println!(
-                        "{t:>6} -> {:?}",
-                        String::from_utf8_lossy(tokenizer.token_bytes(t).unwrap_or(b""))
-                    );
+                    let piece = String::from_utf8_lossy(tokenizer.token_bytes(t).unwrap_or(b""));
+                    out.push_str(&format!("{t:>6} -> {piece:?}\n"));
                 }
             }
-            Ok(())
+            print_all(&out)
         }
         Command::Inspect { model, full } => inspect(&model, full),
         Command::Synth { preset, out, seed } => {
@@ -665,28 +664,41 @@ fn write_npy(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> 
 }
 
 fn inspect(path: &Path, full: bool) -> Result<()> {
+    use std::fmt::Write as _;
     let file = GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?;
-    println!(
+    let mut out = String::new();
+    writeln!(
+        out,
         "{}: GGUF v{}, {} bytes, alignment {}",
         path.display(),
         file.version(),
         file.len(),
         file.alignment()
-    );
-    println!("\nmetadata ({} keys):", file.metadata().len());
+    )?;
+    writeln!(out, "\nmetadata ({} keys):", file.metadata().len())?;
     for (key, value) in file.metadata() {
-        println!("  {key:<44} {}", show_value(value, full));
+        writeln!(out, "  {key:<44} {}", show_value(value, full))?;
     }
-    println!("\ntensors ({}):", file.tensors().len());
-    println!("  {:<40} {:>6} {:>24} {:>14}", "name", "type", "shape", "bytes");
+    writeln!(out, "\ntensors ({}):", file.tensors().len())?;
+    writeln!(out, "  {:<40} {:>6} {:>24} {:>14}", "name", "type", "shape", "bytes")?;
     let mut total = 0u64;
     for t in file.tensors() {
         total += t.n_bytes;
         let shape = format!("{:?}", t.dims);
-        println!("  {:<40} {:>6} {:>24} {:>14}", t.name, t.ty.name(), shape, t.n_bytes);
+        writeln!(out, "  {:<40} {:>6} {:>24} {:>14}", t.name, t.ty.name(), shape, t.n_bytes)?;
     }
-    println!("  total {total} bytes of tensor data");
-    Ok(())
+    writeln!(out, "  total {total} bytes of tensor data")?;
+    print_all(&out)
+}
+
+/// Writes `text` to standard output; a reader that stops early (`| head`) ends the output quietly
+/// instead of a panic.
+fn print_all(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 fn show_value(value: &Value, full: bool) -> String {

@@ -69,3 +69,25 @@ fn errors_are_one_line_and_fail() {
         engine(&["generate", "one two three four five six seven", "-c", "4", "--backend", "cpu"]);
     assert!(!ok && err.contains("context holds 4"), "{err}");
 }
+
+/// A reader that stops early (`engine inspect ... | head`) ends the output without a panic.
+#[test]
+fn inspect_into_a_closed_pipe_exits_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let vocab = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/vocab/ggml-vocab-llama-bpe.gguf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["inspect", "--full", &vocab.display().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(child.stdout.take()); // the reader goes away with megabytes still to come
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
