@@ -83,13 +83,35 @@ impl std::fmt::Display for VramLedger {
 const CONTEXT_MARGIN: usize = 256 << 20;
 
 /// Matrices that read the same input and write consecutive parts of one output (q, k, v; gate,
-/// up): one matrix when they share a format, so that a single GEMV computes them all.
-struct Stacked(Vec<GpuMatrix>);
+/// up): one matrix when they share a format, so that a single GEMV computes them all, else one
+/// matrix per part.
+struct Stacked {
+    matrices: Vec<GpuMatrix>,
+    /// Rows of each logical part (q, k, v or gate, up), in order.
+    parts: Vec<usize>,
+}
 
 impl Stacked {
     fn matrices(&self) -> &[GpuMatrix] {
-        &self.0
+        &self.matrices
     }
+
+    /// The matrix holding part `part` and the rows of it that do.
+    fn part(&self, part: usize) -> (&GpuMatrix, std::ops::Range<usize>) {
+        if let [one] = self.matrices.as_slice() {
+            let start = self.parts[..part].iter().sum();
+            (one, start..start + self.parts[part])
+        } else {
+            let m = &self.matrices[part];
+            (m, 0..m.n_out)
+        }
+    }
+}
+
+/// Whether a matrix meets 8-bit activations: K-quants always (they have only the integer form),
+/// other block formats when `integer_activations` is on.
+fn uses_q8(w: &GpuMatrix, integer_activations: bool) -> bool {
+    w.format().is_k_quant() || (integer_activations && w.is_blocks())
 }
 
 enum KvCache {
@@ -204,90 +226,72 @@ impl GpuLlama {
             };
             return Err(CudaError::OutOfMemory { ledger, free, advice });
         }
-        // Rows [start, end) of a stored matrix [n_out, n_in], uploaded as stored.
-        let upload =
-            |name: &str, n_in: usize, n_out: usize, rows: (usize, usize)| -> Result<GpuMatrix, CudaError> {
-                let info = file.tensor(name).ok_or_else(|| {
-                    ModelError::Weight(crate::model::weights::WeightError::Missing(name.into()))
-                })?;
-                let expected = vec![n_in as u64, n_out as u64];
-                if info.dims != expected {
-                    return Err(ModelError::Weight(crate::model::weights::WeightError::Shape {
-                        name: name.into(),
-                        actual: info.dims.clone(),
-                        expected,
-                    })
-                    .into());
-                }
-                let format = format_of(name, info.ty)?;
-                let (block, block_bytes) = format.block();
-                let row = n_in / block * block_bytes;
-                let bytes = &file.tensor_data(info)[rows.0 * row..rows.1 * row];
-                Ok(gpu.upload_matrix(format, bytes, n_in, rows.1 - rows.0)?)
-            };
+        // A matrix tensor [n_out, n_in], checked to be there with that shape.
+        let matrix_info = |name: &str, n_in: usize, n_out: usize| -> Result<_, CudaError> {
+            let info = file.tensor(name).ok_or_else(|| {
+                ModelError::Weight(crate::model::weights::WeightError::Missing(name.into()))
+            })?;
+            let expected = vec![n_in as u64, n_out as u64];
+            if info.dims != expected {
+                return Err(ModelError::Weight(crate::model::weights::WeightError::Shape {
+                    name: name.into(),
+                    actual: info.dims.clone(),
+                    expected,
+                })
+                .into());
+            }
+            Ok(info)
+        };
+        // A matrix uploaded as stored.
+        let upload = |name: &str, n_in: usize, n_out: usize| -> Result<GpuMatrix, CudaError> {
+            let info = matrix_info(name, n_in, n_out)?;
+            Ok(gpu.upload_matrix(format_of(name, info.ty)?, file.tensor_data(info), n_in, n_out)?)
+        };
         let vector = |name: &str, n: usize| -> Result<Vec<f32>, CudaError> {
             crate::model::weights::load(file, name, &[n]).map_err(|e| ModelError::from(e).into())
         };
         let device_vector = |name: &str, n: usize| -> Result<CudaSlice<f32>, CudaError> {
             Ok(gpu.upload(&vector(name, n)?)?)
         };
-        // Row ranges of tensors (name, n_out, rows) that read the same input of n_in values, as
-        // one matrix when they share a format (the bytes of their rows concatenated).
-        let stacked =
-            |parts: &[(String, usize, (usize, usize))], n_in: usize| -> Result<Stacked, CudaError> {
-                let infos = parts
-                    .iter()
-                    .map(|(name, n_out, _)| {
-                        let info = file.tensor(name).ok_or_else(|| {
-                            ModelError::Weight(crate::model::weights::WeightError::Missing(name.clone()))
-                        })?;
-                        let expected = vec![n_in as u64, *n_out as u64];
-                        if info.dims != expected {
-                            return Err(ModelError::Weight(crate::model::weights::WeightError::Shape {
-                                name: name.clone(),
-                                actual: info.dims.clone(),
-                                expected,
-                            })
-                            .into());
-                        }
-                        Ok(info)
-                    })
-                    .collect::<Result<Vec<_>, CudaError>>()?;
-                if infos.iter().all(|i| i.ty == infos[0].ty) {
-                    let format = format_of(&parts[0].0, infos[0].ty)?;
-                    let (block, block_bytes) = format.block();
-                    let row = n_in / block * block_bytes;
-                    let mut bytes = Vec::new();
-                    let mut rows = 0;
-                    for ((_, _, (start, end)), info) in parts.iter().zip(&infos) {
-                        bytes.extend_from_slice(&file.tensor_data(info)[start * row..end * row]);
-                        rows += end - start;
+        // Tensors (name, n_out) that read the same input of n_in values and hold the logical
+        // parts of `parts` rows each, as one matrix when they share a format (their bytes
+        // concatenated), else one matrix per tensor (then a tensor per part).
+        let stacked = |tensors: &[(String, usize)],
+                       parts: &[usize],
+                       n_in: usize|
+         -> Result<Stacked, CudaError> {
+            let infos = tensors
+                .iter()
+                .map(|(name, n_out)| matrix_info(name, n_in, *n_out))
+                .collect::<Result<Vec<_>, _>>()?;
+            let matrices = if infos.iter().all(|i| i.ty == infos[0].ty) {
+                let bytes: std::borrow::Cow<[u8]> = match infos.as_slice() {
+                    [one] => file.tensor_data(one).into(),
+                    several => {
+                        several.iter().map(|info| file.tensor_data(info)).collect::<Vec<_>>().concat().into()
                     }
-                    Ok(Stacked(vec![gpu.upload_matrix(format, &bytes, n_in, rows)?]))
-                } else {
-                    let parts = parts
-                        .iter()
-                        .map(|(name, n_out, rows)| upload(name, n_in, *n_out, *rows))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Ok(Stacked(parts))
-                }
+                };
+                let rows = tensors.iter().map(|(_, n_out)| n_out).sum();
+                vec![gpu.upload_matrix(format_of(&tensors[0].0, infos[0].ty)?, &bytes, n_in, rows)?]
+            } else {
+                tensors.iter().map(|(name, n_out)| upload(name, n_in, *n_out)).collect::<Result<_, _>>()?
             };
+            Ok(Stacked { matrices, parts: parts.to_vec() })
+        };
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             progress(i, c.n_layer);
             let name = |suffix: &str| format!("blk.{i}.{suffix}");
+            let qkv_parts = [q_dim, kv_dim, kv_dim];
             let qkv = if file.tensor(&name("attn_qkv.weight")).is_some() {
-                let n_out = q_dim + 2 * kv_dim;
-                stacked(&[(name("attn_qkv.weight"), n_out, (0, n_out))], d)?
+                stacked(&[(name("attn_qkv.weight"), q_dim + 2 * kv_dim)], &qkv_parts, d)?
             } else {
-                stacked(
-                    &[
-                        (name("attn_q.weight"), q_dim, (0, q_dim)),
-                        (name("attn_k.weight"), kv_dim, (0, kv_dim)),
-                        (name("attn_v.weight"), kv_dim, (0, kv_dim)),
-                    ],
-                    d,
-                )?
+                let tensors = [
+                    (name("attn_q.weight"), q_dim),
+                    (name("attn_k.weight"), kv_dim),
+                    (name("attn_v.weight"), kv_dim),
+                ];
+                stacked(&tensors, &qkv_parts, d)?
             };
             let qkv_bias = if file.tensor(&name("attn_q.bias")).is_some() {
                 let parts = [
@@ -305,33 +309,28 @@ impl GpuLlama {
             };
             let gate_up = if file.tensor(&name("ffn_gate.weight")).is_some() {
                 stacked(
-                    &[
-                        (name("ffn_gate.weight"), c.n_ff, (0, c.n_ff)),
-                        (name("ffn_up.weight"), c.n_ff, (0, c.n_ff)),
-                    ],
+                    &[(name("ffn_gate.weight"), c.n_ff), (name("ffn_up.weight"), c.n_ff)],
+                    &[c.n_ff, c.n_ff],
                     d,
                 )?
             } else {
-                stacked(&[(name("ffn_up.weight"), 2 * c.n_ff, (0, 2 * c.n_ff))], d)?
+                stacked(&[(name("ffn_up.weight"), 2 * c.n_ff)], &[c.n_ff, c.n_ff], d)?
             };
             layers.push(Layer {
                 attn_norm: device_vector(&name("attn_norm.weight"), d)?,
                 qkv,
                 qkv_bias,
-                wo: upload(&name("attn_output.weight"), q_dim, d, (0, d))?,
+                wo: upload(&name("attn_output.weight"), q_dim, d)?,
                 ffn_norm: device_vector(&name("ffn_norm.weight"), d)?,
                 gate_up,
-                w_down: upload(&name("ffn_down.weight"), c.n_ff, d, (0, d))?,
+                w_down: upload(&name("ffn_down.weight"), c.n_ff, d)?,
             });
         }
         progress(c.n_layer, c.n_layer);
         let (output, token_embd) = if file.tensor("output.weight").is_some() {
-            (
-                upload("output.weight", d, c.n_vocab, (0, c.n_vocab))?,
-                Some(upload("token_embd.weight", d, c.n_vocab, (0, c.n_vocab))?),
-            )
+            (upload("output.weight", d, c.n_vocab)?, Some(upload("token_embd.weight", d, c.n_vocab)?))
         } else {
-            (upload("token_embd.weight", d, c.n_vocab, (0, c.n_vocab))?, None)
+            (upload("token_embd.weight", d, c.n_vocab)?, None)
         };
         let rope_config = c.rope.expect("the Llama family uses RoPE");
         let rope = Rope {
@@ -507,25 +506,16 @@ impl GpuLlama {
         let KvCache::Paged { cache, options, .. } = &mut self.kv else {
             unreachable!("can_prefill checked the cache");
         };
-        // Rows [start, end) of the stacked matrices, whether stored as one matrix or as parts.
+        // y = part `part` of a stacked matrix times x; a single matrix's bias covers all parts.
         let project = |w: &Stacked,
                        biases: &[CudaSlice<f32>],
                        part: usize,
                        x: &CudaSlice<f32>,
                        y: &mut CudaSlice<f32>|
          -> Result<(), host::Error> {
-            let matrices = w.matrices();
-            if matrices.len() == 1 {
-                let sizes = if matrices[0].n_out == q_dim + 2 * kv_dim {
-                    [q_dim, kv_dim, kv_dim]
-                } else {
-                    [ff, ff, 0]
-                };
-                let begin: usize = sizes[..part].iter().sum();
-                gpu.gemm(&matrices[0], begin..begin + sizes[part], x, n, biases.first(), y)
-            } else {
-                gpu.gemm(&matrices[part], 0..matrices[part].n_out, x, n, biases.get(part), y)
-            }
+            let (m, rows) = w.part(part);
+            let bias = if w.matrices().len() == 1 { biases.first() } else { biases.get(part) };
+            gpu.gemm(m, rows, x, n, bias, y)
         };
         gpu.embed(self.token_embd.as_ref().unwrap_or(&self.output), &ids, &mut x)?;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -557,9 +547,7 @@ impl GpuLlama {
         let b = &mut self.buffers;
         let last = h.slice((n - 1) * d..n * d);
         gpu.stream().memcpy_dtod(&last, &mut b.h).map_err(host::Error::from)?;
-        let uses_q8 =
-            self.output.format().is_k_quant() || (self.integer_activations && self.output.is_blocks());
-        if uses_q8 {
+        if uses_q8(&self.output, self.integer_activations) {
             gpu.quantize_q8(&b.h, &mut b.hq)?;
             gpu.gemv_q8(&self.output, &b.hq, None, &mut b.logits)?;
         } else {
@@ -608,8 +596,7 @@ impl GpuLlama {
         let (gpu, b) = (&self.gpu, &mut self.buffers);
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         let integer = self.integer_activations;
-        // Which form each matrix takes, and whether its input needs an 8-bit copy.
-        let uses_q8 = |w: &GpuMatrix| w.format().is_k_quant() || (integer && w.is_blocks());
+        let uses_q8 = |w: &GpuMatrix| uses_q8(w, integer);
         let matvec = |w: &GpuMatrix,
                       x: &CudaSlice<f32>,
                       xq: &Q8Activations,
