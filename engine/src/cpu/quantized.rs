@@ -214,11 +214,7 @@ pub fn matvec_k_q8_1(
                 if ty == GgmlType::Q4K {
                     let (d, dmin, s, qs) = (f16_at(b, 0) as f64, f16_at(b, 2) as f64, &b[4..16], &b[16..144]);
                     for j in 0..8 {
-                        let (sc, m) = if j < 4 {
-                            (s[j] & 63, s[j + 4] & 63)
-                        } else {
-                            ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
-                        };
+                        let (sc, m) = crate::gguf::k_scale_min(s, j);
                         let a = &act[8 * sb + j];
                         let dot: i32 = (0..32)
                             .map(|k| {

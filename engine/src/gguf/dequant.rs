@@ -83,7 +83,7 @@ fn q5(b: &[u8], out: &mut Vec<f32>, has_min: bool) {
 }
 
 /// The 6-bit scale and min of sub-block `s` (0..8) of a Q4_K/Q5_K block.
-fn k_scale_min(scales: &[u8], s: usize) -> (u8, u8) {
+pub(crate) fn k_scale_min(scales: &[u8], s: usize) -> (u8, u8) {
     if s < 4 {
         (scales[s] & 63, scales[s + 4] & 63)
     } else {

@@ -10,6 +10,7 @@ mod reader;
 mod types;
 pub mod writer;
 
+pub(crate) use dequant::k_scale_min;
 pub use dequant::{dequantize, e8m0_half};
 pub use reader::{GgufFile, TensorInfo, Value};
 pub use types::GgmlType;
