@@ -54,7 +54,7 @@ pub(crate) enum Storage {
         quants: CudaSlice<u8>,
         scales: CudaSlice<u16>,
         mins: Option<CudaSlice<u16>>,
-        /// K-quants' sub-block scales (and Q4K's mins), as stored.
+        /// Q6K's i8 sub-block scales, as stored.
         sub: Option<CudaSlice<u8>>,
     },
 }

@@ -350,6 +350,24 @@ pub unsafe extern "ptx-kernel" fn gemv_q8_0_q8(
     };
 }
 
+/// The 32 activation bytes of block b as two halves of four words (values 0..16, 16..32).
+#[inline(always)]
+pub(crate) unsafe fn activation_block(xq: *const u8, b: usize) -> ([u32; 4], [u32; 4]) {
+    unsafe { (load_u16x8(xq.add(32 * b) as *const u16), load_u16x8(xq.add(32 * b + 16) as *const u16)) }
+}
+
+/// sum(q x) over a block of 32 whose 16 bytes of nibbles (value i low, i + 16 high) are `words`,
+/// against its activations in two halves.
+#[inline(always)]
+pub(crate) fn nibble_dot(words: [u32; 4], low: [u32; 4], high: [u32; 4]) -> i32 {
+    let mut dot = 0;
+    for i in 0..4 {
+        dot = dp4a_unsigned_signed(words[i] & 0x0F0F_0F0F, low[i], dot);
+        dot = dp4a_unsigned_signed((words[i] >> 4) & 0x0F0F_0F0F, high[i], dot);
+    }
+    dot
+}
+
 /// One row of Q4_0 (x = d (q - 8), `mins` null) or Q4_1 (x = d q + m) against 8-bit activations.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -368,14 +386,10 @@ unsafe fn q4_row_q8(
     over_chunks(
         blocks,
         |b| unsafe { load_u16x8(q.add(16 * b) as *const u16) },
-        |[w0, w1, w2, w3], b| {
-            let [l0, l1, l2, l3] = unsafe { load_u16x8(xq.add(32 * b) as *const u16) };
-            let [h0, h1, h2, h3] = unsafe { load_u16x8(xq.add(32 * b + 16) as *const u16) };
-            let pair = |w: u32, low: u32, high: u32, acc: i32| {
-                let acc = dp4a_unsigned_signed(w & 0x0F0F_0F0F, low, acc);
-                dp4a_unsigned_signed((w >> 4) & 0x0F0F_0F0F, high, acc)
-            };
-            let sum = pair(w3, l3, h3, pair(w2, l2, h2, pair(w1, l1, h1, pair(w0, l0, h0, 0))));
+        |words, b| {
+            let (low, high) = unsafe { activation_block(xq, b) };
+            let ([l0, l1, l2, l3], [h0, h1, h2, h3]) = (low, high);
+            let sum = nibble_dot(words, low, high);
             let d = f16_to_f32(unsafe { *s.add(b) }) * unsafe { *xd.add(b) };
             if mins.is_null() {
                 // sum((q - 8) xq) = sum(q xq) - 8 sum(xq), all in integers.

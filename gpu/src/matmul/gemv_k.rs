@@ -14,7 +14,7 @@
 //! allows.
 //! Cost: the weight bytes once (Q4_K 4.5 bits per value, Q6_K 6.56), x once per SM from L2.
 
-use super::gemv::for_rows;
+use super::gemv::{activation_block, for_rows, nibble_dot};
 use crate::device::{WARP_SIZE, dp4a_signed, dp4a_unsigned_signed, f16_to_f32, lane_idx, load_u16x8};
 
 /// sum over this lane's units u (lane, lane + 32, ...) of `compute(load(u), u)`, the loads of four
@@ -48,9 +48,6 @@ fn over_units<T: Copy + Default>(
 }
 
 #[derive(Clone, Copy, Default)]
-struct Words12([u32; 12]);
-
-#[derive(Clone, Copy, Default)]
 struct Words4([u32; 4]);
 
 #[derive(Clone, Copy, Default)]
@@ -60,33 +57,11 @@ struct Words6([u32; 6]);
 #[repr(C, align(8))]
 struct Pair([u32; 2]);
 
-/// The 32 activation bytes of block c as 8 words.
-#[inline(always)]
-unsafe fn activations(xq: *const u8, c: usize) -> ([u32; 4], [u32; 4]) {
-    unsafe { (load_u16x8(xq.add(32 * c) as *const u16), load_u16x8(xq.add(32 * c + 16) as *const u16)) }
-}
-
 /// Q4_K: chunk c of a row is its sub-block c (16 nibble bytes, like a Q4_0 block); the lane's
 /// sub-block index within a super-block, c % 8 = lane % 8, is the same for all its chunks.
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn gemv_q4_k_q8(
-    quants: *const u8,
-    heads: *const u8,
-    bias: *const f32,
-    xq: *const u8,
-    xd: *const f32,
-    xs: *const f32,
-    y: *mut f32,
-    n_in: u32,
-    n_out: u32,
-) {
-    unsafe { q4_k_rows(quants, heads, bias, xq, xd, xs, y, n_in, n_out) }
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn q4_k_rows(
     quants: *const u8,
     heads: *const u8,
     bias: *const f32,
@@ -104,12 +79,8 @@ unsafe fn q4_k_rows(
             let head = heads.add(20 * (row * n_in / 256));
             let load = |c: usize| Words4(load_u16x8(q.add(16 * c) as *const u16));
             let compute = |Words4(w): Words4, c: usize| {
-                let (low, high) = activations(xq, c);
-                let mut dot = 0i32;
-                for i in 0..4 {
-                    dot = dp4a_unsigned_signed(w[i] & 0x0F0F_0F0F, low[i], dot);
-                    dot = dp4a_unsigned_signed((w[i] >> 4) & 0x0F0F_0F0F, high[i], dot);
-                }
+                let (low, high) = activation_block(xq, c);
+                let dot = nibble_dot(w, low, high);
                 let sb = head.add(20 * (c / 8));
                 let dm = *(sb as *const u32);
                 let pair = *(sb.add(4 + 2 * (c % 8)) as *const u16) as u32;
@@ -162,7 +133,7 @@ pub unsafe extern "ptx-kernel" fn gemv_q6_k_q8(
                     Words6([a, b, e, f, g, k])
                 },
                 |Words6(w), c| {
-                    let (x_low, x_high) = activations(xq, c);
+                    let (x_low, x_high) = activation_block(xq, c);
                     let (mut dot_a, mut dot_b, mut sum_a, mut sum_b) = (0i32, 0i32, 0i32, 0i32);
                     for i in 0..4 {
                         let a = (w[i] & 0x0F0F_0F0F) | q6_k_high(w[4], i);

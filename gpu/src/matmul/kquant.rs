@@ -15,18 +15,6 @@
 //! `sub` 16 i8 scales per super-block (one per 16 values); `scales` d (f16) per super-block.
 //! Value = d * scale[e / 16] * (q - 32).
 
-/// Sub-block j's (scale, min) of a Q4_K super-block from its 12 packed bytes.
-#[inline(always)]
-pub unsafe fn q4_k_scale_min(sub: *const u8, j: usize) -> (u32, u32) {
-    let byte = |i: usize| unsafe { *sub.add(i) } as u32;
-    if j < 4 {
-        (byte(j) & 63, byte(j + 4) & 63)
-    } else {
-        let (a, b, c) = (byte(j + 4), byte(j - 4), byte(j));
-        ((a & 0xF) | ((b >> 6) << 4), (a >> 4) | ((c >> 6) << 4))
-    }
-}
-
 /// The 4-bit field of value t (< 32) of a block whose 16 nibble bytes start at `q`.
 #[inline(always)]
 unsafe fn nibble(q: *const u8, t: usize) -> u32 {
