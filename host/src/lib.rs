@@ -17,6 +17,7 @@ pub use half::{bf16, f16};
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod gemm;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
@@ -88,6 +89,15 @@ pub const KERNELS: &[&str] = &[
     "embedding_blocks",
     "embedding_q4_k",
     "embedding_q6_k",
+    "convert_f32_to_f16",
+    "convert_f32_to_bf16",
+    "gemm_f16",
+    "gemm_bf16",
+    "gemm_q8_0",
+    "gemm_q4_0",
+    "gemm_q4_1",
+    "gemm_q4_k",
+    "gemm_q6_k",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -148,10 +158,10 @@ impl Gpu {
         for &name in KERNELS {
             functions.insert(name, module.load_function(name)?);
         }
-        // The GEMV kernels keep x in shared memory, the attention kernels tiles of K and V: allow
+        // The GEMV kernels keep x in shared memory, the attention and GEMM kernels tiles: allow
         // them more than the default 48 KiB.
         for (name, function) in &functions {
-            if name.starts_with("gemv_") || name.starts_with("attention_") {
+            if name.starts_with("gemv_") || name.starts_with("attention_") || name.starts_with("gemm_") {
                 function.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     matmul::GEMV_SHARED_LIMIT as i32,

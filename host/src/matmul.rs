@@ -44,7 +44,7 @@ impl WeightFormat {
     }
 }
 
-enum Storage {
+pub(crate) enum Storage {
     F32(CudaSlice<f32>),
     F16(CudaSlice<f16>),
     Bf16(CudaSlice<bf16>),
@@ -62,7 +62,7 @@ enum Storage {
 /// A weight matrix [n_out, n_in] on the GPU, in its stored precision.
 pub struct GpuMatrix {
     format: WeightFormat,
-    storage: Storage,
+    pub(crate) storage: Storage,
     pub n_in: usize,
     pub n_out: usize,
 }

@@ -18,7 +18,7 @@ fn formats() -> impl Strategy<Value = WeightFormat> {
     ])
 }
 
-fn ggml_type(format: WeightFormat) -> GgmlType {
+pub fn ggml_type(format: WeightFormat) -> GgmlType {
     match format {
         WeightFormat::F32 => GgmlType::F32,
         WeightFormat::F16 => GgmlType::F16,
@@ -32,7 +32,7 @@ fn ggml_type(format: WeightFormat) -> GgmlType {
 }
 
 /// Random stored bytes of a [n_out, n_in] matrix: random quants, finite scales of either sign.
-fn random_matrix(format: WeightFormat, n_in: usize, n_out: usize, seed: u64) -> Vec<u8> {
+pub fn random_matrix(format: WeightFormat, n_in: usize, n_out: usize, seed: u64) -> Vec<u8> {
     let (block, block_bytes) = format.block();
     let n_blocks = n_in / block * n_out;
     let noise = random_values(seed, n_blocks * block_bytes, 1.0);

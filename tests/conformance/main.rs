@@ -13,6 +13,7 @@
 mod activation;
 mod attention;
 mod embedding;
+mod gemm;
 mod gemv;
 mod norm;
 mod rope;

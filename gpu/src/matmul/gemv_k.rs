@@ -14,6 +14,7 @@
 //! allows.
 //! Cost: the weight bytes once (Q4_K 4.5 bits per value, Q6_K 6.56), x once per SM from L2.
 
+use super::dequant::q4_k_scale_min_words;
 use super::gemv::for_rows;
 use crate::device::{WARP_SIZE, dp4a_signed, dp4a_unsigned_signed, f16_to_f32, lane_idx, load_u16x8};
 
@@ -49,18 +50,6 @@ fn over_units<T: Copy + Default>(
 
 #[derive(Clone, Copy, Default)]
 struct Words12([u32; 12]);
-
-/// Sub-block j's (scale, min) from a Q4_K super-block's 12 packed scale bytes given as 3 words.
-#[inline(always)]
-fn q4_k_scale_min_words([w0, w1, w2]: [u32; 3], j: usize) -> (u32, u32) {
-    let shift = 8 * (j % 4) as u32;
-    let (a0, a1, a2) = (w0 >> shift, w1 >> shift, w2 >> shift);
-    if j < 4 {
-        (a0 & 63, a1 & 63)
-    } else {
-        ((a2 & 0xF) | ((a0 >> 2) & 0x30), ((a2 >> 4) & 0xF) | ((a1 >> 2) & 0x30))
-    }
-}
 
 #[derive(Clone, Copy, Default)]
 struct Words4([u32; 4]);
