@@ -9,7 +9,7 @@
 //! bytes read plus bytes written. GEMV rows marked "(batched)" time 20 launches back to back
 //! between two events (launch latency then overlaps the kernel before, as in the captured decode
 //! step), cycling through copies of the matrix so that weights come from DRAM.
-//! GEMM rows (`kernels gemm` runs only these): TFLOP/s of Y = X W^T at T = 512 tokens and
+//! GEMM rows (`KERNELS=gemm` runs only these): TFLOP/s of Y = X W^T at T = 512 tokens and
 //! Llama-3.1-8B's shapes, 2 T n_in n_out FLOPs, timed with the conversion of X to f16 that
 //! `Gpu::gemm` launches first; cuBLAS's f16 GEMM (f16 X and W, f32 Y, f32 sums) at the same shapes
 //! is the yardstick, when libcublas can be loaded.
@@ -17,7 +17,6 @@
 use cudarc::driver::sys::CUevent_flags;
 use host::activation::Activation;
 use host::attention::{AttentionOptions, DecodeWorkspace, PAGE_SIZE, PagedKvCache, PagedKvShape};
-use host::gemm::GemmWorkspace;
 use host::matmul::WeightFormat;
 use host::rope::{Rope, RopeLayout, Yarn};
 use host::{Gpu, Result, bf16, f16};
@@ -134,11 +133,15 @@ fn main() -> Result<()> {
     let table = Table { copy_gbps };
     println!("| kernel                 | size                       |   time ms |     GB/s | of copy |");
     println!("|------------------------|----------------------------|-----------|----------|---------|");
+    // KERNELS=gemv, gemm or attention runs that section alone.
+    match std::env::var("KERNELS").as_deref() {
+        Ok("gemv") => return gemv(&gpu, &table),
+        Ok("gemm") => return gemm(&gpu, &table),
+        Ok("attention") => return attention(&gpu, &table),
+        _ => {}
+    }
     if std::env::args().skip(1).any(|a| a == "attention") {
         return attention(&gpu, &table);
-    }
-    if std::env::args().skip(1).any(|a| a == "gemm") {
-        return gemm(&gpu, &table);
     }
 
     // Element-wise: 64 Mi elements (256 MiB per array).
@@ -221,8 +224,14 @@ fn main() -> Result<()> {
     table.row("rope yarn neox", &format!("{tokens}x{heads}x{head_dim}"), bytes, ms);
     drop(q);
 
-    // GEMV at Llama-3.1-8B's FFN shapes. Several copies of each matrix, used in turn, so that the
-    // weights (as small as 33 MB in Q4_0) come from DRAM, not from the 50 MB L2.
+    gemv(&gpu, &table)?;
+    gemm(&gpu, &table)?;
+    attention(&gpu, &table)
+}
+
+/// GEMV at Llama-3.1-8B's FFN shapes. Several copies of each matrix, used in turn, so that the
+/// weights (as small as 33 MB in Q4_0) come from DRAM, not from the 50 MB L2.
+fn gemv(gpu: &Gpu, table: &Table) -> Result<()> {
     for (n_in, n_out) in [(4096usize, 14336usize), (14336, 4096)] {
         let x = gpu.upload(&random(n_in, 10))?;
         let mut y = gpu.alloc::<f32>(n_out)?;
@@ -244,12 +253,12 @@ fn main() -> Result<()> {
             let moved = matrices[0].size() + 4 * (n_in + n_out);
             let shape = format!("{n_out}x{n_in}");
             if !format.is_k_quant() {
-                let ms = time(&gpu, || {
+                let ms = time(gpu, || {
                     next = (next + 1) % copies;
                     gpu.gemv(&matrices[next], &x, None, &mut y)
                 })?;
                 table.row(&format!("gemv {format:?}"), &shape, moved, ms);
-                let ms = time_batched(&gpu, || {
+                let ms = time_batched(gpu, || {
                     next = (next + 1) % copies;
                     gpu.gemv(&matrices[next], &x, None, &mut y)
                 })?;
@@ -261,21 +270,20 @@ fn main() -> Result<()> {
             // The integer form: timed with the quantization of x it needs (two launches), and
             // alone back to back (in a decode step one quantization serves several matrices).
             let mut activations = gpu.q8_activations(n_in)?;
-            let ms = time(&gpu, || {
+            let ms = time(gpu, || {
                 next = (next + 1) % copies;
                 gpu.quantize_q8(&x, &mut activations)?;
                 gpu.gemv_q8(&matrices[next], &activations, None, &mut y)
             })?;
             table.row(&format!("quantize+gemv_q8 {format:?}"), &shape, moved, ms);
-            let ms = time_batched(&gpu, || {
+            let ms = time_batched(gpu, || {
                 next = (next + 1) % copies;
                 gpu.gemv_q8(&matrices[next], &activations, None, &mut y)
             })?;
             table.row(&format!("gemv_q8 {format:?} (batched)"), &shape, moved, ms);
         }
     }
-    attention(&gpu, &table)?;
-    gemm(&gpu, &table)
+    Ok(())
 }
 
 /// The prefill GEMM at T = 512 and Llama-3.1-8B's shapes (n_out x n_in), every weight format, then
@@ -283,7 +291,6 @@ fn main() -> Result<()> {
 fn gemm(gpu: &Gpu, table: &Table) -> Result<()> {
     const T: usize = 512;
     let shapes = [(4096usize, 4096usize), (14336, 4096), (4096, 14336)];
-    let mut workspace = GemmWorkspace::new(gpu, T * 14336)?;
     for (n_out, n_in) in shapes {
         let x = gpu.upload(&random(T * n_in, 16))?;
         let mut y = gpu.alloc::<f32>(T * n_out)?;
@@ -300,7 +307,7 @@ fn gemm(gpu: &Gpu, table: &Table) -> Result<()> {
             let (block, block_bytes) = format.block();
             let bytes = random_blocks(format, n_in / block * n_out * block_bytes, n_in * n_out / block);
             let matrix = gpu.upload_matrix(format, &bytes, n_in, n_out)?;
-            let ms = time(gpu, || gpu.gemm(&matrix, &x, T, None, &mut y, &mut workspace))?;
+            let ms = time(gpu, || gpu.gemm(&matrix, 0..n_out, &x, T, None, &mut y))?;
             table.row_flops(&format!("gemm {format:?}"), &format!("T={T} {n_out}x{n_in}"), flops, ms);
         }
     }

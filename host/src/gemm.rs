@@ -1,13 +1,15 @@
-//! The matrix product on the tensor cores (`gpu/src/matmul/gemm.rs`), for prefill:
-//! Y[T, n_out] = X[T, n_in] W^T (+ bias), X and Y f32, W a [`GpuMatrix`] in its stored format.
+//! Matrix-matrix products for prefill on the tensor cores (`gpu/src/matmul/gemm.rs`):
+//! Y[T, rows] = X[T, n_in] W[rows, :]^T (+ bias), X and Y f32, W a [`GpuMatrix`] in its stored
+//! format.
 //!
-//! X is first rounded to f16 (bf16 for bf16 weights) into a [`GemmWorkspace`], which the product
-//! then reads; the products are summed in f32. Quantized weights are dequantized to f16 tile by
-//! tile in shared memory. F32 weights have no form here (the tensor cores take 16-bit operands).
+//! X is first rounded to f16 (bf16 for bf16 weights) into a buffer the [`Gpu`] keeps for the
+//! purpose (grown to the largest X seen, freed in stream order), which the product then reads; the
+//! products are summed in f32. Weights are dequantized to f16 tile by tile in shared memory.
 
 use crate::matmul::{GpuMatrix, Storage, WeightFormat};
 use crate::{Gpu, Result, elementwise_config, expect_len, shape_error, to_u32};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+use std::ops::Range;
 
 /// Tokens and outputs per block, threads per block (gpu/src/matmul/gemm.rs).
 const TILE_M: usize = 128;
@@ -28,151 +30,155 @@ pub fn gemm_shared_bytes(format: WeightFormat) -> usize {
     }
 }
 
-/// The 16-bit copy of X that the product reads, reusable across calls and matrices.
-pub struct GemmWorkspace {
-    x: CudaSlice<u16>,
-}
-
-impl GemmWorkspace {
-    /// Room for X of up to `elements` values (tokens x n_in).
-    pub fn new(gpu: &Gpu, elements: usize) -> Result<Self> {
-        if elements == 0 {
-            return Err(shape_error("GemmWorkspace", "a workspace needs room for at least one value"));
-        }
-        Ok(GemmWorkspace { x: gpu.alloc(elements)? })
-    }
-
-    /// Values of X it holds.
-    pub fn capacity(&self) -> usize {
-        self.x.len()
-    }
-}
-
-/// The launch shapes of the conversion of X and of the product, after checking every length:
-/// `lengths` = [x, y, workspace], `bias` the bias length when there is one.
+/// The launch shapes of the conversion of X and of the product for `n_tokens` tokens and the
+/// `rows` of a [n_out, n_in] matrix, after checking every length: `lengths` = [x, y], `bias` the
+/// bias length when there is one (a bias covers all n_out rows). None when there is no token.
 pub fn gemm_config(
     format: WeightFormat,
-    t: usize,
     (n_in, n_out): (usize, usize),
-    lengths: [usize; 3],
+    rows: &Range<usize>,
+    n_tokens: usize,
+    [x, y]: [usize; 2],
     bias: Option<usize>,
-) -> Result<(LaunchConfig, LaunchConfig)> {
+) -> Result<Option<(LaunchConfig, LaunchConfig)>> {
     const KERNEL: &str = "gemm";
-    if format == WeightFormat::F32 {
-        return Err(shape_error(
-            KERNEL,
-            "F32 weights have no GEMM form (the tensor cores take 16-bit operands)",
-        ));
+    if !n_in.is_multiple_of(8) {
+        return Err(shape_error(KERNEL, format!("rows of {n_in} values: the GEMM needs a multiple of 8")));
     }
-    if t == 0 {
-        return Err(shape_error(KERNEL, "t = 0: the product needs at least one token"));
+    if rows.start >= rows.end || rows.end > n_out {
+        return Err(shape_error(KERNEL, format!("rows {rows:?} of a matrix of {n_out} rows")));
     }
-    let [x, y, workspace] = lengths;
-    let elements = t.checked_mul(n_in).ok_or_else(|| shape_error(KERNEL, "t * n_in overflows"))?;
+    let elements =
+        n_tokens.checked_mul(n_in).ok_or_else(|| shape_error(KERNEL, "n_tokens * n_in overflows"))?;
     expect_len(KERNEL, "x", x, elements)?;
-    expect_len(
-        KERNEL,
-        "y",
-        y,
-        t.checked_mul(n_out).ok_or_else(|| shape_error(KERNEL, "t * n_out overflows"))?,
-    )?;
+    let outputs =
+        n_tokens.checked_mul(rows.len()).ok_or_else(|| shape_error(KERNEL, "y's size overflows"))?;
+    expect_len(KERNEL, "y", y, outputs)?;
     if let Some(bias) = bias {
         expect_len(KERNEL, "bias", bias, n_out)?;
     }
-    if workspace < elements {
-        return Err(shape_error(
-            KERNEL,
-            format!("the workspace holds {workspace} values; X of {t} x {n_in} needs {elements}"),
-        ));
+    if n_tokens == 0 {
+        return Ok(None);
     }
-    to_u32(KERNEL, "t * n_in", elements)?;
-    let row_tiles = to_u32(KERNEL, "t / 128", t.div_ceil(TILE_M))?;
-    let column_tiles = n_out.div_ceil(TILE_N);
+    to_u32(KERNEL, "n_tokens * n_in", elements)?;
+    to_u32(KERNEL, "n_tokens", n_tokens)?;
+    let column_tiles = rows.len().div_ceil(TILE_N);
     if column_tiles > 65535 {
-        return Err(shape_error(
-            KERNEL,
-            format!("n_out = {n_out} exceeds the grid ({} outputs)", 65535 * TILE_N),
-        ));
+        return Err(shape_error(KERNEL, format!("{} rows exceed the grid ({})", rows.len(), 65535 * TILE_N)));
     }
     let product = LaunchConfig {
-        grid_dim: (row_tiles, column_tiles as u32, 1),
+        grid_dim: (n_tokens.div_ceil(TILE_M) as u32, column_tiles as u32, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: gemm_shared_bytes(format) as u32,
     };
-    Ok((elementwise_config(elements), product))
+    Ok(Some((elementwise_config(elements), product)))
 }
 
 impl Gpu {
-    /// y = x W^T (+ bias) for x [t, n_in] and y [t, n_out] (row-major f32), on the tensor cores:
-    /// x is rounded to f16 (bf16 for bf16 weights) into `workspace`, products summed in f32.
+    /// y[t, :] = W[rows, :] x[t, :] (+ bias[rows]) for the `n_tokens` rows of x [n_tokens, n_in];
+    /// y is [n_tokens, rows.len()], bias (when given) [n_out]. x is rounded to f16 (bf16 for bf16
+    /// weights), the products summed in f32. Allocates the f16 copy of x when it is larger than
+    /// any before, so the first call of a size must not be inside a CUDA graph capture.
+    #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
         w: &GpuMatrix,
+        rows: Range<usize>,
         x: &impl DevicePtr<f32>,
-        t: usize,
+        n_tokens: usize,
         bias: Option<&CudaSlice<f32>>,
         y: &mut impl DevicePtrMut<f32>,
-        workspace: &mut GemmWorkspace,
     ) -> Result<()> {
-        let (convert, config) = gemm_config(
+        const KERNEL: &str = "gemm";
+        let (n_in, n_out) = (w.n_in, w.n_out);
+        let Some((convert, config)) = gemm_config(
             w.format(),
-            t,
-            (w.n_in, w.n_out),
-            [x.len(), y.len(), workspace.capacity()],
+            (n_in, n_out),
+            &rows,
+            n_tokens,
+            [x.len(), y.len()],
             bias.map(|b| b.len()),
-        )?;
+        )?
+        else {
+            return Ok(());
+        };
         let stream = self.stream();
         let (x, _x) = x.device_ptr(stream);
         if x % 16 != 0 {
-            return Err(shape_error("gemm", "x must start on a 16-byte boundary"));
+            return Err(shape_error(KERNEL, "x must start on a 16-byte boundary"));
         }
-        let (x16, _x16) = workspace.x.device_ptr_mut(stream);
-        let elements = (t * w.n_in) as u32;
+        let elements = n_tokens * n_in;
+        let mut buffer = self.gemm_x.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if buffer.as_ref().is_none_or(|b| b.len() < elements) {
+            *buffer = None; // freed in stream order, after the kernels that read it
+            *buffer = Some(self.alloc::<u16>(elements)?);
+        }
+        let x16 = buffer.as_mut().expect("allocated above");
+        let (x16, _x16) = x16.device_ptr_mut(stream);
         let converter =
             if w.format() == WeightFormat::Bf16 { "convert_f32_to_bf16" } else { "convert_f32_to_f16" };
-        self.launch(converter, convert, &[&x, &x16, &elements])?;
+        let count = elements as u32;
+        self.launch(converter, convert, &[&x, &x16, &count])?;
 
         let (y, _y) = y.device_ptr_mut(stream);
         let bias_guard = bias.map(|b| b.device_ptr(stream));
-        let bias = bias_guard.as_ref().map_or(0u64, |(p, _)| *p);
-        let (t, n_in, n_out) = (t as u32, w.n_in as u32, w.n_out as u32);
-        match &w.storage {
+        let bias = bias_guard.as_ref().map_or(0u64, |(p, _)| p + 4 * rows.start as u64);
+        // Pointers to the first row of the range, in each array of the stored format.
+        let (r, n) = (rows.start as u64, n_in as u64);
+        let (t, n_in32, n_rows) = (n_tokens as u32, n_in as u32, rows.len() as u32);
+        match w.storage() {
+            Storage::F32(m) => {
+                let (m, _m) = m.device_ptr(stream);
+                let m = m + 4 * r * n;
+                self.launch("gemm_f32", config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
+            }
             Storage::F16(m) => {
                 let (m, _m) = m.device_ptr(stream);
-                self.launch("gemm_f16", config, &[&x16, &m, &bias, &y, &t, &n_in, &n_out])
+                let m = m + 2 * r * n;
+                self.launch("gemm_f16", config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
             }
             Storage::Bf16(m) => {
                 let (m, _m) = m.device_ptr(stream);
-                self.launch("gemm_bf16", config, &[&x16, &m, &bias, &y, &t, &n_in, &n_out])
+                let m = m + 2 * r * n;
+                self.launch("gemm_bf16", config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
             }
-            Storage::F32(_) => Err(shape_error("gemm", "F32 weights have no GEMM form")),
             Storage::Blocks { format, quants, scales, mins, sub } => {
                 let (q, _q) = quants.device_ptr(stream);
                 let (s, _s) = scales.device_ptr(stream);
+                let blocks = r * n / 32; // blocks of 32 before the first row
                 match (format, mins, sub) {
                     (WeightFormat::Q8_0, _, _) => {
-                        self.launch("gemm_q8_0", config, &[&x16, &q, &s, &bias, &y, &t, &n_in, &n_out])
+                        let (q, s) = (q + r * n, s + 2 * blocks);
+                        self.launch("gemm_q8_0", config, &[&x16, &q, &s, &bias, &y, &t, &n_in32, &n_rows])
                     }
                     (WeightFormat::Q4_0, _, _) => {
-                        self.launch("gemm_q4_0", config, &[&x16, &q, &s, &bias, &y, &t, &n_in, &n_out])
+                        let (q, s) = (q + r * n / 2, s + 2 * blocks);
+                        self.launch("gemm_q4_0", config, &[&x16, &q, &s, &bias, &y, &t, &n_in32, &n_rows])
                     }
                     (WeightFormat::Q4_1, Some(mins), _) => {
                         let (m, _m) = mins.device_ptr(stream);
-                        self.launch("gemm_q4_1", config, &[&x16, &q, &s, &m, &bias, &y, &t, &n_in, &n_out])
+                        let (q, s, m) = (q + r * n / 2, s + 2 * blocks, m + 2 * blocks);
+                        self.launch("gemm_q4_1", config, &[&x16, &q, &s, &m, &bias, &y, &t, &n_in32, &n_rows])
                     }
                     (WeightFormat::Q4K, _, _) => {
-                        self.launch("gemm_q4_k", config, &[&x16, &q, &s, &bias, &y, &t, &n_in, &n_out])
+                        // 16 bytes of head per super-block of 256.
+                        let (q, heads) = (q + r * n / 2, s + r * n / 16);
+                        self.launch("gemm_q4_k", config, &[&x16, &q, &heads, &bias, &y, &t, &n_in32, &n_rows])
                     }
                     (WeightFormat::Q6K, _, Some(sub)) => {
                         let (sub, _sub) = sub.device_ptr(stream);
-                        let high = q + (w.n_out * w.n_in / 2) as u64;
+                        // The high bits follow the low nibbles of the whole matrix.
+                        let high = q + (n_out * w.n_in / 2) as u64;
+                        let super_blocks = r * n / 256;
+                        let (low, high) = (q + r * n / 2, high + r * n / 4);
+                        let (d, sub) = (s + 2 * super_blocks, sub + 16 * super_blocks);
                         self.launch(
                             "gemm_q6_k",
                             config,
-                            &[&x16, &q, &high, &s, &sub, &bias, &y, &t, &n_in, &n_out],
+                            &[&x16, &low, &high, &d, &sub, &bias, &y, &t, &n_in32, &n_rows],
                         )
                     }
-                    _ => Err(shape_error("gemm", format!("{format:?} matrix without its fields"))),
+                    _ => Err(shape_error(KERNEL, format!("{format:?} matrix without its fields"))),
                 }
             }
         }
@@ -186,17 +192,34 @@ mod tests {
 
     #[test]
     fn shapes_are_checked() {
-        let ok = gemm_config(WeightFormat::Q4K, 3, (256, 300), [768, 900, 768], Some(300)).unwrap();
-        assert_eq!(ok.1.grid_dim, (1, 3, 1));
-        assert_eq!(ok.1.shared_mem_bytes as usize, 6 * TILE_BYTES);
-        let error = gemm_config(WeightFormat::Q4K, 3, (256, 300), [767, 900, 768], None).unwrap_err();
+        let lengths = |t: usize, n_in: usize, rows: usize| [t * n_in, t * rows];
+        let (_, product) =
+            gemm_config(WeightFormat::Q4K, (256, 300), &(0..300), 3, lengths(3, 256, 300), Some(300))
+                .unwrap()
+                .unwrap();
+        assert_eq!(product.grid_dim, (1, 3, 1));
+        assert_eq!(product.shared_mem_bytes as usize, 6 * TILE_BYTES);
+        let error = gemm_config(WeightFormat::Q4K, (256, 300), &(0..300), 3, [767, 900], None).unwrap_err();
         assert_eq!(error.to_string(), "gemm: x has 767 elements, expected 768");
-        assert!(gemm_config(WeightFormat::F16, 3, (256, 300), [768, 901, 768], None).is_err());
-        assert!(gemm_config(WeightFormat::F16, 3, (256, 300), [768, 900, 768], Some(299)).is_err());
-        assert!(gemm_config(WeightFormat::F16, 3, (256, 300), [768, 900, 767], None).is_err());
-        assert!(gemm_config(WeightFormat::F16, 0, (256, 300), [0, 0, 768], None).is_err());
-        assert!(gemm_config(WeightFormat::F32, 3, (256, 300), [768, 900, 768], None).is_err());
-        let (_, big) = gemm_config(WeightFormat::F16, 1000, (8, 129), [8000, 129000, 8000], None).unwrap();
+        assert!(gemm_config(WeightFormat::F16, (256, 300), &(0..300), 3, [768, 901], None).is_err());
+        assert!(gemm_config(WeightFormat::F16, (256, 300), &(0..300), 3, [768, 900], Some(299)).is_err());
+        // Rows: a sub-range of the matrix; y holds only those, the bias all of them.
+        let (_, product) =
+            gemm_config(WeightFormat::F16, (256, 300), &(10..139), 3, lengths(3, 256, 129), Some(300))
+                .unwrap()
+                .unwrap();
+        assert_eq!(product.grid_dim, (1, 2, 1));
+        assert!(
+            gemm_config(WeightFormat::F16, (256, 300), &(10..301), 3, lengths(3, 256, 291), None).is_err()
+        );
+        assert!(gemm_config(WeightFormat::F16, (256, 300), &(10..10), 3, lengths(3, 256, 0), None).is_err());
+        assert!(
+            gemm_config(WeightFormat::F32, (260, 300), &(0..300), 3, lengths(3, 260, 300), None).is_err()
+        );
+        // No tokens: nothing to launch.
+        assert!(gemm_config(WeightFormat::F16, (256, 300), &(0..300), 0, [0, 0], None).unwrap().is_none());
+        let (_, big) =
+            gemm_config(WeightFormat::F16, (8, 129), &(0..129), 1000, [8000, 129000], None).unwrap().unwrap();
         assert_eq!(big.grid_dim, (8, 2, 1));
         assert_eq!(big.shared_mem_bytes as usize, 8 * TILE_BYTES);
     }

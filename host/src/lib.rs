@@ -6,7 +6,7 @@
 //! launching a kernel that would read or write out of bounds.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, DriverError, LaunchConfig, PushKernelArg};
 pub use cudarc::driver::{
@@ -91,6 +91,7 @@ pub const KERNELS: &[&str] = &[
     "embedding_q6_k",
     "convert_f32_to_f16",
     "convert_f32_to_bf16",
+    "gemm_f32",
     "gemm_f16",
     "gemm_bf16",
     "gemm_q8_0",
@@ -135,6 +136,8 @@ pub struct Gpu {
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
     sm_count: usize,
+    /// The f16 (or bf16) copy of X that `gemm` converts its input into.
+    gemm_x: Mutex<Option<CudaSlice<u16>>>,
 }
 
 impl Gpu {
@@ -172,7 +175,7 @@ impl Gpu {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
             .max(1) as usize;
         let stream = context.new_stream()?;
-        Ok(Gpu { context, stream, _module: module, functions, sm_count })
+        Ok(Gpu { context, stream, _module: module, functions, sm_count, gemm_x: Mutex::new(None) })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {

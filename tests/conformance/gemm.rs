@@ -6,7 +6,7 @@
 //! - 16-bit weights: W is exact on both sides and X is rounded identically, so only the GPU's f32
 //!   summation differs: 1e-4 (f32 sums of up to ~4k products of mixed sign: a few 1e-6; the margin
 //!   covers tensor-core adders that do not round to nearest).
-//! - Quantized weights: the GPU rounds each dequantized weight to f16 (relative error at most
+//! - Quantized and f32 weights: the GPU rounds each dequantized weight to f16 (relative error at most
 //!   2^-11, about 2^-11 / sqrt(3) = 2.8e-4 in root mean square, independent from weight to weight),
 //!   so against the exact weights the output's relative error is about 2.8e-4: bound 1e-3. Against
 //!   the same weights rounded to f16 on the CPU the GPU must agree to 1e-4 (summation only), which
@@ -21,7 +21,6 @@
 use crate::gemv::{ggml_type, random_matrix};
 use crate::{config, gpu, poisoned, random_values, relative_error};
 use engine::gguf::dequantize;
-use host::gemm::GemmWorkspace;
 use host::matmul::{Repacked, WeightFormat, repack_blocks};
 use host::{bf16, f16};
 use proptest::prelude::*;
@@ -187,22 +186,31 @@ fn rows_to_check(t: usize, n_in: usize, n_out: usize) -> Vec<usize> {
     (0..t).filter(|&r| matches!(r % 128, 0 | 1 | 63 | 64 | 126 | 127) || r % 37 == 5 || r == t - 1).collect()
 }
 
-/// Runs the GPU product for a matrix of `format` and checks it against the references.
-fn check(format: WeightFormat, t: usize, n_in: usize, n_out: usize, with_bias: bool, seed: u64) {
-    let bytes = random_matrix(format, n_in, n_out, seed);
-    let weights = dequantize(ggml_type(format), &bytes, n_in * n_out).unwrap();
+/// Runs the GPU product for rows `first..first + n_out` of a matrix of `format` with a few rows
+/// more, and checks it against the references.
+fn check(
+    format: WeightFormat,
+    t: usize,
+    n_in: usize,
+    (first, n_out): (usize, usize),
+    with_bias: bool,
+    seed: u64,
+) {
+    let total = first + n_out + 3;
+    let bytes = random_matrix(format, n_in, total, seed);
+    let all = dequantize(ggml_type(format), &bytes, n_in * total).unwrap();
+    let weights = &all[first * n_in..(first + n_out) * n_in];
     let x = random_values(seed ^ 9, t * n_in, 2.0);
-    let bias = with_bias.then(|| random_values(seed ^ 10, n_out, 1.0));
+    let bias = with_bias.then(|| random_values(seed ^ 10, total, 1.0));
 
     let gpu = gpu();
-    let matrix = gpu.upload_matrix(format, &bytes, n_in, n_out).unwrap();
+    let matrix = gpu.upload_matrix(format, &bytes, n_in, total).unwrap();
     let x_gpu = gpu.upload(&x).unwrap();
     let bias_gpu = bias.as_ref().map(|b| gpu.upload(b).unwrap());
-    let mut workspace = GemmWorkspace::new(gpu, t * n_in).unwrap();
     let mut y = poisoned(t * n_out);
-    gpu.gemm(&matrix, &x_gpu, t, bias_gpu.as_ref(), &mut y, &mut workspace).unwrap();
+    gpu.gemm(&matrix, first..first + n_out, &x_gpu, t, bias_gpu.as_ref(), &mut y).unwrap();
     let y = gpu.download(&y).unwrap();
-    let what = format!("gemm {format:?} T={t} {n_out}x{n_in}");
+    let what = format!("gemm {format:?} T={t} rows {first}..{} of {total}x{n_in}", first + n_out);
     if let Some(i) = y.iter().position(|v| v.is_nan()) {
         panic!("{what}: output {} (token {}, output {}) was not written", i, i / n_out, i % n_out);
     }
@@ -212,9 +220,10 @@ fn check(format: WeightFormat, t: usize, n_in: usize, n_out: usize, with_bias: b
     } else {
         x.iter().map(|&v| f16::from_f32(v).to_f32()).collect()
     };
+    let bias = bias.as_ref().map(|b| &b[first..first + n_out]);
     let rows = rows_to_check(t, n_in, n_out);
     let actual: Vec<f32> = rows.iter().flat_map(|&r| y[r * n_out..(r + 1) * n_out].iter().copied()).collect();
-    let exact = reference(&weights, &x, bias.as_deref(), &rows, n_in, n_out);
+    let exact = reference(weights, &x, bias, &rows, n_in, n_out);
     let error = relative_error(&actual, &exact);
     if matches!(format, WeightFormat::F16 | WeightFormat::Bf16) {
         assert!(error <= 1e-4, "{what}: relative error {error:.3e} exceeds 1e-4");
@@ -222,7 +231,7 @@ fn check(format: WeightFormat, t: usize, n_in: usize, n_out: usize, with_bias: b
     }
     assert!(error <= 1e-3, "{what}: relative error {error:.3e} against the exact weights exceeds 1e-3");
     let rounded: Vec<f32> = weights.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
-    let error = relative_error(&actual, &reference(&rounded, &x, bias.as_deref(), &rows, n_in, n_out));
+    let error = relative_error(&actual, &reference(&rounded, &x, bias, &rows, n_in, n_out));
     assert!(error <= 1e-4, "{what}: relative error {error:.3e} against the f16-rounded weights exceeds 1e-4");
 }
 
@@ -233,14 +242,15 @@ macro_rules! gemm_matches_cpu {
 
             #[test]
             #[ignore = "needs an NVIDIA GPU"]
-            fn $name(t in tokens(), n_in in inputs($format, $max_in), n_out in outputs(), with_bias: bool, seed: u64) {
-                check($format, t, n_in, n_out, with_bias, seed);
+            fn $name(t in tokens(), n_in in inputs($format, $max_in), n_out in outputs(), first in prop_oneof![Just(0usize), 1usize..=200], with_bias: bool, seed: u64) {
+                check($format, t, n_in, (first, n_out), with_bias, seed);
             }
         }
     )*};
 }
 
 gemm_matches_cpu! {
+    gemm_f32_matches_cpu: WeightFormat::F32, 1000;
     gemm_f16_matches_cpu: WeightFormat::F16, 2000;
     gemm_bf16_matches_cpu: WeightFormat::Bf16, 2000;
     gemm_q8_0_matches_cpu: WeightFormat::Q8_0, 2000;
@@ -255,11 +265,11 @@ gemm_matches_cpu! {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn gemm_at_model_shapes() {
-    check(WeightFormat::Q4K, 512, 4096, 4096, false, 1);
-    check(WeightFormat::Q4K, 512, 14336, 1000, true, 2);
-    check(WeightFormat::F16, 512, 4096, 1500, false, 3);
-    check(WeightFormat::Q6K, 77, 4096, 3000, false, 4);
-    check(WeightFormat::Q8_0, 300, 896, 4864, true, 5);
+    check(WeightFormat::Q4K, 512, 4096, (0, 4096), false, 1);
+    check(WeightFormat::Q4K, 512, 14336, (1000, 1000), true, 2);
+    check(WeightFormat::F16, 512, 4096, (0, 1500), false, 3);
+    check(WeightFormat::Q6K, 77, 4096, (0, 3000), false, 4);
+    check(WeightFormat::Q8_0, 300, 896, (100, 4864), true, 5);
 }
 
 #[test]
@@ -267,18 +277,17 @@ fn gemm_at_model_shapes() {
 fn gemm_rejects_bad_shapes() {
     let gpu = gpu();
     let matrix = gpu.upload_matrix(WeightFormat::F16, &[0; 2 * 16 * 3], 16, 3).unwrap();
-    let mut workspace = GemmWorkspace::new(gpu, 32).unwrap();
     let x = gpu.upload(&[1.0f32; 31]).unwrap();
     let mut y = poisoned(6);
-    let error = gpu.gemm(&matrix, &x, 2, None, &mut y, &mut workspace).unwrap_err().to_string();
+    let error = gpu.gemm(&matrix, 0..3, &x, 2, None, &mut y).unwrap_err().to_string();
     assert!(error.contains("x has 31 elements, expected 32"), "{error}");
-    let x = gpu.upload(&[1.0f32; 48]).unwrap();
-    let mut y = poisoned(9);
-    let error = gpu.gemm(&matrix, &x, 3, None, &mut y, &mut workspace).unwrap_err().to_string();
-    assert!(error.contains("workspace"), "{error}");
-    let f32_matrix = gpu.upload_matrix(WeightFormat::F32, &[0; 4 * 16 * 3], 16, 3).unwrap();
     let x = gpu.upload(&[1.0f32; 32]).unwrap();
-    let mut y = poisoned(6);
-    assert!(gpu.gemm(&f32_matrix, &x, 2, None, &mut y, &mut workspace).is_err());
-    assert!(gpu.gemm(&matrix, &x, 0, None, &mut y, &mut workspace).is_err());
+    assert!(gpu.gemm(&matrix, 0..4, &x, 2, None, &mut y).unwrap_err().to_string().contains("rows"));
+    let error = gpu.gemm(&matrix, 1..3, &x, 2, None, &mut y).unwrap_err().to_string();
+    assert!(error.contains("y has 6 elements, expected 4"), "{error}");
+    let f32_matrix = gpu.upload_matrix(WeightFormat::F32, &[0; 4 * 12 * 3], 12, 3).unwrap();
+    let x = gpu.upload(&[1.0f32; 24]).unwrap();
+    assert!(
+        gpu.gemm(&f32_matrix, 0..3, &x, 2, None, &mut y).unwrap_err().to_string().contains("multiple of 8")
+    );
 }

@@ -7,9 +7,10 @@
 //! read once per column of blocks) halves, and the conversion costs one pass over X (~2-5% of the
 //! product at prefill sizes). Quantized weights are dequantized tile by tile into shared memory
 //! (dequant.rs: the CPU dequantizer's values rounded to f16), never to a copy in device memory.
-//! Layout: X16 [T, n_in] 16-bit; W [n_out, n_in] as the host stores it (f16 / bf16 rows, or the
-//! repacked blocks of host/src/matmul.rs); Y [T, n_out] f32; bias [n_out] f32 or null.
-//! n_in a multiple of 8 (16-bit weights) or of the block (32, 256); any T and n_out.
+//! Layout: X16 [T, n_in] 16-bit; W [n_out, n_in] as the host stores it (f32 / f16 / bf16 rows,
+//! or the repacked blocks of host/src/matmul.rs); Y [T, n_out] f32; bias [n_out] f32 or null.
+//! n_in a multiple of 8 (16-bit weights), 4 (f32) or of the block (32, 256); any T and n_out.
+//! F32 weights take the quantized path (rounded to f16 as they are staged).
 //! Launch: grid (ceil(T / 128), ceil(n_out / 128)), 256 threads, `gemm_shared_bytes` of dynamic
 //! shared memory. Block (bm, bn) computes the 128 x 128 tile of Y at tokens 128 bm, outputs
 //! 128 bn, in steps of 64 along n_in; the blocks of one weight tile run together (bm varies
@@ -278,7 +279,7 @@ unsafe fn gemm_quantized<F: BlockWeights>(
 
     // Thread (r, half) dequantizes block `half` of each step's two blocks of row n0 + r.
     let (r, half) = (thread_idx() / 2, thread_idx() % 2);
-    let (row, blocks) = (n0 + r, n_in / 32);
+    let (row, blocks) = (n0 + r, n_in.div_ceil(32));
     let load = |k: usize| {
         let block = 2 * k + half;
         if row < n_out && block < blocks { unsafe { w.load(row, block) } } else { F::Raw::default() }
@@ -321,6 +322,39 @@ unsafe fn gemm_quantized<F: BlockWeights>(
     }
     copy_async_wait::<0>();
     unsafe { store_tile(&acc, bias, y, (t, n_out), (m0, n0)) };
+}
+
+/// F32 rows (n_in a multiple of 4), rounded to f16: blocks of 32 as 8 x 16 bytes, the last block
+/// of a row cut at n_in.
+#[derive(Clone, Copy)]
+struct F32Rows {
+    w: *const f32,
+    n_in: usize,
+}
+
+impl BlockWeights for F32Rows {
+    type Raw = [u32; 32];
+    #[inline(always)]
+    unsafe fn load(self, row: usize, block: usize) -> [u32; 32] {
+        let p = unsafe { self.w.add(row * self.n_in + 32 * block) };
+        let mut v = [0u32; 32];
+        unroll!([0, 1, 2, 3, 4, 5, 6, 7], |i| {
+            if 32 * block + 4 * i < self.n_in {
+                let [a, b, c, d] = unsafe { load_f32x4(p.add(4 * i)) };
+                (v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]) =
+                    (a.to_bits(), b.to_bits(), c.to_bits(), d.to_bits());
+            }
+        });
+        v
+    }
+    #[inline(always)]
+    fn dequantize(raw: [u32; 32], _block: usize) -> [u32; 16] {
+        let mut out = [0u32; 16];
+        unroll!([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], |p| {
+            out[p] = pack_f16x2(f32::from_bits(raw[2 * p]), f32::from_bits(raw[2 * p + 1]));
+        });
+        out
+    }
 }
 
 /// Q8_0: quants [n_out, n_in] i8, scales [n_out, n_in / 32] f16.
@@ -438,6 +472,19 @@ impl BlockWeights for Q6K {
     fn dequantize(raw: RawQ6K, _block: usize) -> [u32; 16] {
         dequantize_q6_k(raw)
     }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn gemm_f32(
+    x: *const u16,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    unsafe { gemm_quantized(x, F32Rows { w, n_in: n_in as usize }, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]

@@ -82,27 +82,41 @@ pub unsafe extern "ptx-kernel" fn gemv_q4_k_q8(
     n_in: u32,
     n_out: u32,
 ) {
+    unsafe { q4_k_rows(quants, heads, bias, xq, xd, xs, y, n_in, n_out) }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q4_k_rows(
+    quants: *const u8,
+    heads: *const u8,
+    bias: *const f32,
+    xq: *const u8,
+    xd: *const f32,
+    xs: *const f32,
+    y: *mut f32,
+    n_in: u32,
+    n_out: u32,
+) {
     let n_in = n_in as usize;
     unsafe {
         for_rows(n_out as usize, bias, y, |row| {
             let q = quants.add(row * n_in / 2);
             let head = heads.add(row * n_in / 16);
-            over_units(
-                n_in / 32,
-                |c| Words4(load_u16x8(q.add(16 * c) as *const u16)),
-                |Words4(w), c| {
-                    let (low, high) = activations(xq, c);
-                    let mut dot = 0i32;
-                    for i in 0..4 {
-                        dot = dp4a_unsigned_signed(w[i] & 0x0F0F_0F0F, low[i], dot);
-                        dot = dp4a_unsigned_signed((w[i] >> 4) & 0x0F0F_0F0F, high[i], dot);
-                    }
-                    let [dm, s0, s1, s2] = load_u16x8(head.add(16 * (c / 8)) as *const u16);
-                    let (scale, min) = q4_k_scale_min_words([s0, s1, s2], c % 8);
-                    f16_to_f32(dm as u16) * scale as f32 * *xd.add(c) * dot as f32
-                        - f16_to_f32((dm >> 16) as u16) * min as f32 * *xs.add(c)
-                },
-            )
+            let load = |c: usize| Words4(load_u16x8(q.add(16 * c) as *const u16));
+            let compute = |Words4(w): Words4, c: usize| {
+                let (low, high) = activations(xq, c);
+                let mut dot = 0i32;
+                for i in 0..4 {
+                    dot = dp4a_unsigned_signed(w[i] & 0x0F0F_0F0F, low[i], dot);
+                    dot = dp4a_unsigned_signed((w[i] >> 4) & 0x0F0F_0F0F, high[i], dot);
+                }
+                let [dm, s0, s1, s2] = load_u16x8(head.add(16 * (c / 8)) as *const u16);
+                let (scale, min) = q4_k_scale_min_words([s0, s1, s2], c % 8);
+                f16_to_f32(dm as u16) * scale as f32 * *xd.add(c) * dot as f32
+                    - f16_to_f32((dm >> 16) as u16) * min as f32 * *xs.add(c)
+            };
+            over_units(n_in / 32, load, compute)
         })
     };
 }

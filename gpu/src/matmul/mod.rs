@@ -8,7 +8,7 @@ pub mod gemv_k;
 pub mod kquant;
 pub mod quantize;
 
-/// What `dequant` uses of the device vocabulary (host/src/gemm.rs's tests give it CPU twins).
+/// What `dequant` uses of the device vocabulary (tests/conformance/gemm.rs give it CPU twins).
 mod dequant_ops {
     pub(crate) use crate::device::{f16_to_f32, fma, pack_f16x2};
     pub(crate) use crate::unroll;

@@ -12,8 +12,8 @@
 
 use crate::activation::silu;
 use crate::device::{
-    WARP_SIZE, block_dim, block_sum, f16_to_f32, f32_to_f16, global_idx, grid_size, lane_idx, round_to_i32, sqrt,
-    thread_idx, warp_idx, warp_max, warp_sum,
+    WARP_SIZE, block_dim, block_sum, f16_to_f32, f32_to_f16, global_idx, grid_size, lane_idx, round_to_i32,
+    sqrt, thread_idx, warp_idx, warp_max, warp_sum,
 };
 
 /// Quantizes block `block` of 32 values, value `lane` held by each lane of the warp.
