@@ -303,7 +303,9 @@ pub fn copy_async_wait<const PENDING: u32>() {
 #[inline(always)]
 pub fn f16_to_f32(bits: u16) -> f32 {
     let out: f32;
-    unsafe { asm!("cvt.f32.f16 {o}, {h};", o = out(reg32) out, h = in(reg16) bits) };
+    unsafe {
+        asm!("cvt.f32.f16 {o}, {h};", o = out(reg32) out, h = in(reg16) bits, options(pure, nomem, nostack))
+    };
     out
 }
 

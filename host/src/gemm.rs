@@ -15,26 +15,16 @@ use std::ops::Range;
 const TILE_M: usize = 128;
 const TILE_N: usize = 128;
 const THREADS: u32 = 256;
-/// Bytes of one 128 x 64 tile of 16-bit values, and tiles in the copy ring.
-const TILE_BYTES: usize = 128 * 64 * 2;
-const STAGES: usize = 4;
+/// Dynamic shared memory of every GEMM kernel: at most the ring of 4 X and 4 W tiles of
+/// 128 x 64 16-bit values, or the wide layout's 8 warps x 128 x 32 f32 sums (both 128 KiB).
+pub const GEMM_SHARED_BYTES: usize = 128 * 1024;
 const _: () =
-    assert!(2 * STAGES * TILE_BYTES <= crate::matmul::GEMV_SHARED_LIMIT, "Gpu::new raises the limit to this");
-
-/// Dynamic shared memory of the product for weights of `format`: a ring of X tiles, then a ring of
-/// W tiles (16-bit weights) or two dequantized W tiles.
-pub fn gemm_shared_bytes(format: WeightFormat) -> usize {
-    match format {
-        WeightFormat::F16 | WeightFormat::Bf16 => 2 * STAGES * TILE_BYTES,
-        _ => (STAGES + 2) * TILE_BYTES,
-    }
-}
+    assert!(GEMM_SHARED_BYTES <= crate::matmul::GEMV_SHARED_LIMIT, "Gpu::new raises the limit to this");
 
 /// The launch shapes of the conversion of X and of the product for `n_tokens` tokens and the
 /// `rows` of a [n_out, n_in] matrix, after checking every length: `lengths` = [x, y], `bias` the
 /// bias length when there is one (a bias covers all n_out rows). None when there is no token.
 pub fn gemm_config(
-    format: WeightFormat,
     (n_in, n_out): (usize, usize),
     rows: &Range<usize>,
     n_tokens: usize,
@@ -69,9 +59,14 @@ pub fn gemm_config(
     let product = LaunchConfig {
         grid_dim: (n_tokens.div_ceil(TILE_M) as u32, column_tiles as u32, 1),
         block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: gemm_shared_bytes(format) as u32,
+        shared_mem_bytes: GEMM_SHARED_BYTES as u32,
     };
     Ok(Some((elementwise_config(elements), product)))
+}
+
+/// TEMPORARY (benchmark comparison): GEMM_NARROW=1 picks the narrow warp layout for F16 and Q4_K.
+fn narrow() -> bool {
+    std::env::var_os("GEMM_NARROW").is_some()
 }
 
 impl Gpu {
@@ -91,14 +86,8 @@ impl Gpu {
     ) -> Result<()> {
         const KERNEL: &str = "gemm";
         let (n_in, n_out) = (w.n_in, w.n_out);
-        let Some((convert, config)) = gemm_config(
-            w.format(),
-            (n_in, n_out),
-            &rows,
-            n_tokens,
-            [x.len(), y.len()],
-            bias.map(|b| b.len()),
-        )?
+        let Some((convert, config)) =
+            gemm_config((n_in, n_out), &rows, n_tokens, [x.len(), y.len()], bias.map(|b| b.len()))?
         else {
             return Ok(());
         };
@@ -135,7 +124,8 @@ impl Gpu {
             Storage::F16(m) => {
                 let (m, _m) = m.device_ptr(stream);
                 let m = m + 2 * r * n;
-                self.launch("gemm_f16", config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
+                let name = if narrow() { "gemm_f16_narrow" } else { "gemm_f16" };
+                self.launch(name, config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
             }
             Storage::Bf16(m) => {
                 let (m, _m) = m.device_ptr(stream);
@@ -163,7 +153,8 @@ impl Gpu {
                     (WeightFormat::Q4K, _, _) => {
                         // 16 bytes of head per super-block of 256.
                         let (q, heads) = (q + r * n / 2, s + r * n / 16);
-                        self.launch("gemm_q4_k", config, &[&x16, &q, &heads, &bias, &y, &t, &n_in32, &n_rows])
+                        let name = if narrow() { "gemm_q4_k_narrow" } else { "gemm_q4_k" };
+                        self.launch(name, config, &[&x16, &q, &heads, &bias, &y, &t, &n_in32, &n_rows])
                     }
                     (WeightFormat::Q6K, _, Some(sub)) => {
                         let (sub, _sub) = sub.device_ptr(stream);
@@ -194,33 +185,23 @@ mod tests {
     fn shapes_are_checked() {
         let lengths = |t: usize, n_in: usize, rows: usize| [t * n_in, t * rows];
         let (_, product) =
-            gemm_config(WeightFormat::Q4K, (256, 300), &(0..300), 3, lengths(3, 256, 300), Some(300))
-                .unwrap()
-                .unwrap();
+            gemm_config((256, 300), &(0..300), 3, lengths(3, 256, 300), Some(300)).unwrap().unwrap();
         assert_eq!(product.grid_dim, (1, 3, 1));
-        assert_eq!(product.shared_mem_bytes as usize, 6 * TILE_BYTES);
-        let error = gemm_config(WeightFormat::Q4K, (256, 300), &(0..300), 3, [767, 900], None).unwrap_err();
+        assert_eq!(product.shared_mem_bytes as usize, GEMM_SHARED_BYTES);
+        let error = gemm_config((256, 300), &(0..300), 3, [767, 900], None).unwrap_err();
         assert_eq!(error.to_string(), "gemm: x has 767 elements, expected 768");
-        assert!(gemm_config(WeightFormat::F16, (256, 300), &(0..300), 3, [768, 901], None).is_err());
-        assert!(gemm_config(WeightFormat::F16, (256, 300), &(0..300), 3, [768, 900], Some(299)).is_err());
+        assert!(gemm_config((256, 300), &(0..300), 3, [768, 901], None).is_err());
+        assert!(gemm_config((256, 300), &(0..300), 3, [768, 900], Some(299)).is_err());
         // Rows: a sub-range of the matrix; y holds only those, the bias all of them.
         let (_, product) =
-            gemm_config(WeightFormat::F16, (256, 300), &(10..139), 3, lengths(3, 256, 129), Some(300))
-                .unwrap()
-                .unwrap();
+            gemm_config((256, 300), &(10..139), 3, lengths(3, 256, 129), Some(300)).unwrap().unwrap();
         assert_eq!(product.grid_dim, (1, 2, 1));
-        assert!(
-            gemm_config(WeightFormat::F16, (256, 300), &(10..301), 3, lengths(3, 256, 291), None).is_err()
-        );
-        assert!(gemm_config(WeightFormat::F16, (256, 300), &(10..10), 3, lengths(3, 256, 0), None).is_err());
-        assert!(
-            gemm_config(WeightFormat::F32, (260, 300), &(0..300), 3, lengths(3, 260, 300), None).is_err()
-        );
+        assert!(gemm_config((256, 300), &(10..301), 3, lengths(3, 256, 291), None).is_err());
+        assert!(gemm_config((256, 300), &(10..10), 3, lengths(3, 256, 0), None).is_err());
+        assert!(gemm_config((260, 300), &(0..300), 3, lengths(3, 260, 300), None).is_err());
         // No tokens: nothing to launch.
-        assert!(gemm_config(WeightFormat::F16, (256, 300), &(0..300), 0, [0, 0], None).unwrap().is_none());
-        let (_, big) =
-            gemm_config(WeightFormat::F16, (8, 129), &(0..129), 1000, [8000, 129000], None).unwrap().unwrap();
+        assert!(gemm_config((256, 300), &(0..300), 0, [0, 0], None).unwrap().is_none());
+        let (_, big) = gemm_config((8, 129), &(0..129), 1000, [8000, 129000], None).unwrap().unwrap();
         assert_eq!(big.grid_dim, (8, 2, 1));
-        assert_eq!(big.shared_mem_bytes as usize, 8 * TILE_BYTES);
     }
 }

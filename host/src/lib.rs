@@ -93,6 +93,8 @@ pub const KERNELS: &[&str] = &[
     "convert_f32_to_bf16",
     "gemm_f32",
     "gemm_f16",
+    "gemm_f16_narrow",
+    "gemm_q4_k_narrow",
     "gemm_bf16",
     "gemm_q8_0",
     "gemm_q4_0",

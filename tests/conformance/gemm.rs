@@ -46,6 +46,12 @@ mod dequant_ops {
     pub(crate) use unroll;
 }
 
+/// The 32 values of a block as the GPU stores them: four chunks of 8, f16 pairs.
+fn pack_block(values: impl Fn(usize) -> f32) -> [u32; 16] {
+    let chunks = [0, 1, 2, 3].map(|c| dequant::pack_chunk(&values, c));
+    std::array::from_fn(|w| chunks[w / 4][w % 4])
+}
+
 /// Block `block` of row `row` as the GPU loads it from the repacked arrays, dequantized by dequant.rs.
 fn dequantize_block(format: WeightFormat, r: &Repacked, n_in: usize, row: usize, block: usize) -> [u32; 16] {
     let at = row * (n_in / 32) + block;
@@ -56,10 +62,10 @@ fn dequantize_block(format: WeightFormat, r: &Repacked, n_in: usize, row: usize,
     match format {
         WeightFormat::Q8_0 => {
             let q = words(&r.quants[32 * at..32 * at + 32]);
-            dequant::dequantize_q8_0(dequant::RawQ8_0 {
+            pack_block(dequant::q8_0_values(dequant::RawQ8_0 {
                 quants: [q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]],
                 d: r.scales[at],
-            })
+            }))
         }
         WeightFormat::Q4_0 | WeightFormat::Q4_1 => {
             let raw = dequant::RawQ4 {
@@ -68,25 +74,25 @@ fn dequantize_block(format: WeightFormat, r: &Repacked, n_in: usize, row: usize,
                 m: r.mins.get(at).copied().unwrap_or(0),
             };
             if format == WeightFormat::Q4_0 {
-                dequant::dequantize_q4_0(raw)
+                pack_block(dequant::q4_0_values(raw))
             } else {
-                dequant::dequantize_q4_1(raw)
+                pack_block(dequant::q4_1_values(raw))
             }
         }
         WeightFormat::Q4K => {
             let head = &r.scales[8 * (at / 8)..8 * (at / 8) + 8];
             let head = [0, 1, 2, 3].map(|i| head[2 * i] as u32 | (head[2 * i + 1] as u32) << 16);
             let raw = dequant::RawQ4K { quants: four(words(&r.quants[16 * at..16 * at + 16])), head };
-            dequant::dequantize_q4_k(raw, block % 8)
+            pack_block(dequant::q4_k_values(raw, block % 8))
         }
         WeightFormat::Q6K => {
             let high = words(&r.high[8 * at..8 * at + 8]);
-            dequant::dequantize_q6_k(dequant::RawQ6K {
+            pack_block(dequant::q6_k_values(dequant::RawQ6K {
                 low: four(words(&r.quants[16 * at..16 * at + 16])),
                 high: [high[0], high[1]],
                 scales: u16::from_le_bytes([r.sub[2 * at], r.sub[2 * at + 1]]),
                 d: r.scales[at / 8],
-            })
+            }))
         }
         _ => unreachable!("16-bit formats are not dequantized"),
     }

@@ -1,6 +1,7 @@
 //! Blocks of 32 quantized weights to f16, for the GEMM (gemm.rs): one function per format from the
-//! raw bits of one block (as the host repacks them, see kquant.rs and host/src/matmul.rs) to its 32
-//! values as 16 f16 pairs, value 2p in the low half of word p.
+//! raw bits of one block (as the host repacks them, see kquant.rs and host/src/matmul.rs) to the
+//! function v -> value v (< 32) of the block, which `pack_chunk` turns into f16 pairs 8 values at
+//! a time (the scales are decoded once per block, the values where they are stored).
 //!
 //! Each value is computed in f32 exactly as engine::gguf::dequantize computes it (the products of
 //! f16 scales and small integers are exact in f32; Q4_1 and Q4_K round once, in the final add), then
@@ -29,12 +30,13 @@ fn nibble(words: [u32; 4], v: usize) -> u32 {
     (words[(v % 16) / 4] >> (8 * (v % 4) + 4 * (v / 16))) & 0xF
 }
 
-/// The 32 values `value(v)`, packed in pairs.
+/// Values `chunk` * 8.. + 8 of a block, `value(v)`, packed in pairs (value 8 chunk + 2 p in the
+/// low half of word p): 16 bytes of a row of a dequantized tile.
 #[inline(always)]
-fn pack_block(value: impl Fn(usize) -> f32) -> [u32; 16] {
-    let mut out = [0u32; 16];
-    unroll!([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], |p| {
-        out[p] = pack_f16x2(value(2 * p), value(2 * p + 1));
+pub fn pack_chunk(value: &impl Fn(usize) -> f32, chunk: usize) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    unroll!([0, 1, 2, 3], |p| {
+        out[p] = pack_f16x2(value(8 * chunk + 2 * p), value(8 * chunk + 2 * p + 1));
     });
     out
 }
@@ -47,10 +49,10 @@ pub struct RawQ8_0 {
 }
 
 #[inline(always)]
-pub fn dequantize_q8_0(raw: RawQ8_0) -> [u32; 16] {
+pub fn q8_0_values(raw: RawQ8_0) -> impl Fn(usize) -> f32 {
     let d = f16_to_f32(raw.d);
     // The byte with its sign bit flipped is q + 128 as an unsigned byte.
-    pack_block(|v| int_to_f32(((raw.quants[v / 4] >> (8 * (v % 4))) & 0xFF) ^ 0x80, 128.0) * d)
+    move |v| int_to_f32(((raw.quants[v / 4] >> (8 * (v % 4))) & 0xFF) ^ 0x80, 128.0) * d
 }
 
 /// Q4_0 and Q4_1: 16 nibble bytes (value i low, i + 16 high), d, and Q4_1's min m.
@@ -63,16 +65,16 @@ pub struct RawQ4 {
 
 /// Q4_0: d (q - 8).
 #[inline(always)]
-pub fn dequantize_q4_0(raw: RawQ4) -> [u32; 16] {
+pub fn q4_0_values(raw: RawQ4) -> impl Fn(usize) -> f32 {
     let d = f16_to_f32(raw.d);
-    pack_block(|v| d * int_to_f32(nibble(raw.quants, v), 8.0))
+    move |v| d * int_to_f32(nibble(raw.quants, v), 8.0)
 }
 
 /// Q4_1: d q + m, rounded once.
 #[inline(always)]
-pub fn dequantize_q4_1(raw: RawQ4) -> [u32; 16] {
+pub fn q4_1_values(raw: RawQ4) -> impl Fn(usize) -> f32 {
     let (d, m) = (f16_to_f32(raw.d), f16_to_f32(raw.m));
-    pack_block(|v| fma(int_to_f32(nibble(raw.quants, v), 0.0), d, m))
+    move |v| fma(int_to_f32(nibble(raw.quants, v), 0.0), d, m)
 }
 
 /// Sub-block j's (scale, min) from a Q4_K super-block's 12 packed scale bytes given as 3 words.
@@ -80,11 +82,10 @@ pub fn dequantize_q4_1(raw: RawQ4) -> [u32; 16] {
 pub fn q4_k_scale_min_words([w0, w1, w2]: [u32; 3], j: usize) -> (u32, u32) {
     let shift = 8 * (j % 4) as u32;
     let (a0, a1, a2) = (w0 >> shift, w1 >> shift, w2 >> shift);
-    if j < 4 {
-        (a0 & 63, a1 & 63)
-    } else {
-        ((a2 & 0xF) | ((a0 >> 2) & 0x30), ((a2 >> 4) & 0xF) | ((a1 >> 2) & 0x30))
-    }
+    // Both forms, then a choice (selects, not branches, in the GEMM's loop body).
+    let low = (a0 & 63, a1 & 63);
+    let high = ((a2 & 0xF) | ((a0 >> 2) & 0x30), ((a2 >> 4) & 0xF) | ((a1 >> 2) & 0x30));
+    if j < 4 { low } else { high }
 }
 
 /// Q4_K: one sub-block's 16 nibble bytes and its super-block's 16-byte head (d, dmin, 12 bytes of
@@ -97,12 +98,12 @@ pub struct RawQ4K {
 
 /// Q4_K sub-block j (0..8) of its super-block: (d scale_j) q - dmin min_j, rounded once.
 #[inline(always)]
-pub fn dequantize_q4_k(raw: RawQ4K, j: usize) -> [u32; 16] {
+pub fn q4_k_values(raw: RawQ4K, j: usize) -> impl Fn(usize) -> f32 {
     let [dm, s0, s1, s2] = raw.head;
     let (scale, min) = q4_k_scale_min_words([s0, s1, s2], j);
     let scale = f16_to_f32(dm as u16) * scale as f32;
     let min = f16_to_f32((dm >> 16) as u16) * min as f32;
-    pack_block(|v| fma(int_to_f32(nibble(raw.quants, v), 0.0), scale, -min))
+    move |v| fma(int_to_f32(nibble(raw.quants, v), 0.0), scale, -min)
 }
 
 /// Q6_K: a block's 16 low-nibble bytes, its 8 bytes of high bits (a word per half of 16 values,
@@ -117,12 +118,12 @@ pub struct RawQ6K {
 
 /// Q6_K: d scale_half (q - 32), exact in f32 (11 + 7 + 6 significant bits).
 #[inline(always)]
-pub fn dequantize_q6_k(raw: RawQ6K) -> [u32; 16] {
+pub fn q6_k_values(raw: RawQ6K) -> impl Fn(usize) -> f32 {
     let d = f16_to_f32(raw.d);
     let scale = [d * (raw.scales as u8 as i8) as f32, d * ((raw.scales >> 8) as u8 as i8) as f32];
-    pack_block(|v| {
+    move |v| {
         let (half, u) = (v / 16, v % 16);
         let high = (raw.high[half] >> (8 * (u % 4) + 2 * (u / 4))) & 3;
         int_to_f32(nibble(raw.low, v) | high << 4, 32.0) * scale[half]
-    })
+    }
 }

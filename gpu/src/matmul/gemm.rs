@@ -26,13 +26,14 @@
 //! wave), X once per 128 outputs (from L2).
 
 use super::dequant::{
-    RawQ4, RawQ4K, RawQ6K, RawQ8_0, dequantize_q4_0, dequantize_q4_1, dequantize_q4_k, dequantize_q6_k,
-    dequantize_q8_0,
+    RawQ4, RawQ4K, RawQ6K, RawQ8_0, pack_chunk, q4_0_values, q4_1_values, q4_k_values, q6_k_values,
+    q8_0_values,
 };
 use crate::device::{
     block_idx, block_idx_y, copy_async_16, copy_async_commit, copy_async_wait, dynamic_shared_address,
     global_idx, grid_size, lane_idx, load_f32x4, load_matrix_x4, load_u16x8, mma_16x8x16, pack_bf16x2,
-    pack_f16x2, shared_store_u32x4, store_u32x4, sync_threads, thread_idx, warp_idx,
+    pack_f16x2, shared_load_f32, shared_store_f32, shared_store_u32x4, store_u32x4, sync_threads, thread_idx,
+    warp_idx,
 };
 use crate::unroll;
 
@@ -46,10 +47,12 @@ pub const STAGES: usize = 4;
 const TILE_BYTES: u32 = (TILE_M * TILE_K * 2) as u32;
 
 /// Dynamic shared memory of a block: the ring of X tiles, then the ring of W tiles (16-bit W) or
-/// two dequantized W tiles (quantized W).
-pub const fn gemm_shared_bytes(quantized: bool) -> usize {
+/// two dequantized W tiles (quantized W); at least the wide layout's 8 warps x 128 x 32 f32 sums.
+pub const fn gemm_shared_bytes(quantized: bool, wide: bool) -> usize {
     let x = STAGES * TILE_BYTES as usize;
-    if quantized { x + 2 * TILE_BYTES as usize } else { 2 * x }
+    let tiles = if quantized { x + 2 * TILE_BYTES as usize } else { 2 * x };
+    let sums = if wide { 8 * 128 * 32 * 4 } else { 0 };
+    if tiles > sums { tiles } else { sums }
 }
 
 /// Byte offset of 16-byte chunk `chunk` (values 8 chunk..8 chunk + 8) of row `row` of a tile.
@@ -90,24 +93,36 @@ impl TileCopy {
         }
     }
 
-    /// Starts the copies of the tile at columns k0..k0 + 64 into the tile at shared address `tile`.
+    /// Starts the copy of part i (< 4: rows r + 32 i) of the tile at columns k0..k0 + 64 into the
+    /// tile at shared address `tile`; with `live` false (a step past the end) it zero-fills.
+    #[inline(always)]
+    unsafe fn copy_part(self, tile: u32, k0: usize, i: usize, live: bool) {
+        let valid = live && k0 + self.column < self.n && self.valid_rows & (1 << i) != 0;
+        let src = if valid { self.src.wrapping_add(32 * i * self.n + k0) } else { self.base };
+        // Row r + 32 i has the same swizzle as row r.
+        unsafe { copy_async_16(tile + self.offset + (32 * i * 2 * TILE_K) as u32, src as *const u8, valid) };
+    }
+
     #[inline(always)]
     unsafe fn copy(self, tile: u32, k0: usize) {
-        let in_row = k0 + self.column < self.n;
-        unroll!([0, 1, 2, 3], |i| {
-            let valid = in_row && self.valid_rows & (1 << i) != 0;
-            let src = if valid { self.src.wrapping_add(32 * i * self.n + k0) } else { self.base };
-            // Row r + 32 i has the same swizzle as row r.
-            unsafe {
-                copy_async_16(tile + self.offset + (32 * i * 2 * TILE_K) as u32, src as *const u8, valid)
-            };
-        });
+        unroll!([0, 1, 2, 3], |i| { unsafe { self.copy_part(tile, k0, i, true) } });
     }
 }
 
-/// This warp's accumulators: acc[i][j] is the m16n8 tile at rows 16 i, columns 8 j of its 64 x 32
-/// sub-tile, in the mma's D layout.
-type Accumulators = [[[f32; 4]; 4]; 4];
+/// This warp's accumulators: acc[i][j] is the m16n8 tile at rows 16 i, columns 8 j of its
+/// sub-tile, in the mma's D layout (j < 4 in the narrow layout, < 8 in the wide one).
+type Accumulators = [[[f32; 4]; 8]; 4];
+
+/// The two warp layouts of a block's 128 x 128 tile (`WIDE` picks the second):
+/// - narrow: 2 x 4 warps, each the 64 x 32 sub-tile at (64 (w % 2), 32 (w / 2)), over every k16
+///   slice of a step (per slice: 4 `ldmatrix.x4` of X, 2 of W, 16 mma);
+/// - wide: two groups of 2 x 2 warps, each warp the 64 x 64 sub-tile at (64 (w % 2),
+///   64 (w / 2 % 2)), group w / 4 taking slices 2 g and 2 g + 1 of every step (per slice: 4 + 4
+///   `ldmatrix.x4`, 32 mma: a third fewer shared-memory reads per mma); the groups' sums are
+///   added through shared memory at the end.
+const fn n8_tiles(wide: bool) -> usize {
+    if wide { 8 } else { 4 }
+}
 
 /// One thread's `ldmatrix` row addresses within a tile (byte offsets of rows; the chunk is added
 /// per step).
@@ -118,82 +133,152 @@ struct Fragments {
     x_high: usize,
     /// W: pairs of n8 tiles; lane l gives row (l % 8) + 8 (l / 16), chunk 2 kk + (l / 8) % 2, so
     /// that the four matrices are b0, b1 of the first n8 tile and b0, b1 of the second.
-    w_rows: [u32; 2],
+    w_rows: [u32; 4],
     w_high: usize,
     /// Every row this lane addresses is lane % 8 modulo 8: its chunk swizzle.
     swizzle: usize,
+    /// The first k16 slice of a step this warp multiplies.
+    first_slice: usize,
 }
 
 impl Fragments {
     #[inline(always)]
-    fn new() -> Self {
+    fn new<const WIDE: bool>() -> Self {
         let (lane, warp) = (lane_idx(), warp_idx());
-        let (row_m, row_n) = (64 * (warp % 2), 32 * (warp / 2));
+        let (row_m, row_n, first_slice) = if WIDE {
+            (64 * (warp % 2), 64 * (warp / 2 % 2), 2 * (warp / 4))
+        } else {
+            (64 * (warp % 2), 32 * (warp / 2), 0)
+        };
         let x_row = |i: usize| ((row_m + 16 * i + lane % 16) * 2 * TILE_K) as u32;
         let w_row = |p: usize| ((row_n + 16 * p + lane % 8 + 8 * (lane / 16)) * 2 * TILE_K) as u32;
         Fragments {
             x_rows: [x_row(0), x_row(1), x_row(2), x_row(3)],
             x_high: lane / 16,
-            w_rows: [w_row(0), w_row(1)],
+            w_rows: [w_row(0), w_row(1), w_row(2), w_row(3)],
             w_high: (lane / 8) % 2,
             swizzle: lane % 8,
+            first_slice,
         }
     }
 
-    /// acc += the products of one step: X tile at `x`, W tile at `w` (shared addresses).
+    /// acc += the products of one step: X tile at `x`, W tile at `w` (shared addresses), calling
+    /// `between(part)` for parts 0..4 in turn between the products: work placed there shares the
+    /// instruction stream with the tensor-core work (the loop body is one basic block).
     #[inline(always)]
-    unsafe fn multiply<const BF16: bool>(self, x: u32, w: u32, acc: &mut Accumulators) {
-        unroll!([0, 1, 2, 3], |kk| {
-            let x_chunk = (16 * ((2 * kk + self.x_high) ^ self.swizzle)) as u32;
-            let w_chunk = (16 * ((2 * kk + self.w_high) ^ self.swizzle)) as u32;
-            let a = unsafe {
-                [
-                    load_matrix_x4(x + self.x_rows[0] + x_chunk),
-                    load_matrix_x4(x + self.x_rows[1] + x_chunk),
-                    load_matrix_x4(x + self.x_rows[2] + x_chunk),
-                    load_matrix_x4(x + self.x_rows[3] + x_chunk),
-                ]
-            };
-            let [b0, b1, b2, b3] = unsafe { load_matrix_x4(w + self.w_rows[0] + w_chunk) };
-            let [b4, b5, b6, b7] = unsafe { load_matrix_x4(w + self.w_rows[1] + w_chunk) };
-            let b = [[b0, b1], [b2, b3], [b4, b5], [b6, b7]];
-            unroll!([0, 1, 2, 3], |i| {
-                unroll!([0, 1, 2, 3], |j| {
-                    mma_16x8x16::<BF16>(&mut acc[i][j], a[i], b[j]);
+    unsafe fn multiply<const BF16: bool, const WIDE: bool>(
+        self,
+        x: u32,
+        w: u32,
+        acc: &mut Accumulators,
+        mut between: impl FnMut(usize),
+    ) {
+        let n8 = n8_tiles(WIDE);
+        unroll!([0, 1, 2, 3], |s| {
+            if !WIDE || s < 2 {
+                let kk = self.first_slice + s;
+                let x_chunk = (16 * ((2 * kk + self.x_high) ^ self.swizzle)) as u32;
+                let w_chunk = (16 * ((2 * kk + self.w_high) ^ self.swizzle)) as u32;
+                let a = unsafe {
+                    [
+                        load_matrix_x4(x + self.x_rows[0] + x_chunk),
+                        load_matrix_x4(x + self.x_rows[1] + x_chunk),
+                        load_matrix_x4(x + self.x_rows[2] + x_chunk),
+                        load_matrix_x4(x + self.x_rows[3] + x_chunk),
+                    ]
+                };
+                // W a pair of n8 tiles at a time, each used at once (4 live registers, not 16).
+                unroll!([0, 1, 2, 3], |p| {
+                    if 2 * p < n8 {
+                        let [b0, b1, b2, b3] = unsafe { load_matrix_x4(w + self.w_rows[p] + w_chunk) };
+                        unroll!([0, 1, 2, 3], |i| {
+                            mma_16x8x16::<BF16>(&mut acc[i][2 * p], a[i], [b0, b1]);
+                            mma_16x8x16::<BF16>(&mut acc[i][2 * p + 1], a[i], [b2, b3]);
+                        });
+                    }
                 });
-            });
+                if WIDE {
+                    between(2 * s);
+                    between(2 * s + 1);
+                } else {
+                    between(s);
+                }
+            }
         });
     }
 }
 
-/// Y = acc (+ bias) for this warp's sub-tile of the block's tile at (m0, n0), within (t, n_out).
+/// Y[row, column..column + 2] = the pair (+ bias), within (t, n_out).
 #[inline(always)]
-unsafe fn store_tile(
+unsafe fn store_pair(
+    y: *mut f32,
+    bias: *const f32,
+    (t, n_out): (usize, usize),
+    (row, column): (usize, usize),
+    pair: [f32; 2],
+) {
+    if row < t {
+        let out = unsafe { y.add(row * n_out + column) };
+        unroll!([0, 1], |e| {
+            if column + e < n_out {
+                let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(column + e) } };
+                unsafe { *out.add(e) = pair[e] + b };
+            }
+        });
+    }
+}
+
+/// Y = acc (+ bias) for the block's tile at (m0, n0), within (t, n_out).
+/// Narrow layout: each warp stores its sub-tile. Wide layout: every warp leaves its sums in shared
+/// memory (the ring, free once every copy has landed: [warp][value][lane] words, so that a warp's
+/// accesses are 32 consecutive words), then warp w adds the two groups' sums for the m16 rows
+/// 2 (w / 4), 2 (w / 4) + 1 of sub-tile w % 4 and stores them.
+#[inline(always)]
+unsafe fn store_tile<const WIDE: bool>(
     acc: &Accumulators,
     bias: *const f32,
     y: *mut f32,
-    (t, n_out): (usize, usize),
+    shape: (usize, usize),
     (m0, n0): (usize, usize),
 ) {
     let (lane, warp) = (lane_idx(), warp_idx());
-    let m = m0 + 64 * (warp % 2) + lane / 4;
-    let n = n0 + 32 * (warp / 2) + 2 * (lane % 4);
-    unroll!([0, 1, 2, 3], |j| {
-        let column = n + 8 * j;
-        let bias_at = |c: usize| if c < n_out && !bias.is_null() { unsafe { *bias.add(c) } } else { 0.0 };
-        let (bias0, bias1) = (bias_at(column), bias_at(column + 1));
-        unroll!([0, 1, 2, 3], |i| {
+    let (row, column) = (lane / 4, 2 * (lane % 4));
+    if !WIDE {
+        let (m, n) = (m0 + 64 * (warp % 2) + row, n0 + 32 * (warp / 2) + column);
+        unroll!([0, 1, 2, 3], |j| {
+            unroll!([0, 1, 2, 3], |i| {
+                unroll!([0, 1], |h| {
+                    let pair = [acc[i][j][2 * h], acc[i][j][2 * h + 1]];
+                    unsafe { store_pair(y, bias, shape, (m + 16 * i + 8 * h, n + 8 * j), pair) };
+                });
+            });
+        });
+        return;
+    }
+    let word = |warp: usize, value: usize| {
+        dynamic_shared_address() + (4 * ((warp * 128 + value) * 32 + lane)) as u32
+    };
+    copy_async_wait::<0>();
+    sync_threads();
+    unroll!([0, 1, 2, 3], |i| {
+        unroll!([0, 1, 2, 3, 4, 5, 6, 7], |j| {
+            unroll!([0, 1, 2, 3], |e| {
+                unsafe { shared_store_f32(word(warp, 32 * i + 4 * j + e), acc[i][j][e]) };
+            });
+        });
+    });
+    sync_threads();
+    let position = warp % 4;
+    let (m, n) = (m0 + 64 * (position % 2) + row, n0 + 64 * (position / 2) + column);
+    unroll!([0, 1], |ii| {
+        let i = 2 * (warp / 4) + ii;
+        unroll!([0, 1, 2, 3, 4, 5, 6, 7], |j| {
             unroll!([0, 1], |h| {
-                let row = m + 16 * i + 8 * h;
-                if row < t {
-                    let out = unsafe { y.add(row * n_out + column) };
-                    if column < n_out {
-                        unsafe { *out = acc[i][j][2 * h] + bias0 };
-                    }
-                    if column + 1 < n_out {
-                        unsafe { *out.add(1) = acc[i][j][2 * h + 1] + bias1 };
-                    }
-                }
+                let sum = |e: usize| {
+                    let v = 32 * i + 4 * j + 2 * h + e;
+                    unsafe { shared_load_f32(word(position, v)) + shared_load_f32(word(position + 4, v)) }
+                };
+                unsafe { store_pair(y, bias, shape, (m + 16 * i + 8 * h, n + 8 * j), [sum(0), sum(1)]) };
             });
         });
     });
@@ -201,7 +286,7 @@ unsafe fn store_tile(
 
 /// The product with 16-bit weights (f16, or bf16 with `BF16`), both operands through the ring.
 #[inline(always)]
-unsafe fn gemm_half<const BF16: bool>(
+unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
     x: *const u16,
     w: *const u16,
     bias: *const f32,
@@ -216,8 +301,8 @@ unsafe fn gemm_half<const BF16: bool>(
     let w_ring = x_ring + STAGES as u32 * TILE_BYTES;
     let (x_copy, w_copy) = (TileCopy::new(x, t, n_in, m0), TileCopy::new(w, n_out, n_in, n0));
     let steps = n_in.div_ceil(TILE_K);
-    let fragments = Fragments::new();
-    let mut acc: Accumulators = [[[0.0; 4]; 4]; 4];
+    let fragments = Fragments::new::<WIDE>();
+    let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
     for s in 0..STAGES - 1 {
         if s < steps {
             unsafe {
@@ -229,23 +314,23 @@ unsafe fn gemm_half<const BF16: bool>(
     }
     for k in 0..steps {
         // Step k's tiles have landed (this thread's copies), and after the barrier everyone's
-        // have; every thread is also done with step k - 1, whose slot the copy below refills.
+        // have; every thread is also done with step k - 1, whose slot the copies below refill
+        // (interleaved with the products; past the last step they only zero-fill).
         copy_async_wait::<{ (STAGES - 2) as u32 }>();
         sync_threads();
         let ahead = k + STAGES - 1;
-        if ahead < steps {
-            let slot = (ahead % STAGES) as u32 * TILE_BYTES;
-            unsafe {
-                x_copy.copy(x_ring + slot, ahead * TILE_K);
-                w_copy.copy(w_ring + slot, ahead * TILE_K);
-            }
-        }
-        copy_async_commit();
+        let (live, next) = (ahead < steps, (ahead % STAGES) as u32 * TILE_BYTES);
         let slot = (k % STAGES) as u32 * TILE_BYTES;
-        unsafe { fragments.multiply::<BF16>(x_ring + slot, w_ring + slot, &mut acc) };
+        unsafe {
+            fragments.multiply::<BF16, WIDE>(x_ring + slot, w_ring + slot, &mut acc, |part| {
+                x_copy.copy_part(x_ring + next, ahead * TILE_K, part, live);
+                w_copy.copy_part(w_ring + next, ahead * TILE_K, part, live);
+            })
+        };
+        copy_async_commit();
     }
     copy_async_wait::<0>();
-    unsafe { store_tile(&acc, bias, y, (t, n_out), (m0, n0)) };
+    unsafe { store_tile::<WIDE>(&acc, bias, y, (t, n_out), (m0, n0)) };
 }
 
 /// A quantized weight format, as the GEMM reads it: one block of 32 weights at a time.
@@ -253,13 +338,13 @@ trait BlockWeights: Copy {
     type Raw: Copy + Default;
     /// The raw bits of block `block` (along n_in) of row `row`.
     unsafe fn load(self, row: usize, block: usize) -> Self::Raw;
-    /// Its 32 values as f16 pairs.
-    fn dequantize(raw: Self::Raw, block: usize) -> [u32; 16];
+    /// Its values as a function of their index in the block (< 32).
+    fn values(self, raw: Self::Raw, block: usize) -> impl Fn(usize) -> f32;
 }
 
 /// The product with quantized weights.
 #[inline(always)]
-unsafe fn gemm_quantized<F: BlockWeights>(
+unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
     x: *const u16,
     w: F,
     bias: *const f32,
@@ -274,22 +359,19 @@ unsafe fn gemm_quantized<F: BlockWeights>(
     let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
     let x_copy = TileCopy::new(x, t, n_in, m0);
     let steps = n_in.div_ceil(TILE_K);
-    let fragments = Fragments::new();
-    let mut acc: Accumulators = [[[0.0; 4]; 4]; 4];
+    let fragments = Fragments::new::<WIDE>();
+    let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
 
-    // Thread (r, half) dequantizes block `half` of each step's two blocks of row n0 + r.
+    // Thread (r, half) dequantizes block `half` of each step's two blocks of row n0 + r. Loads
+    // are unconditional (a block past the matrix reads block 0 of row 0, which exists) and the
+    // block's validity travels with it, so that the loop body has no branches.
     let (r, half) = (thread_idx() / 2, thread_idx() % 2);
     let (row, blocks) = (n0 + r, n_in.div_ceil(32));
     let load = |k: usize| {
         let block = 2 * k + half;
-        if row < n_out && block < blocks { unsafe { w.load(row, block) } } else { F::Raw::default() }
-    };
-    let store = |raw: F::Raw, k: usize, tile: u32| {
-        let v = F::dequantize(raw, 2 * k + half);
-        unroll!([0, 1, 2, 3], |i| {
-            let words = [v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]];
-            unsafe { shared_store_u32x4(tile + tile_offset(r, 4 * half + i), words) };
-        });
+        let valid = row < n_out && block < blocks;
+        let raw = unsafe { w.load(if valid { row } else { 0 }, if valid { block } else { 0 }) };
+        (raw, valid)
     };
 
     for s in 0..STAGES - 1 {
@@ -298,7 +380,14 @@ unsafe fn gemm_quantized<F: BlockWeights>(
         }
         copy_async_commit();
     }
-    store(load(0), 0, w_tiles);
+    // Chunk `chunk` (8 values) of this thread's block of step k into the W tile at `tile`.
+    let store = |values: &dyn Fn(usize) -> f32, tile: u32, chunk: usize| {
+        unsafe { shared_store_u32x4(tile + tile_offset(r, 4 * half + chunk), pack_chunk(&values, chunk)) };
+    };
+    // A block past the matrix dequantizes zeros (all-zero raw bits are zeros in every format).
+    let valid_raw = |(raw, valid): (F::Raw, bool)| if valid { raw } else { F::Raw::default() };
+    let values = w.values(valid_raw(load(0)), half);
+    unroll!([0, 1, 2, 3], |chunk| { store(&values, w_tiles, chunk) });
     let mut raw = load(1);
     for k in 0..steps {
         copy_async_wait::<{ (STAGES - 2) as u32 }>();
@@ -306,22 +395,29 @@ unsafe fn gemm_quantized<F: BlockWeights>(
         // visible, and every thread is done with step k - 1's tiles, which are refilled below.
         sync_threads();
         let ahead_x = k + STAGES - 1;
-        if ahead_x < steps {
-            unsafe { x_copy.copy(x_ring + (ahead_x % STAGES) as u32 * TILE_BYTES, ahead_x * TILE_K) };
-        }
-        copy_async_commit();
+        let (live, next_x) = (ahead_x < steps, (ahead_x % STAGES) as u32 * TILE_BYTES);
         let ahead = load(k + 2);
         let slot = (k % STAGES) as u32 * TILE_BYTES;
+        // Step k + 1's W tile is dequantized a chunk at a time between the products (past the
+        // last step into the unused buffer, from zeros).
+        let next_w = w_tiles + ((k + 1) % 2) as u32 * TILE_BYTES;
+        let values = w.values(valid_raw(raw), 2 * (k + 1) + half);
         unsafe {
-            fragments.multiply::<false>(x_ring + slot, w_tiles + (k % 2) as u32 * TILE_BYTES, &mut acc)
+            fragments.multiply::<false, WIDE>(
+                x_ring + slot,
+                w_tiles + (k % 2) as u32 * TILE_BYTES,
+                &mut acc,
+                |part| {
+                    x_copy.copy_part(x_ring + next_x, ahead_x * TILE_K, part, live);
+                    store(&values, next_w, part);
+                },
+            )
         };
-        if k + 1 < steps {
-            store(raw, k + 1, w_tiles + ((k + 1) % 2) as u32 * TILE_BYTES);
-        }
+        copy_async_commit();
         raw = ahead;
     }
     copy_async_wait::<0>();
-    unsafe { store_tile(&acc, bias, y, (t, n_out), (m0, n0)) };
+    unsafe { store_tile::<WIDE>(&acc, bias, y, (t, n_out), (m0, n0)) };
 }
 
 /// F32 rows (n_in a multiple of 4), rounded to f16: blocks of 32 as 8 x 16 bytes, the last block
@@ -348,12 +444,9 @@ impl BlockWeights for F32Rows {
         v
     }
     #[inline(always)]
-    fn dequantize(raw: [u32; 32], _block: usize) -> [u32; 16] {
-        let mut out = [0u32; 16];
-        unroll!([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], |p| {
-            out[p] = pack_f16x2(f32::from_bits(raw[2 * p]), f32::from_bits(raw[2 * p + 1]));
-        });
-        out
+    fn values(self, raw: [u32; 32], block: usize) -> impl Fn(usize) -> f32 {
+        let valid = self.n_in - 32 * block.min(self.n_in / 32);
+        move |v| if v < valid { f32::from_bits(raw[v]) } else { 0.0 }
     }
 }
 
@@ -378,8 +471,8 @@ impl BlockWeights for Q8_0 {
         }
     }
     #[inline(always)]
-    fn dequantize(raw: RawQ8_0, _block: usize) -> [u32; 16] {
-        dequantize_q8_0(raw)
+    fn values(self, raw: RawQ8_0, _block: usize) -> impl Fn(usize) -> f32 {
+        q8_0_values(raw)
     }
 }
 
@@ -393,10 +486,9 @@ struct Q4<const MIN: bool> {
     n_in: usize,
 }
 
-impl<const MIN: bool> BlockWeights for Q4<MIN> {
-    type Raw = RawQ4;
+impl<const MIN: bool> Q4<MIN> {
     #[inline(always)]
-    unsafe fn load(self, row: usize, block: usize) -> RawQ4 {
+    unsafe fn load_block(self, row: usize, block: usize) -> RawQ4 {
         let at = row * (self.n_in / 32) + block;
         unsafe {
             RawQ4 {
@@ -406,9 +498,29 @@ impl<const MIN: bool> BlockWeights for Q4<MIN> {
             }
         }
     }
+}
+
+impl BlockWeights for Q4<false> {
+    type Raw = RawQ4;
     #[inline(always)]
-    fn dequantize(raw: RawQ4, _block: usize) -> [u32; 16] {
-        if MIN { dequantize_q4_1(raw) } else { dequantize_q4_0(raw) }
+    unsafe fn load(self, row: usize, block: usize) -> RawQ4 {
+        unsafe { self.load_block(row, block) }
+    }
+    #[inline(always)]
+    fn values(self, raw: RawQ4, _block: usize) -> impl Fn(usize) -> f32 {
+        q4_0_values(raw)
+    }
+}
+
+impl BlockWeights for Q4<true> {
+    type Raw = RawQ4;
+    #[inline(always)]
+    unsafe fn load(self, row: usize, block: usize) -> RawQ4 {
+        unsafe { self.load_block(row, block) }
+    }
+    #[inline(always)]
+    fn values(self, raw: RawQ4, _block: usize) -> impl Fn(usize) -> f32 {
+        q4_1_values(raw)
     }
 }
 
@@ -434,8 +546,8 @@ impl BlockWeights for Q4K {
         }
     }
     #[inline(always)]
-    fn dequantize(raw: RawQ4K, block: usize) -> [u32; 16] {
-        dequantize_q4_k(raw, block % 8)
+    fn values(self, raw: RawQ4K, block: usize) -> impl Fn(usize) -> f32 {
+        q4_k_values(raw, block % 8)
     }
 }
 
@@ -469,8 +581,8 @@ impl BlockWeights for Q6K {
         }
     }
     #[inline(always)]
-    fn dequantize(raw: RawQ6K, _block: usize) -> [u32; 16] {
-        dequantize_q6_k(raw)
+    fn values(self, raw: RawQ6K, _block: usize) -> impl Fn(usize) -> f32 {
+        q6_k_values(raw)
     }
 }
 
@@ -484,7 +596,9 @@ pub unsafe extern "ptx-kernel" fn gemm_f32(
     n_in: u32,
     n_out: u32,
 ) {
-    unsafe { gemm_quantized(x, F32Rows { w, n_in: n_in as usize }, bias, y, t, n_in, n_out) };
+    // f32 rows take the narrow layout: their raw blocks (32 words, two in flight) leave no room
+    // in the registers for the wide layout's accumulators.
+    unsafe { gemm_quantized::<_, false>(x, F32Rows { w, n_in: n_in as usize }, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -497,7 +611,37 @@ pub unsafe extern "ptx-kernel" fn gemm_f16(
     n_in: u32,
     n_out: u32,
 ) {
-    unsafe { gemm_half::<false>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_half::<false, true>(x, w, bias, y, t, n_in, n_out) };
+}
+
+/// The narrow layout, for comparison in the benchmark.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn gemm_f16_narrow(
+    x: *const u16,
+    w: *const u16,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    unsafe { gemm_half::<false, false>(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_q4_k_narrow(
+    x: *const u16,
+    quants: *const u8,
+    heads: *const u8,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Q4K { quants, heads, n_in: n_in as usize };
+    unsafe { gemm_quantized::<_, false>(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -510,7 +654,7 @@ pub unsafe extern "ptx-kernel" fn gemm_bf16(
     n_in: u32,
     n_out: u32,
 ) {
-    unsafe { gemm_half::<true>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_half::<true, true>(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -526,7 +670,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q8_0(
     n_out: u32,
 ) {
     let w = Q8_0 { quants, scales, n_in: n_in as usize };
-    unsafe { gemm_quantized(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -542,7 +686,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q4_0(
     n_out: u32,
 ) {
     let w = Q4::<false> { quants, scales, mins: scales, n_in: n_in as usize };
-    unsafe { gemm_quantized(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -559,7 +703,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q4_1(
     n_out: u32,
 ) {
     let w = Q4::<true> { quants, scales, mins, n_in: n_in as usize };
-    unsafe { gemm_quantized(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
 }
 
 /// Q4_K: `heads` is the matrix's `scales` array (16 bytes per super-block).
@@ -576,7 +720,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q4_k(
     n_out: u32,
 ) {
     let w = Q4K { quants, heads, n_in: n_in as usize };
-    unsafe { gemm_quantized(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -594,7 +738,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q6_k(
     n_out: u32,
 ) {
     let w = Q6K { low, high, scales, sub, n_in: n_in as usize };
-    unsafe { gemm_quantized(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
 }
 
 /// out[i] = x[i] rounded to nearest-even f16 (`BF16`: bf16), eight values per thread and step
