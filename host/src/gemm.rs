@@ -64,9 +64,13 @@ pub fn gemm_config(
     Ok(Some((elementwise_config(elements), product)))
 }
 
-/// TEMPORARY (benchmark comparison): GEMM_NARROW=1 picks the narrow warp layout for F16 and Q4_K.
-fn narrow() -> bool {
-    std::env::var_os("GEMM_NARROW").is_some()
+/// TEMPORARY (benchmark comparison): GEMM_VARIANT=after|inter3|after_wide picks a variant of the
+/// Q4_K and Q8_0 kernels.
+fn variant(name: &'static str) -> String {
+    match std::env::var("GEMM_VARIANT") {
+        Ok(v) if !v.is_empty() => format!("{name}_{v}"),
+        _ => name.to_string(),
+    }
 }
 
 impl Gpu {
@@ -124,8 +128,7 @@ impl Gpu {
             Storage::F16(m) => {
                 let (m, _m) = m.device_ptr(stream);
                 let m = m + 2 * r * n;
-                let name = if narrow() { "gemm_f16_narrow" } else { "gemm_f16" };
-                self.launch(name, config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
+                self.launch("gemm_f16", config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
             }
             Storage::Bf16(m) => {
                 let (m, _m) = m.device_ptr(stream);
@@ -139,7 +142,11 @@ impl Gpu {
                 match (format, mins, sub) {
                     (WeightFormat::Q8_0, _, _) => {
                         let (q, s) = (q + r * n, s + 2 * blocks);
-                        self.launch("gemm_q8_0", config, &[&x16, &q, &s, &bias, &y, &t, &n_in32, &n_rows])
+                        self.launch(
+                            &variant("gemm_q8_0"),
+                            config,
+                            &[&x16, &q, &s, &bias, &y, &t, &n_in32, &n_rows],
+                        )
                     }
                     (WeightFormat::Q4_0, _, _) => {
                         let (q, s) = (q + r * n / 2, s + 2 * blocks);
@@ -153,8 +160,11 @@ impl Gpu {
                     (WeightFormat::Q4K, _, _) => {
                         // 16 bytes of head per super-block of 256.
                         let (q, heads) = (q + r * n / 2, s + r * n / 16);
-                        let name = if narrow() { "gemm_q4_k_narrow" } else { "gemm_q4_k" };
-                        self.launch(name, config, &[&x16, &q, &heads, &bias, &y, &t, &n_in32, &n_rows])
+                        self.launch(
+                            &variant("gemm_q4_k"),
+                            config,
+                            &[&x16, &q, &heads, &bias, &y, &t, &n_in32, &n_rows],
+                        )
                     }
                     (WeightFormat::Q6K, _, Some(sub)) => {
                         let (sub, _sub) = sub.device_ptr(stream);

@@ -344,7 +344,7 @@ trait BlockWeights: Copy {
 
 /// The product with quantized weights.
 #[inline(always)]
-unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
+unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool, const INTERLEAVE: bool, const AHEAD: usize>(
     x: *const u16,
     w: F,
     bias: *const f32,
@@ -388,7 +388,9 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
     let valid_raw = |(raw, valid): (F::Raw, bool)| if valid { raw } else { F::Raw::default() };
     let values = w.values(valid_raw(load(0)), half);
     unroll!([0, 1, 2, 3], |chunk| { store(&values, w_tiles, chunk) });
+    // Raw blocks of steps k + 1 and (AHEAD = 3) k + 2, loaded AHEAD steps before their products.
     let mut raw = load(1);
+    let mut raw_later = if AHEAD == 3 { load(2) } else { (F::Raw::default(), false) };
     for k in 0..steps {
         copy_async_wait::<{ (STAGES - 2) as u32 }>();
         // After this barrier: step k's X tile and W tile (dequantized during step k - 1) are
@@ -396,25 +398,35 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
         sync_threads();
         let ahead_x = k + STAGES - 1;
         let (live, next_x) = (ahead_x < steps, (ahead_x % STAGES) as u32 * TILE_BYTES);
-        let ahead = load(k + 2);
+        let ahead = load(k + AHEAD);
         let slot = (k % STAGES) as u32 * TILE_BYTES;
-        // Step k + 1's W tile is dequantized a chunk at a time between the products (past the
-        // last step into the unused buffer, from zeros).
+        // Step k + 1's W tile is dequantized (past the last step into the unused buffer, from
+        // zeros) a chunk at a time between the products (INTERLEAVE) or after them.
         let next_w = w_tiles + ((k + 1) % 2) as u32 * TILE_BYTES;
-        let values = w.values(valid_raw(raw), 2 * (k + 1) + half);
-        unsafe {
-            fragments.multiply::<false, WIDE>(
-                x_ring + slot,
-                w_tiles + (k % 2) as u32 * TILE_BYTES,
-                &mut acc,
-                |part| {
+        let (x_now, w_now) = (x_ring + slot, w_tiles + (k % 2) as u32 * TILE_BYTES);
+        if INTERLEAVE {
+            let values = w.values(valid_raw(raw), 2 * (k + 1) + half);
+            unsafe {
+                fragments.multiply::<false, WIDE>(x_now, w_now, &mut acc, |part| {
                     x_copy.copy_part(x_ring + next_x, ahead_x * TILE_K, part, live);
                     store(&values, next_w, part);
-                },
-            )
-        };
+                })
+            };
+        } else {
+            unsafe {
+                fragments.multiply::<false, WIDE>(x_now, w_now, &mut acc, |part| {
+                    x_copy.copy_part(x_ring + next_x, ahead_x * TILE_K, part, live);
+                })
+            };
+            let values = w.values(valid_raw(raw), 2 * (k + 1) + half);
+            unroll!([0, 1, 2, 3], |chunk| { store(&values, next_w, chunk) });
+        }
         copy_async_commit();
-        raw = ahead;
+        if AHEAD == 3 {
+            (raw, raw_later) = (raw_later, ahead);
+        } else {
+            raw = ahead;
+        }
     }
     copy_async_wait::<0>();
     unsafe { store_tile::<WIDE>(&acc, bias, y, (t, n_out), (m0, n0)) };
@@ -598,7 +610,7 @@ pub unsafe extern "ptx-kernel" fn gemm_f32(
 ) {
     // f32 rows take the narrow layout: their raw blocks (32 words, two in flight) leave no room
     // in the registers for the wide layout's accumulators.
-    unsafe { gemm_quantized::<_, false>(x, F32Rows { w, n_in: n_in as usize }, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, false, true, 2>(x, F32Rows { w, n_in: n_in as usize }, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -611,37 +623,39 @@ pub unsafe extern "ptx-kernel" fn gemm_f16(
     n_in: u32,
     n_out: u32,
 ) {
-    unsafe { gemm_half::<false, true>(x, w, bias, y, t, n_in, n_out) };
-}
-
-/// The narrow layout, for comparison in the benchmark.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn gemm_f16_narrow(
-    x: *const u16,
-    w: *const u16,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
     unsafe { gemm_half::<false, false>(x, w, bias, y, t, n_in, n_out) };
 }
 
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_q4_k_narrow(
-    x: *const u16,
-    quants: *const u8,
-    heads: *const u8,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Q4K { quants, heads, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, false>(x, w, bias, y, t, n_in, n_out) };
+/// Variants for comparison in the benchmark (TEMPORARY).
+macro_rules! variants {
+    ($($name:ident: $format:ident, $wide:literal, $interleave:literal, $ahead:literal;)*) => {$(
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $name(
+            x: *const u16,
+            quants: *const u8,
+            scales: *const u8,
+            bias: *const f32,
+            y: *mut f32,
+            t: u32,
+            n_in: u32,
+            n_out: u32,
+        ) {
+            let w = variants!(@weights $format, quants, scales, n_in);
+            unsafe { gemm_quantized::<_, $wide, $interleave, $ahead>(x, w, bias, y, t, n_in, n_out) };
+        }
+    )*};
+    (@weights Q4K, $q:ident, $s:ident, $n:ident) => { Q4K { quants: $q, heads: $s, n_in: $n as usize } };
+    (@weights Q8_0, $q:ident, $s:ident, $n:ident) => { Q8_0 { quants: $q, scales: $s as *const u16, n_in: $n as usize } };
+}
+
+variants! {
+    gemm_q4_k_after: Q4K, false, false, 2;
+    gemm_q4_k_inter3: Q4K, false, true, 3;
+    gemm_q4_k_after_wide: Q4K, true, false, 2;
+    gemm_q8_0_after: Q8_0, false, false, 2;
+    gemm_q8_0_inter3: Q8_0, false, true, 3;
+    gemm_q8_0_after_wide: Q8_0, true, false, 2;
 }
 
 #[unsafe(no_mangle)]
@@ -654,7 +668,7 @@ pub unsafe extern "ptx-kernel" fn gemm_bf16(
     n_in: u32,
     n_out: u32,
 ) {
-    unsafe { gemm_half::<true, true>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_half::<true, false>(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -670,7 +684,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q8_0(
     n_out: u32,
 ) {
     let w = Q8_0 { quants, scales, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true, true, 2>(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -686,7 +700,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q4_0(
     n_out: u32,
 ) {
     let w = Q4::<false> { quants, scales, mins: scales, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true, true, 2>(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -703,7 +717,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q4_1(
     n_out: u32,
 ) {
     let w = Q4::<true> { quants, scales, mins, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true, true, 2>(x, w, bias, y, t, n_in, n_out) };
 }
 
 /// Q4_K: `heads` is the matrix's `scales` array (16 bytes per super-block).
@@ -720,7 +734,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q4_k(
     n_out: u32,
 ) {
     let w = Q4K { quants, heads, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true, true, 2>(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -738,7 +752,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q6_k(
     n_out: u32,
 ) {
     let w = Q6K { low, high, scales, sub, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true, true, 2>(x, w, bias, y, t, n_in, n_out) };
 }
 
 /// out[i] = x[i] rounded to nearest-even f16 (`BF16`: bf16), eight values per thread and step
