@@ -64,15 +64,6 @@ pub fn gemm_config(
     Ok(Some((elementwise_config(elements), product)))
 }
 
-/// TEMPORARY (benchmark comparison): GEMM_VARIANT=after|inter3|after_wide picks a variant of the
-/// Q4_K and Q8_0 kernels.
-fn variant(name: &'static str) -> String {
-    match std::env::var("GEMM_VARIANT") {
-        Ok(v) if !v.is_empty() => format!("{name}_{v}"),
-        _ => name.to_string(),
-    }
-}
-
 impl Gpu {
     /// y[t, :] = W[rows, :] x[t, :] (+ bias[rows]) for the `n_tokens` rows of x [n_tokens, n_in];
     /// y is [n_tokens, rows.len()], bias (when given) [n_out]. x is rounded to f16 (bf16 for bf16
@@ -142,11 +133,7 @@ impl Gpu {
                 match (format, mins, sub) {
                     (WeightFormat::Q8_0, _, _) => {
                         let (q, s) = (q + r * n, s + 2 * blocks);
-                        self.launch(
-                            &variant("gemm_q8_0"),
-                            config,
-                            &[&x16, &q, &s, &bias, &y, &t, &n_in32, &n_rows],
-                        )
+                        self.launch("gemm_q8_0", config, &[&x16, &q, &s, &bias, &y, &t, &n_in32, &n_rows])
                     }
                     (WeightFormat::Q4_0, _, _) => {
                         let (q, s) = (q + r * n / 2, s + 2 * blocks);
@@ -160,11 +147,7 @@ impl Gpu {
                     (WeightFormat::Q4K, _, _) => {
                         // 16 bytes of head per super-block of 256.
                         let (q, heads) = (q + r * n / 2, s + r * n / 16);
-                        self.launch(
-                            &variant("gemm_q4_k"),
-                            config,
-                            &[&x16, &q, &heads, &bias, &y, &t, &n_in32, &n_rows],
-                        )
+                        self.launch("gemm_q4_k", config, &[&x16, &q, &heads, &bias, &y, &t, &n_in32, &n_rows])
                     }
                     (WeightFormat::Q6K, _, Some(sub)) => {
                         let (sub, _sub) = sub.device_ptr(stream);

@@ -2,28 +2,34 @@
 //!
 //! Math: Y[t, o] = sum_i X[t, i] W[o, i] (+ bias[o]), the products of 16-bit operands summed in
 //! f32 (`mma.sync` m16n8k16). X is the engine's f32 activations, rounded once to f16 (bf16 for
-//! bf16 weights) by `convert_f32_to_f16` into a workspace before the product: the product's main
-//! loop then copies both operands with `cp.async` and no register staging, X's L2 traffic (it is
-//! read once per column of blocks) halves, and the conversion costs one pass over X (~2-5% of the
-//! product at prefill sizes). Quantized weights are dequantized tile by tile into shared memory
-//! (dequant.rs: the CPU dequantizer's values rounded to f16), never to a copy in device memory.
+//! bf16 weights) by `convert_f32_to_f16` into a buffer before the product: the product's main
+//! loop then copies both operands with `cp.async` and no register staging (registers are what the
+//! accumulators need), and X's L2 traffic (it is read once per column of blocks) halves. The
+//! conversion is one pass over X, a few percent of the product at prefill sizes; a producer of X
+//! (RMSNorm, SwiGLU) could write the f16 copy itself. Quantized and f32 weights are dequantized
+//! (rounded) to f16 tile by tile in shared memory (dequant.rs: the CPU dequantizer's values
+//! rounded once), never to a copy in device memory.
 //! Layout: X16 [T, n_in] 16-bit; W [n_out, n_in] as the host stores it (f32 / f16 / bf16 rows,
 //! or the repacked blocks of host/src/matmul.rs); Y [T, n_out] f32; bias [n_out] f32 or null.
-//! n_in a multiple of 8 (16-bit weights), 4 (f32) or of the block (32, 256); any T and n_out.
-//! F32 weights take the quantized path (rounded to f16 as they are staged).
-//! Launch: grid (ceil(T / 128), ceil(n_out / 128)), 256 threads, `gemm_shared_bytes` of dynamic
-//! shared memory. Block (bm, bn) computes the 128 x 128 tile of Y at tokens 128 bm, outputs
-//! 128 bn, in steps of 64 along n_in; the blocks of one weight tile run together (bm varies
-//! fastest) so that the weights come from DRAM once. Warp w computes the 64 x 32 sub-tile at
-//! (64 (w % 2), 32 (w / 2)): per step of 16 along n_in, 4 `ldmatrix.x4` of X, 2 of W, 16 mma.
+//! n_in a multiple of 8 (the host checks it) and of the block (32, 256); any T and n_out.
+//! Launch: grid (ceil(T / 128), ceil(n_out / 128)), 256 threads, 128 KiB of dynamic shared
+//! memory (SHARED_BYTES). Block (bm, bn) computes the 128 x 128 tile of Y at tokens 128 bm,
+//! outputs 128 bn, in steps of 64 along n_in; the blocks of one weight tile run together (bm
+//! varies fastest) so that the weights come from DRAM once.
 //! Tiles in shared memory: 128 rows of 64 values (128 bytes), the 16-byte chunk c of row r stored
-//! at chunk c ^ (r % 8), so that the 8 row addresses of an `ldmatrix` (and the copies' stores)
-//! fall in distinct banks.
+//! at chunk c ^ (r % 8), so that the 8 row addresses of an `ldmatrix` (and the copies' and the
+//! dequantization's stores) fall in distinct banks.
+//! Warps: narrow layout (16-bit, f32, Q8_0, Q4_K weights): warp w computes the 64 x 32 sub-tile
+//! at (64 (w % 2), 32 (w / 2)), per k16 slice 4 `ldmatrix.x4` of X, 2 of W, 16 mma; wide layout
+//! (Q4_0, Q4_1, Q6_K): see `n8_tiles`. Which is faster was measured per format on the H100.
 //! Pipeline: STAGES tiles of X (and of 16-bit W) in flight through `cp.async`, one barrier per
-//! step. Quantized W: each thread loads one block of 32 weights (raw bits) two steps ahead into
-//! registers and dequantizes it one step ahead into one of two f16 W tiles.
+//! step; 16-bit W: the next copies sit between the k16 slices' products. Quantized W: each
+//! thread loads one block of 32 weights (raw bits) two steps ahead into registers and dequantizes
+//! it one step ahead into one of two f16 W tiles, interleaved with the products
+//! (`gemm_quantized`) or after them (`gemm_quantized_phased`).
 //! Cost: 2 T n_in n_out FLOPs; W read once per 128 tokens (from L2 for the other row tiles of a
-//! wave), X once per 128 outputs (from L2).
+//! wave), X once per 128 outputs (from L2). Registers (ptxas, sm_90): 166 (16-bit), 167-168
+//! (phased), 246-255 (wide, f32), no spills; one block of 8 warps per SM.
 
 use super::dequant::{
     RawQ4, RawQ4K, RawQ6K, RawQ8_0, pack_chunk, q4_0_values, q4_1_values, q4_k_values, q6_k_values,
@@ -47,13 +53,10 @@ pub const STAGES: usize = 4;
 const TILE_BYTES: u32 = (TILE_M * TILE_K * 2) as u32;
 
 /// Dynamic shared memory of a block: the ring of X tiles, then the ring of W tiles (16-bit W) or
-/// two dequantized W tiles (quantized W); at least the wide layout's 8 warps x 128 x 32 f32 sums.
-pub const fn gemm_shared_bytes(quantized: bool, wide: bool) -> usize {
-    let x = STAGES * TILE_BYTES as usize;
-    let tiles = if quantized { x + 2 * TILE_BYTES as usize } else { 2 * x };
-    let sums = if wide { 8 * 128 * 32 * 4 } else { 0 };
-    if tiles > sums { tiles } else { sums }
-}
+/// two dequantized W tiles (quantized W); the wide layout's 8 warps x 128 x 32 f32 sums at the
+/// end reuse it.
+pub const SHARED_BYTES: usize = 2 * STAGES * TILE_BYTES as usize;
+const _: () = assert!(SHARED_BYTES >= 8 * 128 * 32 * 4 && SHARED_BYTES >= (STAGES + 2) * TILE_BYTES as usize);
 
 /// Byte offset of 16-byte chunk `chunk` (values 8 chunk..8 chunk + 8) of row `row` of a tile.
 #[inline(always)]
@@ -166,7 +169,7 @@ impl Fragments {
     /// `between(part)` for parts 0..4 in turn between the products: work placed there shares the
     /// instruction stream with the tensor-core work (the loop body is one basic block).
     #[inline(always)]
-    unsafe fn multiply<const BF16: bool, const WIDE: bool>(
+    unsafe fn multiply<const BF16: bool, const WIDE: bool, const W_FIRST: bool>(
         self,
         x: u32,
         w: u32,
@@ -187,16 +190,28 @@ impl Fragments {
                         load_matrix_x4(x + self.x_rows[3] + x_chunk),
                     ]
                 };
-                // W a pair of n8 tiles at a time, each used at once (4 live registers, not 16).
-                unroll!([0, 1, 2, 3], |p| {
-                    if 2 * p < n8 {
-                        let [b0, b1, b2, b3] = unsafe { load_matrix_x4(w + self.w_rows[p] + w_chunk) };
-                        unroll!([0, 1, 2, 3], |i| {
-                            mma_16x8x16::<BF16>(&mut acc[i][2 * p], a[i], [b0, b1]);
-                            mma_16x8x16::<BF16>(&mut acc[i][2 * p + 1], a[i], [b2, b3]);
+                if W_FIRST && !WIDE {
+                    // All of the slice's W fragments, then the products.
+                    let [b0, b1, b2, b3] = unsafe { load_matrix_x4(w + self.w_rows[0] + w_chunk) };
+                    let [b4, b5, b6, b7] = unsafe { load_matrix_x4(w + self.w_rows[1] + w_chunk) };
+                    let b = [[b0, b1], [b2, b3], [b4, b5], [b6, b7]];
+                    unroll!([0, 1, 2, 3], |i| {
+                        unroll!([0, 1, 2, 3], |j| {
+                            mma_16x8x16::<BF16>(&mut acc[i][j], a[i], b[j]);
                         });
-                    }
-                });
+                    });
+                } else {
+                    // W a pair of n8 tiles at a time, each used at once (4 live registers, not 16).
+                    unroll!([0, 1, 2, 3], |p| {
+                        if 2 * p < n8 {
+                            let [b0, b1, b2, b3] = unsafe { load_matrix_x4(w + self.w_rows[p] + w_chunk) };
+                            unroll!([0, 1, 2, 3], |i| {
+                                mma_16x8x16::<BF16>(&mut acc[i][2 * p], a[i], [b0, b1]);
+                                mma_16x8x16::<BF16>(&mut acc[i][2 * p + 1], a[i], [b2, b3]);
+                            });
+                        }
+                    });
+                }
                 if WIDE {
                     between(2 * s);
                     between(2 * s + 1);
@@ -322,7 +337,7 @@ unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
         let (live, next) = (ahead < steps, (ahead % STAGES) as u32 * TILE_BYTES);
         let slot = (k % STAGES) as u32 * TILE_BYTES;
         unsafe {
-            fragments.multiply::<BF16, WIDE>(x_ring + slot, w_ring + slot, &mut acc, |part| {
+            fragments.multiply::<BF16, WIDE, false>(x_ring + slot, w_ring + slot, &mut acc, |part| {
                 x_copy.copy_part(x_ring + next, ahead * TILE_K, part, live);
                 w_copy.copy_part(w_ring + next, ahead * TILE_K, part, live);
             })
@@ -342,9 +357,11 @@ trait BlockWeights: Copy {
     fn values(self, raw: Self::Raw, block: usize) -> impl Fn(usize) -> f32;
 }
 
-/// The product with quantized weights.
+/// The product with quantized weights, interleaved: a branch-free loop body in which the X copies
+/// and the dequantization of the next W tile (a chunk of 8 values at a time) sit between the k16
+/// slices' products, raw blocks loaded two steps ahead.
 #[inline(always)]
-unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool, const INTERLEAVE: bool, const AHEAD: usize>(
+unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
     x: *const u16,
     w: F,
     bias: *const f32,
@@ -373,6 +390,12 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool, const INTERLEAVE: bo
         let raw = unsafe { w.load(if valid { row } else { 0 }, if valid { block } else { 0 }) };
         (raw, valid)
     };
+    // Chunk `chunk` (8 values) of this thread's block into the W tile at `tile`.
+    let store = |values: &dyn Fn(usize) -> f32, tile: u32, chunk: usize| {
+        unsafe { shared_store_u32x4(tile + tile_offset(r, 4 * half + chunk), pack_chunk(&values, chunk)) };
+    };
+    // A block past the matrix dequantizes zeros (all-zero raw bits are zeros in every format).
+    let valid_raw = |(raw, valid): (F::Raw, bool)| if valid { raw } else { F::Raw::default() };
 
     for s in 0..STAGES - 1 {
         if s < steps {
@@ -380,17 +403,9 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool, const INTERLEAVE: bo
         }
         copy_async_commit();
     }
-    // Chunk `chunk` (8 values) of this thread's block of step k into the W tile at `tile`.
-    let store = |values: &dyn Fn(usize) -> f32, tile: u32, chunk: usize| {
-        unsafe { shared_store_u32x4(tile + tile_offset(r, 4 * half + chunk), pack_chunk(&values, chunk)) };
-    };
-    // A block past the matrix dequantizes zeros (all-zero raw bits are zeros in every format).
-    let valid_raw = |(raw, valid): (F::Raw, bool)| if valid { raw } else { F::Raw::default() };
     let values = w.values(valid_raw(load(0)), half);
     unroll!([0, 1, 2, 3], |chunk| { store(&values, w_tiles, chunk) });
-    // Raw blocks of steps k + 1 and (AHEAD = 3) k + 2, loaded AHEAD steps before their products.
     let mut raw = load(1);
-    let mut raw_later = if AHEAD == 3 { load(2) } else { (F::Raw::default(), false) };
     for k in 0..steps {
         copy_async_wait::<{ (STAGES - 2) as u32 }>();
         // After this barrier: step k's X tile and W tile (dequantized during step k - 1) are
@@ -398,38 +413,100 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool, const INTERLEAVE: bo
         sync_threads();
         let ahead_x = k + STAGES - 1;
         let (live, next_x) = (ahead_x < steps, (ahead_x % STAGES) as u32 * TILE_BYTES);
-        let ahead = load(k + AHEAD);
+        let ahead = load(k + 2);
         let slot = (k % STAGES) as u32 * TILE_BYTES;
-        // Step k + 1's W tile is dequantized (past the last step into the unused buffer, from
-        // zeros) a chunk at a time between the products (INTERLEAVE) or after them.
+        // Step k + 1's W tile (past the last step: the unused buffer, from zeros).
         let next_w = w_tiles + ((k + 1) % 2) as u32 * TILE_BYTES;
-        let (x_now, w_now) = (x_ring + slot, w_tiles + (k % 2) as u32 * TILE_BYTES);
-        if INTERLEAVE {
-            let values = w.values(valid_raw(raw), 2 * (k + 1) + half);
-            unsafe {
-                fragments.multiply::<false, WIDE>(x_now, w_now, &mut acc, |part| {
+        let values = w.values(valid_raw(raw), 2 * (k + 1) + half);
+        unsafe {
+            fragments.multiply::<false, WIDE, false>(
+                x_ring + slot,
+                w_tiles + (k % 2) as u32 * TILE_BYTES,
+                &mut acc,
+                |part| {
                     x_copy.copy_part(x_ring + next_x, ahead_x * TILE_K, part, live);
                     store(&values, next_w, part);
-                })
-            };
-        } else {
-            unsafe {
-                fragments.multiply::<false, WIDE>(x_now, w_now, &mut acc, |part| {
-                    x_copy.copy_part(x_ring + next_x, ahead_x * TILE_K, part, live);
-                })
-            };
-            let values = w.values(valid_raw(raw), 2 * (k + 1) + half);
-            unroll!([0, 1, 2, 3], |chunk| { store(&values, next_w, chunk) });
-        }
+                },
+            )
+        };
         copy_async_commit();
-        if AHEAD == 3 {
-            (raw, raw_later) = (raw_later, ahead);
-        } else {
-            raw = ahead;
-        }
+        raw = ahead;
     }
     copy_async_wait::<0>();
     unsafe { store_tile::<WIDE>(&acc, bias, y, (t, n_out), (m0, n0)) };
+}
+
+/// The product with quantized weights, phased (narrow layout): per step, the X copies, then the
+/// products, then the dequantization of the next W tile, raw blocks loaded two steps ahead.
+/// Measured faster than the interleaved loop for Q4_K and Q8_0 (benches/NOTES.md), slower for
+/// Q4_0, Q4_1 and Q6_K.
+#[inline(always)]
+unsafe fn gemm_quantized_phased<F: BlockWeights>(
+    x: *const u16,
+    w: F,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
+    let (m0, n0) = (block_idx() * TILE_M, block_idx_y() * TILE_N);
+    let x_ring = dynamic_shared_address();
+    let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
+    let x_copy = TileCopy::new(x, t, n_in, m0);
+    let steps = n_in.div_ceil(TILE_K);
+    let fragments = Fragments::new::<false>();
+    let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
+
+    let (r, half) = (thread_idx() / 2, thread_idx() % 2);
+    let (row, blocks) = (n0 + r, n_in.div_ceil(32));
+    let load = |k: usize| {
+        let block = 2 * k + half;
+        if row < n_out && block < blocks { unsafe { w.load(row, block) } } else { F::Raw::default() }
+    };
+    let store = |raw: F::Raw, k: usize, tile: u32| {
+        let values = w.values(raw, 2 * k + half);
+        unroll!([0, 1, 2, 3], |chunk| {
+            unsafe {
+                shared_store_u32x4(tile + tile_offset(r, 4 * half + chunk), pack_chunk(&values, chunk))
+            };
+        });
+    };
+
+    for s in 0..STAGES - 1 {
+        if s < steps {
+            unsafe { x_copy.copy(x_ring + s as u32 * TILE_BYTES, s * TILE_K) };
+        }
+        copy_async_commit();
+    }
+    store(load(0), 0, w_tiles);
+    let mut raw = load(1);
+    for k in 0..steps {
+        copy_async_wait::<{ (STAGES - 2) as u32 }>();
+        sync_threads();
+        let ahead_x = k + STAGES - 1;
+        if ahead_x < steps {
+            unsafe { x_copy.copy(x_ring + (ahead_x % STAGES) as u32 * TILE_BYTES, ahead_x * TILE_K) };
+        }
+        copy_async_commit();
+        let ahead = load(k + 2);
+        let slot = (k % STAGES) as u32 * TILE_BYTES;
+        unsafe {
+            fragments.multiply::<false, false, true>(
+                x_ring + slot,
+                w_tiles + (k % 2) as u32 * TILE_BYTES,
+                &mut acc,
+                |_| {},
+            )
+        };
+        if k + 1 < steps {
+            store(raw, k + 1, w_tiles + ((k + 1) % 2) as u32 * TILE_BYTES);
+        }
+        raw = ahead;
+    }
+    copy_async_wait::<0>();
+    unsafe { store_tile::<false>(&acc, bias, y, (t, n_out), (m0, n0)) };
 }
 
 /// F32 rows (n_in a multiple of 4), rounded to f16: blocks of 32 as 8 x 16 bytes, the last block
@@ -610,7 +687,7 @@ pub unsafe extern "ptx-kernel" fn gemm_f32(
 ) {
     // f32 rows take the narrow layout: their raw blocks (32 words, two in flight) leave no room
     // in the registers for the wide layout's accumulators.
-    unsafe { gemm_quantized::<_, false, true, 2>(x, F32Rows { w, n_in: n_in as usize }, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, false>(x, F32Rows { w, n_in: n_in as usize }, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -624,38 +701,6 @@ pub unsafe extern "ptx-kernel" fn gemm_f16(
     n_out: u32,
 ) {
     unsafe { gemm_half::<false, false>(x, w, bias, y, t, n_in, n_out) };
-}
-
-/// Variants for comparison in the benchmark (TEMPORARY).
-macro_rules! variants {
-    ($($name:ident: $format:ident, $wide:literal, $interleave:literal, $ahead:literal;)*) => {$(
-        #[unsafe(no_mangle)]
-        #[allow(clippy::too_many_arguments)]
-        pub unsafe extern "ptx-kernel" fn $name(
-            x: *const u16,
-            quants: *const u8,
-            scales: *const u8,
-            bias: *const f32,
-            y: *mut f32,
-            t: u32,
-            n_in: u32,
-            n_out: u32,
-        ) {
-            let w = variants!(@weights $format, quants, scales, n_in);
-            unsafe { gemm_quantized::<_, $wide, $interleave, $ahead>(x, w, bias, y, t, n_in, n_out) };
-        }
-    )*};
-    (@weights Q4K, $q:ident, $s:ident, $n:ident) => { Q4K { quants: $q, heads: $s, n_in: $n as usize } };
-    (@weights Q8_0, $q:ident, $s:ident, $n:ident) => { Q8_0 { quants: $q, scales: $s as *const u16, n_in: $n as usize } };
-}
-
-variants! {
-    gemm_q4_k_after: Q4K, false, false, 2;
-    gemm_q4_k_inter3: Q4K, false, true, 3;
-    gemm_q4_k_after_wide: Q4K, true, false, 2;
-    gemm_q8_0_after: Q8_0, false, false, 2;
-    gemm_q8_0_inter3: Q8_0, false, true, 3;
-    gemm_q8_0_after_wide: Q8_0, true, false, 2;
 }
 
 #[unsafe(no_mangle)]
@@ -684,7 +729,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q8_0(
     n_out: u32,
 ) {
     let w = Q8_0 { quants, scales, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true, true, 2>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized_phased(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -700,7 +745,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q4_0(
     n_out: u32,
 ) {
     let w = Q4::<false> { quants, scales, mins: scales, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true, true, 2>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -717,7 +762,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q4_1(
     n_out: u32,
 ) {
     let w = Q4::<true> { quants, scales, mins, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true, true, 2>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
 }
 
 /// Q4_K: `heads` is the matrix's `scales` array (16 bytes per super-block).
@@ -734,7 +779,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q4_k(
     n_out: u32,
 ) {
     let w = Q4K { quants, heads, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true, true, 2>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized_phased(x, w, bias, y, t, n_in, n_out) };
 }
 
 #[unsafe(no_mangle)]
@@ -752,7 +797,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q6_k(
     n_out: u32,
 ) {
     let w = Q6K { low, high, scales, sub, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true, true, 2>(x, w, bias, y, t, n_in, n_out) };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
 }
 
 /// out[i] = x[i] rounded to nearest-even f16 (`BF16`: bf16), eight values per thread and step
