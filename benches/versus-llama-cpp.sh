@@ -25,7 +25,7 @@ if [ -z "${LLAMA_BENCH:-}" ]; then
     mkdir -p "$build" && tar xzf "$src" -C "$build"
     (cd "$build/llama.cpp" &&
       cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null &&
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null &&
       cmake --build build -j"$(nproc)" --target llama-bench >/dev/null)
   fi
   LLAMA_BENCH=$build/llama.cpp/build/bin/llama-bench

@@ -1,5 +1,6 @@
 //! `engine bench`: prefill and decode speed of a model on the GPU, measured the way llama-bench
-//! measures (pp: a prompt of N tokens in one forward pass from an empty context; tg: N tokens
+//! measures (pp: a prompt of N tokens in one forward pass from an empty context, logits of the
+//! last token only, as llama-bench asks; tg: N tokens
 //! generated one at a time from an empty context), with CUDA events around each run, one warm-up
 //! run, then the median of the repeats. Beside the speed: the bytes of weights one decode step
 //! reads and the decode floor they imply at the measured copy bandwidth.
@@ -84,7 +85,7 @@ pub fn run(
     for repeat in 0..=repeats {
         if prompt_tokens > 0 {
             model.clear();
-            let seconds = timed(&stream, || model.forward(&tokens[..prompt_tokens]).map(|_| ()))?;
+            let seconds = timed(&stream, || model.forward_last(&tokens[..prompt_tokens]).map(|_| ()))?;
             if repeat > 0 {
                 prefill_runs.push(prompt_tokens as f64 / seconds);
             }

@@ -5,7 +5,8 @@
 //! flash-decoding attention (host::attention) for head dims 64, 80, 96 and 128, and a contiguous
 //! f32 cache with the simple decode kernel for other head dims (the tiny test fixtures). Every kernel of a step reads the
 //! token and its position from device memory, so the step is captured once as a CUDA graph and
-//! replayed for each token. A prompt runs as a sequence of steps for now (no GEMM prefill yet).
+//! replayed for each token. A prompt of several tokens runs as one batched pass (`prefill`): GEMMs
+//! on the tensor cores and causal flash attention over the paged cache.
 //! Quantized matrices meet either f32 activations (`integer_activations` off: the exact numbers of
 //! the CPU reference, `Numerics::Exact`) or activations quantized to 8 bits per block of 32 (on,
 //! the default: llama.cpp's numbers, and faster); K-quants have only the integer form.
@@ -442,11 +443,129 @@ impl GpuLlama {
 
     /// Logits [tokens.len(), n_vocab] for `tokens` following what the cache holds.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, CudaError> {
+        if tokens.len() > 1 && self.can_prefill() {
+            return self.prefill(tokens, true);
+        }
         let mut logits = Vec::with_capacity(tokens.len() * self.config.n_vocab);
         for &token in tokens {
             logits.extend(self.step(token)?);
         }
         Ok(logits)
+    }
+
+    /// Logits [n_vocab] of the last of `tokens` (the prompt of a generation).
+    pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>, CudaError> {
+        if tokens.len() > 1 && self.can_prefill() {
+            return self.prefill(tokens, false);
+        }
+        let mut last = Vec::new();
+        for &token in tokens {
+            last = self.step(token)?;
+        }
+        Ok(last)
+    }
+
+    /// Whether several tokens can go through one batched pass (GEMMs and flash attention): the
+    /// paged cache and GEMM forms of every matrix (not BF16).
+    fn can_prefill(&self) -> bool {
+        let matrices = self
+            .layers
+            .iter()
+            .flat_map(|l| l.qkv.matrices().iter().chain(l.gate_up.matrices()).chain([&l.wo, &l.w_down]));
+        matches!(self.kv, KvCache::Paged { .. })
+            && matrices.chain([&self.output]).all(|m| m.format() != WeightFormat::Bf16)
+    }
+
+    /// All `tokens` in one pass: embeddings, then per layer RMSNorm, the projections as GEMMs on
+    /// the tensor cores, RoPE, the keys and values into the paged cache, causal flash attention
+    /// over the cache, and the FFN; then the logits of every token (`all`) or of the last one
+    /// (through the decode step's GEMV).
+    fn prefill(&mut self, tokens: &[u32], all: bool) -> Result<Vec<f32>, CudaError> {
+        let c = self.config.clone();
+        let n = tokens.len();
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= c.n_vocab) {
+            return Err(ModelError::TokenOutOfRange { token, n_vocab: c.n_vocab }.into());
+        }
+        if self.len + n > self.capacity {
+            return Err(ModelError::ContextFull { needed: self.len + n, capacity: self.capacity }.into());
+        }
+        let (d, q_dim, kv_dim, ff) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_ff);
+        let gpu = &self.gpu;
+        let start = self.len as u32;
+        let ids = gpu.upload(tokens)?;
+        let positions = gpu.upload(&(start..start + n as u32).collect::<Vec<_>>())?;
+        let slots = gpu.upload(&vec![0u32; n])?;
+        let start_dev = gpu.upload(&[start])?;
+        let mut x = gpu.alloc::<f32>(n * d)?;
+        let mut h = gpu.alloc::<f32>(n * d)?;
+        let (mut q, mut k, mut v) =
+            (gpu.alloc::<f32>(n * q_dim)?, gpu.alloc::<f32>(n * kv_dim)?, gpu.alloc::<f32>(n * kv_dim)?);
+        let mut attn = gpu.alloc::<f32>(n * q_dim)?;
+        let mut projected = gpu.alloc::<f32>(n * d)?;
+        let (mut gate, mut up, mut act) =
+            (gpu.alloc::<f32>(n * ff)?, gpu.alloc::<f32>(n * ff)?, gpu.alloc::<f32>(n * ff)?);
+        let KvCache::Paged { cache, options, .. } = &mut self.kv else {
+            unreachable!("can_prefill checked the cache");
+        };
+        // Rows [start, end) of the stacked matrices, whether stored as one matrix or as parts.
+        let project = |w: &Stacked,
+                       biases: &[CudaSlice<f32>],
+                       part: usize,
+                       x: &CudaSlice<f32>,
+                       y: &mut CudaSlice<f32>|
+         -> Result<(), host::Error> {
+            let matrices = w.matrices();
+            if matrices.len() == 1 {
+                let sizes = if matrices[0].n_out == q_dim + 2 * kv_dim {
+                    [q_dim, kv_dim, kv_dim]
+                } else {
+                    [ff, ff, 0]
+                };
+                let begin: usize = sizes[..part].iter().sum();
+                gpu.gemm(&matrices[0], begin..begin + sizes[part], x, n, biases.first(), y)
+            } else {
+                gpu.gemm(&matrices[part], 0..matrices[part].n_out, x, n, biases.get(part), y)
+            }
+        };
+        gpu.embed(self.token_embd.as_ref().unwrap_or(&self.output), &ids, &mut x)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            gpu.rms_norm(&x, &layer.attn_norm, &mut h, n, d, c.norm_eps)?;
+            project(&layer.qkv, &layer.qkv_bias, 0, &h, &mut q)?;
+            project(&layer.qkv, &layer.qkv_bias, 1, &h, &mut k)?;
+            project(&layer.qkv, &layer.qkv_bias, 2, &h, &mut v)?;
+            gpu.rope(&mut q, &positions, c.n_head, &self.rope)?;
+            gpu.rope(&mut k, &positions, c.n_head_kv, &self.rope)?;
+            gpu.kv_write_paged(cache, i, &k, &v, &slots, &positions)?;
+            gpu.attention_prefill(cache, i, 0, &q, &start_dev, None, options, &mut attn)?;
+            gpu.gemm(&layer.wo, 0..d, &attn, n, None, &mut projected)?;
+            gpu.residual_add(&mut x, &projected)?;
+            gpu.rms_norm(&x, &layer.ffn_norm, &mut h, n, d, c.norm_eps)?;
+            project(&layer.gate_up, &[], 0, &h, &mut gate)?;
+            project(&layer.gate_up, &[], 1, &h, &mut up)?;
+            gpu.swiglu(&gate, &up, &mut act)?;
+            gpu.gemm(&layer.w_down, 0..d, &act, n, None, &mut projected)?;
+            gpu.residual_add(&mut x, &projected)?;
+        }
+        gpu.rms_norm(&x, &self.output_norm, &mut h, n, d, c.norm_eps)?;
+        self.len += n;
+        if all {
+            let mut logits = gpu.alloc::<f32>(n * c.n_vocab)?;
+            gpu.gemm(&self.output, 0..c.n_vocab, &h, n, None, &mut logits)?;
+            return Ok(gpu.download(&logits)?);
+        }
+        // The last token's logits through the decode step's GEMV (the same numbers as a step).
+        let b = &mut self.buffers;
+        let last = h.slice((n - 1) * d..n * d);
+        gpu.stream().memcpy_dtod(&last, &mut b.h).map_err(host::Error::from)?;
+        let uses_q8 =
+            self.output.format().is_k_quant() || (self.integer_activations && self.output.is_blocks());
+        if uses_q8 {
+            gpu.quantize_q8(&b.h, &mut b.hq)?;
+            gpu.gemv_q8(&self.output, &b.hq, None, &mut b.logits)?;
+        } else {
+            gpu.gemv(&self.output, &b.h, None, &mut b.logits)?;
+        }
+        Ok(gpu.download(&b.logits)?)
     }
 
     /// One token at position `len`.
@@ -575,6 +694,9 @@ impl crate::generate::Session for GpuLlama {
     }
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, crate::generate::BackendError> {
         Ok(GpuLlama::forward(self, tokens)?)
+    }
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>, crate::generate::BackendError> {
+        Ok(GpuLlama::forward_last(self, tokens)?)
     }
     fn clear(&mut self) {
         GpuLlama::clear(self);

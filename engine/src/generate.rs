@@ -45,6 +45,12 @@ pub trait Session {
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError>;
     /// Forgets the sequence.
     fn clear(&mut self);
+    /// Logits [n_vocab] of the last of `tokens` only (a backend may skip the other rows).
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        let n_vocab = self.n_vocab();
+        let logits = self.forward(tokens)?;
+        Ok(logits[logits.len() - n_vocab..].to_vec())
+    }
 }
 
 pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,6 +67,9 @@ impl<T: Session + ?Sized> Session for &mut T {
     }
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         (**self).forward(tokens)
+    }
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        (**self).forward_last(tokens)
     }
     fn clear(&mut self) {
         (**self).clear()
@@ -137,15 +146,13 @@ pub fn generate(
     choose: &mut dyn FnMut(&[f32]) -> Result<u32, String>,
     on_token: &mut dyn FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, Finish, Stats), GenerateError> {
-    let n_vocab = session.n_vocab();
     let mut stats = Stats { prompt_tokens: prompt.len(), ..Stats::default() };
     if prompt.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
     let start = Instant::now();
-    let logits = session.forward(prompt).map_err(GenerateError::Backend)?;
+    let mut last = session.forward_last(prompt).map_err(GenerateError::Backend)?;
     stats.prefill = start.elapsed();
-    let mut last = logits[logits.len() - n_vocab..].to_vec();
     let mut generated = Vec::new();
     let decode_start = Instant::now();
     let finish = loop {

@@ -67,7 +67,8 @@ crate::kernel_per_weight_type!(position_add(table: *const W, positions: *const u
 
 /// out[:] = row ids[0] of a matrix stored as Q8_0 / Q4_0 / Q4_1 blocks in the GEMV's repacked
 /// layout (quants, f16 scales, f16 mins): the token embedding of a model whose embedding table is
-/// quantized, looked up without a dequantized copy. Launch: 1 block, 256 threads.
+/// quantized, looked up without a dequantized copy. Launch: a block of 256 threads per token
+/// (block b looks up ids[b] into out[b * dim..]).
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn embedding_blocks(
     quants: *const u8,
@@ -78,7 +79,9 @@ pub unsafe extern "ptx-kernel" fn embedding_blocks(
     dim: u32,
     bits: u32,
 ) {
-    let (dim, row) = (dim as usize, unsafe { *ids } as usize);
+    let token = crate::device::block_idx();
+    let (dim, row) = (dim as usize, unsafe { *ids.add(token) } as usize);
+    let out = unsafe { out.add(token * dim) };
     let blocks = dim / 32;
     let mut i = crate::device::thread_idx();
     while i < dim {
@@ -100,8 +103,8 @@ pub unsafe extern "ptx-kernel" fn embedding_blocks(
     }
 }
 
-/// out = row ids[0] of a Q4_K table (see matmul/kquant.rs); dim a multiple of 256.
-/// Launch: one block of 256 threads.
+/// out[b] = row ids[b] of a Q4_K table (see matmul/kquant.rs); dim a multiple of 256.
+/// Launch: a block of 256 threads per token.
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn embedding_q4_k(
     quants: *const u8,
@@ -110,7 +113,9 @@ pub unsafe extern "ptx-kernel" fn embedding_q4_k(
     out: *mut f32,
     dim: u32,
 ) {
-    let (dim, row) = (dim as usize, unsafe { *ids } as usize);
+    let token = crate::device::block_idx();
+    let (dim, row) = (dim as usize, unsafe { *ids.add(token) } as usize);
+    let out = unsafe { out.add(token * dim) };
     let mut i = crate::device::thread_idx();
     while i < dim {
         unsafe { *out.add(i) = crate::matmul::kquant::q4_k_value(quants, heads, row, dim, i) };
@@ -118,8 +123,8 @@ pub unsafe extern "ptx-kernel" fn embedding_q4_k(
     }
 }
 
-/// out = row ids[0] of a Q6_K table (see matmul/kquant.rs); dim a multiple of 256.
-/// Launch: one block of 256 threads.
+/// out[b] = row ids[b] of a Q6_K table (see matmul/kquant.rs); dim a multiple of 256.
+/// Launch: a block of 256 threads per token.
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn embedding_q6_k(
     low: *const u8,
@@ -130,7 +135,9 @@ pub unsafe extern "ptx-kernel" fn embedding_q6_k(
     out: *mut f32,
     dim: u32,
 ) {
-    let (dim, row) = (dim as usize, unsafe { *ids } as usize);
+    let token = crate::device::block_idx();
+    let (dim, row) = (dim as usize, unsafe { *ids.add(token) } as usize);
+    let out = unsafe { out.add(token * dim) };
     let mut i = crate::device::thread_idx();
     while i < dim {
         unsafe { *out.add(i) = crate::matmul::kquant::q6_k_value(low, high, scales, sub, row, dim, i) };

@@ -145,8 +145,8 @@ impl Gpu {
                         self.launch("gemm_q4_1", config, &[&x16, &q, &s, &m, &bias, &y, &t, &n_in32, &n_rows])
                     }
                     (WeightFormat::Q4K, _, _) => {
-                        // 16 bytes of head per super-block of 256.
-                        let (q, heads) = (q + r * n / 2, s + r * n / 16);
+                        // 20 bytes of head per super-block of 256.
+                        let (q, heads) = (q + r * n / 2, s + 20 * (r * n / 256));
                         self.launch("gemm_q4_k", config, &[&x16, &q, &heads, &bias, &y, &t, &n_in32, &n_rows])
                     }
                     (WeightFormat::Q6K, _, Some(sub)) => {

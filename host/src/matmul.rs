@@ -107,8 +107,9 @@ pub struct Repacked {
     /// the matrix, then the high 2 bits, 8 bytes per block (gpu/src/matmul/kquant.rs). The same
     /// bits as the GGUF blocks, regrouped so that 16 bytes of quants match 32 activations.
     pub quants: Vec<u8>,
-    /// The f16 scale of each block (Q6K: the super-block's d). Q4K: the super-block's whole
-    /// 16-byte head as stored (d, dmin, 12 bytes of packed 6-bit scales and mins), as 8 words.
+    /// The f16 scale of each block (Q6K: the super-block's d). Q4K: the super-block's head, 10
+    /// words: d, dmin, then each sub-block's 6-bit (scale, min) unpacked into a byte pair (the
+    /// 12 packed bytes become 16: 2.8% more bytes, about a fifth fewer GEMV instructions).
     pub scales: Vec<u16>,
     /// Q4_1: the f16 min of each block; else empty.
     pub mins: Vec<u16>,
@@ -157,7 +158,18 @@ fn repack_run(format: WeightFormat, bytes: &[u8]) -> Repacked {
                 out.quants.extend_from_slice(&block[4..]);
             }
             WeightFormat::Q4K => {
-                out.scales.extend((0..16).step_by(2).map(|at| half(block, at)));
+                // The head with its 6-bit scales and mins unpacked: d, dmin, then (scale, min)
+                // of each sub-block as a byte pair; 20 bytes, 10 words.
+                out.scales.extend([half(block, 0), half(block, 2)]);
+                let s = &block[4..16];
+                out.scales.extend((0..8).map(|j| {
+                    let (scale, min) = if j < 4 {
+                        (s[j] & 63, s[j + 4] & 63)
+                    } else {
+                        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+                    };
+                    u16::from_le_bytes([scale, min])
+                }));
                 let qs = &block[16..144];
                 for j in 0..8 {
                     let nibble = |t: usize| {
@@ -521,7 +533,8 @@ impl Gpu {
 }
 
 impl Gpu {
-    /// out = row ids[0] of `w` (a token embedding table [vocab, dim] in its stored precision).
+    /// out[t] = row ids[t] of `w` (a token embedding table [vocab, dim] in its stored precision),
+    /// for every id; out is [ids.len(), dim].
     pub fn embed(
         &self,
         w: &GpuMatrix,
@@ -529,8 +542,11 @@ impl Gpu {
         out: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         const KERNEL: &str = "embed";
-        expect_len(KERNEL, "ids", ids.len(), 1)?;
-        expect_len(KERNEL, "out", out.len(), w.n_in)?;
+        let tokens = ids.len();
+        expect_len(KERNEL, "out", out.len(), tokens * w.n_in)?;
+        if tokens == 0 {
+            return Ok(());
+        }
         match &w.storage {
             Storage::F32(table) => self.embedding(table, ids, out, w.n_in),
             Storage::F16(table) => self.embedding(table, ids, out, w.n_in),
@@ -545,8 +561,11 @@ impl Gpu {
                 let sub = sub_guard.as_ref().map_or(0u64, |(p, _)| *p);
                 let (i, _i) = ids.device_ptr(stream);
                 let (o, _o) = out.device_ptr_mut(stream);
-                let config =
-                    LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let config = LaunchConfig {
+                    grid_dim: (to_u32(KERNEL, "ids", tokens)?, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
                 let dim = w.n_in as u32;
                 match format {
                     WeightFormat::Q4K => self.launch("embedding_q4_k", config, &[&q, &s, &i, &o, &dim]),

@@ -136,14 +136,29 @@ fn repacking_splits_block_fields_in_order() {
 #[test]
 fn repacking_k_quants_regroups_values_by_block_of_32() {
     use crate::matmul::{WeightFormat, repack_blocks};
-    // Q4K: a 16-byte head, then 128 bytes: byte 32g + t holds value t of sub-block 2g (low
-    // nibble) and of sub-block 2g + 1 (high). Value t of sub-block j here: (t + j) % 16.
-    let mut block: Vec<u8> = (0..16).collect();
+    // Q4K: a 16-byte head (d, dmin, 12 bytes of 6-bit scales and mins), then 128 bytes: byte
+    // 32g + t holds value t of sub-block 2g (low nibble) and of sub-block 2g + 1 (high). Value t
+    // of sub-block j here: (t + j) % 16; scale j: 63 - 5j, min j: 7j + 3 (high bits exercised).
+    let (scale, min) = (|j: usize| (63 - 5 * j) as u8, |j: usize| (7 * j + 3) as u8);
+    let mut packed = [0u8; 12];
+    for j in 0..8 {
+        if j < 4 {
+            packed[j] |= scale(j);
+            packed[j + 4] |= min(j);
+        } else {
+            packed[j + 4] |= (scale(j) & 0xF) | ((min(j) & 0xF) << 4);
+            packed[j - 4] |= (scale(j) >> 4) << 6;
+            packed[j] |= (min(j) >> 4) << 6;
+        }
+    }
+    let mut block: Vec<u8> = vec![1, 2, 3, 4];
+    block.extend(packed);
     for g in 0..4 {
         block.extend((0..32).map(|t| (((t + 2 * g) % 16) | (((t + 2 * g + 1) % 16) << 4)) as u8));
     }
     let r = repack_blocks(WeightFormat::Q4K, &block);
-    let head: Vec<u16> = (0..16).step_by(2).map(|i| u16::from_le_bytes([i, i + 1])).collect();
+    let mut head = vec![0x0201, 0x0403];
+    head.extend((0..8).map(|j| u16::from_le_bytes([scale(j), min(j)])));
     assert_eq!((r.scales, r.mins.len(), r.sub.len(), r.high.len()), (head, 0, 0, 0));
     for j in 0..8 {
         for t in 0..32 {

@@ -80,10 +80,13 @@ fn dequantize_block(format: WeightFormat, r: &Repacked, n_in: usize, row: usize,
             }
         }
         WeightFormat::Q4K => {
-            let head = &r.scales[8 * (at / 8)..8 * (at / 8) + 8];
-            let head = [0, 1, 2, 3].map(|i| head[2 * i] as u32 | (head[2 * i + 1] as u32) << 16);
-            let raw = dequant::RawQ4K { quants: four(words(&r.quants[16 * at..16 * at + 16])), head };
-            pack_block(dequant::q4_k_values(raw, block % 8))
+            // 10 words of head per super-block: d, dmin, then a (scale, min) pair per sub-block.
+            let head = &r.scales[10 * (at / 8)..10 * (at / 8) + 10];
+            pack_block(dequant::q4_k_values(dequant::RawQ4K {
+                quants: four(words(&r.quants[16 * at..16 * at + 16])),
+                dm: head[0] as u32 | (head[1] as u32) << 16,
+                pair: head[2 + at % 8],
+            }))
         }
         WeightFormat::Q6K => {
             let high = words(&r.high[8 * at..8 * at + 8]);
@@ -296,4 +299,13 @@ fn gemm_rejects_bad_shapes() {
     assert!(
         gpu.gemm(&f32_matrix, 0..3, &x, 2, None, &mut y).unwrap_err().to_string().contains("multiple of 8")
     );
+}
+
+/// A grid of many column tiles with few tokens (main's test of its wide blocks, kept).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gemm_wide_blocks_match_cpu() {
+    for format in [WeightFormat::F16, WeightFormat::Q4K] {
+        check(format, 300, 256, (0, 11_300), false, 77);
+    }
 }

@@ -77,32 +77,20 @@ pub fn q4_1_values(raw: RawQ4) -> impl Fn(usize) -> f32 {
     move |v| fma(int_to_f32(nibble(raw.quants, v), 0.0), d, m)
 }
 
-/// Sub-block j's (scale, min) from a Q4_K super-block's 12 packed scale bytes given as 3 words.
-#[inline(always)]
-pub fn q4_k_scale_min_words([w0, w1, w2]: [u32; 3], j: usize) -> (u32, u32) {
-    let shift = 8 * (j % 4) as u32;
-    let (a0, a1, a2) = (w0 >> shift, w1 >> shift, w2 >> shift);
-    // Both forms, then a choice (selects, not branches, in the GEMM's loop body).
-    let low = (a0 & 63, a1 & 63);
-    let high = ((a2 & 0xF) | ((a0 >> 2) & 0x30), ((a2 >> 4) & 0xF) | ((a1 >> 2) & 0x30));
-    if j < 4 { low } else { high }
-}
-
-/// Q4_K: one sub-block's 16 nibble bytes and its super-block's 16-byte head (d, dmin, 12 bytes of
-/// 6-bit scales and mins).
+/// Q4_K: one sub-block's 16 nibble bytes, its super-block's d and dmin (f16, low half first) and
+/// the sub-block's 6-bit (scale, min) as a byte pair (the host unpacks them, see kquant.rs).
 #[derive(Clone, Copy, Default)]
 pub struct RawQ4K {
     pub quants: [u32; 4],
-    pub head: [u32; 4],
+    pub dm: u32,
+    pub pair: u16,
 }
 
-/// Q4_K sub-block j (0..8) of its super-block: (d scale_j) q - dmin min_j, rounded once.
+/// Q4_K: (d scale) q - dmin min, rounded once.
 #[inline(always)]
-pub fn q4_k_values(raw: RawQ4K, j: usize) -> impl Fn(usize) -> f32 {
-    let [dm, s0, s1, s2] = raw.head;
-    let (scale, min) = q4_k_scale_min_words([s0, s1, s2], j);
-    let scale = f16_to_f32(dm as u16) * scale as f32;
-    let min = f16_to_f32((dm >> 16) as u16) * min as f32;
+pub fn q4_k_values(raw: RawQ4K) -> impl Fn(usize) -> f32 {
+    let scale = f16_to_f32(raw.dm as u16) * (raw.pair & 0xFF) as f32;
+    let min = f16_to_f32((raw.dm >> 16) as u16) * (raw.pair >> 8) as f32;
     move |v| fma(int_to_f32(nibble(raw.quants, v), 0.0), scale, -min)
 }
 

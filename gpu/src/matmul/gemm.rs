@@ -614,7 +614,7 @@ impl BlockWeights for Q4<true> {
 }
 
 /// Q4_K: quants [n_out, n_in / 2] (16 nibble bytes per sub-block), heads [n_out, n_in / 256]
-/// x 16 bytes.
+/// x 20 bytes (d, dmin, then a (scale, min) byte pair per sub-block).
 #[derive(Clone, Copy)]
 struct Q4K {
     quants: *const u8,
@@ -627,16 +627,18 @@ impl BlockWeights for Q4K {
     #[inline(always)]
     unsafe fn load(self, row: usize, block: usize) -> RawQ4K {
         let at = row * (self.n_in / 32) + block;
+        let head = unsafe { self.heads.add(20 * (at / 8)) };
         unsafe {
             RawQ4K {
                 quants: load_u16x8(self.quants.add(16 * at) as *const u16),
-                head: load_u16x8(self.heads.add(16 * (at / 8)) as *const u16),
+                dm: *(head as *const u32),
+                pair: *(head.add(4 + 2 * (at % 8)) as *const u16),
             }
         }
     }
     #[inline(always)]
-    fn values(self, raw: RawQ4K, block: usize) -> impl Fn(usize) -> f32 {
-        q4_k_values(raw, block % 8)
+    fn values(self, raw: RawQ4K, _block: usize) -> impl Fn(usize) -> f32 {
+        q4_k_values(raw)
     }
 }
 
@@ -765,7 +767,7 @@ pub unsafe extern "ptx-kernel" fn gemm_q4_1(
     unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
 }
 
-/// Q4_K: `heads` is the matrix's `scales` array (16 bytes per super-block).
+/// Q4_K: `heads` is the matrix's `scales` array (20 bytes per super-block).
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn gemm_q4_k(

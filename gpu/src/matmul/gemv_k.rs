@@ -14,7 +14,6 @@
 //! allows.
 //! Cost: the weight bytes once (Q4_K 4.5 bits per value, Q6_K 6.56), x once per SM from L2.
 
-use super::dequant::q4_k_scale_min_words;
 use super::gemv::for_rows;
 use crate::device::{WARP_SIZE, dp4a_signed, dp4a_unsigned_signed, f16_to_f32, lane_idx, load_u16x8};
 
@@ -102,7 +101,7 @@ unsafe fn q4_k_rows(
     unsafe {
         for_rows(n_out as usize, bias, y, |row| {
             let q = quants.add(row * n_in / 2);
-            let head = heads.add(row * n_in / 16);
+            let head = heads.add(20 * (row * n_in / 256));
             let load = |c: usize| Words4(load_u16x8(q.add(16 * c) as *const u16));
             let compute = |Words4(w): Words4, c: usize| {
                 let (low, high) = activations(xq, c);
@@ -111,8 +110,10 @@ unsafe fn q4_k_rows(
                     dot = dp4a_unsigned_signed(w[i] & 0x0F0F_0F0F, low[i], dot);
                     dot = dp4a_unsigned_signed((w[i] >> 4) & 0x0F0F_0F0F, high[i], dot);
                 }
-                let [dm, s0, s1, s2] = load_u16x8(head.add(16 * (c / 8)) as *const u16);
-                let (scale, min) = q4_k_scale_min_words([s0, s1, s2], c % 8);
+                let sb = head.add(20 * (c / 8));
+                let dm = *(sb as *const u32);
+                let pair = *(sb.add(4 + 2 * (c % 8)) as *const u16) as u32;
+                let (scale, min) = (pair & 0xFF, pair >> 8);
                 f16_to_f32(dm as u16) * scale as f32 * *xd.add(c) * dot as f32
                     - f16_to_f32((dm >> 16) as u16) * min as f32 * *xs.add(c)
             };

@@ -3,8 +3,9 @@
 //! one block of 32 activations, the layout Q4_0 has. Decoding helpers shared by the GEMV and
 //! embedding kernels.
 //!
-//! Q4_K: `heads` [rows * n_in / 256] x 16 bytes, each super-block's head as stored (d, dmin f16,
-//! then 12 bytes of packed 6-bit scales and mins of its 8 sub-blocks of 32); `quants` [rows,
+//! Q4_K: `heads` [rows * n_in / 256] x 20 bytes, each super-block's d and dmin (f16) and then the
+//! (scale, min) byte pair of each of its 8 sub-blocks of 32 (GGUF packs them in 12 bytes of 6-bit
+//! fields; the host unpacks them); `quants` [rows,
 //! n_in / 2] bytes, 16 per sub-block: byte i holds value i (low nibble) and value i + 16 (high).
 //! Value = d * scale_j * q - dmin * min_j.
 //! Q6_K: `low` [rows, n_in / 2] bytes, the low 4 bits in the same nibble layout as Q4_K; `high`
@@ -38,8 +39,8 @@ unsafe fn nibble(q: *const u8, t: usize) -> u32 {
 pub unsafe fn q4_k_value(quants: *const u8, heads: *const u8, row: usize, n_in: usize, e: usize) -> f32 {
     let (block, t) = (row * n_in / 32 + e / 32, e % 32);
     let q = unsafe { nibble(quants.add(16 * block), t) } as f32;
-    let head = unsafe { heads.add(16 * (block / 8)) };
-    let (scale, min) = unsafe { q4_k_scale_min(head.add(4), block % 8) };
+    let head = unsafe { heads.add(20 * (block / 8)) };
+    let (scale, min) = unsafe { (*head.add(4 + 2 * (block % 8)), *head.add(5 + 2 * (block % 8))) };
     let half = |at: usize| crate::device::f16_to_f32(unsafe { *(head.add(at) as *const u16) });
     half(0) * scale as f32 * q - half(2) * min as f32
 }
