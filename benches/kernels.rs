@@ -9,6 +9,10 @@
 //! bytes read plus bytes written. GEMV rows marked "(batched)" time 20 launches back to back
 //! between two events (launch latency then overlaps the kernel before, as in the captured decode
 //! step), cycling through copies of the matrix so that weights come from DRAM.
+//! GEMM rows (`KERNELS=gemm` runs only these): TFLOP/s of Y = X W^T at T = 512 tokens and
+//! Llama-3.1-8B's shapes, 2 T n_in n_out FLOPs, timed with the conversion of X to f16 that
+//! `Gpu::gemm` launches first; cuBLAS's f16 GEMM (f16 X and W, f32 Y, f32 sums) at the same shapes
+//! is the yardstick, when libcublas can be loaded.
 
 use cudarc::driver::sys::CUevent_flags;
 use host::activation::Activation;
@@ -128,6 +132,7 @@ fn main() -> Result<()> {
     drop((source, destination));
     let table = Table { copy_gbps };
     println!("| kernel                 | size                       |   time ms |     GB/s | of copy |");
+    println!("|------------------------|----------------------------|-----------|----------|---------|");
     // KERNELS=gemv, gemm or attention runs that section alone.
     match std::env::var("KERNELS").as_deref() {
         Ok("gemv") => return gemv(&gpu, &table),
@@ -135,7 +140,6 @@ fn main() -> Result<()> {
         Ok("attention") => return attention(&gpu, &table),
         _ => {}
     }
-    println!("|------------------------|----------------------------|-----------|----------|---------|");
     if std::env::args().skip(1).any(|a| a == "attention") {
         return attention(&gpu, &table);
     }
@@ -225,28 +229,6 @@ fn main() -> Result<()> {
     attention(&gpu, &table)
 }
 
-/// Prefill GEMM at T = 512 on Llama-3.1-8B's shapes, TFLOP/s (2 T n_in n_out FLOPs).
-fn gemm(gpu: &Gpu, table: &Table) -> Result<()> {
-    let t = 512;
-    for (n_in, n_out) in [(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {
-        let x = gpu.upload(&random(t * n_in, 20))?;
-        let mut y = gpu.alloc::<f32>(t * n_out)?;
-        for format in [WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K] {
-            let (block, block_bytes) = format.block();
-            let bytes = random_blocks(format, n_in / block * n_out * block_bytes, n_in * n_out / block);
-            let matrix = gpu.upload_matrix(format, &bytes, n_in, n_out)?;
-            let ms = time(gpu, || gpu.gemm(&matrix, 0..n_out, &x, t, None, &mut y))?;
-            table.row_flops(
-                &format!("gemm {format:?}"),
-                &format!("{t}x{n_out}x{n_in}"),
-                (2 * t * n_in * n_out) as f64,
-                ms,
-            );
-        }
-    }
-    Ok(())
-}
-
 /// GEMV at Llama-3.1-8B's FFN shapes. Several copies of each matrix, used in turn, so that the
 /// weights (as small as 33 MB in Q4_0) come from DRAM, not from the 50 MB L2.
 fn gemv(gpu: &Gpu, table: &Table) -> Result<()> {
@@ -300,6 +282,92 @@ fn gemv(gpu: &Gpu, table: &Table) -> Result<()> {
             })?;
             table.row(&format!("gemv_q8 {format:?} (batched)"), &shape, moved, ms);
         }
+    }
+    Ok(())
+}
+
+/// The prefill GEMM at T = 512 and Llama-3.1-8B's shapes (n_out x n_in), every weight format, then
+/// cuBLAS.
+fn gemm(gpu: &Gpu, table: &Table) -> Result<()> {
+    const T: usize = 512;
+    let shapes = [(4096usize, 4096usize), (14336, 4096), (4096, 14336)];
+    for (n_out, n_in) in shapes {
+        let x = gpu.upload(&random(T * n_in, 16))?;
+        let mut y = gpu.alloc::<f32>(T * n_out)?;
+        let flops = 2.0 * (T * n_in * n_out) as f64;
+        for format in [
+            WeightFormat::F16,
+            WeightFormat::Bf16,
+            WeightFormat::Q8_0,
+            WeightFormat::Q4_0,
+            WeightFormat::Q4_1,
+            WeightFormat::Q4K,
+            WeightFormat::Q6K,
+        ] {
+            let (block, block_bytes) = format.block();
+            let bytes = random_blocks(format, n_in / block * n_out * block_bytes, n_in * n_out / block);
+            let matrix = gpu.upload_matrix(format, &bytes, n_in, n_out)?;
+            let ms = time(gpu, || gpu.gemm(&matrix, 0..n_out, &x, T, None, &mut y))?;
+            table.row_flops(&format!("gemm {format:?}"), &format!("T={T} {n_out}x{n_in}"), flops, ms);
+        }
+    }
+    if let Err(e) = cublas(gpu, table, T, &shapes) {
+        println!("cuBLAS yardstick not run: {e}");
+    }
+    Ok(())
+}
+
+/// cuBLAS's GEMM on f16 X [T, n_in] and W [n_out, n_in], f32 Y and sums (column-major: Y^T = W X^T).
+fn cublas(
+    gpu: &Gpu,
+    table: &Table,
+    t: usize,
+    shapes: &[(usize, usize)],
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    use cudarc::cublas::{CudaBlas, result::gemm_ex, sys};
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    if !unsafe { sys::is_culib_present() } {
+        return Err("libcublas not found".into());
+    }
+    let blas = CudaBlas::new(gpu.stream().clone())?;
+    for &(n_out, n_in) in shapes {
+        let x: Vec<f16> = random(t * n_in, 17).iter().map(|&v| f16::from_f32(v)).collect();
+        let w: Vec<f16> = random(n_out * n_in, 18).iter().map(|&v| f16::from_f32(v)).collect();
+        let (x, w) = (gpu.upload(&x)?, gpu.upload(&w)?);
+        let mut y = gpu.alloc::<f32>(t * n_out)?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let ms = time(gpu, || {
+            let stream = gpu.stream();
+            let (w, _w) = w.device_ptr(stream);
+            let (x, _x) = x.device_ptr(stream);
+            let (y, _y) = y.device_ptr_mut(stream);
+            unsafe {
+                gemm_ex(
+                    *blas.handle(),
+                    sys::cublasOperation_t::CUBLAS_OP_T,
+                    sys::cublasOperation_t::CUBLAS_OP_N,
+                    n_out as i32,
+                    t as i32,
+                    n_in as i32,
+                    (&alpha) as *const f32 as *const _,
+                    w as *const _,
+                    sys::cudaDataType_t::CUDA_R_16F,
+                    n_in as i32,
+                    x as *const _,
+                    sys::cudaDataType_t::CUDA_R_16F,
+                    n_in as i32,
+                    (&beta) as *const f32 as *const _,
+                    y as *mut _,
+                    sys::cudaDataType_t::CUDA_R_32F,
+                    n_out as i32,
+                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| host::Error::Shape { kernel: "cublas", message: e.to_string() })
+        })?;
+        let flops = 2.0 * (t * n_in * n_out) as f64;
+        table.row_flops("cuBLAS f16", &format!("T={t} {n_out}x{n_in}"), flops, ms);
     }
     Ok(())
 }

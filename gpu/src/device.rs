@@ -239,6 +239,19 @@ pub unsafe fn shared_load_u32x4(address: u32) -> [u32; 4] {
     [a, b, c, d]
 }
 
+/// Four 32-bit words to a 16-byte aligned shared address.
+#[inline(always)]
+pub unsafe fn shared_store_u32x4(address: u32, v: [u32; 4]) {
+    unsafe {
+        asm!(
+            "st.shared.v4.b32 [{p}], {{{a}, {b}, {c}, {d}}};",
+            p = in(reg32) address,
+            a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2], d = in(reg32) v[3],
+            options(nostack),
+        );
+    }
+}
+
 #[inline(always)]
 pub unsafe fn shared_store_f32(address: u32, v: f32) {
     unsafe { asm!("st.shared.f32 [{a}], {v};", a = in(reg32) address, v = in(reg32) v, options(nostack)) };
@@ -290,7 +303,9 @@ pub fn copy_async_wait<const PENDING: u32>() {
 #[inline(always)]
 pub fn f16_to_f32(bits: u16) -> f32 {
     let out: f32;
-    unsafe { asm!("cvt.f32.f16 {o}, {h};", o = out(reg32) out, h = in(reg16) bits) };
+    unsafe {
+        asm!("cvt.f32.f16 {o}, {h};", o = out(reg32) out, h = in(reg16) bits, options(pure, nomem, nostack))
+    };
     out
 }
 
@@ -329,6 +344,84 @@ pub fn f32_to_f16(value: f32) -> u16 {
     out
 }
 
+/// Two f32 rounded to nearest-even f16 and packed into one word, `low` in the low half (the
+/// order mma operands and memory use). `cvt.rn.f16x2.f32 d, a, b` puts a in the high half.
+#[inline(always)]
+pub fn pack_f16x2(low: f32, high: f32) -> u32 {
+    let out: u32;
+    unsafe {
+        asm!(
+            "cvt.rn.f16x2.f32 {o}, {h}, {l};",
+            o = out(reg32) out, h = in(reg32) high, l = in(reg32) low,
+            options(pure, nomem, nostack),
+        )
+    };
+    out
+}
+
+/// As [`pack_f16x2`], to bf16 (round to nearest even).
+#[inline(always)]
+pub fn pack_bf16x2(low: f32, high: f32) -> u32 {
+    let out: u32;
+    unsafe {
+        asm!(
+            "cvt.rn.bf16x2.f32 {o}, {h}, {l};",
+            o = out(reg32) out, h = in(reg32) high, l = in(reg32) low,
+            options(pure, nomem, nostack),
+        )
+    };
+    out
+}
+
+// ---- tensor cores (sm_80 and later) ----------------------------------------------------------
+
+/// `ldmatrix .x4`: four 8x8 matrices of 16-bit values from shared memory. Lanes 8i..8i + 7 give
+/// the addresses of the 8 rows (16 bytes each, 16-byte aligned) of matrix i; every lane receives,
+/// in word i, the two values at row lane / 4, columns 2 (lane % 4) and 2 (lane % 4) + 1 of matrix
+/// i (the lower column in the low half). Every lane of the warp must execute it.
+#[inline(always)]
+pub unsafe fn load_matrix_x4(address: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!(
+            "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{a}, {b}, {c}, {d}}}, [{p}];",
+            a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+            p = in(reg32) address,
+            options(readonly, nostack),
+        );
+    }
+    [a, b, c, d]
+}
+
+/// D = A B + D on the tensor cores for one 16 x 8 x 16 step (`mma.sync` m16n8k16, f32
+/// accumulators), A 16 x 16 row-major and B 16 x 8 column-major, in 16-bit pairs (low half the
+/// lower column of A / row of B). With g = lane / 4 and t = lane % 4: a[0] holds A[g][2t..2t + 2],
+/// a[1] A[g + 8][2t..], a[2] A[g][2t + 8..], a[3] A[g + 8][2t + 8..]; b[0] holds B[2t..2t + 2][g],
+/// b[1] B[2t + 8..][g]; d[0], d[1] hold D[g][2t], D[g][2t + 1] and d[2], d[3] row g + 8.
+/// `BF16` picks bf16 operands, else f16. Every lane of the warp must execute it.
+#[inline(always)]
+pub fn mma_16x8x16<const BF16: bool>(d: &mut [f32; 4], a: [u32; 4], b: [u32; 2]) {
+    unsafe {
+        if BF16 {
+            asm!(
+                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{{d0}, {d1}, {d2}, {d3}}}, {{{a0}, {a1}, {a2}, {a3}}}, {{{b0}, {b1}}}, {{{d0}, {d1}, {d2}, {d3}}};",
+                d0 = inout(reg32) d[0], d1 = inout(reg32) d[1], d2 = inout(reg32) d[2], d3 = inout(reg32) d[3],
+                a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
+                b0 = in(reg32) b[0], b1 = in(reg32) b[1],
+                options(pure, nomem, nostack),
+            );
+        } else {
+            asm!(
+                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {{{d0}, {d1}, {d2}, {d3}}}, {{{a0}, {a1}, {a2}, {a3}}}, {{{b0}, {b1}}}, {{{d0}, {d1}, {d2}, {d3}}};",
+                d0 = inout(reg32) d[0], d1 = inout(reg32) d[1], d2 = inout(reg32) d[2], d3 = inout(reg32) d[3],
+                a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
+                b0 = in(reg32) b[0], b1 = in(reg32) b[1],
+                options(pure, nomem, nostack),
+            );
+        }
+    }
+}
+
 // ---- vector memory access --------------------------------------------------------------------
 
 /// Four consecutive f32 as one 16-byte load. `ptr` must be 16-byte aligned.
@@ -351,6 +444,18 @@ pub unsafe fn store_f32x4(ptr: *mut f32, v: [f32; 4]) {
     unsafe {
         asm!(
             "st.global.v4.f32 [{p}], {{{a}, {b}, {c}, {d}}};",
+            p = in(reg64) ptr,
+            a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2], d = in(reg32) v[3],
+        );
+    }
+}
+
+/// Four 32-bit words as one 16-byte store. `ptr` must be 16-byte aligned.
+#[inline(always)]
+pub unsafe fn store_u32x4(ptr: *mut u32, v: [u32; 4]) {
+    unsafe {
+        asm!(
+            "st.global.v4.b32 [{p}], {{{a}, {b}, {c}, {d}}};",
             p = in(reg64) ptr,
             a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2], d = in(reg32) v[3],
         );

@@ -1,16 +1,74 @@
-//! Matrix-matrix products for prefill (`gpu/src/matmul/gemm.rs`), on the tensor cores.
+//! Matrix-matrix products for prefill on the tensor cores (`gpu/src/matmul/gemm.rs`):
+//! Y[T, rows] = X[T, n_in] W[rows, :]^T (+ bias), X and Y f32, W a [`GpuMatrix`] in its stored
+//! format.
+//!
+//! X is first rounded to f16 (bf16 for bf16 weights) into a buffer the [`Gpu`] keeps for the
+//! purpose (grown to the largest X seen, freed in stream order), which the product then reads; the
+//! products are summed in f32. Weights are dequantized to f16 tile by tile in shared memory.
 
 use crate::matmul::{GpuMatrix, Storage, WeightFormat};
-use crate::{Gpu, Result, expect_len, shape_error, to_u32};
+use crate::{Gpu, Result, elementwise_config, expect_len, shape_error, to_u32};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use std::ops::Range;
 
-/// Shared bytes of the GEMM kernels (X and W tiles of f16, padded rows).
-pub const GEMM_SHARED: usize = (128 + 128) * 40 * 2;
+/// Tokens and outputs per block, threads per block (gpu/src/matmul/gemm.rs).
+const TILE_M: usize = 128;
+const TILE_N: usize = 128;
+const THREADS: u32 = 256;
+/// Dynamic shared memory of every GEMM kernel: at most the ring of 4 X and 4 W tiles of
+/// 128 x 64 16-bit values, or the wide layout's 8 warps x 128 x 32 f32 sums (both 128 KiB).
+pub const GEMM_SHARED_BYTES: usize = 128 * 1024;
+const _: () =
+    assert!(GEMM_SHARED_BYTES <= crate::matmul::GEMV_SHARED_LIMIT, "Gpu::new raises the limit to this");
+
+/// The launch shapes of the conversion of X and of the product for `n_tokens` tokens and the
+/// `rows` of a [n_out, n_in] matrix, after checking every length: `lengths` = [x, y], `bias` the
+/// bias length when there is one (a bias covers all n_out rows). None when there is no token.
+pub fn gemm_config(
+    (n_in, n_out): (usize, usize),
+    rows: &Range<usize>,
+    n_tokens: usize,
+    [x, y]: [usize; 2],
+    bias: Option<usize>,
+) -> Result<Option<(LaunchConfig, LaunchConfig)>> {
+    const KERNEL: &str = "gemm";
+    if !n_in.is_multiple_of(8) {
+        return Err(shape_error(KERNEL, format!("rows of {n_in} values: the GEMM needs a multiple of 8")));
+    }
+    if rows.start >= rows.end || rows.end > n_out {
+        return Err(shape_error(KERNEL, format!("rows {rows:?} of a matrix of {n_out} rows")));
+    }
+    let elements =
+        n_tokens.checked_mul(n_in).ok_or_else(|| shape_error(KERNEL, "n_tokens * n_in overflows"))?;
+    expect_len(KERNEL, "x", x, elements)?;
+    let outputs =
+        n_tokens.checked_mul(rows.len()).ok_or_else(|| shape_error(KERNEL, "y's size overflows"))?;
+    expect_len(KERNEL, "y", y, outputs)?;
+    if let Some(bias) = bias {
+        expect_len(KERNEL, "bias", bias, n_out)?;
+    }
+    if n_tokens == 0 {
+        return Ok(None);
+    }
+    to_u32(KERNEL, "n_tokens * n_in", elements)?;
+    to_u32(KERNEL, "n_tokens", n_tokens)?;
+    let column_tiles = rows.len().div_ceil(TILE_N);
+    if column_tiles > 65535 {
+        return Err(shape_error(KERNEL, format!("{} rows exceed the grid ({})", rows.len(), 65535 * TILE_N)));
+    }
+    let product = LaunchConfig {
+        grid_dim: (n_tokens.div_ceil(TILE_M) as u32, column_tiles as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: GEMM_SHARED_BYTES as u32,
+    };
+    Ok(Some((elementwise_config(elements), product)))
+}
 
 impl Gpu {
     /// y[t, :] = W[rows, :] x[t, :] (+ bias[rows]) for the `n_tokens` rows of x [n_tokens, n_in];
-    /// y is [n_tokens, rows.len()]. f16 products, f32 sums.
+    /// y is [n_tokens, rows.len()], bias (when given) [n_out]. x is rounded to f16 (bf16 for bf16
+    /// weights), the products summed in f32. Allocates the f16 copy of x when it is larger than
+    /// any before, so the first call of a size must not be inside a CUDA graph capture.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
@@ -22,87 +80,121 @@ impl Gpu {
         y: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         const KERNEL: &str = "gemm";
-        let (n_in, n_out) = (w.n_in, rows.len());
-        if rows.start > rows.end || rows.end > w.n_out || n_out == 0 {
-            return Err(shape_error(KERNEL, format!("rows {rows:?} of a matrix of {} rows", w.n_out)));
-        }
-        expect_len(KERNEL, "x", x.len(), n_tokens * n_in)?;
-        expect_len(KERNEL, "y", y.len(), n_tokens * n_out)?;
-        if let Some(b) = bias {
-            expect_len(KERNEL, "bias", b.len(), w.n_out)?;
-        }
-        if n_tokens == 0 {
+        let (n_in, n_out) = (w.n_in, w.n_out);
+        let Some((convert, config)) =
+            gemm_config((n_in, n_out), &rows, n_tokens, [x.len(), y.len()], bias.map(|b| b.len()))?
+        else {
             return Ok(());
-        }
+        };
         let stream = self.stream();
         let (x, _x) = x.device_ptr(stream);
         if x % 16 != 0 {
             return Err(shape_error(KERNEL, "x must start on a 16-byte boundary"));
         }
+        let elements = n_tokens * n_in;
+        let mut buffer = self.gemm_x.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if buffer.as_ref().is_none_or(|b| b.len() < elements) {
+            *buffer = None; // freed in stream order, after the kernels that read it
+            *buffer = Some(self.alloc::<u16>(elements)?);
+        }
+        let x16 = buffer.as_mut().expect("allocated above");
+        let (x16, _x16) = x16.device_ptr_mut(stream);
+        let converter =
+            if w.format() == WeightFormat::Bf16 { "convert_f32_to_bf16" } else { "convert_f32_to_f16" };
+        let count = elements as u32;
+        self.launch(converter, convert, &[&x, &x16, &count])?;
+
         let (y, _y) = y.device_ptr_mut(stream);
         let bias_guard = bias.map(|b| b.device_ptr(stream));
         let bias = bias_guard.as_ref().map_or(0u64, |(p, _)| p + 4 * rows.start as u64);
-        let r = rows.start as u64;
-        let n = n_in as u64;
-        let (kernel, pointers, _guards) = match w.storage() {
+        // Pointers to the first row of the range, in each array of the stored format.
+        let (r, n) = (rows.start as u64, n_in as u64);
+        let (t, n_in32, n_rows) = (n_tokens as u32, n_in as u32, rows.len() as u32);
+        match w.storage() {
             Storage::F32(m) => {
-                let (p, g) = m.device_ptr(stream);
-                ("gemm_f32", [p + 4 * r * n, 0, 0, 0], vec![g])
+                let (m, _m) = m.device_ptr(stream);
+                let m = m + 4 * r * n;
+                self.launch("gemm_f32", config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
             }
             Storage::F16(m) => {
-                let (p, g) = m.device_ptr(stream);
-                ("gemm_f16", [p + 2 * r * n, 0, 0, 0], vec![g])
+                let (m, _m) = m.device_ptr(stream);
+                let m = m + 2 * r * n;
+                self.launch("gemm_f16", config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
             }
-            Storage::Bf16(_) => {
-                return Err(shape_error(KERNEL, "BF16 weights have no GEMM yet; run tokens one by one"));
+            Storage::Bf16(m) => {
+                let (m, _m) = m.device_ptr(stream);
+                let m = m + 2 * r * n;
+                self.launch("gemm_bf16", config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
             }
             Storage::Blocks { format, quants, scales, mins, sub } => {
-                let (q, gq) = quants.device_ptr(stream);
-                let (s, gs) = scales.device_ptr(stream);
-                let mut guards = vec![gq, gs];
-                let m = mins.as_ref().map_or(0, |v| {
-                    let (p, g) = v.device_ptr(stream);
-                    guards.push(g);
-                    p
-                });
-                let sub = sub.as_ref().map_or(0, |v| {
-                    let (p, g) = v.device_ptr(stream);
-                    guards.push(g);
-                    p
-                });
-                let blocks32 = r * n / 32;
-                match format {
-                    WeightFormat::Q8_0 => ("gemm_q8_0", [q + r * n, s + 2 * blocks32, 0, 0], guards),
-                    WeightFormat::Q4_0 => ("gemm_q4_0", [q + r * n / 2, s + 2 * blocks32, 0, 0], guards),
-                    WeightFormat::Q4_1 => {
-                        ("gemm_q4_1", [q + r * n / 2, s + 2 * blocks32, m + 2 * blocks32, 0], guards)
+                let (q, _q) = quants.device_ptr(stream);
+                let (s, _s) = scales.device_ptr(stream);
+                let blocks = r * n / 32; // blocks of 32 before the first row
+                match (format, mins, sub) {
+                    (WeightFormat::Q8_0, _, _) => {
+                        let (q, s) = (q + r * n, s + 2 * blocks);
+                        self.launch("gemm_q8_0", config, &[&x16, &q, &s, &bias, &y, &t, &n_in32, &n_rows])
                     }
-                    WeightFormat::Q4K => ("gemm_q4_k", [q + r * n / 2, s + 20 * r * n / 256, 0, 0], guards),
-                    WeightFormat::Q6K => {
-                        let high = q + (w.n_out * n_in / 2) as u64;
-                        let sb = r * n / 256;
-                        ("gemm_q6_k", [q + r * n / 2, high + r * n / 4, s + 2 * sb, sub + 16 * sb], guards)
+                    (WeightFormat::Q4_0, _, _) => {
+                        let (q, s) = (q + r * n / 2, s + 2 * blocks);
+                        self.launch("gemm_q4_0", config, &[&x16, &q, &s, &bias, &y, &t, &n_in32, &n_rows])
                     }
-                    _ => unreachable!("block formats are the ones above"),
+                    (WeightFormat::Q4_1, Some(mins), _) => {
+                        let (m, _m) = mins.device_ptr(stream);
+                        let (q, s, m) = (q + r * n / 2, s + 2 * blocks, m + 2 * blocks);
+                        self.launch("gemm_q4_1", config, &[&x16, &q, &s, &m, &bias, &y, &t, &n_in32, &n_rows])
+                    }
+                    (WeightFormat::Q4K, _, _) => {
+                        // 20 bytes of head per super-block of 256.
+                        let (q, heads) = (q + r * n / 2, s + 20 * (r * n / 256));
+                        self.launch("gemm_q4_k", config, &[&x16, &q, &heads, &bias, &y, &t, &n_in32, &n_rows])
+                    }
+                    (WeightFormat::Q6K, _, Some(sub)) => {
+                        let (sub, _sub) = sub.device_ptr(stream);
+                        // The high bits follow the low nibbles of the whole matrix.
+                        let high = q + (n_out * w.n_in / 2) as u64;
+                        let super_blocks = r * n / 256;
+                        let (low, high) = (q + r * n / 2, high + r * n / 4);
+                        let (d, sub) = (s + 2 * super_blocks, sub + 16 * super_blocks);
+                        self.launch(
+                            "gemm_q6_k",
+                            config,
+                            &[&x16, &low, &high, &d, &sub, &bias, &y, &t, &n_in32, &n_rows],
+                        )
+                    }
+                    _ => Err(shape_error(KERNEL, format!("{format:?} matrix without its fields"))),
                 }
             }
-        };
-        // Blocks of 128 tokens when that still gives two blocks per SM (measured at T = 512:
-        // 106-107 against 81-82 TFLOP/s at 14336 x 4096), else of 64 (at 4096 x 4096 the wide
-        // grid is 128 blocks for 132 SMs, and Q8_0 fell from 84 to 73 TFLOP/s; benches/NOTES.md).
-        let wide = n_out.div_ceil(128) * n_tokens.div_ceil(128) >= 2 * self.sm_count();
-        let (kernel, bm) = if wide { (format!("{kernel}_wide"), 128) } else { (kernel.to_string(), 64) };
-        let config = LaunchConfig {
-            grid_dim: (
-                to_u32(KERNEL, "n_out", n_out.div_ceil(128))?,
-                to_u32(KERNEL, "n_tokens", n_tokens.div_ceil(bm))?,
-                1,
-            ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: GEMM_SHARED as u32,
-        };
-        let (t, n_in, n_out) = (n_tokens as u32, n_in as u32, n_out as u32);
-        let [w0, w1, w2, w3] = pointers;
-        self.launch(&kernel, config, &[&w0, &w1, &w2, &w3, &bias, &x, &y, &t, &n_in, &n_out])
+        }
+    }
+}
+
+/// Shape checks, which need no GPU.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_are_checked() {
+        let lengths = |t: usize, n_in: usize, rows: usize| [t * n_in, t * rows];
+        let (_, product) =
+            gemm_config((256, 300), &(0..300), 3, lengths(3, 256, 300), Some(300)).unwrap().unwrap();
+        assert_eq!(product.grid_dim, (1, 3, 1));
+        assert_eq!(product.shared_mem_bytes as usize, GEMM_SHARED_BYTES);
+        let error = gemm_config((256, 300), &(0..300), 3, [767, 900], None).unwrap_err();
+        assert_eq!(error.to_string(), "gemm: x has 767 elements, expected 768");
+        assert!(gemm_config((256, 300), &(0..300), 3, [768, 901], None).is_err());
+        assert!(gemm_config((256, 300), &(0..300), 3, [768, 900], Some(299)).is_err());
+        // Rows: a sub-range of the matrix; y holds only those, the bias all of them.
+        let (_, product) =
+            gemm_config((256, 300), &(10..139), 3, lengths(3, 256, 129), Some(300)).unwrap().unwrap();
+        assert_eq!(product.grid_dim, (1, 2, 1));
+        assert!(gemm_config((256, 300), &(10..301), 3, lengths(3, 256, 291), None).is_err());
+        assert!(gemm_config((256, 300), &(10..10), 3, lengths(3, 256, 0), None).is_err());
+        assert!(gemm_config((260, 300), &(0..300), 3, lengths(3, 260, 300), None).is_err());
+        // No tokens: nothing to launch.
+        assert!(gemm_config((256, 300), &(0..300), 0, [0, 0], None).unwrap().is_none());
+        let (_, big) = gemm_config((8, 129), &(0..129), 1000, [8000, 129000], None).unwrap().unwrap();
+        assert_eq!(big.grid_dim, (8, 2, 1));
     }
 }

@@ -6,7 +6,7 @@
 //! launching a kernel that would read or write out of bounds.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, DriverError, LaunchConfig, PushKernelArg};
 pub use cudarc::driver::{
@@ -48,20 +48,6 @@ pub const KERNELS: &[&str] = &[
     "residual_add_f32",
     "softmax_f32",
     "rope_f32",
-    "gemm_f32",
-    "gemm_f32_wide",
-    "gemm_f16",
-    "gemm_f16_wide",
-    "gemm_q8_0",
-    "gemm_q8_0_wide",
-    "gemm_q4_0",
-    "gemm_q4_0_wide",
-    "gemm_q4_1",
-    "gemm_q4_1_wide",
-    "gemm_q4_k",
-    "gemm_q4_k_wide",
-    "gemm_q6_k",
-    "gemm_q6_k_wide",
     "gemv_f32",
     "gemv_f16",
     "gemv_bf16",
@@ -103,6 +89,16 @@ pub const KERNELS: &[&str] = &[
     "embedding_blocks",
     "embedding_q4_k",
     "embedding_q6_k",
+    "convert_f32_to_f16",
+    "convert_f32_to_bf16",
+    "gemm_f32",
+    "gemm_f16",
+    "gemm_bf16",
+    "gemm_q8_0",
+    "gemm_q4_0",
+    "gemm_q4_1",
+    "gemm_q4_k",
+    "gemm_q6_k",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +136,8 @@ pub struct Gpu {
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
     sm_count: usize,
+    /// The f16 (or bf16) copy of X that `gemm` converts its input into.
+    gemm_x: Mutex<Option<CudaSlice<u16>>>,
 }
 
 impl Gpu {
@@ -163,10 +161,10 @@ impl Gpu {
         for &name in KERNELS {
             functions.insert(name, module.load_function(name)?);
         }
-        // The GEMV kernels keep x in shared memory, the attention kernels tiles of K and V: allow
+        // The GEMV kernels keep x in shared memory, the attention and GEMM kernels tiles: allow
         // them more than the default 48 KiB.
         for (name, function) in &functions {
-            if name.starts_with("gemv_") || name.starts_with("attention_") {
+            if name.starts_with("gemv_") || name.starts_with("attention_") || name.starts_with("gemm_") {
                 function.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     matmul::GEMV_SHARED_LIMIT as i32,
@@ -177,7 +175,7 @@ impl Gpu {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
             .max(1) as usize;
         let stream = context.new_stream()?;
-        Ok(Gpu { context, stream, _module: module, functions, sm_count })
+        Ok(Gpu { context, stream, _module: module, functions, sm_count, gemm_x: Mutex::new(None) })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {

@@ -1,345 +1,827 @@
-//! Matrix-matrix products for prefill on the tensor cores: Y[T, n_out] = X[T, n_in] W^T (+ bias),
-//! W [n_out, n_in] in its stored format.
+//! Matrix products on the tensor cores, for prefill: Y = X W^T (+ bias).
 //!
-//! Math: f16 operands, f32 accumulation (mma.sync m16n8k16): X is rounded to f16 as it is staged,
-//! W is dequantized to f16 tile by tile in shared memory (never as a whole in VRAM).
-//! Layout: X [T, n_in] f32, Y [T, n_out] f32 (row stride n_out), bias [n_out] f32 or null. W as
-//! the host stores it (host/src/matmul.rs), given as up to four arrays w0..w3:
-//!   f32, f16: w0 rows.          Q8_0, Q4_0: w0 quants, w1 f16 scales.   Q4_1: + w2 f16 mins.
-//!   Q4_K: w0 quants, w1 20-byte heads.   Q6_K: w0 low nibbles, w1 high bits, w2 d, w3 i8 scales.
-//! n_in a multiple of 32 (256 for K-quants); any T and n_out.
-//! Launch: grid (ceil(n_out / 128), ceil(T / BM)), 256 threads (8 warps, each a BM / 2 x 32 tile
-//! of Y: BM / 32 x 4 mma tiles), dynamic shared memory GEMM_SHARED bytes; BM = 64 (`gemm_*`) or
-//! 128 (`gemm_*_wide`, when that still gives two blocks per SM). Per step of 32 inputs the block
-//! stages X [BM][32] and W [128][32] as f16 rows padded to 40 values (80 bytes: the fragment
-//! loads of a warp then hit 32 distinct banks), then runs two k16 steps of mma while the next
-//! step's values are loaded into registers.
-//! Cost: W is read once per BM tokens (from L2 after the first block row), X once per 128
-//! outputs; 2 T n_in n_out FLOPs on the tensor cores.
+//! Math: Y[t, o] = sum_i X[t, i] W[o, i] (+ bias[o]), the products of 16-bit operands summed in
+//! f32 (`mma.sync` m16n8k16). X is the engine's f32 activations, rounded once to f16 (bf16 for
+//! bf16 weights) by `convert_f32_to_f16` into a buffer before the product: the product's main
+//! loop then copies both operands with `cp.async` and no register staging (registers are what the
+//! accumulators need), and X's L2 traffic (it is read once per column of blocks) halves. The
+//! conversion is one pass over X, a few percent of the product at prefill sizes; a producer of X
+//! (RMSNorm, SwiGLU) could write the f16 copy itself. Quantized and f32 weights are dequantized
+//! (rounded) to f16 tile by tile in shared memory (dequant.rs: the CPU dequantizer's values
+//! rounded once), never to a copy in device memory.
+//! Layout: X16 [T, n_in] 16-bit; W [n_out, n_in] as the host stores it (f32 / f16 / bf16 rows,
+//! or the repacked blocks of host/src/matmul.rs); Y [T, n_out] f32; bias [n_out] f32 or null.
+//! n_in a multiple of 8 (the host checks it) and of the block (32, 256); any T and n_out.
+//! Launch: grid (ceil(T / 128), ceil(n_out / 128)), 256 threads, 128 KiB of dynamic shared
+//! memory (SHARED_BYTES). Block (bm, bn) computes the 128 x 128 tile of Y at tokens 128 bm,
+//! outputs 128 bn, in steps of 64 along n_in; the blocks of one weight tile run together (bm
+//! varies fastest) so that the weights come from DRAM once.
+//! Tiles in shared memory: 128 rows of 64 values (128 bytes), the 16-byte chunk c of row r stored
+//! at chunk c ^ (r % 8), so that the 8 row addresses of an `ldmatrix` (and the copies' and the
+//! dequantization's stores) fall in distinct banks.
+//! Warps: narrow layout (16-bit, f32, Q8_0, Q4_K weights): warp w computes the 64 x 32 sub-tile
+//! at (64 (w % 2), 32 (w / 2)), per k16 slice 4 `ldmatrix.x4` of X, 2 of W, 16 mma; wide layout
+//! (Q4_0, Q4_1, Q6_K): see `n8_tiles`. Which is faster was measured per format on the H100.
+//! Pipeline: STAGES tiles of X (and of 16-bit W) in flight through `cp.async`, one barrier per
+//! step; 16-bit W: the next copies sit between the k16 slices' products. Quantized W: each
+//! thread loads one block of 32 weights (raw bits) two steps ahead into registers and dequantizes
+//! it one step ahead into one of two f16 W tiles, interleaved with the products
+//! (`gemm_quantized`) or after them (`gemm_quantized_phased`).
+//! Cost: 2 T n_in n_out FLOPs; W read once per 128 tokens (from L2 for the other row tiles of a
+//! wave), X once per 128 outputs (from L2). Registers (ptxas, sm_90): 166 (16-bit), 167-168
+//! (phased), 246-255 (wide, f32), no spills; one block of 8 warps per SM.
 
+use super::dequant::{
+    RawQ4, RawQ4K, RawQ6K, RawQ8_0, pack_chunk, q4_0_values, q4_1_values, q4_k_values, q6_k_values,
+    q8_0_values,
+};
 use crate::device::{
-    block_idx, block_idx_y, dynamic_shared, f16_to_f32, lane_idx, sync_threads, thread_idx, warp_idx,
+    block_idx, block_idx_y, copy_async_16, copy_async_commit, copy_async_wait, dynamic_shared_address,
+    global_idx, grid_size, lane_idx, load_f32x4, load_matrix_x4, load_u16x8, mma_16x8x16, pack_bf16x2,
+    pack_f16x2, shared_load_f32, shared_store_f32, shared_store_u32x4, store_u32x4, sync_threads, thread_idx,
+    warp_idx,
 };
 use crate::unroll;
 
-const BN: usize = 128;
-const BK: usize = 32;
-/// f16 values per shared row (32 + 8 of padding).
-const LD: usize = BK + 8;
-/// Shared bytes (for the wide form; the narrow one uses less): X tile then W tile.
-pub const GEMM_SHARED: usize = (128 + BN) * LD * 2;
+pub const TILE_M: usize = 128;
+pub const TILE_N: usize = 128;
+pub const TILE_K: usize = 64;
+pub const THREADS: usize = 256;
+/// Tiles of X (and of 16-bit W) in the copy ring.
+pub const STAGES: usize = 4;
+/// Bytes of one 128 x 64 tile of 16-bit values.
+const TILE_BYTES: u32 = (TILE_M * TILE_K * 2) as u32;
 
-/// Two f32 as an f16 pair (lo in the low half).
+/// Dynamic shared memory of a block: the ring of X tiles, then the ring of W tiles (16-bit W) or
+/// two dequantized W tiles (quantized W); the wide layout's 8 warps x 128 x 32 f32 sums at the
+/// end reuse it.
+pub const SHARED_BYTES: usize = 2 * STAGES * TILE_BYTES as usize;
+const _: () = assert!(SHARED_BYTES >= 8 * 128 * 32 * 4 && SHARED_BYTES >= (STAGES + 2) * TILE_BYTES as usize);
+
+/// Byte offset of 16-byte chunk `chunk` (values 8 chunk..8 chunk + 8) of row `row` of a tile.
 #[inline(always)]
-fn pack(lo: f32, hi: f32) -> u32 {
-    let out: u32;
-    unsafe {
-        core::arch::asm!("cvt.rn.f16x2.f32 {o}, {h}, {l};", o = out(reg32) out, h = in(reg32) hi, l = in(reg32) lo)
-    };
-    out
+fn tile_offset(row: usize, chunk: usize) -> u32 {
+    (row * 2 * TILE_K + 16 * (chunk ^ (row % 8))) as u32
 }
 
-/// D = A B + D for one m16n8k16 tile (f16 operands, f32 accumulators).
-#[inline(always)]
-fn mma(d: &mut [f32; 4], a: [u32; 4], b: [u32; 2]) {
-    unsafe {
-        core::arch::asm!(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {{{d0}, {d1}, {d2}, {d3}}}, {{{a0}, {a1}, {a2}, {a3}}}, {{{b0}, {b1}}}, {{{d0}, {d1}, {d2}, {d3}}};",
-            d0 = inout(reg32) d[0], d1 = inout(reg32) d[1], d2 = inout(reg32) d[2], d3 = inout(reg32) d[3],
-            a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
-            b0 = in(reg32) b[0], b1 = in(reg32) b[1],
-        );
-    }
+/// One thread's share of copying tiles of a [rows, n] 16-bit matrix: rows row0 + tid / 8 + 32 i
+/// (i < 4), values 8 (tid % 8)..+8 of each step; out-of-range rows and columns are zero-filled.
+#[derive(Clone, Copy)]
+struct TileCopy {
+    base: *const u16,
+    src: *const u16,
+    n: usize,
+    column: usize,
+    valid_rows: u32,
+    offset: u32,
 }
 
-/// How a stored format yields 16 consecutive values of a row as 8 f16 pairs.
-trait Tile {
-    /// Values 32 c + 16 h .. + 16 of row `row` (row-relative block c, half h).
-    unsafe fn load16(w: [*const u8; 4], n_in: usize, row: usize, c: usize, h: usize) -> [u32; 8];
-}
-
-#[inline(always)]
-fn pack16(v: impl Fn(usize) -> f32) -> [u32; 8] {
-    [
-        pack(v(0), v(1)),
-        pack(v(2), v(3)),
-        pack(v(4), v(5)),
-        pack(v(6), v(7)),
-        pack(v(8), v(9)),
-        pack(v(10), v(11)),
-        pack(v(12), v(13)),
-        pack(v(14), v(15)),
-    ]
-}
-
-/// 16 bytes at p as four words.
-#[inline(always)]
-unsafe fn words(p: *const u8) -> [u32; 4] {
-    unsafe { crate::device::load_u16x8(p as *const u16) }
-}
-
-/// Nibble i (0..16) of 16 bytes given as words: byte i's low (h = 0) or high (h = 1) nibble.
-#[inline(always)]
-fn nibble(q: [u32; 4], i: usize, h: usize) -> u32 {
-    (q[i / 4] >> (8 * (i % 4) + 4 * h)) & 0xF
-}
-
-struct F32;
-impl Tile for F32 {
+impl TileCopy {
     #[inline(always)]
-    unsafe fn load16(w: [*const u8; 4], n_in: usize, row: usize, c: usize, h: usize) -> [u32; 8] {
-        let p = unsafe { (w[0] as *const f32).add(row * n_in + 32 * c + 16 * h) };
-        let v = |k: usize| unsafe { crate::device::load_f32x4(p.add(4 * k)) };
-        let (a, b, e, f) = (v(0), v(1), v(2), v(3));
-        let all =
-            [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], e[0], e[1], e[2], e[3], f[0], f[1], f[2], f[3]];
-        pack16(|i| all[i])
+    fn new(base: *const u16, rows: usize, n: usize, row0: usize) -> Self {
+        let (r, c) = (thread_idx() / 8, thread_idx() % 8);
+        let mut valid_rows = 0u32;
+        unroll!([0, 1, 2, 3], |i| {
+            if row0 + r + 32 * i < rows {
+                valid_rows |= 1 << i;
+            }
+        });
+        TileCopy {
+            base,
+            src: base.wrapping_add((row0 + r) * n + 8 * c),
+            n,
+            column: 8 * c,
+            valid_rows,
+            offset: tile_offset(r, c),
+        }
     }
-}
 
-struct F16;
-impl Tile for F16 {
+    /// Starts the copy of part i (< 4: rows r + 32 i) of the tile at columns k0..k0 + 64 into the
+    /// tile at shared address `tile`; with `live` false (a step past the end) it zero-fills.
     #[inline(always)]
-    unsafe fn load16(w: [*const u8; 4], n_in: usize, row: usize, c: usize, h: usize) -> [u32; 8] {
-        let p = unsafe { w[0].add(2 * (row * n_in + 32 * c + 16 * h)) };
-        let ([a, b, e, f], [g, k, l, m]) = unsafe { (words(p), words(p.add(16))) };
-        [a, b, e, f, g, k, l, m]
+    unsafe fn copy_part(self, tile: u32, k0: usize, i: usize, live: bool) {
+        let valid = live && k0 + self.column < self.n && self.valid_rows & (1 << i) != 0;
+        let src = if valid { self.src.wrapping_add(32 * i * self.n + k0) } else { self.base };
+        // Row r + 32 i has the same swizzle as row r.
+        unsafe { copy_async_16(tile + self.offset + (32 * i * 2 * TILE_K) as u32, src as *const u8, valid) };
     }
-}
 
-struct Q8_0;
-impl Tile for Q8_0 {
     #[inline(always)]
-    unsafe fn load16(w: [*const u8; 4], n_in: usize, row: usize, c: usize, h: usize) -> [u32; 8] {
-        let q = unsafe { words(w[0].add(row * n_in + 32 * c + 16 * h)) };
-        let d = f16_to_f32(unsafe { *(w[1] as *const u16).add(row * n_in / 32 + c) });
-        pack16(|i| d * ((q[i / 4] >> (8 * (i % 4))) as u8 as i8) as f32)
+    unsafe fn copy(self, tile: u32, k0: usize) {
+        unroll!([0, 1, 2, 3], |i| { unsafe { self.copy_part(tile, k0, i, true) } });
     }
 }
 
-struct Q4_0;
-impl Tile for Q4_0 {
+/// This warp's accumulators: acc[i][j] is the m16n8 tile at rows 16 i, columns 8 j of its
+/// sub-tile, in the mma's D layout (j < 4 in the narrow layout, < 8 in the wide one).
+type Accumulators = [[[f32; 4]; 8]; 4];
+
+/// The two warp layouts of a block's 128 x 128 tile (`WIDE` picks the second):
+/// - narrow: 2 x 4 warps, each the 64 x 32 sub-tile at (64 (w % 2), 32 (w / 2)), over every k16
+///   slice of a step (per slice: 4 `ldmatrix.x4` of X, 2 of W, 16 mma);
+/// - wide: two groups of 2 x 2 warps, each warp the 64 x 64 sub-tile at (64 (w % 2),
+///   64 (w / 2 % 2)), group w / 4 taking slices 2 g and 2 g + 1 of every step (per slice: 4 + 4
+///   `ldmatrix.x4`, 32 mma: a third fewer shared-memory reads per mma); the groups' sums are
+///   added through shared memory at the end.
+const fn n8_tiles(wide: bool) -> usize {
+    if wide { 8 } else { 4 }
+}
+
+/// One thread's `ldmatrix` row addresses within a tile (byte offsets of rows; the chunk is added
+/// per step).
+#[derive(Clone, Copy)]
+struct Fragments {
+    /// X: the m16 tiles i = 0..4; lane l gives row l % 16 of the tile, chunk 2 kk + l / 16.
+    x_rows: [u32; 4],
+    x_high: usize,
+    /// W: pairs of n8 tiles; lane l gives row (l % 8) + 8 (l / 16), chunk 2 kk + (l / 8) % 2, so
+    /// that the four matrices are b0, b1 of the first n8 tile and b0, b1 of the second.
+    w_rows: [u32; 4],
+    w_high: usize,
+    /// Every row this lane addresses is lane % 8 modulo 8: its chunk swizzle.
+    swizzle: usize,
+    /// The first k16 slice of a step this warp multiplies.
+    first_slice: usize,
+}
+
+impl Fragments {
     #[inline(always)]
-    unsafe fn load16(w: [*const u8; 4], n_in: usize, row: usize, c: usize, h: usize) -> [u32; 8] {
-        let q = unsafe { words(w[0].add(row * n_in / 2 + 16 * c)) };
-        let d = f16_to_f32(unsafe { *(w[1] as *const u16).add(row * n_in / 32 + c) });
-        pack16(|i| d * (nibble(q, i, h) as f32 - 8.0))
-    }
-}
-
-struct Q4_1;
-impl Tile for Q4_1 {
-    #[inline(always)]
-    unsafe fn load16(w: [*const u8; 4], n_in: usize, row: usize, c: usize, h: usize) -> [u32; 8] {
-        let q = unsafe { words(w[0].add(row * n_in / 2 + 16 * c)) };
-        let d = f16_to_f32(unsafe { *(w[1] as *const u16).add(row * n_in / 32 + c) });
-        let m = f16_to_f32(unsafe { *(w[2] as *const u16).add(row * n_in / 32 + c) });
-        pack16(|i| d * nibble(q, i, h) as f32 + m)
-    }
-}
-
-struct Q4K;
-impl Tile for Q4K {
-    #[inline(always)]
-    unsafe fn load16(w: [*const u8; 4], n_in: usize, row: usize, c: usize, h: usize) -> [u32; 8] {
-        let q = unsafe { words(w[0].add(row * n_in / 2 + 16 * c)) };
-        let head = unsafe { w[1].add(20 * (row * n_in / 256 + c / 8)) };
-        let dm = unsafe { *(head as *const u32) };
-        let pair = unsafe { *(head.add(4 + 2 * (c % 8)) as *const u16) };
-        let (scale, min) = (pair & 0xFF, pair >> 8);
-        let d = f16_to_f32(dm as u16) * scale as f32;
-        let m = f16_to_f32((dm >> 16) as u16) * min as f32;
-        pack16(|i| d * nibble(q, i, h) as f32 - m)
-    }
-}
-
-struct Q6K;
-impl Tile for Q6K {
-    #[inline(always)]
-    unsafe fn load16(w: [*const u8; 4], n_in: usize, row: usize, c: usize, h: usize) -> [u32; 8] {
-        let q = unsafe { words(w[0].add(row * n_in / 2 + 16 * c)) };
-        let high = unsafe { *(w[1].add(row * n_in / 4 + 8 * c + 4 * h) as *const u32) };
-        let sb = row * n_in / 256 + c / 8;
-        let d = f16_to_f32(unsafe { *(w[2] as *const u16).add(sb) });
-        let scale = unsafe { *(w[3].add(16 * sb + 2 * (c % 8) + h) as *const i8) } as f32;
-        let ds = d * scale;
-        pack16(|i| {
-            let bits = (high >> (8 * (i % 4) + 2 * (i / 4))) & 3;
-            ds * ((nibble(q, i, h) | bits << 4) as i32 - 32) as f32
-        })
-    }
-}
-
-/// 16 f32 of X row `row` from column `col` (zeros past the last token) as 8 f16 pairs.
-#[inline(always)]
-unsafe fn x16(x: *const f32, t: usize, n_in: usize, row: usize, col: usize) -> [u32; 8] {
-    if row >= t {
-        return [0; 8];
-    }
-    let p = unsafe { x.add(row * n_in + col) };
-    let v = |k: usize| unsafe { crate::device::load_f32x4(p.add(4 * k)) };
-    let (a, b, e, f) = (v(0), v(1), v(2), v(3));
-    let all =
-        [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], e[0], e[1], e[2], e[3], f[0], f[1], f[2], f[3]];
-    pack16(|i| all[i])
-}
-
-/// Stores 8 words (16 f16) at shared f16 index `at` (16-byte aligned).
-#[inline(always)]
-unsafe fn store8(base: *mut u16, at: usize, v: [u32; 8]) {
-    let p = unsafe { base.add(at) as *mut [u32; 4] };
-    unsafe {
-        *p = [v[0], v[1], v[2], v[3]];
-        *p.add(1) = [v[4], v[5], v[6], v[7]];
-    }
-}
-
-/// The f16 pair at shared index `at` (even).
-#[inline(always)]
-unsafe fn pair(base: *const u16, at: usize) -> u32 {
-    unsafe { *(base.add(at) as *const u32) }
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm<T: Tile, const BM: usize>(
-    w: [*const u8; 4],
-    bias: *const f32,
-    x: *const f32,
-    y: *mut f32,
-    t: usize,
-    n_in: usize,
-    n_out: usize,
-) {
-    let xs = dynamic_shared::<u16>();
-    let ws = unsafe { xs.add(BM * LD) };
-    let (m0, n0) = (block_idx_y() * BM, block_idx() * BN);
-    let (warp, lane) = (warp_idx(), lane_idx());
-    // Warps 2 (tokens) x 4 (outputs); each BM / 2 tokens x 32 outputs, MT m16 tiles by 4 n8.
-    let (wm, wn) = (BM / 2 * (warp % 2), 32 * (warp / 2));
-    let (g, q) = (lane / 4, lane % 4);
-    let mut acc = [[[0.0f32; 4]; 4]; 4];
-    let tid = thread_idx();
-    // Staging, 16 values a thread: X row tid / 2 (threads below 2 BM), W row tid / 2.
-    let (w_row, w_half) = (tid / 2, tid % 2);
-    let (x_row, x_half) = (tid / 2, tid % 2);
-    // The next tile is loaded into registers while the tensor cores work on the current one.
-    let load = |k0: usize| {
-        let xv = if x_row < BM { unsafe { x16(x, t, n_in, m0 + x_row, k0 + 16 * x_half) } } else { [0; 8] };
-        let wv = if n0 + w_row < n_out {
-            unsafe { T::load16(w, n_in, n0 + w_row, k0 / 32, w_half) }
+    fn new<const WIDE: bool>() -> Self {
+        let (lane, warp) = (lane_idx(), warp_idx());
+        let (row_m, row_n, first_slice) = if WIDE {
+            (64 * (warp % 2), 64 * (warp / 2 % 2), 2 * (warp / 4))
         } else {
-            [0; 8]
+            (64 * (warp % 2), 32 * (warp / 2), 0)
         };
-        (xv, wv)
-    };
-    let (mut xv, mut wv) = load(0);
-    let mut k0 = 0;
-    while k0 < n_in {
-        if x_row < BM {
-            unsafe { store8(xs, x_row * LD + 16 * x_half, xv) };
+        let x_row = |i: usize| ((row_m + 16 * i + lane % 16) * 2 * TILE_K) as u32;
+        let w_row = |p: usize| ((row_n + 16 * p + lane % 8 + 8 * (lane / 16)) * 2 * TILE_K) as u32;
+        Fragments {
+            x_rows: [x_row(0), x_row(1), x_row(2), x_row(3)],
+            x_high: lane / 16,
+            w_rows: [w_row(0), w_row(1), w_row(2), w_row(3)],
+            w_high: (lane / 8) % 2,
+            swizzle: lane % 8,
+            first_slice,
         }
-        unsafe { store8(ws, w_row * LD + 16 * w_half, wv) };
-        sync_threads();
-        if k0 + BK < n_in {
-            (xv, wv) = load(k0 + BK);
-        }
-        unroll!([0, 16], |kk| {
-            let k = kk + 2 * q;
-            let mut a = [[0u32; 4]; 4];
-            unroll!([0, 1, 2, 3], |mt| {
-                if mt < BM / 32 {
-                    let r = wm + 16 * mt + g;
-                    a[mt] = unsafe {
-                        [
-                            pair(xs, r * LD + k),
-                            pair(xs, (r + 8) * LD + k),
-                            pair(xs, r * LD + k + 8),
-                            pair(xs, (r + 8) * LD + k + 8),
-                        ]
-                    };
+    }
+
+    /// acc += the products of one step: X tile at `x`, W tile at `w` (shared addresses), calling
+    /// `between(part)` for parts 0..4 in turn between the products: work placed there shares the
+    /// instruction stream with the tensor-core work (the loop body is one basic block).
+    #[inline(always)]
+    unsafe fn multiply<const BF16: bool, const WIDE: bool, const W_FIRST: bool>(
+        self,
+        x: u32,
+        w: u32,
+        acc: &mut Accumulators,
+        mut between: impl FnMut(usize),
+    ) {
+        let n8 = n8_tiles(WIDE);
+        unroll!([0, 1, 2, 3], |s| {
+            if !WIDE || s < 2 {
+                let kk = self.first_slice + s;
+                let x_chunk = (16 * ((2 * kk + self.x_high) ^ self.swizzle)) as u32;
+                let w_chunk = (16 * ((2 * kk + self.w_high) ^ self.swizzle)) as u32;
+                let a = unsafe {
+                    [
+                        load_matrix_x4(x + self.x_rows[0] + x_chunk),
+                        load_matrix_x4(x + self.x_rows[1] + x_chunk),
+                        load_matrix_x4(x + self.x_rows[2] + x_chunk),
+                        load_matrix_x4(x + self.x_rows[3] + x_chunk),
+                    ]
+                };
+                if W_FIRST && !WIDE {
+                    // All of the slice's W fragments, then the products.
+                    let [b0, b1, b2, b3] = unsafe { load_matrix_x4(w + self.w_rows[0] + w_chunk) };
+                    let [b4, b5, b6, b7] = unsafe { load_matrix_x4(w + self.w_rows[1] + w_chunk) };
+                    let b = [[b0, b1], [b2, b3], [b4, b5], [b6, b7]];
+                    unroll!([0, 1, 2, 3], |i| {
+                        unroll!([0, 1, 2, 3], |j| {
+                            mma_16x8x16::<BF16>(&mut acc[i][j], a[i], b[j]);
+                        });
+                    });
+                } else {
+                    // W a pair of n8 tiles at a time, each used at once (4 live registers, not 16).
+                    unroll!([0, 1, 2, 3], |p| {
+                        if 2 * p < n8 {
+                            let [b0, b1, b2, b3] = unsafe { load_matrix_x4(w + self.w_rows[p] + w_chunk) };
+                            unroll!([0, 1, 2, 3], |i| {
+                                mma_16x8x16::<BF16>(&mut acc[i][2 * p], a[i], [b0, b1]);
+                                mma_16x8x16::<BF16>(&mut acc[i][2 * p + 1], a[i], [b2, b3]);
+                            });
+                        }
+                    });
                 }
-            });
-            unroll!([0, 1, 2, 3], |nt| {
-                let col = wn + 8 * nt + g;
-                let b = unsafe { [pair(ws, col * LD + k), pair(ws, col * LD + k + 8)] };
-                unroll!([0, 1, 2, 3], |mt| {
-                    if mt < BM / 32 {
-                        mma(&mut acc[mt][nt], a[mt], b);
-                    }
+                if WIDE {
+                    between(2 * s);
+                    between(2 * s + 1);
+                } else {
+                    between(s);
+                }
+            }
+        });
+    }
+}
+
+/// Y[row, column..column + 2] = the pair (+ bias), within (t, n_out).
+#[inline(always)]
+unsafe fn store_pair(
+    y: *mut f32,
+    bias: *const f32,
+    (t, n_out): (usize, usize),
+    (row, column): (usize, usize),
+    pair: [f32; 2],
+) {
+    if row < t {
+        let out = unsafe { y.add(row * n_out + column) };
+        unroll!([0, 1], |e| {
+            if column + e < n_out {
+                let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(column + e) } };
+                unsafe { *out.add(e) = pair[e] + b };
+            }
+        });
+    }
+}
+
+/// Y = acc (+ bias) for the block's tile at (m0, n0), within (t, n_out).
+/// Narrow layout: each warp stores its sub-tile. Wide layout: every warp leaves its sums in shared
+/// memory (the ring, free once every copy has landed: [warp][value][lane] words, so that a warp's
+/// accesses are 32 consecutive words), then warp w adds the two groups' sums for the m16 rows
+/// 2 (w / 4), 2 (w / 4) + 1 of sub-tile w % 4 and stores them.
+#[inline(always)]
+unsafe fn store_tile<const WIDE: bool>(
+    acc: &Accumulators,
+    bias: *const f32,
+    y: *mut f32,
+    shape: (usize, usize),
+    (m0, n0): (usize, usize),
+) {
+    let (lane, warp) = (lane_idx(), warp_idx());
+    let (row, column) = (lane / 4, 2 * (lane % 4));
+    if !WIDE {
+        let (m, n) = (m0 + 64 * (warp % 2) + row, n0 + 32 * (warp / 2) + column);
+        unroll!([0, 1, 2, 3], |j| {
+            unroll!([0, 1, 2, 3], |i| {
+                unroll!([0, 1], |h| {
+                    let pair = [acc[i][j][2 * h], acc[i][j][2 * h + 1]];
+                    unsafe { store_pair(y, bias, shape, (m + 16 * i + 8 * h, n + 8 * j), pair) };
                 });
             });
         });
-        sync_threads();
-        k0 += BK;
+        return;
     }
-    unroll!([0, 1, 2, 3], |mt| {
-        if mt < BM / 32 {
-            unroll!([0, 1, 2, 3], |nt| {
-                let d = acc[mt][nt];
-                let col = n0 + wn + 8 * nt + 2 * q;
-                unroll!([0, 1], |half| {
-                    let row = m0 + wm + 16 * mt + g + 8 * half;
-                    unroll!([0, 1], |e| {
-                        if row < t && col + e < n_out {
-                            let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(col + e) } };
-                            unsafe { *y.add(row * n_out + col + e) = d[2 * half + e] + b };
-                        }
-                    });
-                });
+    let word = |warp: usize, value: usize| {
+        dynamic_shared_address() + (4 * ((warp * 128 + value) * 32 + lane)) as u32
+    };
+    copy_async_wait::<0>();
+    sync_threads();
+    unroll!([0, 1, 2, 3], |i| {
+        unroll!([0, 1, 2, 3, 4, 5, 6, 7], |j| {
+            unroll!([0, 1, 2, 3], |e| {
+                unsafe { shared_store_f32(word(warp, 32 * i + 4 * j + e), acc[i][j][e]) };
             });
-        }
+        });
+    });
+    sync_threads();
+    let position = warp % 4;
+    let (m, n) = (m0 + 64 * (position % 2) + row, n0 + 64 * (position / 2) + column);
+    unroll!([0, 1], |ii| {
+        let i = 2 * (warp / 4) + ii;
+        unroll!([0, 1, 2, 3, 4, 5, 6, 7], |j| {
+            unroll!([0, 1], |h| {
+                let sum = |e: usize| {
+                    let v = 32 * i + 4 * j + 2 * h + e;
+                    unsafe { shared_load_f32(word(position, v)) + shared_load_f32(word(position + 4, v)) }
+                };
+                unsafe { store_pair(y, bias, shape, (m + 16 * i + 8 * h, n + 8 * j), [sum(0), sum(1)]) };
+            });
+        });
     });
 }
 
-macro_rules! gemm_kernel {
-    ($name:ident, $wide:ident, $tile:ty) => {
-        /// Blocks of 64 tokens (for grids that would not fill the GPU with 128).
-        #[unsafe(no_mangle)]
-        #[allow(clippy::too_many_arguments)]
-        pub unsafe extern "ptx-kernel" fn $name(
-            w0: *const u8,
-            w1: *const u8,
-            w2: *const u8,
-            w3: *const u8,
-            bias: *const f32,
-            x: *const f32,
-            y: *mut f32,
-            t: u32,
-            n_in: u32,
-            n_out: u32,
-        ) {
+/// The product with 16-bit weights (f16, or bf16 with `BF16`), both operands through the ring.
+#[inline(always)]
+unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
+    x: *const u16,
+    w: *const u16,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
+    let (m0, n0) = (block_idx() * TILE_M, block_idx_y() * TILE_N);
+    let x_ring = dynamic_shared_address();
+    let w_ring = x_ring + STAGES as u32 * TILE_BYTES;
+    let (x_copy, w_copy) = (TileCopy::new(x, t, n_in, m0), TileCopy::new(w, n_out, n_in, n0));
+    let steps = n_in.div_ceil(TILE_K);
+    let fragments = Fragments::new::<WIDE>();
+    let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
+    for s in 0..STAGES - 1 {
+        if s < steps {
             unsafe {
-                gemm::<$tile, 64>([w0, w1, w2, w3], bias, x, y, t as usize, n_in as usize, n_out as usize)
+                x_copy.copy(x_ring + s as u32 * TILE_BYTES, s * TILE_K);
+                w_copy.copy(w_ring + s as u32 * TILE_BYTES, s * TILE_K);
             }
         }
-
-        /// Blocks of 128 tokens: each W tile dequantized half as often, twice the mma per fragment.
-        #[unsafe(no_mangle)]
-        #[allow(clippy::too_many_arguments)]
-        pub unsafe extern "ptx-kernel" fn $wide(
-            w0: *const u8,
-            w1: *const u8,
-            w2: *const u8,
-            w3: *const u8,
-            bias: *const f32,
-            x: *const f32,
-            y: *mut f32,
-            t: u32,
-            n_in: u32,
-            n_out: u32,
-        ) {
-            unsafe {
-                gemm::<$tile, 128>([w0, w1, w2, w3], bias, x, y, t as usize, n_in as usize, n_out as usize)
-            }
-        }
-    };
+        copy_async_commit();
+    }
+    for k in 0..steps {
+        // Step k's tiles have landed (this thread's copies), and after the barrier everyone's
+        // have; every thread is also done with step k - 1, whose slot the copies below refill
+        // (interleaved with the products; past the last step they only zero-fill).
+        copy_async_wait::<{ (STAGES - 2) as u32 }>();
+        sync_threads();
+        let ahead = k + STAGES - 1;
+        let (live, next) = (ahead < steps, (ahead % STAGES) as u32 * TILE_BYTES);
+        let slot = (k % STAGES) as u32 * TILE_BYTES;
+        unsafe {
+            fragments.multiply::<BF16, WIDE, false>(x_ring + slot, w_ring + slot, &mut acc, |part| {
+                x_copy.copy_part(x_ring + next, ahead * TILE_K, part, live);
+                w_copy.copy_part(w_ring + next, ahead * TILE_K, part, live);
+            })
+        };
+        copy_async_commit();
+    }
+    copy_async_wait::<0>();
+    unsafe { store_tile::<WIDE>(&acc, bias, y, (t, n_out), (m0, n0)) };
 }
 
-gemm_kernel!(gemm_f32, gemm_f32_wide, F32);
-gemm_kernel!(gemm_f16, gemm_f16_wide, F16);
-gemm_kernel!(gemm_q8_0, gemm_q8_0_wide, Q8_0);
-gemm_kernel!(gemm_q4_0, gemm_q4_0_wide, Q4_0);
-gemm_kernel!(gemm_q4_1, gemm_q4_1_wide, Q4_1);
-gemm_kernel!(gemm_q4_k, gemm_q4_k_wide, Q4K);
-gemm_kernel!(gemm_q6_k, gemm_q6_k_wide, Q6K);
+/// A quantized weight format, as the GEMM reads it: one block of 32 weights at a time.
+trait BlockWeights: Copy {
+    type Raw: Copy + Default;
+    /// The raw bits of block `block` (along n_in) of row `row`.
+    unsafe fn load(self, row: usize, block: usize) -> Self::Raw;
+    /// Its values as a function of their index in the block (< 32).
+    fn values(self, raw: Self::Raw, block: usize) -> impl Fn(usize) -> f32;
+}
+
+/// The product with quantized weights, interleaved: a branch-free loop body in which the X copies
+/// and the dequantization of the next W tile (a chunk of 8 values at a time) sit between the k16
+/// slices' products, raw blocks loaded two steps ahead.
+#[inline(always)]
+unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
+    x: *const u16,
+    w: F,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
+    let (m0, n0) = (block_idx() * TILE_M, block_idx_y() * TILE_N);
+    let x_ring = dynamic_shared_address();
+    let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
+    let x_copy = TileCopy::new(x, t, n_in, m0);
+    let steps = n_in.div_ceil(TILE_K);
+    let fragments = Fragments::new::<WIDE>();
+    let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
+
+    // Thread (r, half) dequantizes block `half` of each step's two blocks of row n0 + r. Loads
+    // are unconditional (a block past the matrix reads block 0 of row 0, which exists) and the
+    // block's validity travels with it, so that the loop body has no branches.
+    let (r, half) = (thread_idx() / 2, thread_idx() % 2);
+    let (row, blocks) = (n0 + r, n_in.div_ceil(32));
+    let load = |k: usize| {
+        let block = 2 * k + half;
+        let valid = row < n_out && block < blocks;
+        let raw = unsafe { w.load(if valid { row } else { 0 }, if valid { block } else { 0 }) };
+        (raw, valid)
+    };
+    // Chunk `chunk` (8 values) of this thread's block into the W tile at `tile`.
+    let store = |values: &dyn Fn(usize) -> f32, tile: u32, chunk: usize| {
+        unsafe { shared_store_u32x4(tile + tile_offset(r, 4 * half + chunk), pack_chunk(&values, chunk)) };
+    };
+    // A block past the matrix dequantizes zeros (all-zero raw bits are zeros in every format).
+    let valid_raw = |(raw, valid): (F::Raw, bool)| if valid { raw } else { F::Raw::default() };
+
+    for s in 0..STAGES - 1 {
+        if s < steps {
+            unsafe { x_copy.copy(x_ring + s as u32 * TILE_BYTES, s * TILE_K) };
+        }
+        copy_async_commit();
+    }
+    let values = w.values(valid_raw(load(0)), half);
+    unroll!([0, 1, 2, 3], |chunk| { store(&values, w_tiles, chunk) });
+    let mut raw = load(1);
+    for k in 0..steps {
+        copy_async_wait::<{ (STAGES - 2) as u32 }>();
+        // After this barrier: step k's X tile and W tile (dequantized during step k - 1) are
+        // visible, and every thread is done with step k - 1's tiles, which are refilled below.
+        sync_threads();
+        let ahead_x = k + STAGES - 1;
+        let (live, next_x) = (ahead_x < steps, (ahead_x % STAGES) as u32 * TILE_BYTES);
+        let ahead = load(k + 2);
+        let slot = (k % STAGES) as u32 * TILE_BYTES;
+        // Step k + 1's W tile (past the last step: the unused buffer, from zeros).
+        let next_w = w_tiles + ((k + 1) % 2) as u32 * TILE_BYTES;
+        let values = w.values(valid_raw(raw), 2 * (k + 1) + half);
+        unsafe {
+            fragments.multiply::<false, WIDE, false>(
+                x_ring + slot,
+                w_tiles + (k % 2) as u32 * TILE_BYTES,
+                &mut acc,
+                |part| {
+                    x_copy.copy_part(x_ring + next_x, ahead_x * TILE_K, part, live);
+                    store(&values, next_w, part);
+                },
+            )
+        };
+        copy_async_commit();
+        raw = ahead;
+    }
+    copy_async_wait::<0>();
+    unsafe { store_tile::<WIDE>(&acc, bias, y, (t, n_out), (m0, n0)) };
+}
+
+/// The product with quantized weights, phased (narrow layout): per step, the X copies, then the
+/// products, then the dequantization of the next W tile, raw blocks loaded two steps ahead.
+/// Measured faster than the interleaved loop for Q4_K and Q8_0 (benches/NOTES.md), slower for
+/// Q4_0, Q4_1 and Q6_K.
+#[inline(always)]
+unsafe fn gemm_quantized_phased<F: BlockWeights>(
+    x: *const u16,
+    w: F,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
+    let (m0, n0) = (block_idx() * TILE_M, block_idx_y() * TILE_N);
+    let x_ring = dynamic_shared_address();
+    let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
+    let x_copy = TileCopy::new(x, t, n_in, m0);
+    let steps = n_in.div_ceil(TILE_K);
+    let fragments = Fragments::new::<false>();
+    let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
+
+    let (r, half) = (thread_idx() / 2, thread_idx() % 2);
+    let (row, blocks) = (n0 + r, n_in.div_ceil(32));
+    let load = |k: usize| {
+        let block = 2 * k + half;
+        if row < n_out && block < blocks { unsafe { w.load(row, block) } } else { F::Raw::default() }
+    };
+    let store = |raw: F::Raw, k: usize, tile: u32| {
+        let values = w.values(raw, 2 * k + half);
+        unroll!([0, 1, 2, 3], |chunk| {
+            unsafe {
+                shared_store_u32x4(tile + tile_offset(r, 4 * half + chunk), pack_chunk(&values, chunk))
+            };
+        });
+    };
+
+    for s in 0..STAGES - 1 {
+        if s < steps {
+            unsafe { x_copy.copy(x_ring + s as u32 * TILE_BYTES, s * TILE_K) };
+        }
+        copy_async_commit();
+    }
+    store(load(0), 0, w_tiles);
+    let mut raw = load(1);
+    for k in 0..steps {
+        copy_async_wait::<{ (STAGES - 2) as u32 }>();
+        sync_threads();
+        let ahead_x = k + STAGES - 1;
+        if ahead_x < steps {
+            unsafe { x_copy.copy(x_ring + (ahead_x % STAGES) as u32 * TILE_BYTES, ahead_x * TILE_K) };
+        }
+        copy_async_commit();
+        let ahead = load(k + 2);
+        let slot = (k % STAGES) as u32 * TILE_BYTES;
+        unsafe {
+            fragments.multiply::<false, false, true>(
+                x_ring + slot,
+                w_tiles + (k % 2) as u32 * TILE_BYTES,
+                &mut acc,
+                |_| {},
+            )
+        };
+        if k + 1 < steps {
+            store(raw, k + 1, w_tiles + ((k + 1) % 2) as u32 * TILE_BYTES);
+        }
+        raw = ahead;
+    }
+    copy_async_wait::<0>();
+    unsafe { store_tile::<false>(&acc, bias, y, (t, n_out), (m0, n0)) };
+}
+
+/// F32 rows (n_in a multiple of 4), rounded to f16: blocks of 32 as 8 x 16 bytes, the last block
+/// of a row cut at n_in.
+#[derive(Clone, Copy)]
+struct F32Rows {
+    w: *const f32,
+    n_in: usize,
+}
+
+impl BlockWeights for F32Rows {
+    type Raw = [u32; 32];
+    #[inline(always)]
+    unsafe fn load(self, row: usize, block: usize) -> [u32; 32] {
+        let p = unsafe { self.w.add(row * self.n_in + 32 * block) };
+        let mut v = [0u32; 32];
+        unroll!([0, 1, 2, 3, 4, 5, 6, 7], |i| {
+            if 32 * block + 4 * i < self.n_in {
+                let [a, b, c, d] = unsafe { load_f32x4(p.add(4 * i)) };
+                (v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]) =
+                    (a.to_bits(), b.to_bits(), c.to_bits(), d.to_bits());
+            }
+        });
+        v
+    }
+    #[inline(always)]
+    fn values(self, raw: [u32; 32], block: usize) -> impl Fn(usize) -> f32 {
+        let valid = self.n_in - 32 * block.min(self.n_in / 32);
+        move |v| if v < valid { f32::from_bits(raw[v]) } else { 0.0 }
+    }
+}
+
+/// Q8_0: quants [n_out, n_in] i8, scales [n_out, n_in / 32] f16.
+#[derive(Clone, Copy)]
+struct Q8_0 {
+    quants: *const u8,
+    scales: *const u16,
+    n_in: usize,
+}
+
+impl BlockWeights for Q8_0 {
+    type Raw = RawQ8_0;
+    #[inline(always)]
+    unsafe fn load(self, row: usize, block: usize) -> RawQ8_0 {
+        let q = unsafe { self.quants.add(row * self.n_in + 32 * block) };
+        let ([a, b, c, d], [e, f, g, h]) =
+            unsafe { (load_u16x8(q as *const u16), load_u16x8(q.add(16) as *const u16)) };
+        RawQ8_0 {
+            quants: [a, b, c, d, e, f, g, h],
+            d: unsafe { *self.scales.add(row * (self.n_in / 32) + block) },
+        }
+    }
+    #[inline(always)]
+    fn values(self, raw: RawQ8_0, _block: usize) -> impl Fn(usize) -> f32 {
+        q8_0_values(raw)
+    }
+}
+
+/// Q4_0 and Q4_1 (with `mins`): quants [n_out, n_in / 2] nibble bytes, scales and mins
+/// [n_out, n_in / 32] f16.
+#[derive(Clone, Copy)]
+struct Q4<const MIN: bool> {
+    quants: *const u8,
+    scales: *const u16,
+    mins: *const u16,
+    n_in: usize,
+}
+
+impl<const MIN: bool> Q4<MIN> {
+    #[inline(always)]
+    unsafe fn load_block(self, row: usize, block: usize) -> RawQ4 {
+        let at = row * (self.n_in / 32) + block;
+        unsafe {
+            RawQ4 {
+                quants: load_u16x8(self.quants.add(16 * at) as *const u16),
+                d: *self.scales.add(at),
+                m: if MIN { *self.mins.add(at) } else { 0 },
+            }
+        }
+    }
+}
+
+impl BlockWeights for Q4<false> {
+    type Raw = RawQ4;
+    #[inline(always)]
+    unsafe fn load(self, row: usize, block: usize) -> RawQ4 {
+        unsafe { self.load_block(row, block) }
+    }
+    #[inline(always)]
+    fn values(self, raw: RawQ4, _block: usize) -> impl Fn(usize) -> f32 {
+        q4_0_values(raw)
+    }
+}
+
+impl BlockWeights for Q4<true> {
+    type Raw = RawQ4;
+    #[inline(always)]
+    unsafe fn load(self, row: usize, block: usize) -> RawQ4 {
+        unsafe { self.load_block(row, block) }
+    }
+    #[inline(always)]
+    fn values(self, raw: RawQ4, _block: usize) -> impl Fn(usize) -> f32 {
+        q4_1_values(raw)
+    }
+}
+
+/// Q4_K: quants [n_out, n_in / 2] (16 nibble bytes per sub-block), heads [n_out, n_in / 256]
+/// x 20 bytes (d, dmin, then a (scale, min) byte pair per sub-block).
+#[derive(Clone, Copy)]
+struct Q4K {
+    quants: *const u8,
+    heads: *const u8,
+    n_in: usize,
+}
+
+impl BlockWeights for Q4K {
+    type Raw = RawQ4K;
+    #[inline(always)]
+    unsafe fn load(self, row: usize, block: usize) -> RawQ4K {
+        let at = row * (self.n_in / 32) + block;
+        let head = unsafe { self.heads.add(20 * (at / 8)) };
+        unsafe {
+            RawQ4K {
+                quants: load_u16x8(self.quants.add(16 * at) as *const u16),
+                dm: *(head as *const u32),
+                pair: *(head.add(4 + 2 * (at % 8)) as *const u16),
+            }
+        }
+    }
+    #[inline(always)]
+    fn values(self, raw: RawQ4K, _block: usize) -> impl Fn(usize) -> f32 {
+        q4_k_values(raw)
+    }
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Pair([u32; 2]);
+
+/// Q6_K: low [n_out, n_in / 2] nibble bytes, high [n_out, n_in / 4] (8 bytes per block of 32),
+/// scales (d) [n_out, n_in / 256] f16, sub [n_out, n_in / 256] x 16 i8.
+#[derive(Clone, Copy)]
+struct Q6K {
+    low: *const u8,
+    high: *const u8,
+    scales: *const u16,
+    sub: *const u8,
+    n_in: usize,
+}
+
+impl BlockWeights for Q6K {
+    type Raw = RawQ6K;
+    #[inline(always)]
+    unsafe fn load(self, row: usize, block: usize) -> RawQ6K {
+        let at = row * (self.n_in / 32) + block;
+        unsafe {
+            RawQ6K {
+                low: load_u16x8(self.low.add(16 * at) as *const u16),
+                high: (*(self.high.add(8 * at) as *const Pair)).0,
+                scales: *(self.sub.add(2 * at) as *const u16),
+                d: *self.scales.add(at / 8),
+            }
+        }
+    }
+    #[inline(always)]
+    fn values(self, raw: RawQ6K, _block: usize) -> impl Fn(usize) -> f32 {
+        q6_k_values(raw)
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn gemm_f32(
+    x: *const u16,
+    w: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    // f32 rows take the narrow layout: their raw blocks (32 words, two in flight) leave no room
+    // in the registers for the wide layout's accumulators.
+    unsafe { gemm_quantized::<_, false>(x, F32Rows { w, n_in: n_in as usize }, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn gemm_f16(
+    x: *const u16,
+    w: *const u16,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    unsafe { gemm_half::<false, false>(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn gemm_bf16(
+    x: *const u16,
+    w: *const u16,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    unsafe { gemm_half::<true, false>(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_q8_0(
+    x: *const u16,
+    quants: *const u8,
+    scales: *const u16,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Q8_0 { quants, scales, n_in: n_in as usize };
+    unsafe { gemm_quantized_phased(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_q4_0(
+    x: *const u16,
+    quants: *const u8,
+    scales: *const u16,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Q4::<false> { quants, scales, mins: scales, n_in: n_in as usize };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_q4_1(
+    x: *const u16,
+    quants: *const u8,
+    scales: *const u16,
+    mins: *const u16,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Q4::<true> { quants, scales, mins, n_in: n_in as usize };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+}
+
+/// Q4_K: `heads` is the matrix's `scales` array (20 bytes per super-block).
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_q4_k(
+    x: *const u16,
+    quants: *const u8,
+    heads: *const u8,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Q4K { quants, heads, n_in: n_in as usize };
+    unsafe { gemm_quantized_phased(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_q6_k(
+    x: *const u16,
+    low: *const u8,
+    high: *const u8,
+    scales: *const u16,
+    sub: *const u8,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Q6K { low, high, scales, sub, n_in: n_in as usize };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+}
+
+/// out[i] = x[i] rounded to nearest-even f16 (`BF16`: bf16), eight values per thread and step
+/// (n a multiple of 8, x 16-byte aligned): the GEMM's X operand.
+#[inline(always)]
+unsafe fn convert<const BF16: bool>(x: *const f32, out: *mut u32, n: u32) {
+    let pack = if BF16 { pack_bf16x2 } else { pack_f16x2 };
+    let n = n as usize;
+    let mut i = 8 * global_idx();
+    while i < n {
+        let ([a, b, c, d], [e, f, g, h]) = unsafe { (load_f32x4(x.add(i)), load_f32x4(x.add(i + 4))) };
+        unsafe { store_u32x4(out.add(i / 2), [pack(a, b), pack(c, d), pack(e, f), pack(g, h)]) };
+        i += 8 * grid_size();
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn convert_f32_to_f16(x: *const f32, out: *mut u32, n: u32) {
+    unsafe { convert::<false>(x, out, n) };
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn convert_f32_to_bf16(x: *const f32, out: *mut u32, n: u32) {
+    unsafe { convert::<true>(x, out, n) };
+}

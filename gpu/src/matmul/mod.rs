@@ -1,7 +1,15 @@
 //! Matrix kernels. `gemv`, `gemv_k`: matrix-vector products for decode, one warp per output row;
-//! `kquant`: decoding of the 256-value super-block formats.
+//! `gemm`: matrix products on the tensor cores for prefill, with `dequant` turning blocks of
+//! quantized weights into f16; `kquant`: decoding of the 256-value super-block formats.
+pub mod dequant;
 pub mod gemm;
 pub mod gemv;
 pub mod gemv_k;
 pub mod kquant;
 pub mod quantize;
+
+/// What `dequant` uses of the device vocabulary (tests/conformance/gemm.rs give it CPU twins).
+mod dequant_ops {
+    pub(crate) use crate::device::{f16_to_f32, fma, pack_f16x2};
+    pub(crate) use crate::unroll;
+}
