@@ -13,11 +13,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+#[path = "src/pdl.rs"]
+mod pdl;
+
 /// The commit of the pinned kernel toolchain, used to recognise an identical `nightly` offline.
 const KERNEL_TOOLCHAIN_COMMIT: &str = "e50aa6fba4e63ab34c72bf9acfd2c307c1155d1a";
 /// SHA-256 of `rust-src-nightly-2026-05-20.tar.xz` (the offline rust-src archive).
 const RUST_SRC_ARCHIVE_SHA256: &str = "b3a3316f25e320b90d4e3fc3ed2ab23ee2d591945beb6443b096a84fd5a78070";
-/// Every kernel runs on sm_80 and later; Hopper-only kernels would need a second module.
+/// Every kernel runs on sm_80 and later; the sm_90 variant (programmatic dependent launch, see
+/// src/pdl.rs) is derived from this module's text.
 const TARGET_CPU: &str = "sm_80";
 
 fn main() {
@@ -27,6 +31,7 @@ fn main() {
     println!("cargo:rerun-if-changed={}", gpu_dir.join("src").display());
     println!("cargo:rerun-if-changed={}", gpu_dir.join("Cargo.toml").display());
     println!("cargo:rerun-if-changed={}", gpu_dir.join("rust-toolchain.toml").display());
+    println!("cargo:rerun-if-changed=src/pdl.rs");
     println!("cargo:rerun-if-env-changed=GPU_RUST_SRC_ARCHIVE");
 
     if let Err(message) = build(&gpu_dir, &out_dir) {
@@ -83,8 +88,11 @@ fn build(gpu_dir: &Path, out_dir: &Path) -> Result<(), String> {
             name.starts_with("gpu-") && name.ends_with(".s")
         })
         .ok_or_else(|| format!("the kernel build wrote no gpu-*.s into {}", deps.display()))?;
-    fs::copy(&ptx, out_dir.join("kernels.ptx"))
-        .map_err(|e| format!("could not copy {}: {e}", ptx.display()))?;
+    let text = fs::read_to_string(&ptx).map_err(|e| format!("could not read {}: {e}", ptx.display()))?;
+    fs::write(out_dir.join("kernels.ptx"), &text).map_err(|e| format!("could not write kernels.ptx: {e}"))?;
+    let hopper = pdl::dependent_launch_variant(&text).map_err(|e| format!("the sm_90 variant: {e}"))?;
+    fs::write(out_dir.join("kernels_sm90.ptx"), hopper)
+        .map_err(|e| format!("could not write kernels_sm90.ptx: {e}"))?;
     Ok(())
 }
 

@@ -591,7 +591,17 @@ impl GpuLlama {
     }
 
     /// Queues every kernel of one decode step; the token and position are read on the device.
+    /// The step is a chain of ~12 kernels per layer, most of them short: they are launched with
+    /// programmatic dependent launch where the GPU has it, so that each one's blocks are scheduled
+    /// (and the GEMVs' first weights requested) while the previous kernel runs.
     fn enqueue_step(&mut self) -> Result<(), CudaError> {
+        self.gpu.set_dependent_launch(true);
+        let enqueued = self.enqueue_step_kernels();
+        self.gpu.set_dependent_launch(false);
+        enqueued
+    }
+
+    fn enqueue_step_kernels(&mut self) -> Result<(), CudaError> {
         let c = &self.config;
         let (gpu, b) = (&self.gpu, &mut self.buffers);
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
@@ -637,7 +647,30 @@ impl GpuLlama {
             match &mut self.kv {
                 KvCache::Paged { cache, workspace, options } => {
                     gpu.kv_write_paged(cache, i, &k, &v, &slot, &position)?;
-                    gpu.attention_decode_paged(cache, i, &q, &len, None, options, workspace, &mut b.attn)?;
+                    if uses_q8(&layer.wo) {
+                        gpu.attention_decode_paged_q8(
+                            cache,
+                            i,
+                            &q,
+                            &len,
+                            None,
+                            options,
+                            workspace,
+                            &mut b.attn,
+                            &mut b.attn_q,
+                        )?;
+                    } else {
+                        gpu.attention_decode_paged(
+                            cache,
+                            i,
+                            &q,
+                            &len,
+                            None,
+                            options,
+                            workspace,
+                            &mut b.attn,
+                        )?;
+                    }
                 }
                 KvCache::Contiguous { keys, values } => {
                     gpu.kv_write(&k, &mut keys[i], &position)?;
@@ -652,10 +685,10 @@ impl GpuLlama {
                         c.n_head_kv,
                         c.head_dim,
                     )?;
+                    if uses_q8(&layer.wo) {
+                        gpu.quantize_q8(&b.attn, &mut b.attn_q)?;
+                    }
                 }
-            }
-            if uses_q8(&layer.wo) {
-                gpu.quantize_q8(&b.attn, &mut b.attn_q)?;
             }
             matvec(&layer.wo, &b.attn, &b.attn_q, None, &mut b.projected.slice_mut(..))?;
             gpu.rms_norm_q8(&mut b.x, Some(&b.projected), &layer.ffn_norm, eps, Some(&mut b.h), &mut b.hq)?;

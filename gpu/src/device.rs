@@ -79,6 +79,30 @@ pub fn sync_threads() {
     unsafe { nvptx::_syncthreads() }
 }
 
+/// Programmatic dependent launch: the point where this kernel starts to need what the previous
+/// kernel wrote (and may start to write what it read). In the sm_80 module this is a PTX comment;
+/// the host's sm_90 variant (host/src/pdl.rs) puts `griddepcontrol.wait` and the trigger for the
+/// next kernel there instead of at the kernel's top. Every thread must pass it before such
+/// accesses; code before it may only read memory that no kernel of the step writes (weights).
+#[inline(always)]
+pub fn dependent_launch_wait() {
+    // No `nomem`: the compiler must not move memory accesses across it.
+    unsafe { asm!("// dependent launch: wait", options(nostack)) }
+}
+
+/// Asks L2 for the 128-byte lines of `bytes` bytes from `start`, spread over the warp's lanes;
+/// no registers are written and nothing waits for them.
+#[inline(always)]
+pub unsafe fn prefetch_l2(start: *const u8, bytes: usize) {
+    let mut offset = 128 * lane_idx();
+    while offset < bytes {
+        unsafe {
+            asm!("prefetch.global.L2 [{a}];", a = in(reg64) start.add(offset), options(nostack, readonly))
+        };
+        offset += 128 * WARP_SIZE;
+    }
+}
+
 /// `__syncwarp()`: a barrier for the lanes of this warp, which also orders their memory accesses.
 #[inline(always)]
 pub fn sync_warp() {

@@ -19,23 +19,29 @@
 //! under YaRN) precomputed.
 //! Cost: reads and writes the rotated part of x once: 8 bytes per element, memory-bound.
 
-use crate::device::{block_dim, block_idx, dynamic_shared, sync_threads, thread_idx};
+use crate::device::{block_dim, block_idx, dependent_launch_wait, dynamic_shared, sync_threads, thread_idx};
 
-/// cos and sin of pair i's angle at `position`, scaled by `magnitude`.
+/// base^(-2i / rope_dim): pair i's angle per position before scaling.
+#[inline(always)]
+fn frequency(i: u32, rope_dim: u32, log2_base: f64) -> f64 {
+    libm::exp2(-2.0 * i as f64 / rope_dim as f64 * log2_base)
+}
+
+/// cos and sin of pair i's angle at `position`, scaled by `magnitude`; `frequency` is
+/// `frequency(i, ..)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn rotation(
     position: u32,
     i: u32,
-    rope_dim: u32,
-    log2_base: f64,
-    freq_scale: f64,
+    frequency: f64,
     ext_factor: f32,
+    freq_scale: f64,
     magnitude: f32,
     corr_low: f32,
     corr_high: f32,
 ) -> (f32, f32) {
-    let theta_extrap = position as f64 * libm::exp2(-2.0 * i as f64 / rope_dim as f64 * log2_base);
+    let theta_extrap = position as f64 * frequency;
     let theta_interp = freq_scale * theta_extrap;
     let theta = if ext_factor != 0.0 {
         let span = libm::fmax(0.001, (corr_high - corr_low) as f64);
@@ -76,13 +82,17 @@ pub unsafe extern "ptx-kernel" fn rope_f32(
     // cos table then sin table, [tokens, half] each.
     let table = dynamic_shared::<f32>();
     let entries = tokens * half;
-    let mut unit = thread_idx() as u32;
+    // The frequency of this thread's first entry depends on no earlier kernel: formed before the
+    // wait (at decode, where there is one entry per thread, that is all of them).
+    let first = thread_idx() as u32;
+    let first_frequency = if half > 0 { frequency(first % half, rope_dim, log2_base) } else { 0.0 };
+    dependent_launch_wait();
+    let mut unit = first;
     while unit < entries {
         let (t, i) = (unit / half, unit % half);
         let position = unsafe { *positions.add((first_token + t) as usize) };
-        let (cos, sin) = rotation(
-            position, i, rope_dim, log2_base, freq_scale, ext_factor, magnitude, corr_low, corr_high,
-        );
+        let f = if unit == first { first_frequency } else { frequency(i, rope_dim, log2_base) };
+        let (cos, sin) = rotation(position, i, f, ext_factor, freq_scale, magnitude, corr_low, corr_high);
         unsafe {
             *table.add(unit as usize) = cos;
             *table.add((entries + unit) as usize) = sin;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, DriverError, LaunchConfig};
 pub use cudarc::driver::{
     CudaGraph, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, sys,
 };
@@ -20,11 +20,16 @@ pub mod embedding;
 pub mod gemm;
 pub mod matmul;
 pub mod norm;
+#[cfg(test)]
+mod pdl;
 pub mod rope;
 pub mod softmax;
 
 /// The kernels of `gpu/`, compiled to one PTX module by `build.rs`.
 pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
+/// The same module for sm_90 with programmatic dependent launch at every entry point (`pdl.rs`);
+/// loaded on Hopper and later unless `ENGINE_PDL=0`.
+pub const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels_sm90.ptx"));
 
 /// Every entry point the wrappers launch; `Gpu::new` loads each, and a test checks that the PTX
 /// defines exactly these.
@@ -136,6 +141,10 @@ pub struct Gpu {
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, CudaFunction>,
     sm_count: usize,
+    /// The sm_90 module is loaded: kernels may be launched with programmatic dependent launch.
+    dependent_launch_available: bool,
+    /// Kernels are launched with programmatic dependent launch now (see `set_dependent_launch`).
+    dependent_launch: std::sync::atomic::AtomicBool,
     /// The f16 (or bf16) copy of X that `gemm` converts its input into.
     gemm_x: Mutex<Option<CudaSlice<u16>>>,
 }
@@ -156,7 +165,12 @@ impl Gpu {
         // One stream does all the work, so cudarc's cross-stream event tracking is not needed, and
         // its events would get in the way of capturing the decode step as a CUDA graph.
         unsafe { context.disable_event_tracking() };
-        let module = context.load_module(cudarc::nvrtc::Ptx::from_src(PTX))?;
+        let major = context.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+        )?;
+        let dependent_launch_available = major >= 9 && std::env::var("ENGINE_PDL").map_or(true, |v| v != "0");
+        let ptx = if dependent_launch_available { PTX_SM90 } else { PTX };
+        let module = context.load_module(cudarc::nvrtc::Ptx::from_src(ptx))?;
         let mut functions = HashMap::new();
         for &name in KERNELS {
             functions.insert(name, module.load_function(name)?);
@@ -175,7 +189,16 @@ impl Gpu {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
             .max(1) as usize;
         let stream = context.new_stream()?;
-        Ok(Gpu { context, stream, _module: module, functions, sm_count, gemm_x: Mutex::new(None) })
+        Ok(Gpu {
+            context,
+            stream,
+            _module: module,
+            functions,
+            sm_count,
+            dependent_launch_available,
+            dependent_launch: false.into(),
+            gemm_x: Mutex::new(None),
+        })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -235,27 +258,61 @@ impl Gpu {
         self.functions.get(name).unwrap_or_else(|| panic!("kernel {name} is not in KERNELS"))
     }
 
+    /// Launches kernels from now on with programmatic dependent launch (each kernel's blocks are
+    /// scheduled during the previous kernel and wait there; see `pdl.rs`), where the device has it
+    /// (sm_90 and later, unless `ENGINE_PDL=0`); returns whether it is on. Worth it for chains of
+    /// short kernels such as the decode step; the prompt pass's large GEMMs ran 4% slower with it.
+    pub fn set_dependent_launch(&self, on: bool) -> bool {
+        let on = on && self.dependent_launch_available;
+        self.dependent_launch.store(on, std::sync::atomic::Ordering::Relaxed);
+        on
+    }
+
     /// Launches `name` with the given arguments (device pointers and scalars, in the kernel's order).
+    /// With dependent launch on, the kernel's blocks may be scheduled during the previous kernel and
+    /// wait in their prologue (`pdl.rs`).
     fn launch(&self, name: &str, config: LaunchConfig, args: &[&dyn Arg]) -> Result<()> {
+        use cudarc::driver::sys;
         let function = self.function(name);
-        let mut builder = self.stream.launch_builder(function);
-        for arg in args {
-            arg.push(&mut builder);
+        self.context.bind_to_thread()?;
+        let mut params: Vec<*mut std::ffi::c_void> = args.iter().map(|arg| arg.param()).collect();
+        // SAFETY: a plain C struct; the union member set below is the one the id names.
+        let mut attribute: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attribute.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attribute.value.programmaticStreamSerializationAllowed = 1;
+        let launch = sys::CUlaunchConfig {
+            gridDimX: config.grid_dim.0,
+            gridDimY: config.grid_dim.1,
+            gridDimZ: config.grid_dim.2,
+            blockDimX: config.block_dim.0,
+            blockDimY: config.block_dim.1,
+            blockDimZ: config.block_dim.2,
+            sharedMemBytes: config.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attribute,
+            numAttrs: u32::from(self.dependent_launch.load(std::sync::atomic::Ordering::Relaxed)),
+        };
+        // SAFETY: `params` holds one pointer per kernel parameter, each to a live value of the
+        // parameter's type (the wrappers pass them in the kernel's order, checked by the
+        // conformance tests); the function belongs to this context.
+        unsafe {
+            sys::cuLaunchKernelEx(&launch, function.cu_function(), params.as_mut_ptr(), std::ptr::null_mut())
         }
-        unsafe { builder.launch(config) }?;
+        .result()?;
         Ok(())
     }
 }
 
 /// A kernel argument: scalars by value, device pointers as raw addresses.
 trait Arg {
-    fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>);
+    /// A pointer to the value, as cuLaunchKernel's parameter array takes it.
+    fn param(&self) -> *mut std::ffi::c_void;
 }
 macro_rules! scalar_arg {
     ($($t:ty),*) => {$(
         impl Arg for $t {
-            fn push<'a>(&'a self, builder: &mut cudarc::driver::LaunchArgs<'a>) {
-                builder.arg(self);
+            fn param(&self) -> *mut std::ffi::c_void {
+                self as *const $t as *mut std::ffi::c_void
             }
         }
     )*};

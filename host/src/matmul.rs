@@ -372,6 +372,25 @@ pub struct Q8Activations {
     pub n: usize,
 }
 
+impl Q8Activations {
+    /// The quantized values (as bytes of i8), block scales and block sums, copied to the host:
+    /// for tests that compare two ways of producing them.
+    pub fn download(&self, gpu: &Gpu) -> Result<(Vec<u8>, Vec<f32>, Vec<f32>)> {
+        Ok((gpu.download(&self.q)?, gpu.download(&self.d)?, gpu.download(&self.s)?))
+    }
+
+    /// Device addresses of (q, d, s), with the guards that keep them borrowed.
+    pub(crate) fn pointers_mut<'a>(
+        &'a mut self,
+        stream: &'a std::sync::Arc<cudarc::driver::CudaStream>,
+    ) -> ([u64; 3], [cudarc::driver::SyncOnDrop<'a>; 3]) {
+        let (q, q_guard) = self.q.device_ptr_mut(stream);
+        let (d, d_guard) = self.d.device_ptr_mut(stream);
+        let (s, s_guard) = self.s.device_ptr_mut(stream);
+        ([q, d, s], [q_guard, d_guard, s_guard])
+    }
+}
+
 impl Gpu {
     /// Space for `n` quantized activations (n a multiple of 32).
     pub fn q8_activations(&self, n: usize) -> Result<Q8Activations> {
@@ -428,7 +447,9 @@ impl Gpu {
         let (q, _q) = q8.q.device_ptr_mut(stream);
         let (d, _d) = q8.d.device_ptr_mut(stream);
         let (s, _s) = q8.s.device_ptr_mut(stream);
-        let threads = (n / 32).clamp(1, 32) as u32 * 32;
+        // One thread per value up to 512 threads: the kernel keeps 8 values per thread in
+        // registers (72 of them), so 1024 threads would ask for more than an SM's 64K registers.
+        let threads = (n / 32).clamp(1, 16) as u32 * 32;
         let config = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         let dim = n as u32;
         self.launch(KERNEL, config, &[&x, &residual, &w, &eps, &out, &q, &d, &s, &dim])

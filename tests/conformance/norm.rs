@@ -60,6 +60,52 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(48))]
+
+    /// The decode step's fused norm (x += residual, RMSNorm, 8-bit quantization) against the CPU
+    /// norm, and its quantization against the separate quantize kernel (itself checked against the
+    /// CPU integer path in gemv.rs) run on the fused kernel's own output: those must agree bit for
+    /// bit. Rows up to 16384 take the kernel's register path (up to 4096) and its looped path.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn rms_norm_q8_matches_cpu(blocks in prop_oneof![1usize..=40, 41usize..=512], with_residual: bool, with_out: bool, seed: u64) {
+        let dim = 32 * blocks;
+        let x = random_values(seed, dim, 3.0);
+        let residual = random_values(seed ^ 2, dim, 3.0);
+        let weight = random_values(seed ^ 1, dim, 2.0);
+        let summed: Vec<f32> = if with_residual { x.iter().zip(&residual).map(|(a, b)| a + b).collect() } else { x.clone() };
+        let mut expected = vec![0.0; dim];
+        norm::rms_norm(&summed, &weight, &mut expected, dim, 1e-5);
+
+        let gpu = gpu();
+        let mut x_gpu = gpu.upload(&x).unwrap();
+        let residual_gpu = gpu.upload(&residual).unwrap();
+        let w = gpu.upload(&weight).unwrap();
+        let mut out = poisoned(dim);
+        let mut q8 = gpu.q8_activations(dim).unwrap();
+        gpu.rms_norm_q8(&mut x_gpu, with_residual.then_some(&residual_gpu), &w, 1e-5, with_out.then_some(&mut out), &mut q8).unwrap();
+        assert_close(&format!("rms_norm_q8 x {dim}"), &gpu.download(&x_gpu).unwrap(), &summed, 1e-6);
+
+        // A second run that always writes `out` gives the normalized row; leaving `out` out must
+        // not change the quantization.
+        let mut again = gpu.upload(&x).unwrap();
+        let mut normalized = poisoned(dim);
+        let mut q8_again = gpu.q8_activations(dim).unwrap();
+        gpu.rms_norm_q8(&mut again, with_residual.then_some(&residual_gpu), &w, 1e-5, Some(&mut normalized), &mut q8_again).unwrap();
+        let normalized = gpu.download(&normalized).unwrap();
+        if with_out {
+            prop_assert_eq!(gpu.download(&out).unwrap(), normalized.clone());
+        }
+        assert_close(&format!("rms_norm_q8 out {dim}"), &normalized, &expected, 1e-5);
+        let mut separate = gpu.q8_activations(dim).unwrap();
+        gpu.quantize_q8(&gpu.upload(&normalized).unwrap(), &mut separate).unwrap();
+        let fused = q8.download(gpu).unwrap();
+        prop_assert_eq!(&fused, &q8_again.download(gpu).unwrap());
+        prop_assert_eq!(fused, separate.download(gpu).unwrap());
+    }
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn norm_rejects_bad_shapes() {

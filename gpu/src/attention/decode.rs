@@ -38,6 +38,7 @@ use crate::device::{
     shared_load_u32x4, shared_store_f32, shared_store_f32x4, shuffle_xor, sync_threads, sync_warp,
     thread_idx, warp_idx,
 };
+use crate::matmul::quantize::quantize_block;
 use crate::unroll;
 
 /// Query heads per block (of one GQA group).
@@ -345,13 +346,20 @@ decode_entry!(
     attention_decode_hd128_h8 = (128, 8)
 );
 
-/// Combines the splits of `attention_decode_hd*` (see the top of this file).
+/// Combines the splits of `attention_decode_hd*` (see the top of this file). When `q8` is not
+/// null, `out` is also quantized as by `quantize_q8_1` into (q8, q8_d, q8_s), which saves the
+/// decode step a launch before an 8-bit GEMV; the host passes it only where head_dim and the
+/// block size are multiples of 32, so that each warp's 32 values form one block.
 #[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn attention_decode_combine(
     partial: *const f32,
     stats: *const f32,
     sinks: *const f32,
     out: *mut f32,
+    q8: *mut i8,
+    q8_d: *mut f32,
+    q8_s: *mut f32,
     n_head: u32,
     n_splits: u32,
     head_dim: u32,
@@ -407,7 +415,11 @@ pub unsafe extern "ptx-kernel" fn attention_decode_combine(
         }
         let total =
             ((value[0] + value[1]) + (value[2] + value[3])) + ((value[4] + value[5]) + (value[6] + value[7]));
-        unsafe { *out.add(row * head_dim + d) = total * inverse };
+        let value = total * inverse;
+        unsafe { *out.add(row * head_dim + d) = value };
+        if !q8.is_null() {
+            unsafe { quantize_block(value, (row * head_dim + d) / 32, q8, q8_d, q8_s) };
+        }
         d += block_dim();
     }
 }

@@ -18,8 +18,9 @@
 //! Cost: the weight bytes once, x once per block from L2, 4 * n_out bytes written: memory-bound.
 
 use crate::device::{
-    WARP_SIZE, bf16_to_f32, block_dim, block_idx, dp4a_signed, dp4a_unsigned_signed, dynamic_shared,
-    f16_to_f32, grid_dim, lane_idx, load_f32x4, load_u16x8, sync_threads, thread_idx, warp_idx, warp_sum,
+    WARP_SIZE, bf16_to_f32, block_dim, block_idx, dependent_launch_wait, dp4a_signed, dp4a_unsigned_signed,
+    dynamic_shared, f16_to_f32, grid_dim, lane_idx, load_f32x4, load_u16x8, prefetch_l2, sync_threads,
+    thread_idx, warp_idx, warp_sum,
 };
 
 pub const WARPS_PER_BLOCK: usize = 8;
@@ -76,6 +77,25 @@ pub(crate) unsafe fn for_rows(n_out: usize, bias: *const f32, y: *mut f32, row_d
         }
         row += grid_dim() * WARPS_PER_BLOCK;
     }
+}
+
+/// [`for_rows`] for a kernel launched with programmatic dependent launch: before waiting for the
+/// previous kernel (which writes x), `prefetch(row)` asks L2 for the weights of this warp's first
+/// row (they depend on no kernel), so that the weight stream starts during the previous kernel.
+#[inline(always)]
+pub(crate) unsafe fn for_rows_prefetched(
+    n_out: usize,
+    bias: *const f32,
+    y: *mut f32,
+    prefetch: impl Fn(usize),
+    row_dot: impl Fn(usize) -> f32,
+) {
+    let first = block_idx() * WARPS_PER_BLOCK + warp_idx();
+    if first < n_out {
+        prefetch(first);
+    }
+    dependent_launch_wait();
+    unsafe { for_rows(n_out, bias, y, row_dot) }
 }
 
 /// sum over this lane's chunks c (lane, lane + 32, ...) of `compute(load(c), c)`, with the loads of
@@ -148,7 +168,8 @@ pub unsafe extern "ptx-kernel" fn gemv_q8_0(
     let sx = SharedX::<16, 4>::new();
     unsafe { sx.stage(x, n_in) };
     unsafe {
-        for_rows(n_out as usize, bias, y, |row| {
+        let prefetch = |row: usize| prefetch_l2(quants.add(row * n_in), n_in);
+        for_rows_prefetched(n_out as usize, bias, y, prefetch, |row| {
             let (q, s) = (quants.add(row * n_in), scales.add(row * n_in / 32));
             over_chunks(
                 n_in / 16,
@@ -334,7 +355,8 @@ pub unsafe extern "ptx-kernel" fn gemv_q8_0_q8(
 ) {
     let n_in = n_in as usize;
     unsafe {
-        for_rows(n_out as usize, bias, y, |row| {
+        let prefetch = |row: usize| prefetch_l2(quants.add(row * n_in), n_in);
+        for_rows_prefetched(n_out as usize, bias, y, prefetch, |row| {
             let (q, s) = (quants.add(row * n_in), scales.add(row * n_in / 32));
             over_chunks(
                 n_in / 16,
@@ -419,7 +441,8 @@ pub unsafe extern "ptx-kernel" fn gemv_q4_0_q8(
 ) {
     let n_in = n_in as usize;
     unsafe {
-        for_rows(n_out as usize, bias, y, |row| {
+        let prefetch = |row: usize| prefetch_l2(quants.add(row * n_in / 2), n_in / 2);
+        for_rows_prefetched(n_out as usize, bias, y, prefetch, |row| {
             q4_row_q8(quants, scales, core::ptr::null(), xq, xd, xs, row, n_in)
         })
     };
@@ -441,6 +464,9 @@ pub unsafe extern "ptx-kernel" fn gemv_q4_1_q8(
 ) {
     let n_in = n_in as usize;
     unsafe {
-        for_rows(n_out as usize, bias, y, |row| q4_row_q8(quants, scales, mins, xq, xd, xs, row, n_in))
+        let prefetch = |row: usize| prefetch_l2(quants.add(row * n_in / 2), n_in / 2);
+        for_rows_prefetched(n_out as usize, bias, y, prefetch, |row| {
+            q4_row_q8(quants, scales, mins, xq, xd, xs, row, n_in)
+        })
     };
 }

@@ -14,8 +14,10 @@
 //! allows.
 //! Cost: the weight bytes once (Q4_K 4.5 bits per value, Q6_K 6.56), x once per SM from L2.
 
-use super::gemv::{activation_block, for_rows, nibble_dot};
-use crate::device::{WARP_SIZE, dp4a_signed, dp4a_unsigned_signed, f16_to_f32, lane_idx, load_u16x8};
+use super::gemv::{activation_block, for_rows_prefetched, nibble_dot};
+use crate::device::{
+    WARP_SIZE, dp4a_signed, dp4a_unsigned_signed, f16_to_f32, lane_idx, load_u16x8, prefetch_l2,
+};
 
 /// sum over this lane's units u (lane, lane + 32, ...) of `compute(load(u), u)`, the loads of four
 /// units issued before any is used. (Written out rather than as an array over a loop, which LLVM
@@ -74,7 +76,8 @@ pub unsafe extern "ptx-kernel" fn gemv_q4_k_q8(
 ) {
     let n_in = n_in as usize;
     unsafe {
-        for_rows(n_out as usize, bias, y, |row| {
+        let prefetch = |row: usize| prefetch_l2(quants.add(row * n_in / 2), n_in / 2);
+        for_rows_prefetched(n_out as usize, bias, y, prefetch, |row| {
             let q = quants.add(row * n_in / 2);
             let head = heads.add(20 * (row * n_in / 256));
             let load = |c: usize| Words4(load_u16x8(q.add(16 * c) as *const u16));
@@ -122,7 +125,11 @@ pub unsafe extern "ptx-kernel" fn gemv_q6_k_q8(
 ) {
     let n_in = n_in as usize;
     unsafe {
-        for_rows(n_out as usize, bias, y, |row| {
+        let prefetch = |row: usize| {
+            prefetch_l2(low.add(row * n_in / 2), n_in / 2);
+            prefetch_l2(high.add(row * n_in / 4), n_in / 4);
+        };
+        for_rows_prefetched(n_out as usize, bias, y, prefetch, |row| {
             let (l, h) = (low.add(row * n_in / 2), high.add(row * n_in / 4));
             let (d, s) = (scales.add(row * n_in / 256), sub.add(row * n_in / 16));
             over_units(

@@ -12,13 +12,14 @@
 
 use crate::activation::silu;
 use crate::device::{
-    WARP_SIZE, block_dim, block_sum, f16_to_f32, f32_to_f16, global_idx, grid_size, lane_idx, round_to_i32,
-    sqrt, thread_idx, warp_idx, warp_max, warp_sum,
+    WARP_SIZE, block_dim, block_sum, dependent_launch_wait, f16_to_f32, f32_to_f16, global_idx, grid_size,
+    lane_idx, round_to_i32, sqrt, thread_idx, warp_idx, warp_max, warp_sum,
 };
+use crate::unroll;
 
 /// Quantizes block `block` of 32 values, value `lane` held by each lane of the warp.
 #[inline(always)]
-unsafe fn quantize_block(v: f32, block: usize, q: *mut i8, d: *mut f32, s: *mut f32) {
+pub(crate) unsafe fn quantize_block(v: f32, block: usize, q: *mut i8, d: *mut f32, s: *mut f32) {
     let amax = warp_max(v.abs());
     let scale = amax / 127.0;
     let inverse = if amax != 0.0 { 127.0 / amax } else { 0.0 };
@@ -48,7 +49,12 @@ pub unsafe extern "ptx-kernel" fn quantize_q8_1(x: *const f32, q: *mut i8, d: *m
 
 /// One row: x += residual (when not null; x written back), out = x / sqrt(mean(x^2) + eps) *
 /// weight (written when `out` is not null), then out quantized as by `quantize_q8_1`.
-/// Launch: one block of up to 1024 threads (a multiple of 32); dim a multiple of 32.
+/// Launch: one block of up to 512 threads (a multiple of 32; 1024 would need more registers than
+/// an SM has); dim a multiple of 32.
+/// At batch 1 this kernel is a chain of latencies, not bytes: where the row fits in
+/// [`PER_THREAD`] values per thread, every load is issued before any is used (the weights even
+/// before the wait for the previous kernel), so the chain is one load of x, one block sum and one
+/// store, instead of a round trip per loop step.
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "ptx-kernel" fn rms_norm_q8_1(
@@ -62,7 +68,74 @@ pub unsafe extern "ptx-kernel" fn rms_norm_q8_1(
     s: *mut f32,
     dim: u32,
 ) {
-    let dim = dim as usize;
+    let (dim, threads, tid) = (dim as usize, block_dim(), thread_idx());
+    if dim > PER_THREAD * threads {
+        dependent_launch_wait();
+        unsafe { rms_norm_q8_1_looped(x, residual, weight, eps, out, q, d, s, dim) };
+        return;
+    }
+    // Element k of this thread is tid + k * threads: for each k the warp holds one whole block of
+    // 32 (threads is a multiple of 32), block k * threads / 32 + warp.
+    let mut w = [0.0f32; PER_THREAD];
+    unroll!([0, 1, 2, 3, 4, 5, 6, 7], |k| {
+        let i = tid + k * threads;
+        if i < dim {
+            w[k] = unsafe { *weight.add(i) };
+        }
+    });
+    dependent_launch_wait();
+    let mut v = [0.0f32; PER_THREAD];
+    let mut r = [0.0f32; PER_THREAD];
+    unroll!([0, 1, 2, 3, 4, 5, 6, 7], |k| {
+        let i = tid + k * threads;
+        if i < dim {
+            v[k] = unsafe { *x.add(i) };
+            if !residual.is_null() {
+                r[k] = unsafe { *residual.add(i) };
+            }
+        }
+    });
+    let mut acc = 0.0f32;
+    unroll!([0, 1, 2, 3, 4, 5, 6, 7], |k| {
+        let i = tid + k * threads;
+        if i < dim {
+            if !residual.is_null() {
+                v[k] += r[k];
+                unsafe { *x.add(i) = v[k] };
+            }
+            acc += v[k] * v[k];
+        }
+    });
+    let inverse = 1.0 / sqrt(block_sum(acc) / dim as f32 + eps);
+    unroll!([0, 1, 2, 3, 4, 5, 6, 7], |k| {
+        let i = tid + k * threads;
+        if i < dim {
+            let value = v[k] * inverse * w[k];
+            if !out.is_null() {
+                unsafe { *out.add(i) = value };
+            }
+            unsafe { quantize_block(value, i / 32, q, d, s) };
+        }
+    });
+}
+
+/// Values per thread that `rms_norm_q8_1` keeps in registers (rows up to 4096 with 512 threads).
+const PER_THREAD: usize = 8;
+
+/// `rms_norm_q8_1` for rows longer than PER_THREAD values per thread: the same math in loops.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rms_norm_q8_1_looped(
+    x: *mut f32,
+    residual: *const f32,
+    weight: *const f32,
+    eps: f32,
+    out: *mut f32,
+    q: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    dim: usize,
+) {
     let mut acc = 0.0f32;
     let mut i = thread_idx();
     while i < dim {

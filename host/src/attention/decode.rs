@@ -2,6 +2,7 @@
 //! sequence of a batch, the context split over blocks, then the splits combined.
 
 use super::{AttentionOptions, PagedKvCache, PagedKvShape, check_aligned, check_options, layer_error};
+use crate::matmul::Q8Activations;
 use crate::{Gpu, Result, expect_len, shape_error, to_u32};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
@@ -147,6 +148,47 @@ impl Gpu {
         workspace: &mut DecodeWorkspace,
         out: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
+        self.decode_paged(cache, layer, q, lens, sinks, options, workspace, out, None)
+    }
+
+    /// [`Gpu::attention_decode_paged`], with `out` also quantized into `out_q8` (as by
+    /// [`Gpu::quantize_q8`]) in the same launch where head_dim is a multiple of 32, else by a
+    /// second launch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode_paged_q8(
+        &self,
+        cache: &PagedKvCache,
+        layer: usize,
+        q: &impl DevicePtr<f32>,
+        lens: &impl DevicePtr<u32>,
+        sinks: Option<&CudaSlice<f32>>,
+        options: &AttentionOptions,
+        workspace: &mut DecodeWorkspace,
+        out: &mut CudaSlice<f32>,
+        out_q8: &mut Q8Activations,
+    ) -> Result<()> {
+        expect_len("attention_decode_paged", "out_q8", out_q8.n, out.len())?;
+        if cache.shape().head_dim.is_multiple_of(32) {
+            self.decode_paged(cache, layer, q, lens, sinks, options, workspace, out, Some(out_q8))
+        } else {
+            self.decode_paged(cache, layer, q, lens, sinks, options, workspace, out, None)?;
+            self.quantize_q8(out, out_q8)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decode_paged(
+        &self,
+        cache: &PagedKvCache,
+        layer: usize,
+        q: &impl DevicePtr<f32>,
+        lens: &impl DevicePtr<u32>,
+        sinks: Option<&CudaSlice<f32>>,
+        options: &AttentionOptions,
+        workspace: &mut DecodeWorkspace,
+        out: &mut impl DevicePtrMut<f32>,
+        out_q8: Option<&mut Q8Activations>,
+    ) -> Result<()> {
         const KERNEL: &str = "attention_decode_paged";
         let shape = *cache.shape();
         check_options(KERNEL, &shape, options, sinks.map(|s| s.len()))?;
@@ -215,10 +257,17 @@ impl Gpu {
         };
         let (o, _o) = out.device_ptr_mut(stream);
         let (n_splits, head_dim) = (workspace.n_splits as u32, shape.head_dim as u32);
+        let (q8, _q8) = match out_q8 {
+            Some(q8) => {
+                let (pointers, guards) = q8.pointers_mut(stream);
+                (pointers, Some(guards))
+            }
+            None => ([0; 3], None),
+        };
         self.launch(
             "attention_decode_combine",
             combine,
-            &[&partial, &stats, &sinks, &o, &n_head, &n_splits, &head_dim],
+            &[&partial, &stats, &sinks, &o, &q8[0], &q8[1], &q8[2], &n_head, &n_splits, &head_dim],
         )
     }
 }
