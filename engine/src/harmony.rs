@@ -18,6 +18,7 @@
 use crate::chat::Message;
 use crate::generate::Utf8Stream;
 use crate::tokenizer::Tokenizer;
+use std::io::Write;
 
 pub const START: &str = "<|start|>";
 pub const END: &str = "<|end|>";
@@ -245,6 +246,8 @@ pub struct Parser {
     state: State,
     channel: Option<String>,
     recipient: Option<String>,
+    /// The recipient of the last message read (kept after it ends).
+    last_recipient: Option<String>,
     final_text: String,
 }
 
@@ -256,6 +259,7 @@ impl Parser {
             state: State::Header(header),
             channel: None,
             recipient: None,
+            last_recipient: None,
             final_text: String::new(),
         }
     }
@@ -376,6 +380,7 @@ impl Parser {
         let channel = name.unwrap_or_else(|| "final".to_string());
         self.channel = Some(channel.clone());
         self.recipient = recipient.clone();
+        self.last_recipient = recipient.clone();
         self.state = State::Content(Utf8Stream::default());
         Event::Message { channel, recipient, content_type }
     }
@@ -401,6 +406,118 @@ impl Parser {
         } else {
             State::Between
         };
+    }
+}
+
+/// A harmony reply on its way to the reader: the answer (`final`, and preambles, which are
+/// `commentary` with no recipient) to `answer_out` through the `--stop` strings, the reasoning
+/// (`analysis`) to `reasoning_out` when `show_reasoning`, tool calls nowhere. Write errors are
+/// ignored (a reader that went away stops nothing).
+pub struct Reply<A: Write, R: Write> {
+    parser: Parser,
+    stops: crate::sampler::StopStrings,
+    show_reasoning: bool,
+    answer_out: A,
+    reasoning_out: R,
+    /// (channel, recipient) of the message being read.
+    current: Option<(String, Option<String>)>,
+    answer: String,
+    stopped: bool,
+    called: Option<String>,
+}
+
+impl<A: Write, R: Write> Reply<A, R> {
+    pub fn new(
+        tokens: SpecialTokens,
+        stop_strings: Vec<String>,
+        show_reasoning: bool,
+        answer_out: A,
+        reasoning_out: R,
+    ) -> Self {
+        Reply {
+            parser: Parser::new(tokens),
+            stops: crate::sampler::StopStrings::new(stop_strings),
+            show_reasoning,
+            answer_out,
+            reasoning_out,
+            current: None,
+            answer: String::new(),
+            stopped: false,
+            called: None,
+        }
+    }
+
+    /// Takes a generated token; false once a stop string ended the answer.
+    pub fn push(&mut self, id: u32, bytes: &[u8]) -> bool {
+        let events = self.parser.push(id, bytes);
+        self.show(events);
+        !self.stopped
+    }
+
+    /// Ends the reply; `last` is the last generated token (the stop token, when one ended it;
+    /// the generation loop does not pass those to [`Self::push`]). Returns the recipient when
+    /// the model ended on a tool call.
+    pub fn finish(&mut self, last: Option<u32>) -> Option<String> {
+        if let Some(last) = last.filter(|t| self.parser.tokens.stop_tokens().contains(t)) {
+            let events = self.parser.push(last, b"");
+            self.show(events);
+        }
+        let events = self.parser.finish();
+        self.show(events);
+        if !self.stopped {
+            let rest = self.stops.finish();
+            self.answer.push_str(&rest);
+            let _ = write!(self.answer_out, "{rest}");
+        }
+        let _ = self.answer_out.flush();
+        self.called.take()
+    }
+
+    /// The answer shown so far.
+    pub fn answer(&self) -> &str {
+        &self.answer
+    }
+
+    fn show(&mut self, events: Vec<Event>) {
+        for event in events {
+            match event {
+                Event::Message { channel, recipient, .. } => {
+                    if channel == "analysis" && recipient.is_none() && self.show_reasoning {
+                        let _ = write!(self.reasoning_out, "[reasoning] ");
+                    }
+                    self.current = Some((channel, recipient));
+                }
+                Event::Text(text) => match &self.current {
+                    Some((channel, None))
+                        if (channel == "final" || channel == "commentary") && !self.stopped =>
+                    {
+                        let out = self.stops.push(&text);
+                        self.answer.push_str(&out.emit);
+                        let _ = write!(self.answer_out, "{}", out.emit);
+                        let _ = self.answer_out.flush();
+                        self.stopped = out.stopped;
+                    }
+                    Some((channel, None)) if channel == "analysis" && self.show_reasoning => {
+                        let _ = write!(self.reasoning_out, "{text}");
+                        let _ = self.reasoning_out.flush();
+                    }
+                    _ => {}
+                },
+                Event::End => {
+                    if let Some((channel, None)) = &self.current
+                        && channel == "analysis"
+                        && self.show_reasoning
+                    {
+                        let _ = writeln!(self.reasoning_out);
+                    }
+                    self.current = None;
+                }
+                Event::Stop(Stop::Call) => {
+                    self.called = Some(self.parser.last_recipient.clone().unwrap_or_default());
+                }
+                Event::Stop(Stop::Return) => {}
+            }
+        }
     }
 }
 
@@ -472,10 +589,13 @@ mod tests {
         out
     }
 
-    /// (channel, recipient, text) of each message, and how the turn ended.
-    fn parse(text: &str, piece: usize) -> (Vec<(String, Option<String>, String)>, Option<Stop>, String) {
+    /// (channel, recipient, text) of a message.
+    type Parsed = (String, Option<String>, String);
+
+    /// Each message, how the turn ended, and the final text.
+    fn parse(text: &str, piece: usize) -> (Vec<Parsed>, Option<Stop>, String) {
         let mut parser = Parser::new(T);
-        let mut messages: Vec<(String, Option<String>, String)> = Vec::new();
+        let mut messages: Vec<Parsed> = Vec::new();
         let mut stop = None;
         let mut events = Vec::new();
         for (id, bytes) in tokens(text, piece) {
@@ -495,7 +615,7 @@ mod tests {
         (messages, stop, parser.final_text().to_string())
     }
 
-    fn m(channel: &str, text: &str) -> (String, Option<String>, String) {
+    fn m(channel: &str, text: &str) -> Parsed {
         (channel.to_string(), None, text.to_string())
     }
 
@@ -605,6 +725,42 @@ mod tests {
             &SystemContent::new("2025-06-28", ReasoningEffort::Low),
         );
         assert!(matches!(error, Err(HarmonyError::ChannelTagsInContent)));
+    }
+
+    #[test]
+    fn the_reply_shows_the_answer_and_hides_or_shows_the_reasoning() {
+        let output = "<|channel|>analysis<|message|>Think ☃.<|end|><|start|>assistant<|channel|>commentary<|message|>Plan.<|end|>\
+                      <|start|>assistant<|channel|>final<|message|>Answer: 4. STOP more<|return|>";
+        for (show, stop) in [(false, vec![]), (true, vec![]), (true, vec!["STOP".to_string()])] {
+            let (mut answer_out, mut reasoning_out) = (Vec::new(), Vec::new());
+            let mut reply = Reply::new(T, stop.clone(), show, &mut answer_out, &mut reasoning_out);
+            let mut last = None;
+            for (id, bytes) in tokens(output, 2) {
+                if T.stop_tokens().contains(&id) {
+                    last = Some(id);
+                    break;
+                }
+                if !reply.push(id, &bytes) {
+                    break;
+                }
+            }
+            assert_eq!(reply.finish(last), None);
+            let answer = reply.answer().to_string();
+            let expected = if stop.is_empty() { "Plan.Answer: 4. STOP more" } else { "Plan.Answer: 4. " };
+            assert_eq!(answer, expected);
+            assert_eq!(String::from_utf8(answer_out).unwrap(), expected);
+            let reasoning = String::from_utf8(reasoning_out).unwrap();
+            assert_eq!(reasoning, if show { "[reasoning] Think ☃.\n" } else { "" });
+        }
+        // A tool call is not shown, and its recipient is reported.
+        let mut out = Vec::new();
+        let mut reply = Reply::new(T, vec![], true, &mut out, std::io::sink());
+        for (id, bytes) in tokens("<|channel|>commentary to=functions.f <|constrain|>json<|message|>{}", 3) {
+            reply.push(id, &bytes);
+        }
+        assert_eq!(reply.finish(Some(T.call)).as_deref(), Some("functions.f"));
+        assert_eq!(reply.answer(), "");
+        assert!(out.is_empty());
     }
 
     #[test]
