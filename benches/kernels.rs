@@ -436,5 +436,67 @@ fn attention(gpu: &Gpu, table: &Table) -> Result<()> {
             4.0 * (n_tokens * head_dim * n_head) as f64 * (start as f64 + (n_tokens as f64 + 1.0) / 2.0);
         table.row_flops("attention prefill", &format!("T={n_tokens} start={start}"), flops, ms);
     }
+    attention_gpt_oss(gpu, table)
+}
+
+/// gpt-oss-20b's attention (64 query heads over 8 KV heads of 64, a sink per head) on its two
+/// kinds of layer: full context, and a 128-position window, which decode must cost the same at
+/// any length (the pages before the window are never read) and prefill about 128 keys per query.
+/// Decode bytes: the K and V the step must read (the window's, on windowed layers).
+fn attention_gpt_oss(gpu: &Gpu, table: &Table) -> Result<()> {
+    let (n_head, n_head_kv, head_dim) = (64usize, 8usize, 64usize);
+    let sinks = gpu.upload(&random(n_head, 16))?;
+    let page = |n_pages| PagedKvShape { n_pages, n_head_kv, head_dim };
+    for window in [0usize, 128] {
+        let options = AttentionOptions { window, ..AttentionOptions::new(n_head, head_dim) };
+        for context in [4096usize, 32768] {
+            let pages = context / PAGE_SIZE;
+            let read = if window > 0 { window.min(context) } else { context };
+            let layer_bytes = read * n_head_kv * head_dim * 2 * 2;
+            let layers = (256usize << 20).div_ceil(context * n_head_kv * head_dim * 4).max(4);
+            let mut cache = PagedKvCache::new(gpu, layers, page(pages), 1, pages)?;
+            let values: Vec<f16> =
+                random(cache.shape().pool_len(), 17).iter().map(|&v| f16::from_f32(v)).collect();
+            for layer in 0..layers {
+                let (keys, vals) = cache.pools_mut(layer).expect("layer in range");
+                gpu.stream().memcpy_htod(&values, keys)?;
+                gpu.stream().memcpy_htod(&values, vals)?;
+            }
+            cache.reserve(gpu, 0, context)?;
+            let q = gpu.upload(&random(n_head * head_dim, 18))?;
+            let lens = gpu.upload(&[context as u32])?;
+            let mut out = gpu.alloc::<f32>(n_head * head_dim)?;
+            let mut workspace = DecodeWorkspace::for_cache(gpu, &cache, 1, n_head)?;
+            let ms = time(gpu, || {
+                for layer in 0..layers {
+                    gpu.attention_decode_paged(
+                        &cache,
+                        layer,
+                        &q,
+                        &lens,
+                        Some(&sinks),
+                        &options,
+                        &mut workspace,
+                        &mut out,
+                    )?;
+                }
+                Ok(())
+            })? / layers as f64;
+            let size = format!("gpt-oss 1x{context} window={window} ({} splits)", workspace.n_splits());
+            table.row("attention decode paged", &size, layer_bytes, ms);
+        }
+        let n_tokens = 2048usize;
+        let mut cache = PagedKvCache::new(gpu, 1, page(n_tokens / PAGE_SIZE), 1, n_tokens / PAGE_SIZE)?;
+        cache.reserve(gpu, 0, n_tokens)?;
+        let q = gpu.upload(&random(n_tokens * n_head * head_dim, 19))?;
+        let start = gpu.upload(&[0u32])?;
+        let mut out = gpu.alloc::<f32>(n_tokens * n_head * head_dim)?;
+        let ms =
+            time(gpu, || gpu.attention_prefill(&cache, 0, 0, &q, &start, Some(&sinks), &options, &mut out))?;
+        // Keys each query sees: t + 1, or at most the window.
+        let keys: usize = (0..n_tokens).map(|t| if window > 0 { (t + 1).min(window) } else { t + 1 }).sum();
+        let flops = 4.0 * (keys * head_dim * n_head) as f64;
+        table.row_flops("attention prefill", &format!("gpt-oss T={n_tokens} window={window}"), flops, ms);
+    }
     Ok(())
 }
