@@ -482,7 +482,8 @@ fn attention_gpt_oss(gpu: &Gpu, table: &Table) -> Result<()> {
                 }
                 Ok(())
             })? / layers as f64;
-            let size = format!("gpt-oss 1x{context} window={window} ({} splits)", workspace.n_splits());
+            let splits = host::attention::window_splits(workspace.n_splits(), window);
+            let size = format!("gpt-oss 1x{context} window={window} ({splits} splits)");
             table.row("attention decode paged", &size, layer_bytes, ms);
         }
         let n_tokens = 2048usize;

@@ -46,6 +46,32 @@ fn the_template_renders_the_docs_prompt() {
 }
 
 #[test]
+fn the_first_published_template_renders_the_docs_text_exactly() {
+    // That revision writes the function-call line and no blank line after the instructions:
+    // docs/format.md's system and developer messages character for character.
+    let first = include_str!("data/chat/gpt-oss-20b-first.jinja");
+    let options = TemplateOptions { reasoning_effort: Some("high".into()), now: Some(NOW) };
+    let messages = [
+        Message::new("system", "Use a friendly tone."),
+        Message::new("user", "What is the weather like in SF?"),
+    ];
+    let text = chat::render_with_options(first, &messages, "", "", true, &options).unwrap();
+    assert_eq!(
+        text,
+        "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n\
+         Knowledge cutoff: 2024-06\n\
+         Current date: 2025-06-28\n\
+         \n\
+         Reasoning: high\n\
+         \n\
+         # Valid channels: analysis, commentary, final. Channel must be included for every message.\n\
+         Calls to these tools must go to the commentary channel: 'functions'.<|end|>\
+         <|start|>developer<|message|># Instructions\n\nUse a friendly tone.<|end|>\
+         <|start|>user<|message|>What is the weather like in SF?<|end|><|start|>assistant"
+    );
+}
+
+#[test]
 fn our_renderer_writes_what_the_template_writes() {
     let conversations: Vec<Vec<Message>> = vec![
         vec![Message::new("user", "Hi")],

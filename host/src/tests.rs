@@ -194,7 +194,7 @@ fn repacking_k_quants_regroups_values_by_block_of_32() {
 mod paged_attention {
     use crate::attention::{
         AttentionOptions, MAX_SPLITS, NO_PAGE, PAGE_SIZE, PageAllocator, PagedKvShape, decode_config,
-        decode_splits, heads_per_block, prefill_config,
+        decode_splits, heads_per_block, prefill_config, window_splits,
     };
 
     fn shape(head_dim: usize) -> PagedKvShape {
@@ -251,6 +251,20 @@ mod paged_attention {
         assert!(decode_config(&shape(80), &options, 0, 5).is_err());
         assert!(decode_config(&shape(80), &options, 1, MAX_SPLITS + 1).is_err());
         assert!(decode_config(&shape(80), &options, 1, 0).is_err());
+    }
+
+    #[test]
+    fn a_window_takes_the_splits_its_pages_need() {
+        // No window: the workspace's. A window of w positions spans up to w / 16 + 1 pages
+        // (rounded up), 16 to a split: gpt-oss's 128 is one split (no combine).
+        assert_eq!(window_splits(64, 0), 64);
+        assert_eq!(window_splits(64, 1), 1);
+        assert_eq!(window_splits(64, 128), 1);
+        assert_eq!(window_splits(64, 240), 1);
+        assert_eq!(window_splits(64, 241), 2);
+        assert_eq!(window_splits(64, 4096), 17);
+        assert_eq!(window_splits(5, 4096), 5);
+        assert_eq!(window_splits(1, 100_000), 1);
     }
 
     #[test]

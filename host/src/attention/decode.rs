@@ -36,6 +36,21 @@ pub fn decode_splits(
     (slots / blocks_per_split).min(max_pages.div_ceil(WARPS)).clamp(1, MAX_SPLITS)
 }
 
+/// Pages of the window a split takes at least (4 per warp): a window of 128 positions (9 pages
+/// at most) is one split, which writes the output itself (no combine kernel).
+const WINDOW_PAGES_PER_SPLIT: usize = 16;
+
+/// The splits a decode launch uses: the workspace's, but under a window (`window` > 0) no more
+/// than its pages (at most window / 16 + 1, rounded up) need at [`WINDOW_PAGES_PER_SPLIT`] each.
+/// Depends on the window only, not on the lengths, so a captured graph stays valid.
+pub fn window_splits(n_splits: usize, window: usize) -> usize {
+    if window == 0 {
+        return n_splits;
+    }
+    let pages = window.div_ceil(super::PAGE_SIZE) + 1;
+    n_splits.min(pages.div_ceil(WINDOW_PAGES_PER_SPLIT)).max(1)
+}
+
 /// Query heads a decode block takes: the smallest of 1, 2, 4, 8 that covers the GQA group, or 8
 /// (larger groups take several blocks). Heads beyond the group in the last block are computed
 /// and dropped.
@@ -134,7 +149,8 @@ impl Gpu {
     /// n_head * head_dim] f32 with n_seq = lens.len(); sequence b is block-table row b and has
     /// lens[b] positions cached, its new token's included (lens are read on the device).
     /// `sinks`: one logit per query head, or None. `workspace` must be for at least n_seq
-    /// sequences of these heads.
+    /// sequences of these heads. A launch takes [`window_splits`] splits; with one, the decode
+    /// kernel writes `out` itself and the combine kernel is not launched.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode_paged(
         &self,
@@ -151,7 +167,8 @@ impl Gpu {
         let shape = *cache.shape();
         check_options(KERNEL, &shape, options, sinks.map(|s| s.len()))?;
         let n_seq = lens.len();
-        let (decode, combine) = decode_config(&shape, options, n_seq, workspace.n_splits)?;
+        let n_splits = window_splits(workspace.n_splits, options.window);
+        let (decode, combine) = decode_config(&shape, options, n_seq, n_splits)?;
         let (table_rows, max_pages) = (cache.allocator().n_seq(), cache.allocator().max_pages());
         if n_seq > table_rows {
             return Err(shape_error(
@@ -185,6 +202,16 @@ impl Gpu {
         let (lens, _lens) = lens.device_ptr(stream);
         let (partial, _partial) = workspace.partial.device_ptr_mut(stream);
         let (stats, _stats) = workspace.stats.device_ptr_mut(stream);
+        let (sinks, _sinks) = match sinks {
+            Some(s) => {
+                let (pointer, guard) = s.device_ptr(stream);
+                (pointer, Some(guard))
+            }
+            None => (0, None),
+        };
+        let (o, _o) = out.device_ptr_mut(stream);
+        // One split: the decode kernel writes out (null: it writes partial and stats).
+        let direct: u64 = if n_splits == 1 { o } else { 0 };
         let (n_head_kv, n_pages, max_pages) =
             (shape.n_head_kv as u32, shape.n_pages as u32, max_pages as u32);
         self.launch(
@@ -198,6 +225,8 @@ impl Gpu {
                 &lens,
                 &partial,
                 &stats,
+                &sinks,
+                &direct,
                 &n_head,
                 &n_head_kv,
                 &n_pages,
@@ -206,15 +235,10 @@ impl Gpu {
                 &options.scale,
             ],
         )?;
-        let (sinks, _sinks) = match sinks {
-            Some(s) => {
-                let (pointer, guard) = s.device_ptr(stream);
-                (pointer, Some(guard))
-            }
-            None => (0, None),
-        };
-        let (o, _o) = out.device_ptr_mut(stream);
-        let (n_splits, head_dim) = (workspace.n_splits as u32, shape.head_dim as u32);
+        if n_splits == 1 {
+            return Ok(());
+        }
+        let (n_splits, head_dim) = (n_splits as u32, shape.head_dim as u32);
         self.launch(
             "attention_decode_combine",
             combine,
