@@ -353,8 +353,8 @@ fn attention_gpt_oss_shape_matches_cpu() {
                 &mut out,
             )
             .unwrap();
-            let what =
-                format!("gpt-oss decode lens={lens:?} window={window} splits={}", workspace.n_splits());
+            let splits = window_splits(workspace.n_splits(), window);
+            let what = format!("gpt-oss decode lens={lens:?} window={window} splits={splits}");
             check("gpt-oss", &what, &gpu.download(&out).unwrap(), &expected);
         }
     }
