@@ -32,8 +32,8 @@
 //! (phased), 246-255 (wide, f32), no spills; one block of 8 warps per SM.
 
 use super::dequant::{
-    RawQ4, RawQ4K, RawQ6K, RawQ8_0, pack_chunk, q4_0_values, q4_1_values, q4_k_values, q6_k_values,
-    q8_0_values,
+    RawMxfp4, RawQ4, RawQ4K, RawQ6K, RawQ8_0, mxfp4_values, pack_chunk, q4_0_values, q4_1_values,
+    q4_k_values, q6_k_values, q8_0_values,
 };
 use crate::device::{
     block_idx, block_idx_y, copy_async_16, copy_async_commit, copy_async_wait, dynamic_shared_address,
@@ -109,6 +109,66 @@ impl TileCopy {
     #[inline(always)]
     unsafe fn copy(self, tile: u32, k0: usize) {
         unroll!([0, 1, 2, 3], |i| { unsafe { self.copy_part(tile, k0, i, true) } });
+    }
+}
+
+/// The row map of a dense product of `t` tokens: tile row m is Y row m.
+#[inline(always)]
+fn tokens(t: usize) -> impl Fn(usize) -> Option<usize> {
+    move |m| if m < t { Some(m) } else { None }
+}
+
+/// Copies of X tiles: part i (< 4: rows tid / 8 + 32 i) of the tile at columns k0..k0 + 64.
+pub(crate) trait XTiles: Copy {
+    unsafe fn copy_part(self, tile: u32, k0: usize, i: usize, live: bool);
+    #[inline(always)]
+    unsafe fn copy(self, tile: u32, k0: usize) {
+        unroll!([0, 1, 2, 3], |i| { unsafe { self.copy_part(tile, k0, i, true) } });
+    }
+}
+
+impl XTiles for TileCopy {
+    #[inline(always)]
+    unsafe fn copy_part(self, tile: u32, k0: usize, i: usize, live: bool) {
+        unsafe { TileCopy::copy_part(self, tile, k0, i, live) }
+    }
+}
+
+/// X tiles gathered from rows of a [rows, n] 16-bit matrix: tile row r + 32 i is matrix row
+/// `sources[i]` (None: zero-filled).
+#[derive(Clone, Copy)]
+pub(crate) struct GatherCopy {
+    base: *const u16,
+    sources: [*const u16; 4],
+    n: usize,
+    column: usize,
+    valid_rows: u32,
+    offset: u32,
+}
+
+impl GatherCopy {
+    /// `source(r)` is the matrix row of tile row r.
+    #[inline(always)]
+    pub(crate) fn new(base: *const u16, n: usize, source: impl Fn(usize) -> Option<usize>) -> Self {
+        let (r, c) = (thread_idx() / 8, thread_idx() % 8);
+        let mut valid_rows = 0u32;
+        let mut sources = [base; 4];
+        unroll!([0, 1, 2, 3], |i| {
+            if let Some(row) = source(r + 32 * i) {
+                valid_rows |= 1 << i;
+                sources[i] = base.wrapping_add(row * n + 8 * c);
+            }
+        });
+        GatherCopy { base, sources, n, column: 8 * c, valid_rows, offset: tile_offset(r, c) }
+    }
+}
+
+impl XTiles for GatherCopy {
+    #[inline(always)]
+    unsafe fn copy_part(self, tile: u32, k0: usize, i: usize, live: bool) {
+        let valid = live && k0 + self.column < self.n && self.valid_rows & (1 << i) != 0;
+        let src = if valid { self.sources[i].wrapping_add(k0) } else { self.base };
+        unsafe { copy_async_16(tile + self.offset + (32 * i * 2 * TILE_K) as u32, src as *const u8, valid) };
     }
 }
 
@@ -223,16 +283,18 @@ impl Fragments {
     }
 }
 
-/// Y[row, column..column + 2] = the pair (+ bias), within (t, n_out).
+/// Y[rows(row), column..column + 2] = the pair (+ bias), within n_out; nothing where `rows` gives
+/// None (a tile row past the tokens).
 #[inline(always)]
 unsafe fn store_pair(
     y: *mut f32,
     bias: *const f32,
-    (t, n_out): (usize, usize),
+    n_out: usize,
+    rows: &impl Fn(usize) -> Option<usize>,
     (row, column): (usize, usize),
     pair: [f32; 2],
 ) {
-    if row < t {
+    if let Some(row) = rows(row) {
         let out = unsafe { y.add(row * n_out + column) };
         unroll!([0, 1], |e| {
             if column + e < n_out {
@@ -243,7 +305,8 @@ unsafe fn store_pair(
     }
 }
 
-/// Y = acc (+ bias) for the block's tile at (m0, n0), within (t, n_out).
+/// Y = acc (+ bias) for the block's tile at (m0, n0), within n_out, tile row m stored at Y row
+/// `rows(m)` (dense products: m itself while m < T).
 /// Narrow layout: each warp stores its sub-tile. Wide layout: every warp leaves its sums in shared
 /// memory (the ring, free once every copy has landed: [warp][value][lane] words, so that a warp's
 /// accesses are 32 consecutive words), then warp w adds the two groups' sums for the m16 rows
@@ -253,7 +316,8 @@ unsafe fn store_tile<const WIDE: bool>(
     acc: &Accumulators,
     bias: *const f32,
     y: *mut f32,
-    shape: (usize, usize),
+    n_out: usize,
+    rows: impl Fn(usize) -> Option<usize>,
     (m0, n0): (usize, usize),
 ) {
     let (lane, warp) = (lane_idx(), warp_idx());
@@ -264,7 +328,7 @@ unsafe fn store_tile<const WIDE: bool>(
             unroll!([0, 1, 2, 3], |i| {
                 unroll!([0, 1], |h| {
                     let pair = [acc[i][j][2 * h], acc[i][j][2 * h + 1]];
-                    unsafe { store_pair(y, bias, shape, (m + 16 * i + 8 * h, n + 8 * j), pair) };
+                    unsafe { store_pair(y, bias, n_out, &rows, (m + 16 * i + 8 * h, n + 8 * j), pair) };
                 });
             });
         });
@@ -293,7 +357,9 @@ unsafe fn store_tile<const WIDE: bool>(
                     let v = 32 * i + 4 * j + 2 * h + e;
                     unsafe { shared_load_f32(word(position, v)) + shared_load_f32(word(position + 4, v)) }
                 };
-                unsafe { store_pair(y, bias, shape, (m + 16 * i + 8 * h, n + 8 * j), [sum(0), sum(1)]) };
+                unsafe {
+                    store_pair(y, bias, n_out, &rows, (m + 16 * i + 8 * h, n + 8 * j), [sum(0), sum(1)])
+                };
             });
         });
     });
@@ -345,11 +411,11 @@ unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
         copy_async_commit();
     }
     copy_async_wait::<0>();
-    unsafe { store_tile::<WIDE>(&acc, bias, y, (t, n_out), (m0, n0)) };
+    unsafe { store_tile::<WIDE>(&acc, bias, y, n_out, tokens(t), (m0, n0)) };
 }
 
 /// A quantized weight format, as the GEMM reads it: one block of 32 weights at a time.
-trait BlockWeights: Copy {
+pub(crate) trait BlockWeights: Copy {
     type Raw: Copy + Default;
     /// The raw bits of block `block` (along n_in) of row `row`.
     unsafe fn load(self, row: usize, block: usize) -> Self::Raw;
@@ -433,7 +499,7 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
         raw = ahead;
     }
     copy_async_wait::<0>();
-    unsafe { store_tile::<WIDE>(&acc, bias, y, (t, n_out), (m0, n0)) };
+    unsafe { store_tile::<WIDE>(&acc, bias, y, n_out, tokens(t), (m0, n0)) };
 }
 
 /// The product with quantized weights, phased (narrow layout): per step, the X copies, then the
@@ -452,9 +518,24 @@ unsafe fn gemm_quantized_phased<F: BlockWeights>(
 ) {
     let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
     let (m0, n0) = (block_idx() * TILE_M, block_idx_y() * TILE_N);
+    let x_copy = TileCopy::new(x, t, n_in, m0);
+    unsafe { gemm_phased_tile(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
+}
+
+/// The block's tile of the phased product: X tiles from `x_copy`, tile row m (from m0) stored at
+/// Y row `rows(m)`, outputs n0.. of W's n_out rows.
+#[inline(always)]
+pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights>(
+    x_copy: impl XTiles,
+    w: F,
+    bias: *const f32,
+    y: *mut f32,
+    (n_in, n_out): (usize, usize),
+    rows: impl Fn(usize) -> Option<usize>,
+    (m0, n0): (usize, usize),
+) {
     let x_ring = dynamic_shared_address();
     let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
-    let x_copy = TileCopy::new(x, t, n_in, m0);
     let steps = n_in.div_ceil(TILE_K);
     let fragments = Fragments::new::<false>();
     let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
@@ -506,7 +587,7 @@ unsafe fn gemm_quantized_phased<F: BlockWeights>(
         raw = ahead;
     }
     copy_async_wait::<0>();
-    unsafe { store_tile::<false>(&acc, bias, y, (t, n_out), (m0, n0)) };
+    unsafe { store_tile::<false>(&acc, bias, y, n_out, rows, (m0, n0)) };
 }
 
 /// F32 rows (n_in a multiple of 4), rounded to f16: blocks of 32 as 8 x 16 bytes, the last block
@@ -677,6 +758,33 @@ impl BlockWeights for Q6K {
     }
 }
 
+/// MXFP4: quants [n_out, n_in / 2] (16 nibble bytes per block, value 2k low and 2k + 1 high in
+/// byte k), exponents [n_out, n_in / 32] E8M0 bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct Mxfp4 {
+    pub(crate) quants: *const u8,
+    pub(crate) exponents: *const u8,
+    pub(crate) n_in: usize,
+}
+
+impl BlockWeights for Mxfp4 {
+    type Raw = RawMxfp4;
+    #[inline(always)]
+    unsafe fn load(self, row: usize, block: usize) -> RawMxfp4 {
+        let at = row * (self.n_in / 32) + block;
+        unsafe {
+            RawMxfp4 {
+                quants: load_u16x8(self.quants.add(16 * at) as *const u16),
+                e: *self.exponents.add(at) as u32,
+            }
+        }
+    }
+    #[inline(always)]
+    fn values(self, raw: RawMxfp4, _block: usize) -> impl Fn(usize) -> f32 {
+        mxfp4_values(raw)
+    }
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn gemm_f32(
     x: *const u16,
@@ -799,6 +907,22 @@ pub unsafe extern "ptx-kernel" fn gemm_q6_k(
     n_out: u32,
 ) {
     let w = Q6K { low, high, scales, sub, n_in: n_in as usize };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_mxfp4(
+    x: *const u16,
+    quants: *const u8,
+    exponents: *const u8,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Mxfp4 { quants, exponents, n_in: n_in as usize };
     unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
 }
 
