@@ -371,10 +371,10 @@ fn gemm(gpu: &Gpu, table: &Table) -> Result<()> {
 }
 
 /// MXFP4 products at gpt-oss-20b's shapes, T = 512: one expert-sized matrix (2880 x 2880, and
-/// gate and up stacked, 5760 x 2880), then the expert GEMM as prefill runs it: 512 tokens routed
-/// to 4 of 32 experts each (ids cycling over the experts, 64 assignments per expert), gate and up
-/// stacked (x per token) and down (x per assignment), timed with its conversion of X; FLOPs
-/// 2 T k n_in rows.
+/// gate and up stacked, 5760 x 2880), then the expert GEMM as prefill runs it: T = 512 and 2048
+/// tokens routed to 4 of 32 experts each (ids cycling over the experts: 64 and 256 assignments
+/// per expert), gate and up stacked (x per token) and down (x per assignment), timed with its
+/// conversion of X; FLOPs 2 T k n_in rows.
 fn gemm_gpt_oss(gpu: &Gpu, table: &Table) -> Result<()> {
     const T: usize = 512;
     let format = WeightFormat::Mxfp4;
@@ -389,21 +389,26 @@ fn gemm_gpt_oss(gpu: &Gpu, table: &Table) -> Result<()> {
         table.row_flops("gemm Mxfp4", &format!("T={T} {n_out}x{n_in}"), flops, ms);
     }
     let (n_expert, k) = (32usize, 4usize);
-    let ids: Vec<u32> = (0..T * k).map(|a| ((a / k) * 7 + (a % k) * 8) as u32 % n_expert as u32).collect();
-    let mut routing = gpu.expert_routing(n_expert, T * k)?;
-    let ids = gpu.upload(&ids)?;
-    let ms = time(gpu, || gpu.route_experts(&ids, k, &mut routing))?;
-    table.row("moe_route", &format!("T={T} k={k} of {n_expert}"), 4 * T * k * 2, ms);
     for (rows, per_assignment) in [(5760usize, false), (2880, true)] {
         let bytes = random_blocks(format, n_in / 32 * n_expert * rows * 17, n_in * n_expert * rows / 32);
         let matrix = gpu.upload_matrix(format, &bytes, n_in, n_expert * rows)?;
-        let x_rows = if per_assignment { T * k } else { T };
-        let x = gpu.upload(&random(x_rows * n_in, 16))?;
-        let mut y = gpu.alloc::<f32>(T * k * rows)?;
-        let flops = 2.0 * (T * k * n_in * rows) as f64;
-        let ms = time(gpu, || gpu.gemm_experts(&matrix, &routing, &x, per_assignment, None, &mut y))?;
-        let name = if per_assignment { "gemm_experts down" } else { "gemm_experts gate+up" };
-        table.row_flops(name, &format!("T={T} 4/32 x {rows}x{n_in}"), flops, ms);
+        for t in [T, 4 * T] {
+            let ids: Vec<u32> =
+                (0..t * k).map(|a| ((a / k) * 7 + (a % k) * 8) as u32 % n_expert as u32).collect();
+            let mut routing = gpu.expert_routing(n_expert, t * k)?;
+            let ids = gpu.upload(&ids)?;
+            let ms = time(gpu, || gpu.route_experts(&ids, k, &mut routing))?;
+            if !per_assignment {
+                table.row("moe_route", &format!("T={t} k={k} of {n_expert}"), 4 * t * k * 2, ms);
+            }
+            let x_rows = if per_assignment { t * k } else { t };
+            let x = gpu.upload(&random(x_rows * n_in, 16))?;
+            let mut y = gpu.alloc::<f32>(t * k * rows)?;
+            let flops = 2.0 * (t * k * n_in * rows) as f64;
+            let ms = time(gpu, || gpu.gemm_experts(&matrix, &routing, &x, per_assignment, None, &mut y))?;
+            let name = if per_assignment { "gemm_experts down" } else { "gemm_experts gate+up" };
+            table.row_flops(name, &format!("T={t} 4/32 x {rows}x{n_in}"), flops, ms);
+        }
     }
     Ok(())
 }

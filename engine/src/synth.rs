@@ -438,7 +438,12 @@ fn tensors(p: &Preset) -> Vec<(TensorSpec, Fill)> {
             list.push(t(n("ffn_gate_inp.weight"), vec![d, experts], GgmlType::F32, Fill::Random));
             list.push(vector(n("ffn_gate_inp.bias"), experts, Fill::Zeros));
             for (part, dims) in [("gate", [d, eff]), ("up", [d, eff]), ("down", [eff, d])] {
-                list.push(t(n(&format!("ffn_{part}_exps.weight")), vec![dims[0], dims[1], experts], mx, Fill::Random));
+                list.push(t(
+                    n(&format!("ffn_{part}_exps.weight")),
+                    vec![dims[0], dims[1], experts],
+                    mx,
+                    Fill::Random,
+                ));
                 let bias = vec![dims[1], experts];
                 list.push(t(n(&format!("ffn_{part}_exps.bias")), bias, GgmlType::F32, Fill::Zeros));
             }

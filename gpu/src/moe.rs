@@ -20,7 +20,8 @@
 //! down), in one launch: block (i, bn) takes the i-th 128-assignment tile in expert order (the
 //! tiles of expert e follow those of e - 1; blocks past the last tile exit) and outputs 128 bn..;
 //! X rows are gathered into the tile by `cp.async` and Y rows scattered at the store. The tensor
-//! core product is gemm.rs's (phased, narrow layout). Each expert's weights are read from DRAM
+//! core product is gemm.rs's (phased, narrow layout; a tile of at most 64 assignments computes
+//! only its first 64 rows: at T = 512 and 4 of 32 experts most tiles hold ~64). Each expert's weights are read from DRAM
 //! once per column tile and step (the blocks of one expert run together, bi fastest), so a
 //! prefill step reads every expert once, however many tokens chose it.
 
@@ -177,5 +178,12 @@ pub unsafe extern "ptx-kernel" fn gemm_mxfp4_experts(
     };
     let x_div = x_div as usize;
     let x_copy = GatherCopy::new(x, n_in, |r| assignment(r).map(|a| a / x_div));
-    unsafe { gemm_phased_tile(x_copy, w, bias, y, (n_in, rows), assignment, (0, block_idx_y() * TILE_N)) };
+    let tile = (0, block_idx_y() * TILE_N);
+    // A tile of at most 64 assignments (an expert with few tokens, or the last tile of one)
+    // multiplies only its first 64 rows.
+    if count <= TILE_M / 2 {
+        unsafe { gemm_phased_tile::<_, 2>(x_copy, w, bias, y, (n_in, rows), assignment, tile) };
+    } else {
+        unsafe { gemm_phased_tile::<_, 4>(x_copy, w, bias, y, (n_in, rows), assignment, tile) };
+    }
 }

@@ -40,6 +40,26 @@ impl ExpertRouting {
     }
 }
 
+/// Expert tensors of the same experts, stacked per expert: for each expert e, its rows of
+/// `parts[0]`, then of `parts[1]`, ... (each part [n_expert, rows_p, ...] as stored: GGUF bytes
+/// of a 3-D expert tensor, or f32 biases as bytes). Stacking gpt-oss's gate and up tensors this
+/// way makes one expert matrix of 2 n_ff rows per expert, so that one launch computes both for
+/// the selected experts (the output [k, 2 n_ff] then holds gate, up per expert).
+pub fn stack_experts(parts: &[&[u8]], n_expert: usize) -> Vec<u8> {
+    assert!(
+        n_expert > 0 && parts.iter().all(|p| p.len().is_multiple_of(n_expert)),
+        "parts of n_expert experts"
+    );
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for e in 0..n_expert {
+        for part in parts {
+            let size = part.len() / n_expert;
+            out.extend_from_slice(&part[e * size..(e + 1) * size]);
+        }
+    }
+    out
+}
+
 /// rows per expert of an expert matrix, after checking that it is MXFP4 and n_expert divides it.
 fn expert_rows(kernel: &'static str, w: &GpuMatrix, n_expert: usize) -> Result<usize> {
     if !matches!(w.storage(), Storage::Mxfp4 { .. }) {
@@ -222,5 +242,14 @@ impl Gpu {
         let (n_in, rows, n) = (n_in as u32, rows as u32, routing.n_expert as u32);
         let x_div = if x_per_assignment { 1u32 } else { k as u32 };
         self.launch(KERNEL, config, &[&x16, &q, &e, &bias, &offsets, &order, &y, &n_in, &rows, &n, &x_div])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn experts_are_stacked_expert_by_expert() {
+        let (gate, up) = ([1u8, 2, 3, 4, 5, 6], [7u8, 8, 9, 10]);
+        assert_eq!(super::stack_experts(&[&gate, &up], 2), [1, 2, 3, 7, 8, 4, 5, 6, 9, 10]);
     }
 }

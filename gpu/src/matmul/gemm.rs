@@ -205,13 +205,15 @@ struct Fragments {
 }
 
 impl Fragments {
+    /// `M16`: m16 tiles per warp, 4 (the layouts above) or 2 (narrow layout over the first 64
+    /// rows of the tile only: warp w takes the 32 x 32 sub-tile at (32 (w % 2), 32 (w / 2))).
     #[inline(always)]
-    fn new<const WIDE: bool>() -> Self {
+    fn new<const WIDE: bool, const M16: usize>() -> Self {
         let (lane, warp) = (lane_idx(), warp_idx());
         let (row_m, row_n, first_slice) = if WIDE {
             (64 * (warp % 2), 64 * (warp / 2 % 2), 2 * (warp / 4))
         } else {
-            (64 * (warp % 2), 32 * (warp / 2), 0)
+            (16 * M16 * (warp % 2), 32 * (warp / 2), 0)
         };
         let x_row = |i: usize| ((row_m + 16 * i + lane % 16) * 2 * TILE_K) as u32;
         let w_row = |p: usize| ((row_n + 16 * p + lane % 8 + 8 * (lane / 16)) * 2 * TILE_K) as u32;
@@ -229,7 +231,7 @@ impl Fragments {
     /// `between(part)` for parts 0..4 in turn between the products: work placed there shares the
     /// instruction stream with the tensor-core work (the loop body is one basic block).
     #[inline(always)]
-    unsafe fn multiply<const BF16: bool, const WIDE: bool, const W_FIRST: bool>(
+    unsafe fn multiply<const BF16: bool, const WIDE: bool, const W_FIRST: bool, const M16: usize>(
         self,
         x: u32,
         w: u32,
@@ -243,12 +245,12 @@ impl Fragments {
                 let x_chunk = (16 * ((2 * kk + self.x_high) ^ self.swizzle)) as u32;
                 let w_chunk = (16 * ((2 * kk + self.w_high) ^ self.swizzle)) as u32;
                 let a = unsafe {
-                    [
-                        load_matrix_x4(x + self.x_rows[0] + x_chunk),
-                        load_matrix_x4(x + self.x_rows[1] + x_chunk),
-                        load_matrix_x4(x + self.x_rows[2] + x_chunk),
-                        load_matrix_x4(x + self.x_rows[3] + x_chunk),
-                    ]
+                    let load = |i: usize| load_matrix_x4(x + self.x_rows[i] + x_chunk);
+                    if M16 == 4 {
+                        [load(0), load(1), load(2), load(3)]
+                    } else {
+                        [load(0), load(1), [0; 4], [0; 4]]
+                    }
                 };
                 if W_FIRST && !WIDE {
                     // All of the slice's W fragments, then the products.
@@ -256,9 +258,11 @@ impl Fragments {
                     let [b4, b5, b6, b7] = unsafe { load_matrix_x4(w + self.w_rows[1] + w_chunk) };
                     let b = [[b0, b1], [b2, b3], [b4, b5], [b6, b7]];
                     unroll!([0, 1, 2, 3], |i| {
-                        unroll!([0, 1, 2, 3], |j| {
-                            mma_16x8x16::<BF16>(&mut acc[i][j], a[i], b[j]);
-                        });
+                        if i < M16 {
+                            unroll!([0, 1, 2, 3], |j| {
+                                mma_16x8x16::<BF16>(&mut acc[i][j], a[i], b[j]);
+                            });
+                        }
                     });
                 } else {
                     // W a pair of n8 tiles at a time, each used at once (4 live registers, not 16).
@@ -266,8 +270,10 @@ impl Fragments {
                         if 2 * p < n8 {
                             let [b0, b1, b2, b3] = unsafe { load_matrix_x4(w + self.w_rows[p] + w_chunk) };
                             unroll!([0, 1, 2, 3], |i| {
-                                mma_16x8x16::<BF16>(&mut acc[i][2 * p], a[i], [b0, b1]);
-                                mma_16x8x16::<BF16>(&mut acc[i][2 * p + 1], a[i], [b2, b3]);
+                                if i < M16 {
+                                    mma_16x8x16::<BF16>(&mut acc[i][2 * p], a[i], [b0, b1]);
+                                    mma_16x8x16::<BF16>(&mut acc[i][2 * p + 1], a[i], [b2, b3]);
+                                }
                             });
                         }
                     });
@@ -312,7 +318,7 @@ unsafe fn store_pair(
 /// accesses are 32 consecutive words), then warp w adds the two groups' sums for the m16 rows
 /// 2 (w / 4), 2 (w / 4) + 1 of sub-tile w % 4 and stores them.
 #[inline(always)]
-unsafe fn store_tile<const WIDE: bool>(
+unsafe fn store_tile<const WIDE: bool, const M16: usize>(
     acc: &Accumulators,
     bias: *const f32,
     y: *mut f32,
@@ -323,13 +329,15 @@ unsafe fn store_tile<const WIDE: bool>(
     let (lane, warp) = (lane_idx(), warp_idx());
     let (row, column) = (lane / 4, 2 * (lane % 4));
     if !WIDE {
-        let (m, n) = (m0 + 64 * (warp % 2) + row, n0 + 32 * (warp / 2) + column);
+        let (m, n) = (m0 + 16 * M16 * (warp % 2) + row, n0 + 32 * (warp / 2) + column);
         unroll!([0, 1, 2, 3], |j| {
             unroll!([0, 1, 2, 3], |i| {
-                unroll!([0, 1], |h| {
-                    let pair = [acc[i][j][2 * h], acc[i][j][2 * h + 1]];
-                    unsafe { store_pair(y, bias, n_out, &rows, (m + 16 * i + 8 * h, n + 8 * j), pair) };
-                });
+                if i < M16 {
+                    unroll!([0, 1], |h| {
+                        let pair = [acc[i][j][2 * h], acc[i][j][2 * h + 1]];
+                        unsafe { store_pair(y, bias, n_out, &rows, (m + 16 * i + 8 * h, n + 8 * j), pair) };
+                    });
+                }
             });
         });
         return;
@@ -382,7 +390,7 @@ unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
     let w_ring = x_ring + STAGES as u32 * TILE_BYTES;
     let (x_copy, w_copy) = (TileCopy::new(x, t, n_in, m0), TileCopy::new(w, n_out, n_in, n0));
     let steps = n_in.div_ceil(TILE_K);
-    let fragments = Fragments::new::<WIDE>();
+    let fragments = Fragments::new::<WIDE, 4>();
     let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
     for s in 0..STAGES - 1 {
         if s < steps {
@@ -403,7 +411,7 @@ unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
         let (live, next) = (ahead < steps, (ahead % STAGES) as u32 * TILE_BYTES);
         let slot = (k % STAGES) as u32 * TILE_BYTES;
         unsafe {
-            fragments.multiply::<BF16, WIDE, false>(x_ring + slot, w_ring + slot, &mut acc, |part| {
+            fragments.multiply::<BF16, WIDE, false, 4>(x_ring + slot, w_ring + slot, &mut acc, |part| {
                 x_copy.copy_part(x_ring + next, ahead * TILE_K, part, live);
                 w_copy.copy_part(w_ring + next, ahead * TILE_K, part, live);
             })
@@ -411,7 +419,7 @@ unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
         copy_async_commit();
     }
     copy_async_wait::<0>();
-    unsafe { store_tile::<WIDE>(&acc, bias, y, n_out, tokens(t), (m0, n0)) };
+    unsafe { store_tile::<WIDE, 4>(&acc, bias, y, n_out, tokens(t), (m0, n0)) };
 }
 
 /// A quantized weight format, as the GEMM reads it: one block of 32 weights at a time.
@@ -442,7 +450,7 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
     let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
     let x_copy = TileCopy::new(x, t, n_in, m0);
     let steps = n_in.div_ceil(TILE_K);
-    let fragments = Fragments::new::<WIDE>();
+    let fragments = Fragments::new::<WIDE, 4>();
     let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
 
     // Thread (r, half) dequantizes block `half` of each step's two blocks of row n0 + r. Loads
@@ -485,7 +493,7 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
         let next_w = w_tiles + ((k + 1) % 2) as u32 * TILE_BYTES;
         let values = w.values(valid_raw(raw), 2 * (k + 1) + half);
         unsafe {
-            fragments.multiply::<false, WIDE, false>(
+            fragments.multiply::<false, WIDE, false, 4>(
                 x_ring + slot,
                 w_tiles + (k % 2) as u32 * TILE_BYTES,
                 &mut acc,
@@ -499,7 +507,7 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
         raw = ahead;
     }
     copy_async_wait::<0>();
-    unsafe { store_tile::<WIDE>(&acc, bias, y, n_out, tokens(t), (m0, n0)) };
+    unsafe { store_tile::<WIDE, 4>(&acc, bias, y, n_out, tokens(t), (m0, n0)) };
 }
 
 /// The product with quantized weights, phased (narrow layout): per step, the X copies, then the
@@ -519,13 +527,14 @@ unsafe fn gemm_quantized_phased<F: BlockWeights>(
     let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
     let (m0, n0) = (block_idx() * TILE_M, block_idx_y() * TILE_N);
     let x_copy = TileCopy::new(x, t, n_in, m0);
-    unsafe { gemm_phased_tile(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
+    unsafe { gemm_phased_tile::<_, 4>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
 }
 
 /// The block's tile of the phased product: X tiles from `x_copy`, tile row m (from m0) stored at
-/// Y row `rows(m)`, outputs n0.. of W's n_out rows.
+/// Y row `rows(m)`, outputs n0.. of W's n_out rows. `M16` = 2 computes only the tile's first 64
+/// rows (half the tensor-core work, for tiles known to hold no more; see `Fragments::new`).
 #[inline(always)]
-pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights>(
+pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize>(
     x_copy: impl XTiles,
     w: F,
     bias: *const f32,
@@ -537,7 +546,7 @@ pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights>(
     let x_ring = dynamic_shared_address();
     let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
     let steps = n_in.div_ceil(TILE_K);
-    let fragments = Fragments::new::<false>();
+    let fragments = Fragments::new::<false, M16>();
     let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
 
     let (r, half) = (thread_idx() / 2, thread_idx() % 2);
@@ -574,7 +583,7 @@ pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights>(
         let ahead = load(k + 2);
         let slot = (k % STAGES) as u32 * TILE_BYTES;
         unsafe {
-            fragments.multiply::<false, false, true>(
+            fragments.multiply::<false, false, true, M16>(
                 x_ring + slot,
                 w_tiles + (k % 2) as u32 * TILE_BYTES,
                 &mut acc,
@@ -587,7 +596,7 @@ pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights>(
         raw = ahead;
     }
     copy_async_wait::<0>();
-    unsafe { store_tile::<false>(&acc, bias, y, n_out, rows, (m0, n0)) };
+    unsafe { store_tile::<false, M16>(&acc, bias, y, n_out, rows, (m0, n0)) };
 }
 
 /// F32 rows (n_in a multiple of 4), rounded to f16: blocks of 32 as 8 x 16 bytes, the last block
