@@ -491,7 +491,7 @@ impl Gpu {
         self.launch(KERNEL, config, &[&g, &out, &q, &d, &s, &n])
     }
 
-    /// y = W x (+ bias) with W quantized (Q8_0, Q4_0, Q4_1, Q4K, Q6K) and x given as 8-bit
+    /// y = W x (+ bias) with W quantized (Q8_0, Q4_0, Q4_1, Q4K, Q6K, MXFP4) and x given as 8-bit
     /// activations: the integer (dp4a) form, the numbers llama.cpp computes.
     pub fn gemv_q8(
         &self,
