@@ -134,6 +134,23 @@ fn repacking_splits_block_fields_in_order() {
 }
 
 #[test]
+fn repacking_mxfp4_splits_exponents_and_pairs_consecutive_values() {
+    use crate::matmul::{WeightFormat, repack_blocks};
+    // GGUF: exponent, then byte j holds value j (low nibble) and value j + 16 (high). Value v here
+    // is v % 16, so byte j is j | j << 4. Regrouped: byte k holds values 2k (low) and 2k + 1.
+    let mut bytes = vec![127u8];
+    bytes.extend((0..16u8).map(|j| j | j << 4));
+    bytes.push(120);
+    bytes.extend([0u8; 16]);
+    let r = repack_blocks(WeightFormat::Mxfp4, &bytes);
+    assert_eq!(r.exponents, [127, 120]);
+    let value = |v: usize| (v % 16) as u8;
+    let expected: Vec<u8> = (0..16).map(|k| value(2 * k) | value(2 * k + 1) << 4).chain([0; 16]).collect();
+    assert_eq!(r.quants, expected);
+    assert!(r.scales.is_empty() && r.mins.is_empty() && r.sub.is_empty());
+}
+
+#[test]
 fn repacking_k_quants_regroups_values_by_block_of_32() {
     use crate::matmul::{WeightFormat, repack_blocks};
     // Q4K: a 16-byte head (d, dmin, 12 bytes of 6-bit scales and mins), then 128 bytes: byte
