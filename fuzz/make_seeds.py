@@ -7,7 +7,7 @@
   cut to its first entries and every tensor shrunk to one block per row (same names, types and
   number of dimensions; offsets recomputed), data filled with a fixed pattern.
 - tokenizer: each vocabulary (engine/tests/data/vocab/*.gguf, the fixtures, SmolLM2) cut to its
-  first 400 tokens plus the last 40 (where control tokens live), the merges that stay inside them,
+  first 160 tokens plus the last 24 (where control tokens live), the merges that stay inside them,
   with a few lines of the vocabulary's own test input (.inp) as text.
 - chat_template: every `tokenizer.chat_template` in those files, plus a few hand-written ones.
 - sampler: NaN, infinities, all-equal and ordinary logits under several settings.
@@ -128,7 +128,7 @@ def write(version, kvs, tensors, alignment=32):
     return bytes(w.b)
 
 
-def cut_vocab(kvs, head=400, tail=40):
+def cut_vocab(kvs, head=160, tail=24):
     """Keeps tokens [0, head) and the last `tail`; drops merges that leave them; remaps ids."""
     d = {k: (ty, v) for k, ty, v in kvs}
     tokens = d.get(b"tokenizer.ggml.tokens", (None, (8, [])))[1][1]
@@ -146,7 +146,7 @@ def cut_vocab(kvs, head=400, tail=40):
                 left, _, right = m.partition(b" ")
                 if left in kept and right in kept and left + right in kept:
                     merges.append(m)
-            v = (8, merges[:600])
+            v = (8, merges[:200])
         elif key.startswith(b"tokenizer.ggml.") and key.endswith(b"_token_id"):
             v = new_id.get(v, 0)
         elif ty == 9:
@@ -186,7 +186,7 @@ def main():
         inp = path + ".inp"
         lines = open(inp, "rb").read().split(b"\n__ggml_vocab_test__\n")[:6] if os.path.exists(inp) else [
             b"Hello world", b" <|im_start|>user\nhi<|im_end|>", b"\xe2\x96\x81x \t\n  3.14 caf\xc3\xa9"]
-        for i, text in enumerate(lines):
+        for i, text in enumerate(lines[:3]):
             save("tokenizer", f"{base}-{i}", struct.pack("<I", len(image)) + image + bytes([i % 4]) + text)
         for key, ty, v in kvs:
             if key == b"tokenizer.chat_template":

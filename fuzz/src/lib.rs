@@ -35,9 +35,27 @@ pub fn tokenizer(data: &[u8]) {
     let n = (u32::from_le_bytes(*head) as usize).min(rest.len());
     let (gguf, rest) = rest.split_at(n);
     let Some((&flags, text)) = rest.split_first() else { return };
-    let Ok(file) = GgufFile::parse(gguf.to_vec()) else { return };
-    let Ok(vocab) = GgufVocab::from_gguf(&file) else { return };
-    let Ok(tokenizer) = Tokenizer::from_gguf_vocab(&vocab) else { return };
+    // Most mutations leave the vocabulary as it was: keep the last one built from the same bytes.
+    LAST_TOKENIZER.with_borrow_mut(|last| {
+        if last.as_ref().is_none_or(|(bytes, _)| bytes[..] != *gguf) {
+            let tokenizer = GgufFile::parse(gguf.to_vec())
+                .ok()
+                .and_then(|file| GgufVocab::from_gguf(&file).ok())
+                .and_then(|vocab| Tokenizer::from_gguf_vocab(&vocab).ok());
+            *last = Some((gguf.to_vec(), tokenizer));
+        }
+        if let Some((_, Some(tokenizer))) = last {
+            use_tokenizer(tokenizer, flags, text);
+        }
+    });
+}
+
+thread_local! {
+    static LAST_TOKENIZER: std::cell::RefCell<Option<(Vec<u8>, Option<Tokenizer>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn use_tokenizer(tokenizer: &Tokenizer, flags: u8, text: &[u8]) {
     let text = String::from_utf8_lossy(text);
     let (add_special, parse_special) = (flags & 1 != 0, flags & 2 != 0);
     if let Ok(ids) = tokenizer.encode(&text, add_special, parse_special) {
