@@ -42,6 +42,13 @@ pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
 /// few dozen to a few hundred per message).
 const FUEL_BASE: u64 = 200_000;
 const FUEL_PER_MESSAGE: u64 = 2_000;
+/// Whatever the number of messages: fuel also bounds how deeply a template can nest values.
+const MAX_FUEL: u64 = 2_000_000;
+/// The stack the render runs on. minijinja prints and drops nested values (`[[[...]]]` built
+/// one level per loop pass) recursively: on a 2 MiB thread stack 10,000 levels overflowed it
+/// (an abort). A pass costs at least a few instructions of fuel, so MAX_FUEL bounds the depth
+/// to a few hundred thousand levels; the stack is reserved, not committed, until used.
+const RENDER_STACK_BYTES: usize = 256 << 20;
 /// Bytes a render may write: a fixed allowance plus four times the messages' own text.
 const PROMPT_BASE_BYTES: usize = 1 << 20;
 
@@ -57,7 +64,26 @@ pub fn render(
     if template.len() > MAX_TEMPLATE_BYTES {
         return Err(ChatError::TemplateTooLarge(template.len()));
     }
-    let fuel = FUEL_BASE + FUEL_PER_MESSAGE * messages.len() as u64;
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("chat template".into())
+            .stack_size(RENDER_STACK_BYTES)
+            .spawn_scoped(scope, || {
+                render_here(template, messages, bos_token, eos_token, add_generation_prompt)
+            })
+            .map_err(|e| ChatError::Template(format!("could not start the render thread: {e}")))?;
+        thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn render_here(
+    template: &str,
+    messages: &[Message],
+    bos_token: &str,
+    eos_token: &str,
+    add_generation_prompt: bool,
+) -> Result<String, ChatError> {
+    let fuel = (FUEL_BASE + FUEL_PER_MESSAGE * messages.len() as u64).min(MAX_FUEL);
     let text_bytes: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum::<usize>()
         + bos_token.len()
         + eos_token.len();
@@ -155,6 +181,15 @@ mod tests {
         let output = "{% for a in range(100000) %}{{ 'x' * 100000 }}{% endfor %}";
         let error = render(output, &[], "", "", false).unwrap_err();
         assert!(matches!(error, ChatError::PromptTooLarge(n) if n == 1 << 20), "{error}");
+        // Values nested one level per pass, as deep as the most fuel allows, printed, then dropped
+        // when the fuel runs out (found by the chat_template fuzz target: a stack overflow).
+        let messages = vec![Message::new("user", "hi"); 1000];
+        let nest = "{% set ns = namespace(x=1) %}{% for i in range(1000) %}{% for j in range(150) %}{% set ns.x = [ns.x] %}{% endfor %}{% endfor %}{{ ns.x|length }}{{ ns.x }}";
+        let text = render(nest, &messages, "", "", false).unwrap();
+        assert!(text.starts_with("1[[[[") && text.ends_with("]]]]"), "{}", &text[..20]);
+        let forever = "{% set ns = namespace(x=1) %}{% for i in range(100000) %}{% for j in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}{% endfor %}";
+        let error = render(forever, &messages, "", "", false).unwrap_err();
+        assert!(matches!(error, ChatError::OutOfFuel(MAX_FUEL)), "{error}");
         let big = "x".repeat(MAX_TEMPLATE_BYTES + 1);
         let error = render(&big, &[], "", "", false).unwrap_err();
         assert!(error.to_string().contains("over the limit of 1048576"), "{error}");
