@@ -49,6 +49,9 @@ fn random_blocks(format: WeightFormat, len: usize, blocks: usize) -> Vec<u8> {
             if matches!(format, WeightFormat::Q4_1 | WeightFormat::Q4K) {
                 bytes[at + 2..at + 4].copy_from_slice(&scale);
             }
+            if format == WeightFormat::Mxfp4 {
+                bytes[at] = 120; // 2^-7
+            }
         }
     } else if format != WeightFormat::F32 {
         // 16-bit floats: keep the exponent bits sane.
@@ -243,6 +246,7 @@ fn gemv(gpu: &Gpu, table: &Table) -> Result<()> {
             WeightFormat::Q4_1,
             WeightFormat::Q4K,
             WeightFormat::Q6K,
+            WeightFormat::Mxfp4,
         ] {
             let (block, block_bytes) = format.block();
             let bytes = random_blocks(format, n_in / block * n_out * block_bytes, n_in * n_out / block);
@@ -252,7 +256,7 @@ fn gemv(gpu: &Gpu, table: &Table) -> Result<()> {
             let mut next = 0;
             let moved = matrices[0].size() + 4 * (n_in + n_out);
             let shape = format!("{n_out}x{n_in}");
-            if !format.is_k_quant() {
+            if !format.integer_only() {
                 let ms = time(gpu, || {
                     next = (next + 1) % copies;
                     gpu.gemv(&matrices[next], &x, None, &mut y)
@@ -283,6 +287,54 @@ fn gemv(gpu: &Gpu, table: &Table) -> Result<()> {
             table.row(&format!("gemv_q8 {format:?} (batched)"), &shape, moved, ms);
         }
     }
+    gemv_gpt_oss(gpu, table)
+}
+
+/// MXFP4 at gpt-oss-20b's shapes (hidden 2880, 32 experts of 2880 x 2880, 4 per token): one
+/// expert-sized matrix, gate and up stacked (5760 x 2880), and the expert GEMV for 4 experts of
+/// 32 over the stacked gate/up tensor (one x) and the down tensor (x per expert). Expert ids cycle
+/// through 8 disjoint sets of 4, so that the 32 experts' 282 MB (gate/up) come from DRAM.
+fn gemv_gpt_oss(gpu: &Gpu, table: &Table) -> Result<()> {
+    let format = WeightFormat::Mxfp4;
+    let n_in = 2880usize;
+    for n_out in [2880usize, 5760] {
+        let bytes = random_blocks(format, n_in / 32 * n_out * 17, n_in * n_out / 32);
+        let copies = (256usize << 20).div_ceil(bytes.len()).max(2);
+        let matrices: Vec<_> =
+            (0..copies).map(|_| gpu.upload_matrix(format, &bytes, n_in, n_out)).collect::<Result<_>>()?;
+        let x = gpu.upload(&random(n_in, 10))?;
+        let mut y = gpu.alloc::<f32>(n_out)?;
+        let mut activations = gpu.q8_activations(n_in)?;
+        gpu.quantize_q8(&x, &mut activations)?;
+        let mut next = 0;
+        let moved = matrices[0].size() + 4 * (n_in + n_out);
+        let ms = time_batched(gpu, || {
+            next = (next + 1) % copies;
+            gpu.gemv_q8(&matrices[next], &activations, None, &mut y)
+        })?;
+        table.row("gemv_q8 Mxfp4 (batched)", &format!("{n_out}x{n_in}"), moved, ms);
+    }
+    let (n_expert, k) = (32usize, 4usize);
+    for (rows, per_expert_x) in [(5760usize, false), (2880, true)] {
+        let bytes = random_blocks(format, n_in / 32 * n_expert * rows * 17, n_in * n_expert * rows / 32);
+        let matrix = gpu.upload_matrix(format, &bytes, n_in, n_expert * rows)?;
+        let bias = gpu.upload(&random(n_expert * rows, 12))?;
+        let sets: Vec<_> = (0..8u32)
+            .map(|s| gpu.upload(&[s, s + 8, s + 16, s + 24]))
+            .collect::<std::result::Result<_, _>>()?;
+        let n_x = if per_expert_x { k * n_in } else { n_in };
+        let mut activations = gpu.q8_activations(n_x)?;
+        gpu.quantize_q8(&gpu.upload(&random(n_x, 13))?, &mut activations)?;
+        let mut y = gpu.alloc::<f32>(k * rows)?;
+        let mut next = 0;
+        let moved = k * rows * n_in / 32 * 17 + 4 * (n_in + 2 * k * rows);
+        let ms = time_batched(gpu, || {
+            next = (next + 1) % sets.len();
+            gpu.gemv_q8_experts(&matrix, n_expert, &sets[next], &activations, Some(&bias), &mut y)
+        })?;
+        let name = if per_expert_x { "gemv_q8_experts down" } else { "gemv_q8_experts gate+up" };
+        table.row(&format!("{name} (batched)"), &format!("4 of 32 x {rows}x{n_in}"), moved, ms);
+    }
     Ok(())
 }
 
@@ -303,6 +355,7 @@ fn gemm(gpu: &Gpu, table: &Table) -> Result<()> {
             WeightFormat::Q4_1,
             WeightFormat::Q4K,
             WeightFormat::Q6K,
+            WeightFormat::Mxfp4,
         ] {
             let (block, block_bytes) = format.block();
             let bytes = random_blocks(format, n_in / block * n_out * block_bytes, n_in * n_out / block);
@@ -313,6 +366,49 @@ fn gemm(gpu: &Gpu, table: &Table) -> Result<()> {
     }
     if let Err(e) = cublas(gpu, table, T, &shapes) {
         println!("cuBLAS yardstick not run: {e}");
+    }
+    gemm_gpt_oss(gpu, table)
+}
+
+/// MXFP4 products at gpt-oss-20b's shapes, T = 512: one expert-sized matrix (2880 x 2880, and
+/// gate and up stacked, 5760 x 2880), then the expert GEMM as prefill runs it: T = 512 and 2048
+/// tokens routed to 4 of 32 experts each (ids cycling over the experts: 64 and 256 assignments
+/// per expert), gate and up stacked (x per token) and down (x per assignment), timed with its
+/// conversion of X; FLOPs 2 T k n_in rows.
+fn gemm_gpt_oss(gpu: &Gpu, table: &Table) -> Result<()> {
+    const T: usize = 512;
+    let format = WeightFormat::Mxfp4;
+    let n_in = 2880usize;
+    for n_out in [2880usize, 5760] {
+        let bytes = random_blocks(format, n_in / 32 * n_out * 17, n_in * n_out / 32);
+        let matrix = gpu.upload_matrix(format, &bytes, n_in, n_out)?;
+        let x = gpu.upload(&random(T * n_in, 16))?;
+        let mut y = gpu.alloc::<f32>(T * n_out)?;
+        let flops = 2.0 * (T * n_in * n_out) as f64;
+        let ms = time(gpu, || gpu.gemm(&matrix, 0..n_out, &x, T, None, &mut y))?;
+        table.row_flops("gemm Mxfp4", &format!("T={T} {n_out}x{n_in}"), flops, ms);
+    }
+    let (n_expert, k) = (32usize, 4usize);
+    for (rows, per_assignment) in [(5760usize, false), (2880, true)] {
+        let bytes = random_blocks(format, n_in / 32 * n_expert * rows * 17, n_in * n_expert * rows / 32);
+        let matrix = gpu.upload_matrix(format, &bytes, n_in, n_expert * rows)?;
+        for t in [T, 4 * T] {
+            let ids: Vec<u32> =
+                (0..t * k).map(|a| ((a / k) * 7 + (a % k) * 8) as u32 % n_expert as u32).collect();
+            let mut routing = gpu.expert_routing(n_expert, t * k)?;
+            let ids = gpu.upload(&ids)?;
+            let ms = time(gpu, || gpu.route_experts(&ids, k, &mut routing))?;
+            if !per_assignment {
+                table.row("moe_route", &format!("T={t} k={k} of {n_expert}"), 4 * t * k * 2, ms);
+            }
+            let x_rows = if per_assignment { t * k } else { t };
+            let x = gpu.upload(&random(x_rows * n_in, 16))?;
+            let mut y = gpu.alloc::<f32>(t * k * rows)?;
+            let flops = 2.0 * (t * k * n_in * rows) as f64;
+            let ms = time(gpu, || gpu.gemm_experts(&matrix, &routing, &x, per_assignment, None, &mut y))?;
+            let name = if per_assignment { "gemm_experts down" } else { "gemm_experts gate+up" };
+            table.row_flops(name, &format!("T={t} 4/32 x {rows}x{n_in}"), flops, ms);
+        }
     }
     Ok(())
 }
@@ -435,6 +531,69 @@ fn attention(gpu: &Gpu, table: &Table) -> Result<()> {
         let flops =
             4.0 * (n_tokens * head_dim * n_head) as f64 * (start as f64 + (n_tokens as f64 + 1.0) / 2.0);
         table.row_flops("attention prefill", &format!("T={n_tokens} start={start}"), flops, ms);
+    }
+    attention_gpt_oss(gpu, table)
+}
+
+/// gpt-oss-20b's attention (64 query heads over 8 KV heads of 64, a sink per head) on its two
+/// kinds of layer: full context, and a 128-position window, which decode must cost the same at
+/// any length (the pages before the window are never read) and prefill about 128 keys per query.
+/// Decode bytes: the K and V the step must read (the window's, on windowed layers).
+fn attention_gpt_oss(gpu: &Gpu, table: &Table) -> Result<()> {
+    let (n_head, n_head_kv, head_dim) = (64usize, 8usize, 64usize);
+    let sinks = gpu.upload(&random(n_head, 16))?;
+    let page = |n_pages| PagedKvShape { n_pages, n_head_kv, head_dim };
+    for window in [0usize, 128] {
+        let options = AttentionOptions { window, ..AttentionOptions::new(n_head, head_dim) };
+        for context in [4096usize, 32768] {
+            let pages = context / PAGE_SIZE;
+            let read = if window > 0 { window.min(context) } else { context };
+            let layer_bytes = read * n_head_kv * head_dim * 2 * 2;
+            let layers = (256usize << 20).div_ceil(context * n_head_kv * head_dim * 4).max(4);
+            let mut cache = PagedKvCache::new(gpu, layers, page(pages), 1, pages)?;
+            let values: Vec<f16> =
+                random(cache.shape().pool_len(), 17).iter().map(|&v| f16::from_f32(v)).collect();
+            for layer in 0..layers {
+                let (keys, vals) = cache.pools_mut(layer).expect("layer in range");
+                gpu.stream().memcpy_htod(&values, keys)?;
+                gpu.stream().memcpy_htod(&values, vals)?;
+            }
+            cache.reserve(gpu, 0, context)?;
+            let q = gpu.upload(&random(n_head * head_dim, 18))?;
+            let lens = gpu.upload(&[context as u32])?;
+            let mut out = gpu.alloc::<f32>(n_head * head_dim)?;
+            let mut workspace = DecodeWorkspace::for_cache(gpu, &cache, 1, n_head)?;
+            let ms = time(gpu, || {
+                for layer in 0..layers {
+                    gpu.attention_decode_paged(
+                        &cache,
+                        layer,
+                        &q,
+                        &lens,
+                        Some(&sinks),
+                        &options,
+                        &mut workspace,
+                        &mut out,
+                    )?;
+                }
+                Ok(())
+            })? / layers as f64;
+            let splits = host::attention::window_splits(workspace.n_splits(), window);
+            let size = format!("gpt-oss 1x{context} window={window} ({splits} splits)");
+            table.row("attention decode paged", &size, layer_bytes, ms);
+        }
+        let n_tokens = 2048usize;
+        let mut cache = PagedKvCache::new(gpu, 1, page(n_tokens / PAGE_SIZE), 1, n_tokens / PAGE_SIZE)?;
+        cache.reserve(gpu, 0, n_tokens)?;
+        let q = gpu.upload(&random(n_tokens * n_head * head_dim, 19))?;
+        let start = gpu.upload(&[0u32])?;
+        let mut out = gpu.alloc::<f32>(n_tokens * n_head * head_dim)?;
+        let ms =
+            time(gpu, || gpu.attention_prefill(&cache, 0, 0, &q, &start, Some(&sinks), &options, &mut out))?;
+        // Keys each query sees: t + 1, or at most the window.
+        let keys: usize = (0..n_tokens).map(|t| if window > 0 { (t + 1).min(window) } else { t + 1 }).sum();
+        let flops = 4.0 * (keys * head_dim * n_head) as f64;
+        table.row_flops("attention prefill", &format!("gpt-oss T={n_tokens} window={window}"), flops, ms);
     }
     Ok(())
 }

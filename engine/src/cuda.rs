@@ -111,7 +111,7 @@ impl Stacked {
 /// Whether a matrix meets 8-bit activations: K-quants always (they have only the integer form),
 /// other block formats when `integer_activations` is on.
 fn uses_q8(w: &GpuMatrix, integer_activations: bool) -> bool {
-    w.format().is_k_quant() || (integer_activations && w.is_blocks())
+    w.format().integer_only() || (integer_activations && w.is_blocks())
 }
 
 enum KvCache {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 /// Turns token bytes into text as soon as it is valid UTF-8: a character split across tokens is
 /// held back until its last byte arrives.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Utf8Stream {
     pending: Vec<u8>,
 }

@@ -8,6 +8,7 @@ pub mod cuda;
 pub mod default_model;
 pub mod generate;
 pub mod gguf;
+pub mod harmony;
 pub mod model;
 pub mod perplexity;
 pub mod provenance;

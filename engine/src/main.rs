@@ -6,6 +6,7 @@ use engine::chat::{self, Message};
 use engine::cuda::GpuLlama;
 use engine::generate::{self, CpuSession, Finish, Session, Utf8Stream};
 use engine::gguf::{GgufFile, Value};
+use engine::harmony;
 use engine::model::Model;
 use engine::tokenizer::Tokenizer;
 use engine::{default_model, perplexity, provenance};
@@ -52,6 +53,8 @@ enum Command {
         /// Send this one message and exit, instead of reading messages from standard input.
         #[arg(long)]
         message: Option<String>,
+        #[command(flatten)]
+        harmony: HarmonyArgs,
     },
     /// Perplexity of the model on a text file, by llama-perplexity's method (comparable figures).
     Perplexity {
@@ -116,7 +119,7 @@ enum Command {
     },
     /// Write a GGUF with the real shapes of a known model and random weights, for speed tests
     /// (presets: llama-3.1-8b [Q4_K, Q6_K output, 4.66 GB], qwen2.5-0.5b [Q8_0], gpt2-124m [F16],
-    /// tiny-llama [Q4_K, for tests]).
+    /// gpt-oss-20b [MXFP4 experts, Q8_0, 12.1 GB], tiny-llama and tiny-gpt-oss [for tests]).
     Synth {
         /// The preset.
         preset: String,
@@ -139,6 +142,36 @@ enum Backend {
     Auto,
     Cpu,
     Cuda,
+}
+
+/// Options of models that speak OpenAI's harmony format (gpt-oss); other models ignore them.
+#[derive(Args, Clone, Copy)]
+struct HarmonyArgs {
+    /// How much the model reasons before it answers (the system message's `Reasoning:` line).
+    #[arg(long, value_enum, default_value_t = EffortArg::Medium)]
+    reasoning_effort: EffortArg,
+    /// Print the model's reasoning (its `analysis` channel) to standard error as it comes; by
+    /// default only the answer (the `final` channel) is shown. The harmony docs advise against
+    /// showing reasoning to end users: it is not held to the answer's safety standards.
+    #[arg(long)]
+    show_reasoning: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EffortArg {
+    Low,
+    Medium,
+    High,
+}
+
+impl From<EffortArg> for harmony::ReasoningEffort {
+    fn from(effort: EffortArg) -> Self {
+        match effort {
+            EffortArg::Low => harmony::ReasoningEffort::Low,
+            EffortArg::Medium => harmony::ReasoningEffort::Medium,
+            EffortArg::High => harmony::ReasoningEffort::High,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -239,8 +272,8 @@ fn run(cli: Cli) -> Result<()> {
             println!();
             Ok(())
         }
-        Command::Chat { model, sampling, system, message } => {
-            chat_loop(&mut load(&model)?, &sampling, system, message)
+        Command::Chat { model, sampling, system, message, harmony } => {
+            chat_loop(&mut load(&model)?, &sampling, system, message, harmony)
         }
         Command::Perplexity { file, model, chunks } => {
             let mut loaded = load(&model)?;
@@ -531,6 +564,37 @@ fn load_cpu(file: &GgufFile, args: &ModelArgs, progress: &dyn Fn(usize, usize)) 
 
 /// Generates after `tokens`, streaming text to stdout; returns the generated text.
 fn run_generation(loaded: &mut Loaded, tokens: &[u32], sampling: &SamplingArgs) -> Result<String> {
+    let mut stops = engine::sampler::StopStrings::new(sampling.stop.clone());
+    let mut stream = Utf8Stream::default();
+    let mut text = String::new();
+    let mut stdout = std::io::stdout();
+    let (_, finish, stats) = generate_tokens(loaded, tokens, sampling, &[], &mut |_, bytes| {
+        let piece = stream.push(bytes);
+        let out = stops.push(&piece);
+        text.push_str(&out.emit);
+        let _ = write!(stdout, "{}", out.emit);
+        let _ = stdout.flush();
+        !out.stopped
+    })?;
+    if finish != Finish::Stopped {
+        let rest = stops.push(&stream.finish()).emit + &stops.finish();
+        text.push_str(&rest);
+        print!("{rest}");
+    }
+    print_stats(&stats, finish);
+    Ok(text)
+}
+
+/// Generates after `tokens`: `on_token(id, bytes)` sees each new token (not the end-of-sequence
+/// token, nor one of `stop_tokens`, which also end it) and returns false to stop. Returns the new
+/// tokens (the last of them the stop token, if one ended it), why it ended, and timings.
+fn generate_tokens(
+    loaded: &mut Loaded,
+    tokens: &[u32],
+    sampling: &SamplingArgs,
+    stop_tokens: &[u32],
+    on_token: &mut dyn FnMut(u32, &[u8]) -> bool,
+) -> Result<(Vec<u32>, Finish, generate::Stats)> {
     if tokens.len() >= loaded.ctx_size {
         bail!(
             "the prompt is {} tokens but the context holds {}; shorten it or raise --ctx-size",
@@ -551,12 +615,9 @@ fn run_generation(loaded: &mut Loaded, tokens: &[u32], sampling: &SamplingArgs) 
     for &t in tokens {
         sampler.accept(t);
     }
-    let mut stops = engine::sampler::StopStrings::new(sampling.stop.clone());
-    let mut stream = Utf8Stream::default();
-    let mut text = String::new();
-    let mut stdout = std::io::stdout();
-    let eos: Vec<u32> = tokenizer.eos().into_iter().collect();
-    let (_, finish, stats) = generate::generate(
+    let mut eos: Vec<u32> = tokenizer.eos().into_iter().collect();
+    eos.extend_from_slice(stop_tokens);
+    Ok(generate::generate(
         &mut *session,
         tokens,
         sampling.max_tokens,
@@ -566,20 +627,11 @@ fn run_generation(loaded: &mut Loaded, tokens: &[u32], sampling: &SamplingArgs) 
             sampler.accept(token);
             Ok(token)
         },
-        &mut |token| {
-            let piece = stream.push(tokenizer.token_bytes(token).unwrap_or(b""));
-            let out = stops.push(&piece);
-            text.push_str(&out.emit);
-            let _ = write!(stdout, "{}", out.emit);
-            let _ = stdout.flush();
-            !out.stopped
-        },
-    )?;
-    if finish != Finish::Stopped {
-        let rest = stops.push(&stream.finish()).emit + &stops.finish();
-        text.push_str(&rest);
-        print!("{rest}");
-    }
+        &mut |token| on_token(token, tokenizer.token_bytes(token).unwrap_or(b"")),
+    )?)
+}
+
+fn print_stats(stats: &generate::Stats, finish: Finish) {
     eprintln!(
         "\n[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s; {}]",
         stats.prompt_tokens,
@@ -593,7 +645,35 @@ fn run_generation(loaded: &mut Loaded, tokens: &[u32], sampling: &SamplingArgs) 
             Finish::ContextFull => "context full",
         }
     );
-    Ok(text)
+}
+
+/// Generates the assistant's turn of a harmony model (gpt-oss): the answer streams to stdout,
+/// the reasoning to stderr when `show_reasoning` (see [`harmony::Reply`]). Returns the answer:
+/// what goes back into the next turn's prompt.
+fn run_harmony_generation(
+    loaded: &mut Loaded,
+    tokens: &[u32],
+    sampling: &SamplingArgs,
+    special: harmony::SpecialTokens,
+    show_reasoning: bool,
+) -> Result<String> {
+    let mut reply = harmony::Reply::new(
+        special,
+        sampling.stop.clone(),
+        show_reasoning,
+        std::io::stdout(),
+        std::io::stderr(),
+    );
+    let (generated, finish, stats) =
+        generate_tokens(loaded, tokens, sampling, &special.stop_tokens(), &mut |id, bytes| {
+            reply.push(id, bytes)
+        })?;
+    let called = reply.finish(generated.last().copied());
+    print_stats(&stats, finish);
+    if let Some(recipient) = called {
+        eprintln!("[the model called the tool {recipient:?}; `engine chat` provides no tools]");
+    }
+    Ok(reply.answer().to_string())
 }
 
 fn sampler_config(s: &SamplingArgs) -> engine::sampler::SamplerConfig {
@@ -615,8 +695,16 @@ fn chat_loop(
     sampling: &SamplingArgs,
     system: Option<String>,
     message: Option<String>,
+    harmony_args: HarmonyArgs,
 ) -> Result<()> {
-    let template = loaded.chat_template.clone().ok_or(chat::ChatError::NoTemplate)?;
+    // A vocabulary with harmony's special tokens marks a harmony model (gpt-oss); it may come
+    // without a template (ours renders the same text).
+    let special = harmony::SpecialTokens::from_tokenizer(&loaded.tokenizer);
+    let template = match (&loaded.chat_template, special) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(_)) => None,
+        (None, None) => return Err(chat::ChatError::NoTemplate.into()),
+    };
     let token_text = |id: Option<u32>| id.and_then(|t| loaded.tokenizer.id_to_token(t)).unwrap_or_default();
     let (bos, eos) = (token_text(loaded.tokenizer.bos()), token_text(loaded.tokenizer.eos()));
     let mut messages: Vec<Message> = system.into_iter().map(|s| Message::new("system", s)).collect();
@@ -638,13 +726,47 @@ fn chat_loop(
             break;
         }
         messages.push(Message::new("user", line));
-        let prompt = chat::render(&template, &messages, &bos, &eos, true)?;
-        let tokens = loaded.tokenizer.encode(&prompt, false, true)?;
-        let reply = run_generation(loaded, &tokens, sampling)?;
+        let reply = match special {
+            Some(special) => {
+                let prompt = harmony_prompt(template.as_deref(), &messages, &bos, &eos, harmony_args)?;
+                let tokens = loaded.tokenizer.encode(&prompt, false, true)?;
+                run_harmony_generation(loaded, &tokens, sampling, special, harmony_args.show_reasoning)?
+            }
+            None => {
+                let template = template.as_deref().unwrap_or_default();
+                let prompt = chat::render(template, &messages, &bos, &eos, true)?;
+                let tokens = loaded.tokenizer.encode(&prompt, false, true)?;
+                run_generation(loaded, &tokens, sampling)?
+            }
+        };
         println!();
+        // Harmony: the answer only; the reasoning is dropped from later prompts.
         messages.push(Message::new("assistant", reply.trim().to_string()));
     }
     Ok(())
+}
+
+/// A harmony model's prompt: its own chat template when it has one that renders, else ours.
+fn harmony_prompt(
+    template: Option<&str>,
+    messages: &[Message],
+    bos: &str,
+    eos: &str,
+    args: HarmonyArgs,
+) -> Result<String> {
+    let effort = harmony::ReasoningEffort::from(args.reasoning_effort);
+    if let Some(template) = template {
+        let options =
+            chat::TemplateOptions { reasoning_effort: Some(effort.as_str().to_string()), now: None };
+        match chat::render_with_options(template, messages, bos, eos, true, &options) {
+            Ok(prompt) => return Ok(prompt),
+            Err(e) => {
+                eprintln!("note: the model's chat template failed ({e}); using the engine's harmony renderer")
+            }
+        }
+    }
+    let system = harmony::SystemContent::new(harmony::today(), effort);
+    Ok(harmony::render_prompt(messages, &system)?)
 }
 
 fn write_npy(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> {

@@ -9,7 +9,9 @@
 //! 256 byte tokens, then every merge of two printable characters, then of those with a third),
 //! the real model's special tokens at their real ids, and its pre-tokenizer name. What is not
 //! reproduced: Llama 3.1's `rope_freqs` long-context factors (a 64-value tensor; no effect on
-//! speed at the contexts measured).
+//! speed at the contexts measured). gpt-oss: every tensor of llama.cpp's gpt-oss GGUF (expert
+//! matrices MXFP4 as [n_in, rows, n_expert], other matrices Q8_0, router, norms, biases and
+//! attention sinks F32), biases and sinks 0, the harmony special tokens at their ids.
 
 use crate::gguf::GgmlType;
 use crate::gguf::writer::{MetaValue, TensorSpec, padding, write_head};
@@ -26,7 +28,16 @@ pub enum SynthError {
     Io { path: String, source: std::io::Error },
 }
 
-pub const PRESETS: [&str; 4] = ["llama-3.1-8b", "qwen2.5-0.5b", "gpt2-124m", "tiny-llama"];
+pub const PRESETS: [&str; 6] =
+    ["llama-3.1-8b", "qwen2.5-0.5b", "gpt2-124m", "gpt-oss-20b", "tiny-llama", "tiny-gpt-oss"];
+
+/// Mixture-of-experts shape: experts, experts per token, rows of an expert's gate and up.
+#[derive(Clone, Copy)]
+struct Experts {
+    n: usize,
+    used: usize,
+    ff: usize,
+}
 
 /// Shapes and types of a preset.
 struct Preset {
@@ -38,6 +49,7 @@ struct Preset {
     layers: usize,
     heads: usize,
     kv_heads: usize,
+    head_dim: usize,
     ff: usize,
     rope_base: f32,
     eps: f32,
@@ -52,6 +64,8 @@ struct Preset {
     bos: u32,
     eos: u32,
     chat_template: Option<&'static str>,
+    experts: Option<Experts>,
+    sliding_window: u32,
 }
 
 fn preset(name: &str) -> Result<Preset, SynthError> {
@@ -79,6 +93,7 @@ fn preset(name: &str) -> Result<Preset, SynthError> {
             layers: 32,
             heads: 32,
             kv_heads: 8,
+            head_dim: 128,
             ff: 14336,
             rope_base: 500000.0,
             eps: 1e-5,
@@ -91,6 +106,8 @@ fn preset(name: &str) -> Result<Preset, SynthError> {
             bos: 128000,
             eos: 128009,
             chat_template: Some(LLAMA3_TEMPLATE),
+            experts: None,
+            sliding_window: 0,
         },
         "tiny-llama" => Preset {
             arch: "llama",
@@ -101,6 +118,7 @@ fn preset(name: &str) -> Result<Preset, SynthError> {
             layers: 2,
             heads: 4,
             kv_heads: 2,
+            head_dim: 64,
             ff: 512,
             rope_base: 10000.0,
             eps: 1e-5,
@@ -113,6 +131,8 @@ fn preset(name: &str) -> Result<Preset, SynthError> {
             bos: 1000,
             eos: 1001,
             chat_template: None,
+            experts: None,
+            sliding_window: 0,
         },
         "qwen2.5-0.5b" => {
             let mut specials: Vec<(usize, String)> = [
@@ -145,6 +165,7 @@ fn preset(name: &str) -> Result<Preset, SynthError> {
                 layers: 24,
                 heads: 14,
                 kv_heads: 2,
+                head_dim: 64,
                 ff: 4864,
                 rope_base: 1_000_000.0,
                 eps: 1e-6,
@@ -157,6 +178,8 @@ fn preset(name: &str) -> Result<Preset, SynthError> {
                 bos: 151643,
                 eos: 151645,
                 chat_template: Some(CHATML_TEMPLATE),
+                experts: None,
+                sliding_window: 0,
             }
         }
         "gpt2-124m" => Preset {
@@ -168,6 +191,7 @@ fn preset(name: &str) -> Result<Preset, SynthError> {
             layers: 12,
             heads: 12,
             kv_heads: 12,
+            head_dim: 64,
             ff: 3072,
             rope_base: 0.0,
             eps: 1e-5,
@@ -180,12 +204,92 @@ fn preset(name: &str) -> Result<Preset, SynthError> {
             bos: 50256,
             eos: 50256,
             chat_template: None,
+            experts: None,
+            sliding_window: 0,
+        },
+        // gpt-oss-20b as llama.cpp's converter writes it (the published GGUF): 12.1 GB.
+        "gpt-oss-20b" => Preset {
+            arch: "gpt-oss",
+            name: "synthetic gpt-oss-20b (MXFP4 experts, Q8_0)",
+            vocab: 201088,
+            ctx: 131072,
+            d: 2880,
+            layers: 24,
+            heads: 64,
+            kv_heads: 8,
+            head_dim: 64,
+            ff: 2880,
+            rope_base: 150000.0,
+            eps: 1e-5,
+            matrix: GgmlType::Q8_0,
+            embedding: GgmlType::Q8_0,
+            output: Some(GgmlType::Q8_0),
+            qkv_bias: true,
+            pre: "gpt-4o",
+            specials: gpt_oss_specials(199998, 201088),
+            bos: 199998,
+            eos: 200002,
+            chat_template: Some(HARMONY_TEMPLATE),
+            experts: Some(Experts { n: 32, used: 4, ff: 2880 }),
+            sliding_window: 128,
+        },
+        "tiny-gpt-oss" => Preset {
+            arch: "gpt-oss",
+            name: "synthetic tiny gpt-oss (MXFP4 experts, Q8_0; 4 experts, 2 used)",
+            vocab: 1088,
+            ctx: 4096,
+            d: 64,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+            ff: 64,
+            rope_base: 150000.0,
+            eps: 1e-5,
+            matrix: GgmlType::Q8_0,
+            embedding: GgmlType::Q8_0,
+            output: Some(GgmlType::Q8_0),
+            qkv_bias: true,
+            pre: "gpt-4o",
+            specials: gpt_oss_specials(1024, 1088),
+            bos: 1024,
+            eos: 1028,
+            chat_template: Some(HARMONY_TEMPLATE),
+            experts: Some(Experts { n: 4, used: 2, ff: 64 }),
+            sliding_window: 8,
         },
         other => return Err(SynthError::UnknownPreset(other.to_string())),
     })
 }
 
 const LLAMA3_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
+const HARMONY_TEMPLATE: &str = "{% for m in messages %}{% if m['role'] == 'assistant' %}<|start|>assistant<|channel|>final<|message|>{{ m['content'] }}<|end|>{% else %}<|start|>{{ m['role'] }}<|message|>{{ m['content'] }}<|end|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|start|>assistant{% endif %}";
+
+/// gpt-oss's (o200k_harmony's) named special tokens, as offsets from the first special id; the
+/// others are reserved.
+const GPT_OSS_SPECIALS: [(usize, &str); 10] = [
+    (0, "<|startoftext|>"),
+    (1, "<|endoftext|>"),
+    (4, "<|return|>"),
+    (5, "<|constrain|>"),
+    (7, "<|channel|>"),
+    (8, "<|start|>"),
+    (9, "<|end|>"),
+    (10, "<|message|>"),
+    (14, "<|call|>"),
+    (20, "<|endofprompt|>"),
+];
+
+/// Ids first..end as gpt-oss's special tokens.
+fn gpt_oss_specials(first: usize, end: usize) -> Vec<(usize, String)> {
+    (first..end)
+        .map(|id| match GPT_OSS_SPECIALS.iter().find(|s| s.0 == id - first) {
+            Some(&(_, text)) => (id, text.to_string()),
+            None => (id, format!("<|reserved_{id}|>")),
+        })
+        .collect()
+}
+
 const CHATML_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 /// GPT-2's byte-to-character map (printable bytes map to themselves).
@@ -247,7 +351,22 @@ fn metadata(p: &Preset) -> Vec<(String, MetaValue)> {
         m.push((format!("{a}.attention.head_count_kv"), MetaValue::U32(p.kv_heads as u32)));
         m.push((format!("{a}.attention.layer_norm_rms_epsilon"), MetaValue::F32(p.eps)));
         m.push((format!("{a}.rope.freq_base"), MetaValue::F32(p.rope_base)));
-        m.push((format!("{a}.rope.dimension_count"), MetaValue::U32((p.d / p.heads) as u32)));
+        if p.experts.is_none() {
+            m.push((format!("{a}.rope.dimension_count"), MetaValue::U32(p.head_dim as u32)));
+        }
+    }
+    if let Some(e) = p.experts {
+        m.extend([
+            (format!("{a}.rope.scaling.type"), MetaValue::Str("yarn".into())),
+            (format!("{a}.rope.scaling.factor"), MetaValue::F32(32.0)),
+            (format!("{a}.rope.scaling.original_context_length"), MetaValue::U32(4096)),
+            (format!("{a}.expert_count"), MetaValue::U32(e.n as u32)),
+            (format!("{a}.expert_used_count"), MetaValue::U32(e.used as u32)),
+            (format!("{a}.attention.key_length"), MetaValue::U32(p.head_dim as u32)),
+            (format!("{a}.attention.value_length"), MetaValue::U32(p.head_dim as u32)),
+            (format!("{a}.attention.sliding_window"), MetaValue::U32(p.sliding_window)),
+            (format!("{a}.expert_feed_forward_length"), MetaValue::U32(e.ff as u32)),
+        ]);
     }
     if a == "llama" {
         m.push((format!("{a}.vocab_size"), MetaValue::U32(p.vocab as u32)));
@@ -278,7 +397,8 @@ enum Fill {
 }
 
 fn tensors(p: &Preset) -> Vec<(TensorSpec, Fill)> {
-    let (d, ff, kv) = (p.d as u64, p.ff as u64, (p.d / p.heads * p.kv_heads) as u64);
+    let (d, ff) = (p.d as u64, p.ff as u64);
+    let (q, kv) = ((p.head_dim * p.heads) as u64, (p.head_dim * p.kv_heads) as u64);
     let t = |name: String, dims: Vec<u64>, ty: GgmlType, fill: Fill| (TensorSpec { name, dims, ty }, fill);
     let vector = |name: String, n: u64, fill: Fill| t(name, vec![n], GgmlType::F32, fill);
     let mut list = vec![t("token_embd.weight".into(), vec![d, p.vocab as u64], p.embedding, Fill::Random)];
@@ -302,15 +422,42 @@ fn tensors(p: &Preset) -> Vec<(TensorSpec, Fill)> {
             list.push(vector(n("ffn_down.bias"), d, Fill::Zeros));
             continue;
         }
-        list.push(t(n("attn_q.weight"), vec![d, d], p.matrix, Fill::Random));
+        if let Some(e) = p.experts {
+            let (experts, eff, mx) = (e.n as u64, e.ff as u64, GgmlType::Mxfp4);
+            list.push(t(n("attn_q.weight"), vec![d, q], p.matrix, Fill::Random));
+            list.push(vector(n("attn_q.bias"), q, Fill::Zeros));
+            list.push(t(n("attn_k.weight"), vec![d, kv], p.matrix, Fill::Random));
+            list.push(vector(n("attn_k.bias"), kv, Fill::Zeros));
+            list.push(t(n("attn_v.weight"), vec![d, kv], p.matrix, Fill::Random));
+            list.push(vector(n("attn_v.bias"), kv, Fill::Zeros));
+            list.push(t(n("attn_output.weight"), vec![q, d], p.matrix, Fill::Random));
+            list.push(vector(n("attn_output.bias"), d, Fill::Zeros));
+            list.push(vector(n("attn_sinks.weight"), p.heads as u64, Fill::Zeros));
+            list.push(vector(n("post_attention_norm.weight"), d, Fill::Ones));
+            // The router stays F32, as the converter keeps it.
+            list.push(t(n("ffn_gate_inp.weight"), vec![d, experts], GgmlType::F32, Fill::Random));
+            list.push(vector(n("ffn_gate_inp.bias"), experts, Fill::Zeros));
+            for (part, dims) in [("gate", [d, eff]), ("up", [d, eff]), ("down", [eff, d])] {
+                list.push(t(
+                    n(&format!("ffn_{part}_exps.weight")),
+                    vec![dims[0], dims[1], experts],
+                    mx,
+                    Fill::Random,
+                ));
+                let bias = vec![dims[1], experts];
+                list.push(t(n(&format!("ffn_{part}_exps.bias")), bias, GgmlType::F32, Fill::Zeros));
+            }
+            continue;
+        }
+        list.push(t(n("attn_q.weight"), vec![d, q], p.matrix, Fill::Random));
         list.push(t(n("attn_k.weight"), vec![d, kv], p.matrix, Fill::Random));
         list.push(t(n("attn_v.weight"), vec![d, kv], p.matrix, Fill::Random));
         if p.qkv_bias {
-            list.push(vector(n("attn_q.bias"), d, Fill::Zeros));
+            list.push(vector(n("attn_q.bias"), q, Fill::Zeros));
             list.push(vector(n("attn_k.bias"), kv, Fill::Zeros));
             list.push(vector(n("attn_v.bias"), kv, Fill::Zeros));
         }
-        list.push(t(n("attn_output.weight"), vec![d, d], p.matrix, Fill::Random));
+        list.push(t(n("attn_output.weight"), vec![q, d], p.matrix, Fill::Random));
         list.push(vector(n("ffn_norm.weight"), d, Fill::Ones));
         list.push(t(n("ffn_gate.weight"), vec![d, ff], p.matrix, Fill::Random));
         list.push(t(n("ffn_up.weight"), vec![d, ff], p.matrix, Fill::Random));
@@ -368,6 +515,8 @@ fn random_blocks(ty: GgmlType, out: &mut [u8], rng: &mut Rng) {
         }),
         // d * scale * (q - 32), scale an i8.
         GgmlType::Q6K => out.chunks_exact_mut(210).for_each(|b| b[208..].copy_from_slice(&half(1e-5))),
+        // 2^(e - 127) times E2M1 values of mean square 8.56: e = 120 gives a spread of 0.023.
+        GgmlType::Mxfp4 => out.chunks_exact_mut(17).for_each(|b| b[0] = 120),
         other => unreachable!("synth writes no {other} tensors"),
     }
 }
@@ -492,5 +641,52 @@ mod tests {
         assert!((0.50e9..0.54e9).contains(&(qwen as f64)), "{qwen}");
         let gpt2 = size("gpt2-124m");
         assert!((0.24e9..0.27e9).contains(&(gpt2 as f64)), "{gpt2}");
+        // gpt-oss-20b, MXFP4 experts and Q8_0 elsewhere: 12.1 GB, as the published GGUF.
+        let gpt_oss = size("gpt-oss-20b");
+        assert!((12.05e9..12.15e9).contains(&(gpt_oss as f64)), "{gpt_oss}");
+        let experts = tensors(&preset("gpt-oss-20b").unwrap())
+            .iter()
+            .filter(|(s, _)| s.name == "blk.23.ffn_down_exps.weight")
+            .map(|(s, _)| (s.dims.clone(), s.ty))
+            .collect::<Vec<_>>();
+        assert_eq!(experts, [(vec![2880, 2880, 32], GgmlType::Mxfp4)]);
+    }
+
+    #[test]
+    fn the_gpt_oss_preset_reads_back_with_its_tensor_types_and_shapes() {
+        let path = tempfile_path::Path::new("synth-gpt-oss.gguf");
+        write("tiny-gpt-oss", &path.0, 3, &|_, _| {}).unwrap();
+        let file = GgufFile::open(&path.0).unwrap();
+        let plan = tensors(&preset("tiny-gpt-oss").unwrap());
+        assert_eq!(file.tensors().len(), plan.len());
+        for (spec, _) in &plan {
+            let info = file.tensor(&spec.name).unwrap_or_else(|| panic!("{} is missing", spec.name));
+            assert_eq!((&info.dims, info.ty), (&spec.dims, spec.ty), "{}", spec.name);
+        }
+        let info = file.tensor("blk.1.ffn_gate_exps.weight").unwrap();
+        assert_eq!((info.dims.as_slice(), info.ty), (&[64u64, 64, 4][..], GgmlType::Mxfp4));
+        let n = info.dims.iter().product::<u64>() as usize;
+        let w = dequantize(info.ty, file.tensor_data(info), n).unwrap();
+        let rms = (w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n as f64).sqrt();
+        assert!(w.iter().all(|v| v.is_finite()) && (0.01..0.05).contains(&rms), "rms {rms}");
+        for (name, dims, ty) in [
+            ("blk.0.attn_q.weight", vec![64u64, 64], GgmlType::Q8_0),
+            ("blk.0.attn_k.weight", vec![64, 32], GgmlType::Q8_0),
+            ("blk.0.attn_sinks.weight", vec![4], GgmlType::F32),
+            ("blk.0.ffn_gate_inp.weight", vec![64, 4], GgmlType::F32),
+            ("blk.0.ffn_down_exps.bias", vec![64, 4], GgmlType::F32),
+            ("output.weight", vec![64, 1088], GgmlType::Q8_0),
+        ] {
+            let info = file.tensor(name).unwrap();
+            assert_eq!((&info.dims, info.ty), (&dims, ty), "{name}");
+        }
+        let config = crate::model::ModelConfig::from_gguf(&file).unwrap();
+        assert_eq!((config.n_embd, config.n_layer, config.head_dim, config.n_vocab), (64, 2, 16, 1088));
+        let moe = config.moe.expect("gpt-oss has experts");
+        assert_eq!((moe.n_expert, moe.n_expert_used, moe.n_ff_expert), (4, 2, 64));
+        assert_eq!(config.sliding_window, Some(8));
+        let tokenizer = crate::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+        let ids = tokenizer.encode("Hello, world!", false, false).unwrap();
+        assert_eq!(tokenizer.decode(&ids, false), "Hello, world!");
     }
 }

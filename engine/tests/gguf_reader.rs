@@ -557,3 +557,80 @@ proptest! {
         }
     }
 }
+
+/// The field and limit of a TooLarge error, checking that its text names the field and offset.
+fn too_large(w: &Writer) -> (String, u64, String) {
+    match parse_error(w) {
+        e @ GgufError::TooLarge { .. } => {
+            let text = e.to_string();
+            let GgufError::TooLarge { field, offset, value, limit } = e else { unreachable!() };
+            assert!(
+                text.starts_with(&format!("{field} at byte {offset} is {value}, over the limit of")),
+                "{text}"
+            );
+            (field, offset, limit)
+        }
+        e => panic!("expected TooLarge, got {e:?}"),
+    }
+}
+
+#[test]
+fn hard_limits_reject_hostile_sizes_and_name_the_field() {
+    use engine::gguf::{MAX_ARRAY_LEN, MAX_METADATA_VALUES, MAX_NAME_BYTES, MAX_STRING_BYTES, MAX_TENSORS};
+
+    // A string value, a key and a tensor name one byte longer than their limits, their bytes there.
+    let mut w = Writer::default();
+    w.header(3, 0, 1).string("general.name").u32(8).u64(MAX_STRING_BYTES + 1);
+    w.bytes.resize(w.bytes.len() + MAX_STRING_BYTES as usize + 1, b'x');
+    assert_eq!(
+        too_large(&w),
+        ("length of general.name".into(), 24 + 8 + 12 + 4, MAX_STRING_BYTES.to_string())
+    );
+    let mut w = Writer::default();
+    w.header(3, 0, 1).u64(MAX_NAME_BYTES + 1);
+    w.bytes.resize(w.bytes.len() + MAX_NAME_BYTES as usize + 16, b'k');
+    assert_eq!(too_large(&w), ("length of metadata key".into(), 24, MAX_NAME_BYTES.to_string()));
+    let mut w = Writer::default();
+    w.header(3, 1, 0).u64(MAX_NAME_BYTES + 1);
+    w.bytes.resize(w.bytes.len() + MAX_NAME_BYTES as usize + 32, b't');
+    assert_eq!(too_large(&w).0, "length of tensor name");
+
+    // An array one longer than the limit, its bytes all there.
+    let array = |w: &mut Writer, key: &str, n: u64| {
+        w.string(key).u32(9).u32(0).u64(n);
+        w.bytes.resize(w.bytes.len() + n as usize, 0);
+    };
+    let mut w = Writer::default();
+    w.header(3, 0, 1);
+    array(&mut w, "a", MAX_ARRAY_LEN + 1);
+    let (field, offset, _) = too_large(&w);
+    assert_eq!((field.as_str(), offset), ("length of a", 24 + 9 + 4 + 4));
+    // Arrays within the limit each, more than the limit together.
+    let mut w = Writer::default();
+    w.header(3, 0, 3);
+    array(&mut w, "a", MAX_ARRAY_LEN);
+    array(&mut w, "b", MAX_ARRAY_LEN);
+    array(&mut w, "c", MAX_METADATA_VALUES - 2 * MAX_ARRAY_LEN + 1);
+    assert_eq!(too_large(&w).0, "array elements in the metadata (at c)");
+
+    // More tensors than the limit, each info's minimum size there.
+    let mut w = Writer::default();
+    w.header(3, MAX_TENSORS + 1, 0);
+    w.bytes.resize(24 + 24 * (MAX_TENSORS as usize + 1), 0);
+    assert_eq!(too_large(&w), ("tensor count".into(), 8, MAX_TENSORS.to_string()));
+
+    // Dimensions whose product passes ggml's int64 element count.
+    let mut w = Writer::default();
+    w.header(3, 1, 0).tensor("t", &[1 << 32, 1 << 31], 0, 0).pad(32);
+    assert!(invalid(&w, "tensor info").contains("overflow (more than 9223372036854775807 elements)"));
+
+    // Two tensors, each inside the file, that together claim more than its data section.
+    let mut w = Writer::default();
+    w.header(3, 2, 0).tensor("a", &[8], 0, 0).tensor("b", &[8], 0, 0).pad(32);
+    w.bytes.extend([0u8; 32]);
+    let (field, _, limit) = too_large(&w);
+    assert_eq!(
+        (field.as_str(), limit.as_str()),
+        ("tensor data (all tensors together)", "32 bytes (the data section)")
+    );
+}

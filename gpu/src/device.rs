@@ -294,6 +294,21 @@ pub unsafe fn shared_store_f32x4(address: u32, v: [f32; 4]) {
     }
 }
 
+#[inline(always)]
+pub unsafe fn shared_store_u32(address: u32, v: u32) {
+    unsafe { asm!("st.shared.b32 [{a}], {v};", a = in(reg32) address, v = in(reg32) v, options(nostack)) };
+}
+
+/// Adds `v` to the word at a 4-byte aligned shared address atomically; returns the old value.
+#[inline(always)]
+pub unsafe fn shared_atomic_add_u32(address: u32, v: u32) -> u32 {
+    let old: u32;
+    unsafe {
+        asm!("atom.shared.add.u32 {o}, [{a}], {v};", o = out(reg32) old, a = in(reg32) address, v = in(reg32) v, options(nostack))
+    };
+    old
+}
+
 /// Starts an asynchronous copy of 16 bytes from global memory to shared memory (`cp.async`,
 /// sm_80 and later), bypassing L1 and registers. With `valid` false nothing is read and the 16
 /// bytes are zero-filled. Both addresses 16-byte aligned. The copy is complete (for this thread)
@@ -610,6 +625,18 @@ pub fn dp4a_unsigned_signed(a: u32, b: u32, c: i32) -> i32 {
     let out: i32;
     unsafe {
         asm!("dp4a.u32.s32 {o}, {a}, {b}, {c};", o = out(reg32) out, a = in(reg32) a, b = in(reg32) b, c = in(reg32) c)
+    };
+    out
+}
+
+/// Bytes of {b, a} (a bytes 0..4, b bytes 4..8) chosen by the four low nibbles of `selector`
+/// (`prmt.b32`, default mode): result byte i is byte s & 7 of the pair, s nibble i of the
+/// selector, or, where bit 3 of s is set, that byte's sign bit copied into all 8 bits.
+#[inline(always)]
+pub fn byte_permute(a: u32, b: u32, selector: u32) -> u32 {
+    let out: u32;
+    unsafe {
+        asm!("prmt.b32 {o}, {a}, {b}, {c};", o = out(reg32) out, a = in(reg32) a, b = in(reg32) b, c = in(reg32) selector)
     };
     out
 }

@@ -13,6 +13,7 @@ pub mod device;
 pub mod element;
 pub mod embedding;
 pub mod matmul;
+pub mod moe;
 pub mod norm;
 pub mod rope;
 pub mod softmax;

@@ -65,6 +65,31 @@ pub fn gemm_config(
 }
 
 impl Gpu {
+    /// Rounds the `elements` f32 at device address `x` to f16 (bf16 with `bf16`) into the kept
+    /// buffer, grown (outside any graph capture) when it is smaller, and returns it locked: the
+    /// product that reads it is launched while the lock is held.
+    pub(crate) fn convert_x(
+        &self,
+        x: u64,
+        elements: usize,
+        bf16: bool,
+        config: LaunchConfig,
+    ) -> Result<std::sync::MutexGuard<'_, Option<CudaSlice<u16>>>> {
+        let mut buffer = self.gemm_x.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if buffer.as_ref().is_none_or(|b| b.len() < elements) {
+            *buffer = None; // freed in stream order, after the kernels that read it
+            *buffer = Some(self.alloc::<u16>(elements)?);
+        }
+        let count = to_u32("gemm", "elements of x", elements)?;
+        {
+            let x16 = buffer.as_mut().expect("allocated above");
+            let (x16, _x16) = x16.device_ptr_mut(self.stream());
+            let converter = if bf16 { "convert_f32_to_bf16" } else { "convert_f32_to_f16" };
+            self.launch(converter, config, &[&x, &x16, &count])?;
+        }
+        Ok(buffer)
+    }
+
     /// y[t, :] = W[rows, :] x[t, :] (+ bias[rows]) for the `n_tokens` rows of x [n_tokens, n_in];
     /// y is [n_tokens, rows.len()], bias (when given) [n_out]. x is rounded to f16 (bf16 for bf16
     /// weights), the products summed in f32. Allocates the f16 copy of x when it is larger than
@@ -91,18 +116,9 @@ impl Gpu {
         if x % 16 != 0 {
             return Err(shape_error(KERNEL, "x must start on a 16-byte boundary"));
         }
-        let elements = n_tokens * n_in;
-        let mut buffer = self.gemm_x.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if buffer.as_ref().is_none_or(|b| b.len() < elements) {
-            *buffer = None; // freed in stream order, after the kernels that read it
-            *buffer = Some(self.alloc::<u16>(elements)?);
-        }
-        let x16 = buffer.as_mut().expect("allocated above");
+        let mut buffer = self.convert_x(x, n_tokens * n_in, w.format() == WeightFormat::Bf16, convert)?;
+        let x16 = buffer.as_mut().expect("allocated by convert_x");
         let (x16, _x16) = x16.device_ptr_mut(stream);
-        let converter =
-            if w.format() == WeightFormat::Bf16 { "convert_f32_to_bf16" } else { "convert_f32_to_f16" };
-        let count = elements as u32;
-        self.launch(converter, convert, &[&x, &x16, &count])?;
 
         let (y, _y) = y.device_ptr_mut(stream);
         let bias_guard = bias.map(|b| b.device_ptr(stream));
@@ -164,6 +180,12 @@ impl Gpu {
                     }
                     _ => Err(shape_error(KERNEL, format!("{format:?} matrix without its fields"))),
                 }
+            }
+            Storage::Mxfp4 { quants, exponents } => {
+                let (q, _q) = quants.device_ptr(stream);
+                let (e, _e) = exponents.device_ptr(stream);
+                let (q, e) = (q + r * n / 2, e + r * n / 32);
+                self.launch("gemm_mxfp4", config, &[&x16, &q, &e, &bias, &y, &t, &n_in32, &n_rows])
             }
         }
     }

@@ -19,6 +19,7 @@ pub mod attention;
 pub mod embedding;
 pub mod gemm;
 pub mod matmul;
+pub mod moe;
 pub mod norm;
 #[cfg(test)]
 mod pdl;
@@ -67,6 +68,9 @@ pub const KERNELS: &[&str] = &[
     "gemv_q4_1_q8",
     "gemv_q4_k_q8",
     "gemv_q6_k_q8",
+    "gemv_mxfp4_q8",
+    "gemv_mxfp4_q8_experts",
+    "moe_route",
     "attention_decode_f32",
     "kv_write_f32",
     "kv_write_paged",
@@ -104,6 +108,8 @@ pub const KERNELS: &[&str] = &[
     "gemm_q4_1",
     "gemm_q4_k",
     "gemm_q6_k",
+    "gemm_mxfp4",
+    "gemm_mxfp4_experts",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,9 @@ pub enum WeightFormat {
     /// Super-blocks of 256: 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, 16 i8
     /// sub-block scales, f16 d.
     Q6K,
+    /// Blocks of 32 (OCP MX, GGML type 39): an E8M0 exponent byte, 16 bytes of E2M1 nibbles
+    /// (element j low, j + 16 high).
+    Mxfp4,
 }
 
 impl WeightFormat {
@@ -35,12 +38,18 @@ impl WeightFormat {
             WeightFormat::Q4_1 => (32, 20),
             WeightFormat::Q4K => (256, 144),
             WeightFormat::Q6K => (256, 210),
+            WeightFormat::Mxfp4 => (32, 17),
         }
     }
 
     /// Whether the format is one of the 256-element super-block ("K") quantizations.
     pub fn is_k_quant(self) -> bool {
         matches!(self, WeightFormat::Q4K | WeightFormat::Q6K)
+    }
+
+    /// Whether the GEMV has only the integer form (8-bit activations, [`Gpu::gemv_q8`]).
+    pub fn integer_only(self) -> bool {
+        matches!(self, WeightFormat::Q4K | WeightFormat::Q6K | WeightFormat::Mxfp4)
     }
 }
 
@@ -56,6 +65,11 @@ pub(crate) enum Storage {
         mins: Option<CudaSlice<u16>>,
         /// Q6K's i8 sub-block scales, as stored.
         sub: Option<CudaSlice<u8>>,
+    },
+    /// MXFP4 regrouped (see [`Repacked`]): 16 nibble bytes and one E8M0 exponent per block.
+    Mxfp4 {
+        quants: CudaSlice<u8>,
+        exponents: CudaSlice<u8>,
     },
 }
 
@@ -79,7 +93,7 @@ impl GpuMatrix {
 
     /// Whether the matrix is quantized in blocks (has an integer GEMV form).
     pub fn is_blocks(&self) -> bool {
-        matches!(self.storage, Storage::Blocks { .. })
+        matches!(self.storage, Storage::Blocks { .. } | Storage::Mxfp4 { .. })
     }
 
     /// Device bytes held.
@@ -94,6 +108,7 @@ impl GpuMatrix {
                     + mins.as_ref().map_or(0, |m| 2 * m.len())
                     + sub.as_ref().map_or(0, |s| s.len())
             }
+            Storage::Mxfp4 { quants, exponents } => quants.len() + exponents.len(),
         }
     }
 }
@@ -117,6 +132,11 @@ pub struct Repacked {
     pub sub: Vec<u8>,
     /// Q6K: the high 2 bits of every value (appended to `quants` on the device); else empty.
     pub high: Vec<u8>,
+    /// MXFP4: the E8M0 exponent byte of each block; else empty. (Its `quants` are 16 bytes per
+    /// block in another nibble order than GGUF's: byte k holds values 2k (low) and 2k + 1 (high),
+    /// so that each 16 bits of nibbles are 4 consecutive values, the order in which the GEMV's
+    /// `prmt` lookup returns them; gpu/src/matmul/gemv_mxfp4.rs.)
+    pub exponents: Vec<u8>,
 }
 
 /// Splits GGUF blocks of `format` into a [`Repacked`], on all cores for large matrices (the parts
@@ -141,6 +161,7 @@ pub fn repack_blocks(format: WeightFormat, bytes: &[u8]) -> Repacked {
         out.mins.append(&mut part.mins);
         out.sub.append(&mut part.sub);
         out.high.append(&mut part.high);
+        out.exponents.append(&mut part.exponents);
     }
     out
 }
@@ -201,6 +222,11 @@ fn repack_run(format: WeightFormat, bytes: &[u8]) -> Repacked {
                 out.sub.extend_from_slice(&block[192..208]);
                 out.scales.push(half(block, 208));
             }
+            WeightFormat::Mxfp4 => {
+                out.exponents.push(block[0]);
+                let value = |v: usize| if v < 16 { block[1 + v] & 0xF } else { block[1 + v - 16] >> 4 };
+                out.quants.extend((0..16).map(|k| value(2 * k) | value(2 * k + 1) << 4));
+            }
             _ => {
                 out.scales.push(half(block, 0));
                 out.quants.extend_from_slice(&block[2..]);
@@ -223,14 +249,14 @@ fn x_layout(format: WeightFormat) -> (usize, usize) {
         WeightFormat::F16 | WeightFormat::Bf16 => (8, 4),
         WeightFormat::Q8_0 => (16, 4),
         WeightFormat::Q4_0 | WeightFormat::Q4_1 => (32, 4),
-        // K-quants have only the integer form, which stages nothing.
-        WeightFormat::Q4K | WeightFormat::Q6K => (1, 0),
+        // These have only the integer form, which stages nothing.
+        WeightFormat::Q4K | WeightFormat::Q6K | WeightFormat::Mxfp4 => (1, 0),
     }
 }
 
 /// Shared memory for x of `n_in` values.
 pub fn gemv_shared_bytes(format: WeightFormat, n_in: usize) -> usize {
-    if format.is_k_quant() {
+    if format.integer_only() {
         return 0;
     }
     let (chunk, pad) = x_layout(format);
@@ -276,6 +302,10 @@ impl Gpu {
             WeightFormat::Bf16 => Storage::Bf16(self.upload(
                 &bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>(),
             )?),
+            WeightFormat::Mxfp4 => {
+                let r = repack_blocks(format, bytes);
+                Storage::Mxfp4 { quants: self.upload(&r.quants)?, exponents: self.upload(&r.exponents)? }
+            }
             _ => {
                 let mut r = repack_blocks(format, bytes);
                 r.quants.append(&mut r.high);
@@ -300,7 +330,7 @@ impl Gpu {
         y: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         const KERNEL: &str = "gemv";
-        if w.format.is_k_quant() {
+        if w.format.integer_only() {
             return Err(shape_error(
                 KERNEL,
                 format!("{:?} weights have only the integer form; use gemv_q8", w.format),
@@ -358,6 +388,7 @@ impl Gpu {
                     _ => self.launch("gemv_q8_0", config, &[&q, &s, &bias, &x, &y, &n_in, &n_out]),
                 }
             }
+            Storage::Mxfp4 { .. } => unreachable!("refused above: MXFP4 has only the integer form"),
         }
     }
 }
@@ -366,9 +397,9 @@ impl Gpu {
 /// the integer GEMV forms. Made by [`Gpu::quantize_q8`]; reusable for every matrix that reads the
 /// same x (q, k and v; gate and up).
 pub struct Q8Activations {
-    q: CudaSlice<u8>,
-    d: CudaSlice<f32>,
-    s: CudaSlice<f32>,
+    pub(crate) q: CudaSlice<u8>,
+    pub(crate) d: CudaSlice<f32>,
+    pub(crate) s: CudaSlice<f32>,
     pub n: usize,
 }
 
@@ -481,7 +512,7 @@ impl Gpu {
         self.launch(KERNEL, config, &[&g, &out, &q, &d, &s, &n])
     }
 
-    /// y = W x (+ bias) with W quantized (Q8_0, Q4_0, Q4_1, Q4K, Q6K) and x given as 8-bit
+    /// y = W x (+ bias) with W quantized (Q8_0, Q4_0, Q4_1, Q4K, Q6K, MXFP4) and x given as 8-bit
     /// activations: the integer (dp4a) form, the numbers llama.cpp computes.
     pub fn gemv_q8(
         &self,
@@ -495,6 +526,23 @@ impl Gpu {
         expect_len(KERNEL, "y", y.len(), w.n_out)?;
         if let Some(b) = bias {
             expect_len(KERNEL, "bias", b.len(), w.n_out)?;
+        }
+        if let Storage::Mxfp4 { quants, exponents } = &w.storage {
+            let stream = self.stream();
+            let (y, _y) = y.device_ptr_mut(stream);
+            let bias_guard = bias.map(|b| b.device_ptr(stream));
+            let bias = bias_guard.as_ref().map_or(0u64, |(p, _)| *p);
+            let (xq, _xq) = x.q.device_ptr(stream);
+            let (xd, _xd) = x.d.device_ptr(stream);
+            let (q, _q) = quants.device_ptr(stream);
+            let (e, _e) = exponents.device_ptr(stream);
+            let config = LaunchConfig {
+                grid_dim: (w.n_out.div_ceil(WARPS_PER_BLOCK) as u32, 1, 1),
+                block_dim: (32 * WARPS_PER_BLOCK as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let (n_in, n_out) = (w.n_in as u32, w.n_out as u32);
+            return self.launch("gemv_mxfp4_q8", config, &[&q, &e, &bias, &xq, &xd, &y, &n_in, &n_out]);
         }
         let Storage::Blocks { format, quants, scales, mins, sub } = &w.storage else {
             return Err(shape_error(
@@ -600,6 +648,7 @@ impl Gpu {
                     }
                 }
             }
+            Storage::Mxfp4 { .. } => Err(shape_error(KERNEL, "MXFP4 embedding tables are not supported")),
         }
     }
 }

@@ -134,6 +134,23 @@ fn repacking_splits_block_fields_in_order() {
 }
 
 #[test]
+fn repacking_mxfp4_splits_exponents_and_pairs_consecutive_values() {
+    use crate::matmul::{WeightFormat, repack_blocks};
+    // GGUF: exponent, then byte j holds value j (low nibble) and value j + 16 (high). Value v here
+    // is v % 16, so byte j is j | j << 4. Regrouped: byte k holds values 2k (low) and 2k + 1.
+    let mut bytes = vec![127u8];
+    bytes.extend((0..16u8).map(|j| j | j << 4));
+    bytes.push(120);
+    bytes.extend([0u8; 16]);
+    let r = repack_blocks(WeightFormat::Mxfp4, &bytes);
+    assert_eq!(r.exponents, [127, 120]);
+    let value = |v: usize| (v % 16) as u8;
+    let expected: Vec<u8> = (0..16).map(|k| value(2 * k) | value(2 * k + 1) << 4).chain([0; 16]).collect();
+    assert_eq!(r.quants, expected);
+    assert!(r.scales.is_empty() && r.mins.is_empty() && r.sub.is_empty());
+}
+
+#[test]
 fn repacking_k_quants_regroups_values_by_block_of_32() {
     use crate::matmul::{WeightFormat, repack_blocks};
     // Q4K: a 16-byte head (d, dmin, 12 bytes of 6-bit scales and mins), then 128 bytes: byte
@@ -194,7 +211,7 @@ fn repacking_k_quants_regroups_values_by_block_of_32() {
 mod paged_attention {
     use crate::attention::{
         AttentionOptions, MAX_SPLITS, NO_PAGE, PAGE_SIZE, PageAllocator, PagedKvShape, decode_config,
-        decode_splits, heads_per_block, prefill_config,
+        decode_splits, heads_per_block, prefill_config, window_splits,
     };
 
     fn shape(head_dim: usize) -> PagedKvShape {
@@ -251,6 +268,20 @@ mod paged_attention {
         assert!(decode_config(&shape(80), &options, 0, 5).is_err());
         assert!(decode_config(&shape(80), &options, 1, MAX_SPLITS + 1).is_err());
         assert!(decode_config(&shape(80), &options, 1, 0).is_err());
+    }
+
+    #[test]
+    fn a_window_takes_the_splits_its_pages_need() {
+        // No window: the workspace's. A window of w positions spans up to w / 16 + 1 pages
+        // (rounded up), 16 to a split: gpt-oss's 128 is one split (no combine).
+        assert_eq!(window_splits(64, 0), 64);
+        assert_eq!(window_splits(64, 1), 1);
+        assert_eq!(window_splits(64, 128), 1);
+        assert_eq!(window_splits(64, 240), 1);
+        assert_eq!(window_splits(64, 241), 2);
+        assert_eq!(window_splits(64, 4096), 17);
+        assert_eq!(window_splits(5, 4096), 5);
+        assert_eq!(window_splits(1, 100_000), 1);
     }
 
     #[test]

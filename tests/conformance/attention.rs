@@ -9,7 +9,9 @@
 
 use crate::{assert_close, config, gpu, poisoned, random_values, relative_error};
 use engine::cpu::attention::{AttentionOptions as CpuOptions, causal_attention_with, round_f16};
-use host::attention::{AttentionOptions, DecodeWorkspace, PAGE_SIZE, PagedKvCache, PagedKvShape};
+use host::attention::{
+    AttentionOptions, DecodeWorkspace, PAGE_SIZE, PagedKvCache, PagedKvShape, window_splits,
+};
 use host::f16;
 use proptest::prelude::*;
 
@@ -247,7 +249,7 @@ proptest! {
         gpu.attention_decode_paged(&cache, LAYER, &gpu.upload(&q).unwrap(), &lens_gpu, sinks.as_ref(), &options, &mut workspace, &mut out).unwrap();
         check(
             "decode",
-            &format!("decode lens={lens:?} heads={n_head}/{n_head_kv} hd={head_dim} window={window} sinks={} splits={}", sinks.is_some(), workspace.n_splits()),
+            &format!("decode lens={lens:?} heads={n_head}/{n_head_kv} hd={head_dim} window={window} sinks={} splits={}", sinks.is_some(), window_splits(workspace.n_splits(), window)),
             &gpu.download(&out).unwrap(), &expected,
         );
     }
@@ -282,4 +284,78 @@ fn attention_decode_long_context_matches_cpu() {
     )
     .unwrap();
     check("long", "decode len=6000", &gpu.download(&out).unwrap(), &expected);
+}
+
+/// gpt-oss-20b's attention: 64 query heads over 8 KV heads of 64, a learned sink per head on
+/// every layer, a 128-position window on every other layer (0: the full layers). Prefill with
+/// query tiles that straddle the window's edge and starts before and past it; decode at lengths
+/// around the window (0, 1, 127, 128, 129, a page past, far past) in one batch, through the split
+/// count the host picks (under the window: one, which skips the combine kernel) and through one
+/// split.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn attention_gpt_oss_shape_matches_cpu() {
+    let (n_head_kv, n_head, head_dim) = (8, 64, 64);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let sinks = random_values(5, n_head, 3.0);
+    let gpu = gpu();
+    let sinks_gpu = gpu.upload(&sinks).unwrap();
+    let row = n_head * head_dim;
+    for window in [128, 0] {
+        let cpu = CpuOptions { n_head, n_head_kv, head_dim, scale, window, sinks: Some(&sinks) };
+        let options = AttentionOptions { n_head, scale, window };
+        for (start, n_tokens) in [(0usize, 300usize), (0, 128), (0, 129), (100, 77), (1000, 129), (127, 1)] {
+            let len = start + n_tokens;
+            let (cache, written) = fill_cache(n_head_kv, head_dim, &[5, len], len as u64);
+            let q = random_values(len as u64 ^ 9, n_tokens * row, 4.0);
+            let mut expected = vec![0.0; q.len()];
+            causal_attention_with(&q, &written.keys[1], &written.values[1], &mut expected, start, &cpu);
+            let mut out = poisoned(q.len());
+            let start_gpu = gpu.upload(&[start as u32]).unwrap();
+            let q_gpu = gpu.upload(&q).unwrap();
+            gpu.attention_prefill(&cache, LAYER, 1, &q_gpu, &start_gpu, Some(&sinks_gpu), &options, &mut out)
+                .unwrap();
+            let what = format!("gpt-oss prefill T={n_tokens} start={start} window={window}");
+            check("gpt-oss", &what, &gpu.download(&out).unwrap(), &expected);
+        }
+        let lens = [0usize, 1, 127, 128, 129, 145, 2000];
+        let (cache, written) = fill_cache(n_head_kv, head_dim, &lens, 77);
+        let q = random_values(78, lens.len() * row, 4.0);
+        let mut expected = vec![0.0; q.len()];
+        for (b, &len) in lens.iter().enumerate() {
+            if len > 0 {
+                let out = &mut expected[b * row..][..row];
+                causal_attention_with(
+                    &q[b * row..][..row],
+                    &written.keys[b],
+                    &written.values[b],
+                    out,
+                    len - 1,
+                    &cpu,
+                );
+            }
+        }
+        let lens_gpu = gpu.upload(&lens.iter().map(|&l| l as u32).collect::<Vec<_>>()).unwrap();
+        let q_gpu = gpu.upload(&q).unwrap();
+        for mut workspace in [
+            DecodeWorkspace::for_cache(gpu, &cache, lens.len(), n_head).unwrap(),
+            DecodeWorkspace::new(gpu, lens.len(), n_head, head_dim, 1).unwrap(),
+        ] {
+            let mut out = poisoned(q.len());
+            gpu.attention_decode_paged(
+                &cache,
+                LAYER,
+                &q_gpu,
+                &lens_gpu,
+                Some(&sinks_gpu),
+                &options,
+                &mut workspace,
+                &mut out,
+            )
+            .unwrap();
+            let splits = window_splits(workspace.n_splits(), window);
+            let what = format!("gpt-oss decode lens={lens:?} window={window} splits={splits}");
+            check("gpt-oss", &what, &gpu.download(&out).unwrap(), &expected);
+        }
+    }
 }

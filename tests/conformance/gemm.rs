@@ -97,6 +97,10 @@ fn dequantize_block(format: WeightFormat, r: &Repacked, n_in: usize, row: usize,
                 d: r.scales[at / 8],
             }))
         }
+        WeightFormat::Mxfp4 => pack_block(dequant::mxfp4_values(dequant::RawMxfp4 {
+            quants: four(words(&r.quants[16 * at..16 * at + 16])),
+            e: r.exponents[at] as u32,
+        })),
         _ => unreachable!("16-bit formats are not dequantized"),
     }
 }
@@ -131,6 +135,7 @@ fn quantized_formats() -> impl Strategy<Value = WeightFormat> {
         WeightFormat::Q4_1,
         WeightFormat::Q4K,
         WeightFormat::Q6K,
+        WeightFormat::Mxfp4,
     ])
 }
 
@@ -158,7 +163,7 @@ fn outputs() -> impl Strategy<Value = usize> {
 }
 
 /// sum_i w[o, i] x[t, i] (+ bias[o]) in f64 for the token rows `rows`, on all cores.
-fn reference(
+pub(crate) fn reference(
     w: &[f32],
     x: &[f32],
     bias: Option<&[f32]>,
@@ -188,7 +193,7 @@ fn reference(
 
 /// The token rows to check: all of them for small products, else each row tile's first, middle
 /// and last rows, the last row, and a spread of others.
-fn rows_to_check(t: usize, n_in: usize, n_out: usize) -> Vec<usize> {
+pub(crate) fn rows_to_check(t: usize, n_in: usize, n_out: usize) -> Vec<usize> {
     if t * n_in * n_out <= 40_000_000 {
         return (0..t).collect();
     }
@@ -267,6 +272,7 @@ gemm_matches_cpu! {
     gemm_q4_1_matches_cpu: WeightFormat::Q4_1, 2000;
     gemm_q4_k_matches_cpu: WeightFormat::Q4K, 4000;
     gemm_q6_k_matches_cpu: WeightFormat::Q6K, 4000;
+    gemm_mxfp4_matches_cpu: WeightFormat::Mxfp4, 3000;
 }
 
 /// Llama-3.1-8B's shapes at 512 tokens (sampled rows), and a long row: many blocks of both grid
@@ -279,6 +285,9 @@ fn gemm_at_model_shapes() {
     check(WeightFormat::F16, 512, 4096, (0, 1500), false, 3);
     check(WeightFormat::Q6K, 77, 4096, (0, 3000), false, 4);
     check(WeightFormat::Q8_0, 300, 896, (100, 4864), true, 5);
+    // gpt-oss-20b: hidden 2880, an expert's gate and up stacked (5760 rows).
+    check(WeightFormat::Mxfp4, 512, 2880, (0, 5760), true, 6);
+    check(WeightFormat::Mxfp4, 333, 2880, (2000, 2880), false, 7);
 }
 
 #[test]

@@ -28,6 +28,7 @@ pub fn ggml_type(format: WeightFormat) -> GgmlType {
         WeightFormat::Q4_1 => GgmlType::Q4_1,
         WeightFormat::Q4K => GgmlType::Q4K,
         WeightFormat::Q6K => GgmlType::Q6K,
+        WeightFormat::Mxfp4 => GgmlType::Mxfp4,
     }
 }
 
@@ -54,6 +55,8 @@ pub fn random_matrix(format: WeightFormat, n_in: usize, n_out: usize, seed: u64)
                 chunk[2..4].copy_from_slice(&f16(noise[(b + 1) % n_blocks] * 0.01));
             }
             WeightFormat::Q6K => chunk[208..].copy_from_slice(&f16(scale * 0.1)),
+            // Exponents 2^-12..2^8 around 2^-2: every nibble (random bytes) stays finite.
+            WeightFormat::Mxfp4 => chunk[0] = (125.0 + noise[b] * 10.0) as u8,
         }
     }
     bytes
@@ -108,7 +111,7 @@ proptest! {
     /// quantizes x the same way: the integers agree exactly, so only float summation order differs.
     #[test]
     #[ignore = "needs an NVIDIA GPU"]
-    fn gemv_q8_matches_the_cpu_integer_path(format in prop::sample::select(vec![WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1]), n_in_blocks in prop_oneof![1usize..=8, 9usize..=256], n_out in prop_oneof![1usize..=40, 41usize..=3000], with_bias: bool, seed: u64) {
+    fn gemv_q8_matches_the_cpu_integer_path(format in prop::sample::select(vec![WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Mxfp4]), n_in_blocks in prop_oneof![1usize..=8, 9usize..=256], n_out in prop_oneof![1usize..=40, 41usize..=3000], with_bias: bool, seed: u64) {
         use engine::cpu::quantized::{Matrix, matmul};
         let n_in = 32 * n_in_blocks;
         let bytes = random_matrix(format, n_in, n_out, seed);

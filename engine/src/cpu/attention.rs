@@ -339,6 +339,94 @@ mod tests {
         }
     }
 
+    /// Attention written the way transformers' eager gpt-oss attention computes it: the full score
+    /// matrix over every cached position, an additive mask of -inf for positions after the query or
+    /// `window` or more behind it (transformers' sliding-window rule: visible iff q - k < window), the
+    /// sink appended as one more column, softmax over the row, the sink's column dropped.
+    fn naive(q: &[f32], keys: &[f32], values: &[f32], start: usize, o: &AttentionOptions) -> Vec<f64> {
+        let (n_head, head_dim) = (o.n_head, o.head_dim);
+        let n_tokens = q.len() / (n_head * head_dim);
+        let kv_stride = o.n_head_kv * head_dim;
+        let n_cached = keys.len() / kv_stride;
+        let mut out = vec![0.0f64; q.len()];
+        for t in 0..n_tokens {
+            let qp = start + t;
+            for h in 0..n_head {
+                let kv_head = h * o.n_head_kv / n_head;
+                let mut row: Vec<f64> = (0..n_cached)
+                    .map(|j| {
+                        let masked = j > qp || (o.window > 0 && qp - j >= o.window);
+                        if masked {
+                            return f64::NEG_INFINITY;
+                        }
+                        let dot: f64 = (0..head_dim)
+                            .map(|d| {
+                                q[(t * n_head + h) * head_dim + d] as f64
+                                    * keys[j * kv_stride + kv_head * head_dim + d] as f64
+                            })
+                            .sum();
+                        dot * o.scale as f64
+                    })
+                    .collect();
+                row.push(o.sinks.map_or(f64::NEG_INFINITY, |s| s[h] as f64));
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = row.iter().map(|&s| (s - max).exp()).collect();
+                let total: f64 = exps.iter().sum();
+                for d in 0..head_dim {
+                    out[(t * n_head + h) * head_dim + d] = (0..n_cached)
+                        .map(|j| exps[j] / total * values[j * kv_stride + kv_head * head_dim + d] as f64)
+                        .sum();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn sinks_and_windows_agree_with_a_dense_masked_softmax() {
+        let mut state = 0x9e37_79b9u32;
+        let mut random = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        };
+        let mut checked = 0;
+        for (n_head, n_head_kv, head_dim) in [(4, 2, 8), (3, 3, 5), (8, 1, 16)] {
+            for (start, n_tokens) in [(0, 9), (5, 1), (3, 6)] {
+                for window in [0, 1, 2, 4, 100] {
+                    for with_sinks in [false, true] {
+                        // The cache holds a few positions past the last query: they must stay hidden.
+                        let n_cached = start + n_tokens + 2;
+                        let q: Vec<f32> = (0..n_tokens * n_head * head_dim).map(|_| 2.0 * random()).collect();
+                        let kv_len = n_cached * n_head_kv * head_dim;
+                        let keys: Vec<f32> = (0..kv_len).map(|_| random()).collect();
+                        let values: Vec<f32> = (0..kv_len).map(|_| random()).collect();
+                        let sinks: Vec<f32> = (0..n_head).map(|_| 3.0 * random()).collect();
+                        let o = AttentionOptions {
+                            n_head,
+                            n_head_kv,
+                            head_dim,
+                            scale: 0.7,
+                            window,
+                            sinks: with_sinks.then_some(&sinks[..]),
+                        };
+                        let mut out = vec![0.0f32; q.len()];
+                        causal_attention_with(&q, &keys, &values, &mut out, start, &o);
+                        let expected = naive(&q, &keys, &values, start, &o);
+                        for (i, (&a, &e)) in out.iter().zip(&expected).enumerate() {
+                            assert!(
+                                (a as f64 - e).abs() < 1e-6,
+                                "heads {n_head}/{n_head_kv} dim {head_dim} start {start} window {window} \
+                                 sinks {with_sinks}: element {i} {a} vs {e}"
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 90);
+    }
+
     #[test]
     fn the_scale_is_applied_to_the_scores() {
         // Scores 0 and ln 2 / scale at scale 0.5: weights 1/3, 2/3.

@@ -7,6 +7,7 @@ pub mod activation;
 pub mod attention;
 pub mod embedding;
 pub mod matmul;
+pub mod moe;
 pub mod norm;
 pub mod quantized;
 pub mod rope;

@@ -12,7 +12,10 @@ pub mod writer;
 
 pub(crate) use dequant::k_scale_min;
 pub use dequant::{dequantize, e8m0_half};
-pub use reader::{GgufFile, TensorInfo, Value};
+pub use reader::{
+    GgufFile, MAX_ARRAY_LEN, MAX_METADATA_ENTRIES, MAX_METADATA_VALUES, MAX_NAME_BYTES, MAX_STRING_BYTES,
+    MAX_TENSOR_ELEMENTS, MAX_TENSORS, TensorInfo, Value,
+};
 pub use types::GgmlType;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,8 @@ pub enum GgufError {
     UnsupportedVersion(u32),
     #[error("truncated file: {field} at byte {offset} needs {needed} bytes, {available} remain")]
     Truncated { field: String, offset: u64, needed: u64, available: u64 },
+    #[error("{field} at byte {offset} is {value}, over the limit of {limit}")]
+    TooLarge { field: String, offset: u64, value: String, limit: String },
     #[error("invalid {field} at byte {offset}: {message}")]
     Invalid { field: String, offset: u64, message: String },
     #[error("tensor {name}: type id {id} at byte {offset} is not supported (supported: {supported})", supported = GgmlType::supported_list())]

@@ -19,6 +19,24 @@ const MAX_NESTING: usize = 8;
 /// items actually parse (real files' largest arrays, vocabularies, take a few doublings).
 const MAX_RESERVE: u64 = 1 << 14;
 
+// Hard limits, far above what real files hold, that make a hostile file cheap to reject: without
+// them a file of u8 arrays costs 32 bytes of memory per byte of file (one `Value` per byte).
+/// Entries in one metadata array. Real vocabularies hold up to a few hundred thousand tokens and
+/// merges (o200k: 201,088 tokens, 446,189 merges).
+pub const MAX_ARRAY_LEN: u64 = 1 << 22;
+/// Array elements in all of the metadata together (at most 256 MiB of `Value`s).
+pub const MAX_METADATA_VALUES: u64 = 1 << 23;
+/// Bytes in one metadata string value (the largest real ones, chat templates, take tens of KiB).
+pub const MAX_STRING_BYTES: u64 = 1 << 24;
+/// Bytes in a metadata key or a tensor name (ggml's own limit on names is 64).
+pub const MAX_NAME_BYTES: u64 = 1 << 12;
+/// Tensors in one file (the largest real models have a few thousand).
+pub const MAX_TENSORS: u64 = 1 << 16;
+/// Metadata entries in one file (real files have tens).
+pub const MAX_METADATA_ENTRIES: u64 = 1 << 16;
+/// Elements in one tensor, as ggml's own int64 element counts allow.
+pub const MAX_TENSOR_ELEMENTS: u64 = i64::MAX as u64;
+
 fn reserve(count: u64) -> usize {
     count.min(MAX_RESERVE) as usize
 }
@@ -158,7 +176,7 @@ impl GgufFile {
 
     fn parse_bytes(bytes: Bytes) -> Result<Self, GgufError> {
         let data = bytes.as_slice();
-        let mut r = Reader { bytes: data, pos: 0 };
+        let mut r = Reader { bytes: data, pos: 0, array_values: 0 };
         let magic = r.take(4, "magic")?;
         if magic != b"GGUF" {
             return Err(GgufError::BadMagic([magic[0], magic[1], magic[2], magic[3]]));
@@ -175,6 +193,8 @@ impl GgufFile {
         // tensor info at least 24: counts beyond what the file can hold are rejected up front.
         r.check_count(kv_count, 13, kv_count_at, "metadata count")?;
         r.check_count(tensor_count, 24, tensor_count_at, "tensor count")?;
+        check_limit("metadata count", kv_count_at, kv_count, MAX_METADATA_ENTRIES)?;
+        check_limit("tensor count", tensor_count_at, tensor_count, MAX_TENSORS)?;
 
         let mut metadata = Vec::with_capacity(reserve(kv_count));
         let mut metadata_index = HashMap::with_capacity(reserve(kv_count));
@@ -182,7 +202,7 @@ impl GgufFile {
         let mut alignment_at = 0;
         for _ in 0..kv_count {
             let at = r.pos as u64;
-            let key = r.string("metadata key")?;
+            let key = r.string("metadata key", MAX_NAME_BYTES)?;
             let ty = r.u32(&format!("type of metadata {key}"))?;
             if key == "general.alignment" {
                 alignment_at = r.pos as u64;
@@ -212,7 +232,7 @@ impl GgufFile {
         let mut offsets_at = Vec::with_capacity(reserve(tensor_count));
         for _ in 0..tensor_count {
             let at = r.pos as u64;
-            let name = r.string("tensor name")?;
+            let name = r.string("tensor name", MAX_NAME_BYTES)?;
             let n_dims = r.u32(&format!("dimension count of {name}"))?;
             if n_dims == 0 || n_dims > MAX_DIMS {
                 return Err(r.invalid_at(
@@ -234,9 +254,19 @@ impl GgufFile {
             })?;
             offsets_at.push(r.pos as u64);
             let offset = r.u64(&format!("data offset of {name}"))?;
-            let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-                r.invalid_at(at, "tensor info", format!("{name}: dimensions {dims:?} overflow"))
-            })?;
+            let n_elements = dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+                .ok_or_else(|| {
+                    r.invalid_at(
+                        at,
+                        "tensor info",
+                        format!(
+                            "{name}: dimensions {dims:?} overflow (more than {MAX_TENSOR_ELEMENTS} elements)"
+                        ),
+                    )
+                })?;
             if dims[0] % ty.block_size() as u64 != 0 {
                 return Err(r.invalid_at(
                     type_at,
@@ -278,6 +308,18 @@ impl GgufFile {
                     ),
                 ));
             }
+        }
+        // Each tensor lies inside the file; tensors could share bytes, but no writer does that:
+        // together they claim no more than the data section holds.
+        let data_len = file_len.saturating_sub(data_offset);
+        let claimed = tensors.iter().try_fold(0u64, |sum, t| sum.checked_add(t.n_bytes));
+        if claimed.is_none_or(|claimed| claimed > data_len) {
+            return Err(GgufError::TooLarge {
+                field: "tensor data (all tensors together)".into(),
+                offset: data_offset,
+                value: claimed.map_or_else(|| "more than 2^64 bytes".into(), |c| format!("{c} bytes")),
+                limit: format!("{data_len} bytes (the data section)"),
+            });
         }
         Ok(GgufFile {
             bytes,
@@ -403,9 +445,24 @@ impl GgufFile {
     }
 }
 
+/// Rejects `value` (read at `offset`) above `limit`.
+fn check_limit(field: &str, offset: u64, value: u64, limit: u64) -> Result<(), GgufError> {
+    if value > limit {
+        return Err(GgufError::TooLarge {
+            field: field.to_string(),
+            offset,
+            value: value.to_string(),
+            limit: limit.to_string(),
+        });
+    }
+    Ok(())
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Array elements read so far, against [`MAX_METADATA_VALUES`].
+    array_values: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -459,10 +516,12 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array(field)?))
     }
 
-    fn string(&mut self, field: &str) -> Result<String, GgufError> {
+    /// A string of at most `limit` bytes.
+    fn string(&mut self, field: &str, limit: u64) -> Result<String, GgufError> {
         let at = self.pos as u64;
         let len = self.u64(&format!("length of {field}"))?;
         let bytes = self.take(len, field)?;
+        check_limit(&format!("length of {field}"), at, len, limit)?;
         String::from_utf8(bytes.to_vec()).map_err(|e| self.invalid_at(at, field, format!("not UTF-8: {e}")))
     }
 
@@ -493,7 +552,7 @@ impl<'a> Reader<'a> {
                 1 => Value::Bool(true),
                 b => return Err(self.invalid_at(at, key, format!("bool byte {b} is neither 0 nor 1"))),
             },
-            8 => Value::String(self.string(key)?),
+            8 => Value::String(self.string(key, MAX_STRING_BYTES)?),
             9 => {
                 if depth >= MAX_NESTING {
                     return Err(self.invalid_at(at, key, format!("arrays nested deeper than {MAX_NESTING}")));
@@ -505,6 +564,14 @@ impl<'a> Reader<'a> {
                 let count_at = self.pos as u64;
                 let count = self.u64(&format!("length of {key}"))?;
                 self.check_count(count, Self::min_size(element_type), count_at, key)?;
+                check_limit(&format!("length of {key}"), count_at, count, MAX_ARRAY_LEN)?;
+                self.array_values += count;
+                check_limit(
+                    &format!("array elements in the metadata (at {key})"),
+                    count_at,
+                    self.array_values,
+                    MAX_METADATA_VALUES,
+                )?;
                 let mut items = Vec::with_capacity(reserve(count));
                 for _ in 0..count {
                     items.push(self.value(element_type, key, depth + 1)?);

@@ -214,7 +214,9 @@ impl Sampler {
             .enumerate()
             .filter(|&(_, &v)| v > f32::NEG_INFINITY)
             .map(|(i, &v)| (i as u32, v));
-        let mut candidates = if c.top_k > 0 { top_k(finite, c.top_k) } else { finite.collect() };
+        // top_k sizes a heap: a k past the vocabulary (usize::MAX from a command line) keeps all.
+        let k = c.top_k.min(penalised.len());
+        let mut candidates = if k > 0 { top_k(finite, k) } else { finite.collect() };
         let Some(&best) = candidates.iter().min_by(|a, b| most_likely_first(a, b)) else {
             return Err(SamplerError::NoCandidates);
         };

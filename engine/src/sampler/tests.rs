@@ -312,6 +312,20 @@ fn bad_input_is_an_error_not_a_panic() {
     assert!(message.contains("repeat_penalty = -1"), "{message}");
 }
 
+/// Found by the sampler fuzz target: a top-k past the vocabulary sized the heap by k, and
+/// `usize::MAX` panicked with "capacity overflow" (a large k short of that aborted on the
+/// allocation). It keeps every token, like a k of exactly the vocabulary's size.
+#[test]
+fn top_k_past_the_vocabulary_keeps_every_token() {
+    let logits = [0.5, 2.0, -1.0, 2.0];
+    for k in [4, 5, 1 << 40, usize::MAX] {
+        let sampler = Sampler::new(config(k, 1.0, 0.0, 1.0, 7));
+        let ids: Vec<u32> = sampler.candidates(&logits).unwrap().iter().map(|c| c.0).collect();
+        assert_eq!(ids, [1, 3, 0, 2], "top_k = {k}");
+        assert!(Sampler::new(config(k, 0.9, 0.05, 0.8, 7)).sample(&logits).is_ok());
+    }
+}
+
 #[test]
 fn large_vocabulary() {
     // 200k logits, a few thousand of them close to the top and spread over many of top-p's bins.

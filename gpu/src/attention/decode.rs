@@ -7,13 +7,16 @@
 //! Layout: q, out [n_seq, n_head, head_dim] f32; lens [n_seq] u32 and the block table (row b for
 //! sequence b) on the device, so that a captured graph replays while lengths grow and the host
 //! adds pages; partial [n_seq, n_head, n_splits, head_dim] and stats [n_seq, n_head, n_splits, 2]
-//! (max, sum) f32 hold each split's unnormalised output.
+//! (max, sum) f32 hold each split's unnormalised output. With one split (`out` not null) there is
+//! nothing to combine: the block writes out [n_seq, n_head, head_dim] itself, normalised, with the
+//! head's sink when `sinks` is not null, and partial and stats are not touched.
 //!
 //! attention_decode_hd{64,80,96,128}_h{1,2,4,8}: grid (n_splits, n_head_kv * ceil(group / H),
 //! n_seq), 128 threads, `decode_shared_bytes(head_dim)` of dynamic shared memory. n_splits is fixed
-//! at launch (the host picks it so that one long sequence fills the GPU in one wave); each
-//! sequence's pages from first_b on are divided evenly among the splits on the device, from its
-//! length. A block takes H query heads of one GQA group (H, a compile-time 1, 2, 4 or 8, is the
+//! at launch (the host picks it so that one long sequence fills the GPU in one wave, and under a
+//! window no more than the window's pages need, 16 each, so that a 128-position window takes one
+//! split and no combine); each sequence's pages from first_b on are divided evenly among the
+//! splits on the device, from its length: pages wholly before the window are never read. A block takes H query heads of one GQA group (H, a compile-time 1, 2, 4 or 8, is the
 //! smallest that covers the group, or 8), so that their KV head is read once for all of them, and
 //! its 4 warps take the split's pages in turn, each warp on its own: it copies its next pages of K
 //! and V into shared memory with `cp.async` (two pages in flight, rows padded by 16 bytes so that
@@ -71,6 +74,8 @@ unsafe fn attention_decode<const HD: usize, const HEADS: usize>(
     lens: *const u32,
     partial: *mut f32,
     stats: *mut f32,
+    sinks: *const f32,
+    out: *mut f32,
     n_head: u32,
     n_head_kv: u32,
     n_pages: u32,
@@ -284,13 +289,26 @@ unsafe fn attention_decode<const HD: usize, const HEADS: usize>(
                 value += unsafe { shared_load_f32(acc_at(w, g, d)) } * factor;
             }
         }
-        let index = (seq * n_head + first_head + g) * n_splits + split;
-        unsafe { *partial.add(index * HD + d) = value };
-        if d == 0 {
-            unsafe {
-                *stats.add(2 * index) = total_max;
-                *stats.add(2 * index + 1) = sum;
+        if out.is_null() {
+            let index = (seq * n_head + first_head + g) * n_splits + split;
+            unsafe { *partial.add(index * HD + d) = value };
+            if d == 0 {
+                unsafe {
+                    *stats.add(2 * index) = total_max;
+                    *stats.add(2 * index + 1) = sum;
+                }
             }
+        } else {
+            // One split: the block finishes the softmax itself, sink included (as the combine
+            // kernel would for one split).
+            let head = first_head + g;
+            let sink = if sinks.is_null() { f32::NEG_INFINITY } else { unsafe { *sinks.add(head) } };
+            let top = max(total_max, sink);
+            let factor = if total_max == f32::NEG_INFINITY { 0.0 } else { exp(total_max - top) };
+            let sink_weight = if sink == f32::NEG_INFINITY { 0.0 } else { exp(sink - top) };
+            let denominator = fma(sum, factor, sink_weight);
+            let inverse = if denominator > 0.0 { 1.0 / denominator } else { 0.0 };
+            unsafe { *out.add((seq * n_head + head) * HD + d) = value * factor * inverse };
         }
         i += block_dim();
     }
@@ -308,6 +326,8 @@ macro_rules! decode_entry {
             lens: *const u32,
             partial: *mut f32,
             stats: *mut f32,
+            sinks: *const f32,
+            out: *mut f32,
             n_head: u32,
             n_head_kv: u32,
             n_pages: u32,
@@ -317,8 +337,8 @@ macro_rules! decode_entry {
         ) {
             unsafe {
                 attention_decode::<$hd, $heads>(
-                    q, key_pages, value_pages, block_table, lens, partial, stats, n_head, n_head_kv,
-                    n_pages, max_pages, window, scale,
+                    q, key_pages, value_pages, block_table, lens, partial, stats, sinks, out, n_head,
+                    n_head_kv, n_pages, max_pages, window, scale,
                 )
             }
         }

@@ -115,3 +115,38 @@ pub fn q6_k_values(raw: RawQ6K) -> impl Fn(usize) -> f32 {
         int_to_f32(nibble(raw.low, v) | high << 4, 32.0) * scale[half]
     }
 }
+
+/// MXFP4 (OCP MX: E2M1 values sharing an E8M0 scale), as the host regroups it (host/src/matmul.rs):
+/// 16 nibble bytes per block of 32, byte k holding value 2k (low nibble) and 2k + 1 (high), so
+/// that nibble n of word i is value 8 i + n; and the block's exponent byte e.
+#[derive(Clone, Copy, Default)]
+pub struct RawMxfp4 {
+    pub quants: [u32; 4],
+    pub e: u32,
+}
+
+/// The E8M0 scale 2^(e - 127), halved: 2^(e - 128), to go with doubled E2M1 values (which are
+/// then the integers 0, 1, 2, 3, 4, 6, 8, 12 with a sign). As engine::gguf::e8m0_half: e < 2 gives
+/// an f32 subnormal.
+#[inline(always)]
+pub fn e8m0_half(e: u32) -> f32 {
+    if e < 2 { f32::from_bits(0x0020_0000 << e) } else { f32::from_bits((e - 1) << 23) }
+}
+
+/// An E2M1 nibble (sign, 2-bit exponent, 1-bit mantissa) doubled, as f32 bits built directly:
+/// magnitudes 0 and 1 are 0 and 1.0; from 2 on, magnitude m is 2^((m >> 1) - 1) (1 + (m & 1) / 2)
+/// doubled, whose f32 exponent and top mantissa bit are (m + 254) << 22.
+#[inline(always)]
+pub fn e2m1_doubled(nibble: u32) -> f32 {
+    let magnitude = nibble & 7;
+    let bits = if magnitude < 2 { magnitude * 0x3F80_0000 } else { (magnitude + 254) << 22 };
+    f32::from_bits(bits | (nibble >> 3) << 31)
+}
+
+/// MXFP4: 2^(e - 128) * doubled E2M1, the same product in f32 as the CPU dequantizer (exact
+/// unless it overflows, as the CPU's does).
+#[inline(always)]
+pub fn mxfp4_values(raw: RawMxfp4) -> impl Fn(usize) -> f32 {
+    let d = e8m0_half(raw.e);
+    move |v| e2m1_doubled((raw.quants[v / 8] >> (4 * (v % 8))) & 0xF) * d
+}

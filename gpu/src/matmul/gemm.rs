@@ -32,8 +32,8 @@
 //! (phased), 246-255 (wide, f32), no spills; one block of 8 warps per SM.
 
 use super::dequant::{
-    RawQ4, RawQ4K, RawQ6K, RawQ8_0, pack_chunk, q4_0_values, q4_1_values, q4_k_values, q6_k_values,
-    q8_0_values,
+    RawMxfp4, RawQ4, RawQ4K, RawQ6K, RawQ8_0, mxfp4_values, pack_chunk, q4_0_values, q4_1_values,
+    q4_k_values, q6_k_values, q8_0_values,
 };
 use crate::device::{
     block_idx, block_idx_y, copy_async_16, copy_async_commit, copy_async_wait, dynamic_shared_address,
@@ -112,6 +112,66 @@ impl TileCopy {
     }
 }
 
+/// The row map of a dense product of `t` tokens: tile row m is Y row m.
+#[inline(always)]
+fn tokens(t: usize) -> impl Fn(usize) -> Option<usize> {
+    move |m| if m < t { Some(m) } else { None }
+}
+
+/// Copies of X tiles: part i (< 4: rows tid / 8 + 32 i) of the tile at columns k0..k0 + 64.
+pub(crate) trait XTiles: Copy {
+    unsafe fn copy_part(self, tile: u32, k0: usize, i: usize, live: bool);
+    #[inline(always)]
+    unsafe fn copy(self, tile: u32, k0: usize) {
+        unroll!([0, 1, 2, 3], |i| { unsafe { self.copy_part(tile, k0, i, true) } });
+    }
+}
+
+impl XTiles for TileCopy {
+    #[inline(always)]
+    unsafe fn copy_part(self, tile: u32, k0: usize, i: usize, live: bool) {
+        unsafe { TileCopy::copy_part(self, tile, k0, i, live) }
+    }
+}
+
+/// X tiles gathered from rows of a [rows, n] 16-bit matrix: tile row r + 32 i is matrix row
+/// `sources[i]` (None: zero-filled).
+#[derive(Clone, Copy)]
+pub(crate) struct GatherCopy {
+    base: *const u16,
+    sources: [*const u16; 4],
+    n: usize,
+    column: usize,
+    valid_rows: u32,
+    offset: u32,
+}
+
+impl GatherCopy {
+    /// `source(r)` is the matrix row of tile row r.
+    #[inline(always)]
+    pub(crate) fn new(base: *const u16, n: usize, source: impl Fn(usize) -> Option<usize>) -> Self {
+        let (r, c) = (thread_idx() / 8, thread_idx() % 8);
+        let mut valid_rows = 0u32;
+        let mut sources = [base; 4];
+        unroll!([0, 1, 2, 3], |i| {
+            if let Some(row) = source(r + 32 * i) {
+                valid_rows |= 1 << i;
+                sources[i] = base.wrapping_add(row * n + 8 * c);
+            }
+        });
+        GatherCopy { base, sources, n, column: 8 * c, valid_rows, offset: tile_offset(r, c) }
+    }
+}
+
+impl XTiles for GatherCopy {
+    #[inline(always)]
+    unsafe fn copy_part(self, tile: u32, k0: usize, i: usize, live: bool) {
+        let valid = live && k0 + self.column < self.n && self.valid_rows & (1 << i) != 0;
+        let src = if valid { self.sources[i].wrapping_add(k0) } else { self.base };
+        unsafe { copy_async_16(tile + self.offset + (32 * i * 2 * TILE_K) as u32, src as *const u8, valid) };
+    }
+}
+
 /// This warp's accumulators: acc[i][j] is the m16n8 tile at rows 16 i, columns 8 j of its
 /// sub-tile, in the mma's D layout (j < 4 in the narrow layout, < 8 in the wide one).
 type Accumulators = [[[f32; 4]; 8]; 4];
@@ -145,13 +205,15 @@ struct Fragments {
 }
 
 impl Fragments {
+    /// `M16`: m16 tiles per warp, 4 (the layouts above) or 2 (narrow layout over the first 64
+    /// rows of the tile only: warp w takes the 32 x 32 sub-tile at (32 (w % 2), 32 (w / 2))).
     #[inline(always)]
-    fn new<const WIDE: bool>() -> Self {
+    fn new<const WIDE: bool, const M16: usize>() -> Self {
         let (lane, warp) = (lane_idx(), warp_idx());
         let (row_m, row_n, first_slice) = if WIDE {
             (64 * (warp % 2), 64 * (warp / 2 % 2), 2 * (warp / 4))
         } else {
-            (64 * (warp % 2), 32 * (warp / 2), 0)
+            (16 * M16 * (warp % 2), 32 * (warp / 2), 0)
         };
         let x_row = |i: usize| ((row_m + 16 * i + lane % 16) * 2 * TILE_K) as u32;
         let w_row = |p: usize| ((row_n + 16 * p + lane % 8 + 8 * (lane / 16)) * 2 * TILE_K) as u32;
@@ -169,7 +231,7 @@ impl Fragments {
     /// `between(part)` for parts 0..4 in turn between the products: work placed there shares the
     /// instruction stream with the tensor-core work (the loop body is one basic block).
     #[inline(always)]
-    unsafe fn multiply<const BF16: bool, const WIDE: bool, const W_FIRST: bool>(
+    unsafe fn multiply<const BF16: bool, const WIDE: bool, const W_FIRST: bool, const M16: usize>(
         self,
         x: u32,
         w: u32,
@@ -183,12 +245,12 @@ impl Fragments {
                 let x_chunk = (16 * ((2 * kk + self.x_high) ^ self.swizzle)) as u32;
                 let w_chunk = (16 * ((2 * kk + self.w_high) ^ self.swizzle)) as u32;
                 let a = unsafe {
-                    [
-                        load_matrix_x4(x + self.x_rows[0] + x_chunk),
-                        load_matrix_x4(x + self.x_rows[1] + x_chunk),
-                        load_matrix_x4(x + self.x_rows[2] + x_chunk),
-                        load_matrix_x4(x + self.x_rows[3] + x_chunk),
-                    ]
+                    let load = |i: usize| load_matrix_x4(x + self.x_rows[i] + x_chunk);
+                    if M16 == 4 {
+                        [load(0), load(1), load(2), load(3)]
+                    } else {
+                        [load(0), load(1), [0; 4], [0; 4]]
+                    }
                 };
                 if W_FIRST && !WIDE {
                     // All of the slice's W fragments, then the products.
@@ -196,9 +258,11 @@ impl Fragments {
                     let [b4, b5, b6, b7] = unsafe { load_matrix_x4(w + self.w_rows[1] + w_chunk) };
                     let b = [[b0, b1], [b2, b3], [b4, b5], [b6, b7]];
                     unroll!([0, 1, 2, 3], |i| {
-                        unroll!([0, 1, 2, 3], |j| {
-                            mma_16x8x16::<BF16>(&mut acc[i][j], a[i], b[j]);
-                        });
+                        if i < M16 {
+                            unroll!([0, 1, 2, 3], |j| {
+                                mma_16x8x16::<BF16>(&mut acc[i][j], a[i], b[j]);
+                            });
+                        }
                     });
                 } else {
                     // W a pair of n8 tiles at a time, each used at once (4 live registers, not 16).
@@ -206,8 +270,10 @@ impl Fragments {
                         if 2 * p < n8 {
                             let [b0, b1, b2, b3] = unsafe { load_matrix_x4(w + self.w_rows[p] + w_chunk) };
                             unroll!([0, 1, 2, 3], |i| {
-                                mma_16x8x16::<BF16>(&mut acc[i][2 * p], a[i], [b0, b1]);
-                                mma_16x8x16::<BF16>(&mut acc[i][2 * p + 1], a[i], [b2, b3]);
+                                if i < M16 {
+                                    mma_16x8x16::<BF16>(&mut acc[i][2 * p], a[i], [b0, b1]);
+                                    mma_16x8x16::<BF16>(&mut acc[i][2 * p + 1], a[i], [b2, b3]);
+                                }
                             });
                         }
                     });
@@ -223,16 +289,18 @@ impl Fragments {
     }
 }
 
-/// Y[row, column..column + 2] = the pair (+ bias), within (t, n_out).
+/// Y[rows(row), column..column + 2] = the pair (+ bias), within n_out; nothing where `rows` gives
+/// None (a tile row past the tokens).
 #[inline(always)]
 unsafe fn store_pair(
     y: *mut f32,
     bias: *const f32,
-    (t, n_out): (usize, usize),
+    n_out: usize,
+    rows: &impl Fn(usize) -> Option<usize>,
     (row, column): (usize, usize),
     pair: [f32; 2],
 ) {
-    if row < t {
+    if let Some(row) = rows(row) {
         let out = unsafe { y.add(row * n_out + column) };
         unroll!([0, 1], |e| {
             if column + e < n_out {
@@ -243,29 +311,33 @@ unsafe fn store_pair(
     }
 }
 
-/// Y = acc (+ bias) for the block's tile at (m0, n0), within (t, n_out).
+/// Y = acc (+ bias) for the block's tile at (m0, n0), within n_out, tile row m stored at Y row
+/// `rows(m)` (dense products: m itself while m < T).
 /// Narrow layout: each warp stores its sub-tile. Wide layout: every warp leaves its sums in shared
 /// memory (the ring, free once every copy has landed: [warp][value][lane] words, so that a warp's
 /// accesses are 32 consecutive words), then warp w adds the two groups' sums for the m16 rows
 /// 2 (w / 4), 2 (w / 4) + 1 of sub-tile w % 4 and stores them.
 #[inline(always)]
-unsafe fn store_tile<const WIDE: bool>(
+unsafe fn store_tile<const WIDE: bool, const M16: usize>(
     acc: &Accumulators,
     bias: *const f32,
     y: *mut f32,
-    shape: (usize, usize),
+    n_out: usize,
+    rows: impl Fn(usize) -> Option<usize>,
     (m0, n0): (usize, usize),
 ) {
     let (lane, warp) = (lane_idx(), warp_idx());
     let (row, column) = (lane / 4, 2 * (lane % 4));
     if !WIDE {
-        let (m, n) = (m0 + 64 * (warp % 2) + row, n0 + 32 * (warp / 2) + column);
+        let (m, n) = (m0 + 16 * M16 * (warp % 2) + row, n0 + 32 * (warp / 2) + column);
         unroll!([0, 1, 2, 3], |j| {
             unroll!([0, 1, 2, 3], |i| {
-                unroll!([0, 1], |h| {
-                    let pair = [acc[i][j][2 * h], acc[i][j][2 * h + 1]];
-                    unsafe { store_pair(y, bias, shape, (m + 16 * i + 8 * h, n + 8 * j), pair) };
-                });
+                if i < M16 {
+                    unroll!([0, 1], |h| {
+                        let pair = [acc[i][j][2 * h], acc[i][j][2 * h + 1]];
+                        unsafe { store_pair(y, bias, n_out, &rows, (m + 16 * i + 8 * h, n + 8 * j), pair) };
+                    });
+                }
             });
         });
         return;
@@ -293,7 +365,9 @@ unsafe fn store_tile<const WIDE: bool>(
                     let v = 32 * i + 4 * j + 2 * h + e;
                     unsafe { shared_load_f32(word(position, v)) + shared_load_f32(word(position + 4, v)) }
                 };
-                unsafe { store_pair(y, bias, shape, (m + 16 * i + 8 * h, n + 8 * j), [sum(0), sum(1)]) };
+                unsafe {
+                    store_pair(y, bias, n_out, &rows, (m + 16 * i + 8 * h, n + 8 * j), [sum(0), sum(1)])
+                };
             });
         });
     });
@@ -316,7 +390,7 @@ unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
     let w_ring = x_ring + STAGES as u32 * TILE_BYTES;
     let (x_copy, w_copy) = (TileCopy::new(x, t, n_in, m0), TileCopy::new(w, n_out, n_in, n0));
     let steps = n_in.div_ceil(TILE_K);
-    let fragments = Fragments::new::<WIDE>();
+    let fragments = Fragments::new::<WIDE, 4>();
     let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
     for s in 0..STAGES - 1 {
         if s < steps {
@@ -337,7 +411,7 @@ unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
         let (live, next) = (ahead < steps, (ahead % STAGES) as u32 * TILE_BYTES);
         let slot = (k % STAGES) as u32 * TILE_BYTES;
         unsafe {
-            fragments.multiply::<BF16, WIDE, false>(x_ring + slot, w_ring + slot, &mut acc, |part| {
+            fragments.multiply::<BF16, WIDE, false, 4>(x_ring + slot, w_ring + slot, &mut acc, |part| {
                 x_copy.copy_part(x_ring + next, ahead * TILE_K, part, live);
                 w_copy.copy_part(w_ring + next, ahead * TILE_K, part, live);
             })
@@ -345,11 +419,11 @@ unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
         copy_async_commit();
     }
     copy_async_wait::<0>();
-    unsafe { store_tile::<WIDE>(&acc, bias, y, (t, n_out), (m0, n0)) };
+    unsafe { store_tile::<WIDE, 4>(&acc, bias, y, n_out, tokens(t), (m0, n0)) };
 }
 
 /// A quantized weight format, as the GEMM reads it: one block of 32 weights at a time.
-trait BlockWeights: Copy {
+pub(crate) trait BlockWeights: Copy {
     type Raw: Copy + Default;
     /// The raw bits of block `block` (along n_in) of row `row`.
     unsafe fn load(self, row: usize, block: usize) -> Self::Raw;
@@ -376,7 +450,7 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
     let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
     let x_copy = TileCopy::new(x, t, n_in, m0);
     let steps = n_in.div_ceil(TILE_K);
-    let fragments = Fragments::new::<WIDE>();
+    let fragments = Fragments::new::<WIDE, 4>();
     let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
 
     // Thread (r, half) dequantizes block `half` of each step's two blocks of row n0 + r. Loads
@@ -419,7 +493,7 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
         let next_w = w_tiles + ((k + 1) % 2) as u32 * TILE_BYTES;
         let values = w.values(valid_raw(raw), 2 * (k + 1) + half);
         unsafe {
-            fragments.multiply::<false, WIDE, false>(
+            fragments.multiply::<false, WIDE, false, 4>(
                 x_ring + slot,
                 w_tiles + (k % 2) as u32 * TILE_BYTES,
                 &mut acc,
@@ -433,7 +507,7 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
         raw = ahead;
     }
     copy_async_wait::<0>();
-    unsafe { store_tile::<WIDE>(&acc, bias, y, (t, n_out), (m0, n0)) };
+    unsafe { store_tile::<WIDE, 4>(&acc, bias, y, n_out, tokens(t), (m0, n0)) };
 }
 
 /// The product with quantized weights, phased (narrow layout): per step, the X copies, then the
@@ -452,11 +526,27 @@ unsafe fn gemm_quantized_phased<F: BlockWeights>(
 ) {
     let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
     let (m0, n0) = (block_idx() * TILE_M, block_idx_y() * TILE_N);
+    let x_copy = TileCopy::new(x, t, n_in, m0);
+    unsafe { gemm_phased_tile::<_, 4>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
+}
+
+/// The block's tile of the phased product: X tiles from `x_copy`, tile row m (from m0) stored at
+/// Y row `rows(m)`, outputs n0.. of W's n_out rows. `M16` = 2 computes only the tile's first 64
+/// rows (half the tensor-core work, for tiles known to hold no more; see `Fragments::new`).
+#[inline(always)]
+pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize>(
+    x_copy: impl XTiles,
+    w: F,
+    bias: *const f32,
+    y: *mut f32,
+    (n_in, n_out): (usize, usize),
+    rows: impl Fn(usize) -> Option<usize>,
+    (m0, n0): (usize, usize),
+) {
     let x_ring = dynamic_shared_address();
     let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
-    let x_copy = TileCopy::new(x, t, n_in, m0);
     let steps = n_in.div_ceil(TILE_K);
-    let fragments = Fragments::new::<false>();
+    let fragments = Fragments::new::<false, M16>();
     let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
 
     let (r, half) = (thread_idx() / 2, thread_idx() % 2);
@@ -493,7 +583,7 @@ unsafe fn gemm_quantized_phased<F: BlockWeights>(
         let ahead = load(k + 2);
         let slot = (k % STAGES) as u32 * TILE_BYTES;
         unsafe {
-            fragments.multiply::<false, false, true>(
+            fragments.multiply::<false, false, true, M16>(
                 x_ring + slot,
                 w_tiles + (k % 2) as u32 * TILE_BYTES,
                 &mut acc,
@@ -506,7 +596,7 @@ unsafe fn gemm_quantized_phased<F: BlockWeights>(
         raw = ahead;
     }
     copy_async_wait::<0>();
-    unsafe { store_tile::<false>(&acc, bias, y, (t, n_out), (m0, n0)) };
+    unsafe { store_tile::<false, M16>(&acc, bias, y, n_out, rows, (m0, n0)) };
 }
 
 /// F32 rows (n_in a multiple of 4), rounded to f16: blocks of 32 as 8 x 16 bytes, the last block
@@ -677,6 +767,33 @@ impl BlockWeights for Q6K {
     }
 }
 
+/// MXFP4: quants [n_out, n_in / 2] (16 nibble bytes per block, value 2k low and 2k + 1 high in
+/// byte k), exponents [n_out, n_in / 32] E8M0 bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct Mxfp4 {
+    pub(crate) quants: *const u8,
+    pub(crate) exponents: *const u8,
+    pub(crate) n_in: usize,
+}
+
+impl BlockWeights for Mxfp4 {
+    type Raw = RawMxfp4;
+    #[inline(always)]
+    unsafe fn load(self, row: usize, block: usize) -> RawMxfp4 {
+        let at = row * (self.n_in / 32) + block;
+        unsafe {
+            RawMxfp4 {
+                quants: load_u16x8(self.quants.add(16 * at) as *const u16),
+                e: *self.exponents.add(at) as u32,
+            }
+        }
+    }
+    #[inline(always)]
+    fn values(self, raw: RawMxfp4, _block: usize) -> impl Fn(usize) -> f32 {
+        mxfp4_values(raw)
+    }
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn gemm_f32(
     x: *const u16,
@@ -799,6 +916,22 @@ pub unsafe extern "ptx-kernel" fn gemm_q6_k(
     n_out: u32,
 ) {
     let w = Q6K { low, high, scales, sub, n_in: n_in as usize };
+    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_mxfp4(
+    x: *const u16,
+    quants: *const u8,
+    exponents: *const u8,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Mxfp4 { quants, exponents, n_in: n_in as usize };
     unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
 }
 

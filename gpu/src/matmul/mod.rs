@@ -5,6 +5,7 @@ pub mod dequant;
 pub mod gemm;
 pub mod gemv;
 pub mod gemv_k;
+pub mod gemv_mxfp4;
 pub mod kquant;
 pub mod quantize;
 

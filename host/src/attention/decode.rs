@@ -37,6 +37,21 @@ pub fn decode_splits(
     (slots / blocks_per_split).min(max_pages.div_ceil(WARPS)).clamp(1, MAX_SPLITS)
 }
 
+/// Pages of the window a split takes at least (4 per warp): a window of 128 positions (9 pages
+/// at most) is one split, which writes the output itself (no combine kernel).
+const WINDOW_PAGES_PER_SPLIT: usize = 16;
+
+/// The splits a decode launch uses: the workspace's, but under a window (`window` > 0) no more
+/// than its pages (at most window / 16 + 1, rounded up) need at [`WINDOW_PAGES_PER_SPLIT`] each.
+/// Depends on the window only, not on the lengths, so a captured graph stays valid.
+pub fn window_splits(n_splits: usize, window: usize) -> usize {
+    if window == 0 {
+        return n_splits;
+    }
+    let pages = window.div_ceil(super::PAGE_SIZE) + 1;
+    n_splits.min(pages.div_ceil(WINDOW_PAGES_PER_SPLIT)).max(1)
+}
+
 /// Query heads a decode block takes: the smallest of 1, 2, 4, 8 that covers the GQA group, or 8
 /// (larger groups take several blocks). Heads beyond the group in the last block are computed
 /// and dropped.
@@ -135,7 +150,8 @@ impl Gpu {
     /// n_head * head_dim] f32 with n_seq = lens.len(); sequence b is block-table row b and has
     /// lens[b] positions cached, its new token's included (lens are read on the device).
     /// `sinks`: one logit per query head, or None. `workspace` must be for at least n_seq
-    /// sequences of these heads.
+    /// sequences of these heads. A launch takes [`window_splits`] splits; with one, the decode
+    /// kernel writes `out` itself and the combine kernel is not launched.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_decode_paged(
         &self,
@@ -148,7 +164,7 @@ impl Gpu {
         workspace: &mut DecodeWorkspace,
         out: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
-        self.decode_paged(cache, layer, q, lens, sinks, options, workspace, out, None)
+        self.decode_paged(cache, layer, q, lens, sinks, options, workspace, out, None).map(|_| ())
     }
 
     /// [`Gpu::attention_decode_paged`], with `out` also quantized into `out_q8` (as by
@@ -168,14 +184,16 @@ impl Gpu {
         out_q8: &mut Q8Activations,
     ) -> Result<()> {
         expect_len("attention_decode_paged", "out_q8", out_q8.n, out.len())?;
-        if cache.shape().head_dim.is_multiple_of(32) {
-            self.decode_paged(cache, layer, q, lens, sinks, options, workspace, out, Some(out_q8))
-        } else {
-            self.decode_paged(cache, layer, q, lens, sinks, options, workspace, out, None)?;
-            self.quantize_q8(out, out_q8)
+        // The combine kernel quantizes as it writes; where there is none (one split) or head_dim
+        // does not split into blocks of 32, a second launch does.
+        let fused = cache.shape().head_dim.is_multiple_of(32).then_some(&mut *out_q8);
+        if !self.decode_paged(cache, layer, q, lens, sinks, options, workspace, out, fused)? {
+            self.quantize_q8(out, out_q8)?;
         }
+        Ok(())
     }
 
+    /// The decode launch(es); true when `out_q8` was written too.
     #[allow(clippy::too_many_arguments)]
     fn decode_paged(
         &self,
@@ -188,12 +206,13 @@ impl Gpu {
         workspace: &mut DecodeWorkspace,
         out: &mut impl DevicePtrMut<f32>,
         out_q8: Option<&mut Q8Activations>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         const KERNEL: &str = "attention_decode_paged";
         let shape = *cache.shape();
         check_options(KERNEL, &shape, options, sinks.map(|s| s.len()))?;
         let n_seq = lens.len();
-        let (decode, combine) = decode_config(&shape, options, n_seq, workspace.n_splits)?;
+        let n_splits = window_splits(workspace.n_splits, options.window);
+        let (decode, combine) = decode_config(&shape, options, n_seq, n_splits)?;
         let (table_rows, max_pages) = (cache.allocator().n_seq(), cache.allocator().max_pages());
         if n_seq > table_rows {
             return Err(shape_error(
@@ -227,6 +246,16 @@ impl Gpu {
         let (lens, _lens) = lens.device_ptr(stream);
         let (partial, _partial) = workspace.partial.device_ptr_mut(stream);
         let (stats, _stats) = workspace.stats.device_ptr_mut(stream);
+        let (sinks, _sinks) = match sinks {
+            Some(s) => {
+                let (pointer, guard) = s.device_ptr(stream);
+                (pointer, Some(guard))
+            }
+            None => (0, None),
+        };
+        let (o, _o) = out.device_ptr_mut(stream);
+        // One split: the decode kernel writes out (null: it writes partial and stats).
+        let direct: u64 = if n_splits == 1 { o } else { 0 };
         let (n_head_kv, n_pages, max_pages) =
             (shape.n_head_kv as u32, shape.n_pages as u32, max_pages as u32);
         self.launch(
@@ -240,6 +269,8 @@ impl Gpu {
                 &lens,
                 &partial,
                 &stats,
+                &sinks,
+                &direct,
                 &n_head,
                 &n_head_kv,
                 &n_pages,
@@ -248,15 +279,11 @@ impl Gpu {
                 &options.scale,
             ],
         )?;
-        let (sinks, _sinks) = match sinks {
-            Some(s) => {
-                let (pointer, guard) = s.device_ptr(stream);
-                (pointer, Some(guard))
-            }
-            None => (0, None),
-        };
-        let (o, _o) = out.device_ptr_mut(stream);
-        let (n_splits, head_dim) = (workspace.n_splits as u32, shape.head_dim as u32);
+        if n_splits == 1 {
+            return Ok(false);
+        }
+        let (n_splits, head_dim) = (n_splits as u32, shape.head_dim as u32);
+        let quantized = out_q8.is_some();
         let (q8, _q8) = match out_q8 {
             Some(q8) => {
                 let (pointers, guards) = q8.pointers_mut(stream);
@@ -268,6 +295,7 @@ impl Gpu {
             "attention_decode_combine",
             combine,
             &[&partial, &stats, &sinks, &o, &q8[0], &q8[1], &q8[2], &n_head, &n_splits, &head_dim],
-        )
+        )?;
+        Ok(quantized)
     }
 }

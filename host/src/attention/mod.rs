@@ -16,7 +16,7 @@ mod paged;
 mod prefill;
 
 pub use contiguous::MAX_DECODE_LEN;
-pub use decode::{DecodeWorkspace, MAX_SPLITS, decode_config, decode_splits, heads_per_block};
+pub use decode::{DecodeWorkspace, MAX_SPLITS, decode_config, decode_splits, heads_per_block, window_splits};
 pub use paged::{NO_PAGE, PAGE_SIZE, PageAllocator, PagedKvCache, PagedKvShape};
 pub use prefill::prefill_config;
 
