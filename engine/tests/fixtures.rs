@@ -87,6 +87,14 @@ fn phi3_matches_transformers() {
     check("phi3");
 }
 
+/// gpt-oss: sinks, sliding-window layers (window 8, shorter than the 23 tokens), YaRN without
+/// truncation, biases everywhere, 4 experts top-2 in MXFP4 with the clamped SwiGLU (some gate values
+/// pass the clamp).
+#[test]
+fn gpt_oss_matches_transformers() {
+    check("gptoss");
+}
+
 #[test]
 fn a_sequence_longer_than_the_context_is_an_error() {
     let (model, tokens, _) = fixture("llama");
