@@ -76,7 +76,7 @@ impl Config {
     /// alternate with full-attention ones: llama.cpp's pattern 2 for gpt-oss, and transformers'
     /// default `layer_types` (layer i slides when i + 1 is odd).
     pub fn window(&self, layer: usize) -> usize {
-        if layer % 2 == 0 { self.sliding_window } else { 0 }
+        if layer.is_multiple_of(2) { self.sliding_window } else { 0 }
     }
 }
 
