@@ -11,6 +11,10 @@
 //!              x = h + sum of the weighted experts.
 //! Logits = Wout rms_norm(x). Experts are 3-D tensors (ffn_{gate,up,down}_exps, MXFP4 in released
 //! files) loaded as one matrix per expert.
+//! Under `Numerics::LlamaCpp` matrices stay in their blocks (MXFP4 experts meet 8-bit activations)
+//! and the KV cache is f16, but attention itself is the exact f64 one: the f16-accumulating form
+//! that mimics llama.cpp has no sinks or window. `Numerics::Exact` dequantizes every expert to f32,
+//! about 76 GB for gpt-oss-20b: the reference for small files, not a way to run the real one.
 
 use super::kv_cache::KvCache;
 use super::llama::add;
