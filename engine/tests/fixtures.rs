@@ -87,6 +87,14 @@ fn phi3_matches_transformers() {
     check("phi3");
 }
 
+/// gpt-oss: sinks, sliding-window layers (window 8, shorter than the 23 tokens), YaRN without
+/// truncation, biases everywhere, 4 experts top-2 in MXFP4 with the clamped SwiGLU (some gate values
+/// pass the clamp).
+#[test]
+fn gpt_oss_matches_transformers() {
+    check("gptoss");
+}
+
 #[test]
 fn a_sequence_longer_than_the_context_is_an_error() {
     let (model, tokens, _) = fixture("llama");
@@ -120,4 +128,32 @@ fn quantized_fixture_numerics_differ_by_the_activation_rounding() {
     let error = worst_position_error(&llamacpp, &exact, 300);
     eprintln!("llama64-q8_0: llama.cpp numerics vs exact {error:.2e}");
     assert!(error > 1e-6 && error < 0.1, "{error:.2e}");
+}
+
+/// gpt-oss under the llama.cpp numerics: MXFP4 experts through the integer path against 8-bit
+/// activations, an f16 KV cache. Close to the exact logits, not equal to them (the fixture's router
+/// margins are at least 0.087, so no expert choice flips), and a prompt followed by single tokens
+/// still equals one pass.
+#[test]
+fn gpt_oss_llamacpp_numerics_stay_near_the_exact_ones() {
+    use engine::model::Numerics;
+    let (exact_model, tokens, _) = fixture("gptoss");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let file = GgufFile::open(dir.join("gptoss.gguf")).unwrap();
+    let model = Model::load(&file, Numerics::LlamaCpp, &|_, _| {}).unwrap();
+    let mut cache = exact_model.new_cache(64);
+    let exact = exact_model.forward(&tokens, &mut cache).unwrap();
+    let mut cache = model.new_cache(64);
+    let logits = model.forward(&tokens, &mut cache).unwrap();
+    let error = worst_position_error(&logits, &exact, 300);
+    eprintln!("gptoss: llama.cpp numerics vs exact {error:.2e}");
+    assert!(error > 1e-6 && error < 0.1, "{error:.2e}");
+
+    let mut cache = model.new_cache(64);
+    let mut stepped = model.forward(&tokens[..7], &mut cache).unwrap();
+    for &t in &tokens[7..] {
+        stepped.extend(model.forward(&[t], &mut cache).unwrap());
+    }
+    let drift = worst_position_error(&stepped, &logits, 300);
+    assert!(drift < 1e-5, "prefill-then-decode differs from one prefill by {drift:.2e}");
 }

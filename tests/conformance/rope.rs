@@ -30,7 +30,7 @@ proptest! {
     ) {
         let x = random_values(seed, n_tokens * n_heads * head_dim, 2.0);
         let positions: Vec<u32> = random_values(seed ^ 5, n_tokens, 1.0).iter().map(|v| ((v + 1.0) * 0.5 * max_position as f32) as u32).collect();
-        let yarn = yarn.map(|(factor, original_context, attn_factor)| YarnConfig { factor, original_context, beta_fast: 32.0, beta_slow: 1.0, ext_factor: 1.0, attn_factor });
+        let yarn = yarn.map(|(factor, original_context, attn_factor)| YarnConfig { factor, original_context, beta_fast: 32.0, beta_slow: 1.0, ext_factor: 1.0, attn_factor, truncate: true });
         let layout = if neox { cpu::RopeLayout::Neox } else { cpu::RopeLayout::Interleaved };
         let reference = RopeConfig { head_dim, rope_dim, base, layout, yarn };
         let mut expected = x.clone();

@@ -25,6 +25,15 @@ pub fn swiglu(gate: f32, up: f32) -> f32 {
     (g / (1.0 + (-g).exp()) * up as f64) as f32
 }
 
+/// gpt-oss's clamped SwiGLU: with g = min(gate, limit) and u = clamp(up, -limit, limit),
+/// g sigmoid(alpha g) (u + 1). The gate is clamped from above only; gpt-oss uses alpha 1.702, limit 7.
+pub fn swiglu_oai(gate: f32, up: f32, alpha: f32, limit: f32) -> f32 {
+    let (alpha, limit) = (alpha as f64, limit as f64);
+    let g = (gate as f64).min(limit);
+    let u = (up as f64).clamp(-limit, limit);
+    (g / (1.0 + (-alpha * g).exp()) * (u + 1.0)) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +50,20 @@ mod tests {
         // Large inputs: GELU tends to the identity, SiLU to identity / zero.
         assert_eq!(gelu_erf(30.0), 30.0);
         assert_eq!(silu(-200.0), -0.0);
+    }
+
+    #[test]
+    fn swiglu_oai_clamps_the_gate_from_above_and_the_up_both_ways() {
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let expected = |g: f64, u: f64| (g * sigmoid(1.702 * g) * (u + 1.0)) as f32;
+        let close = |a: f32, b: f32| assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-30), "{a} vs {b}");
+        assert_eq!(swiglu_oai(0.0, 3.0, 1.702, 7.0), 0.0);
+        close(swiglu_oai(1.5, -0.5, 1.702, 7.0), expected(1.5, -0.5));
+        // Above the limit, the gate is 7; below, it is left alone (no lower clamp).
+        close(swiglu_oai(9.0, 2.0, 1.702, 7.0), expected(7.0, 2.0));
+        close(swiglu_oai(-9.0, 2.0, 1.702, 7.0), expected(-9.0, 2.0));
+        // The up value is clamped to [-7, 7] before the + 1.
+        close(swiglu_oai(1.0, 12.0, 1.702, 7.0), expected(1.0, 7.0));
+        close(swiglu_oai(1.0, -12.0, 1.702, 7.0), expected(1.0, -7.0));
     }
 }

@@ -18,6 +18,10 @@ pub struct YarnConfig {
     pub beta_slow: f32,
     pub ext_factor: f32,
     pub attn_factor: f32,
+    /// Round the ramp's ends out to whole pairs (floor the start, ceil the end), as llama.cpp always
+    /// does and transformers does by default. gpt-oss's own configuration says `truncate: false`
+    /// (its reference implementation and transformers use the exact ends); GGUF has no key for it.
+    pub truncate: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -44,8 +48,9 @@ impl RopeConfig {
         let pair_at = |turns: f32| {
             d * (yarn.original_context as f64 / (turns as f64 * 2.0 * PI)).ln() / (2.0 * base.ln())
         };
-        let low = pair_at(yarn.beta_fast).floor().max(0.0);
-        let high = pair_at(yarn.beta_slow).ceil().min(d - 1.0);
+        let (low, high) = (pair_at(yarn.beta_fast), pair_at(yarn.beta_slow));
+        let (low, high) = if yarn.truncate { (low.floor(), high.ceil()) } else { (low, high) };
+        let (low, high) = (low.max(0.0), high.min(d - 1.0));
         let ramp = 1.0 - ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
         let mix = ramp * yarn.ext_factor as f64;
         let angle = interpolated * (1.0 - mix) + extrapolated * mix;
@@ -120,6 +125,7 @@ mod tests {
             beta_slow: 1.0,
             ext_factor: 1.0,
             attn_factor: 1.0,
+            truncate: true,
         };
         let config = RopeConfig {
             head_dim: 128,
@@ -136,5 +142,41 @@ mod tests {
         let (slow, _) = config.angle(100, 63);
         let plain = 100.0 * 10000f64.powf(-126.0 / 128.0);
         assert!((slow - plain / 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn yarn_without_truncation_ramps_between_the_exact_ends() {
+        // gpt-oss: head dim 64, base 150000, factor 32 over 4096. The ramp's ends are
+        // 64 ln(4096 / (2 pi b)) / (2 ln 150000) = 8.093 (b = 32) and 17.400 (b = 1); truncated: 8, 18.
+        let yarn = YarnConfig {
+            factor: 32.0,
+            original_context: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            ext_factor: 1.0,
+            attn_factor: 1.0,
+            truncate: false,
+        };
+        let config = RopeConfig {
+            head_dim: 64,
+            rope_dim: 64,
+            base: 150000.0,
+            layout: RopeLayout::Neox,
+            yarn: Some(yarn),
+        };
+        let end = |b: f64| 64.0 * (4096.0 / (2.0 * PI * b)).ln() / (2.0 * 150000f64.ln());
+        let (low, high) = (end(32.0), end(1.0));
+        let frequency = |i: usize| 150000f64.powf(-2.0 * i as f64 / 64.0);
+        for i in [8, 9, 12, 17, 18] {
+            let extrapolated = 1.0 - ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+            let expected = frequency(i) * (extrapolated + (1.0 - extrapolated) / 32.0);
+            let (angle, _) = config.angle(1, i);
+            assert!((angle - expected).abs() < 1e-15, "pair {i}: {angle} vs {expected}");
+        }
+        // Pair 9 as transformers 5.17 computes it for gpt-oss (its inv_freq[9], f32): 0.0317057.
+        assert!((config.angle(1, 9).0 - 0.031_705_696).abs() < 1e-8);
+        // Truncated, the ramp starts at 8 and pair 9 gets a different mix.
+        let truncated = RopeConfig { yarn: Some(YarnConfig { truncate: true, ..yarn }), ..config };
+        assert!((truncated.angle(1, 9).0 - 0.031_705_696).abs() > 5e-5);
     }
 }

@@ -158,6 +158,9 @@ impl ModelConfig {
                         beta_slow: file.get_f32_opt(&key("rope.scaling.yarn_beta_slow"))?.unwrap_or(1.0),
                         ext_factor: 1.0,
                         attn_factor: 1.0,
+                        // gpt-oss's configuration has `truncate: false`; the others use
+                        // transformers' default (true), which is also what llama.cpp always does.
+                        truncate: architecture != Architecture::GptOss,
                     }),
                     None | Some("none") => None,
                     Some(other) => {

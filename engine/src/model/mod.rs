@@ -3,11 +3,13 @@
 
 mod config;
 mod gpt2;
+pub mod gpt_oss;
 mod kv_cache;
 mod llama;
 pub mod weights;
 
 pub use config::{Architecture, ConfigError, ModelConfig, MoeConfig};
+pub use gpt_oss::GptOss;
 pub use gpt2::Gpt2;
 pub use kv_cache::KvCache;
 pub use llama::Llama;
@@ -47,6 +49,7 @@ pub enum Numerics {
 pub enum Model {
     Gpt2(Gpt2),
     Llama(Llama),
+    GptOss(GptOss),
 }
 
 impl Model {
@@ -62,7 +65,7 @@ impl Model {
             Architecture::Llama | Architecture::Qwen2 | Architecture::Phi3 => {
                 Ok(Model::Llama(Llama::load(file, config, numerics, progress)?))
             }
-            Architecture::GptOss => Err(ModelError::NotImplemented("gpt-oss")),
+            Architecture::GptOss => Ok(Model::GptOss(GptOss::load(file, config, numerics, progress)?)),
         }
     }
 
@@ -70,6 +73,7 @@ impl Model {
         match self {
             Model::Gpt2(m) => m.config(),
             Model::Llama(m) => m.config(),
+            Model::GptOss(m) => m.config(),
         }
     }
 
@@ -83,6 +87,7 @@ impl Model {
         match self {
             Model::Gpt2(m) => m.numerics,
             Model::Llama(m) => m.numerics,
+            Model::GptOss(m) => m.numerics,
         }
     }
 
@@ -91,6 +96,7 @@ impl Model {
         match self {
             Model::Gpt2(m) => m.forward(tokens, cache),
             Model::Llama(m) => m.forward(tokens, cache),
+            Model::GptOss(m) => m.forward(tokens, cache),
         }
     }
 }

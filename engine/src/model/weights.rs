@@ -71,3 +71,34 @@ pub fn load_matrix_optional(
         Some(_) => load_matrix(file, name, n_in, n_out, numerics).map(Some),
     }
 }
+
+/// The experts of a mixture-of-experts layer, stored as one 3-D tensor of shape [n_in, n_out,
+/// n_expert] (ggml order, so each expert's [n_out, n_in] matrix is contiguous): one [`Matrix`] per
+/// expert, kept in its block format or as f32 as [`load_matrix`] does.
+pub fn load_experts(
+    file: &GgufFile,
+    name: &str,
+    n_in: usize,
+    n_out: usize,
+    n_expert: usize,
+    numerics: Numerics,
+) -> Result<Vec<Matrix>, WeightError> {
+    let info = file.tensor(name).ok_or_else(|| WeightError::Missing(name.to_string()))?;
+    let expected = vec![n_in as u64, n_out as u64, n_expert as u64];
+    if info.dims != expected {
+        return Err(WeightError::Shape { name: name.to_string(), actual: info.dims.clone(), expected });
+    }
+    let as_f32 =
+        numerics == Numerics::Exact || matches!(info.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16);
+    Ok(if as_f32 {
+        let values =
+            file.tensor_f32(info).map_err(|source| WeightError::Gguf { name: name.to_string(), source })?;
+        values.chunks_exact(n_in * n_out).map(|m| Matrix::F32(m.to_vec())).collect()
+    } else {
+        let bytes = file.tensor_data(info);
+        bytes
+            .chunks_exact(bytes.len() / n_expert)
+            .map(|m| Matrix::Blocks { ty: info.ty, bytes: m.to_vec() })
+            .collect()
+    })
+}
