@@ -217,6 +217,7 @@ fn main() -> Result<()> {
             beta_slow: 1.0,
             ext_factor: 1.0,
             attn_factor: 1.0,
+            truncate: true,
         }),
         ..plain
     };

@@ -5,7 +5,7 @@
 //! run, then the median of the repeats. Beside the speed: the bytes of weights one decode step
 //! reads and the decode floor they imply at the measured copy bandwidth.
 
-use crate::cuda::{CudaError, GpuLlama};
+use crate::cuda::{CudaError, GpuModel};
 use host::sys::CUevent_flags;
 use host::{CudaStream, Gpu};
 use std::sync::Arc;
@@ -68,7 +68,7 @@ pub fn copy_bandwidth(gpu: &Gpu) -> Result<f64, CudaError> {
 
 /// Runs the benchmark: `repeats` timed runs of each test after one warm-up.
 pub fn run(
-    model: &mut GpuLlama,
+    model: &mut GpuModel,
     prompt_tokens: usize,
     generated_tokens: usize,
     repeats: usize,

@@ -1,4 +1,4 @@
-//! The Llama family (Llama, SmolLM2, Qwen2, Phi-3) on the GPU, decode path: weights uploaded in
+//! The Llama family (Llama, SmolLM2, Qwen2, Phi-3) and gpt-oss on the GPU: weights uploaded in
 //! their stored precision (F32/F16/BF16 rows, Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks), one token per step through
 //! the kernels of `gpu/` (embedding lookup, RMSNorm, GEMV, RoPE, KV write, decode attention over
 //! a KV cache, SwiGLU, residual adds), logits copied back. The KV cache is paged f16 with
@@ -10,13 +10,21 @@
 //! Quantized matrices meet either f32 activations (`integer_activations` off: the exact numbers of
 //! the CPU reference, `Numerics::Exact`) or activations quantized to 8 bits per block of 32 (on,
 //! the default: llama.cpp's numbers, and faster); K-quants have only the integer form.
+//! gpt-oss is the same decoder with an attention sink per head, sliding-window attention on
+//! even layers, a bias on every attention projection, YaRN without truncation, and a mixture of
+//! experts in place of the FFN: a router (GEMV with bias), the top k experts' softmax weights,
+//! the selected experts' MXFP4 gate and up rows in one launch, gpt-oss's clamped SwiGLU, the
+//! selected down rows, and their weighted sum (decode reads only the selected experts; a prompt
+//! groups its tokens by expert so each expert's weights are read once per layer).
 //! Checked against the CPU reference.
 
 use crate::cpu::rope::RopeLayout;
 use crate::gguf::{GgmlType, GgufFile};
+use crate::model::gpt_oss::{SWIGLU_ALPHA, SWIGLU_LIMIT};
 use crate::model::{Architecture, ModelConfig, ModelError};
 use host::attention::{AttentionOptions, DecodeWorkspace, HEAD_DIMS, PAGE_SIZE, PagedKvCache, PagedKvShape};
 use host::matmul::{GpuMatrix, Q8Activations, WeightFormat};
+use host::moe::{ExpertRouting, stack_experts};
 use host::rope::{Rope, RopeLayout as GpuRopeLayout, Yarn};
 use host::{CudaSlice, Gpu};
 
@@ -26,7 +34,9 @@ pub enum CudaError {
     Gpu(#[from] host::Error),
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("tensor {name} is {ty}; the GPU backend takes F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K")]
+    #[error(
+        "tensor {name} is {ty}; the GPU backend takes F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K and MXFP4 (experts: MXFP4 only)"
+    )]
     UnsupportedType { name: String, ty: GgmlType },
     #[error(
         "not enough GPU memory: the model needs {} ({ledger}) but {} is free; {advice}",
@@ -123,14 +133,68 @@ enum KvCache {
 
 struct Layer {
     attn_norm: CudaSlice<f32>,
-    /// [q; k; v] rows, and their biases (Qwen2): one per matrix of `qkv`, or none.
+    /// [q; k; v] rows, and their biases (Qwen2, gpt-oss): one per matrix of `qkv`, or none.
     qkv: Stacked,
     qkv_bias: Vec<CudaSlice<f32>>,
     wo: GpuMatrix,
+    wo_bias: Option<CudaSlice<f32>>,
+    /// gpt-oss: a learned logit per query head that joins each softmax's denominator.
+    sinks: Option<CudaSlice<f32>>,
+    /// Sliding window of this layer's attention (0: the whole context).
+    window: usize,
+    /// The norm before the FFN (gpt-oss calls it post_attention_norm).
     ffn_norm: CudaSlice<f32>,
-    /// [gate; up] rows.
-    gate_up: Stacked,
-    w_down: GpuMatrix,
+    ffn: Ffn,
+}
+
+/// (Layers live in a Vec: a variant's size costs nothing worth a Box.)
+#[allow(clippy::large_enum_variant)]
+enum Ffn {
+    /// down (swiglu(gate x, up x)), [gate; up] stacked.
+    Dense {
+        gate_up: Stacked,
+        down: GpuMatrix,
+    },
+    Experts(Experts),
+}
+
+/// A mixture of experts (gpt-oss): expert tensors uploaded as stored (MXFP4), gate and up
+/// stacked per expert so that one launch computes both for the selected experts.
+struct Experts {
+    router: GpuMatrix,
+    router_bias: CudaSlice<f32>,
+    /// Per expert: its gate rows, then its up rows (2 n_ff), and their biases in the same order.
+    gate_up: GpuMatrix,
+    gate_up_bias: CudaSlice<f32>,
+    down: GpuMatrix,
+    down_bias: CudaSlice<f32>,
+}
+
+impl Layer {
+    fn attention_options(&self, base: &AttentionOptions) -> AttentionOptions {
+        AttentionOptions { window: self.window, ..*base }
+    }
+
+    /// Every matrix, for checks over all of them.
+    fn matrices(&self) -> impl Iterator<Item = &GpuMatrix> {
+        let ffn: Vec<&GpuMatrix> = match &self.ffn {
+            Ffn::Dense { gate_up, down } => gate_up.matrices().iter().chain([down]).collect(),
+            Ffn::Experts(e) => vec![&e.router, &e.gate_up, &e.down],
+        };
+        self.qkv.matrices().iter().chain([&self.wo]).chain(ffn)
+    }
+}
+
+/// Scratch of the MoE part of one decode step.
+struct MoeBuffers {
+    /// Router logits [n_expert], the chosen experts [k] and their weights [k].
+    logits: CudaSlice<f32>,
+    ids: CudaSlice<u32>,
+    weights: CudaSlice<f32>,
+    /// [gate; up] of each chosen expert [k, 2 n_ff], their activations (8-bit) and outputs [k, d].
+    gate_up: CudaSlice<f32>,
+    act_q: Q8Activations,
+    out: CudaSlice<f32>,
 }
 
 /// Scratch activations of one decode step.
@@ -151,9 +215,10 @@ struct Buffers {
     hq: Q8Activations,
     attn_q: Q8Activations,
     act_q: Q8Activations,
+    moe: Option<MoeBuffers>,
 }
 
-pub struct GpuLlama {
+pub struct GpuModel {
     gpu: Gpu,
     config: ModelConfig,
     rope: Rope,
@@ -186,11 +251,33 @@ fn format_of(name: &str, ty: GgmlType) -> Result<WeightFormat, CudaError> {
         GgmlType::Q4_1 => WeightFormat::Q4_1,
         GgmlType::Q4K => WeightFormat::Q4K,
         GgmlType::Q6K => WeightFormat::Q6K,
+        GgmlType::Mxfp4 => WeightFormat::Mxfp4,
         ty => return Err(CudaError::UnsupportedType { name: name.to_string(), ty }),
     })
 }
 
-impl GpuLlama {
+/// Scratch of the prompt pass's FFN (one per pass, on the stack: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum PrefillFfn {
+    Dense {
+        gate: CudaSlice<f32>,
+        up: CudaSlice<f32>,
+        act: CudaSlice<f32>,
+    },
+    /// Router logits [T, n_expert], choices and weights [T, k], their grouping by expert, and per
+    /// assignment [gate; up] [T k, 2 n_ff], activations [T k, n_ff] and outputs [T k, d].
+    Experts {
+        logits: CudaSlice<f32>,
+        ids: CudaSlice<u32>,
+        weights: CudaSlice<f32>,
+        routing: ExpertRouting,
+        gate_up: CudaSlice<f32>,
+        act: CudaSlice<f32>,
+        out: CudaSlice<f32>,
+    },
+}
+
+impl GpuModel {
     pub fn load(
         gpu: Gpu,
         file: &GgufFile,
@@ -198,19 +285,37 @@ impl GpuLlama {
         progress: &dyn Fn(usize, usize),
     ) -> Result<Self, CudaError> {
         let config = ModelConfig::from_gguf(file).map_err(ModelError::from)?;
-        if !matches!(config.architecture, Architecture::Llama | Architecture::Qwen2 | Architecture::Phi3) {
+        if !matches!(
+            config.architecture,
+            Architecture::Llama | Architecture::Qwen2 | Architecture::Phi3 | Architecture::GptOss
+        ) {
             return Err(CudaError::Architecture(config.architecture.name()));
         }
         let c = config.clone();
         let (d, q_dim, kv_dim) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        // What this will allocate, checked against free memory before anything is uploaded.
+        // gpt-oss: its checked configuration (experts, window); its attention needs the paged
+        // kernels (sinks and windows).
+        let gpt_oss = match c.architecture {
+            Architecture::GptOss => Some(crate::model::gpt_oss::Config::new(&c).map_err(ModelError::from)?),
+            _ => None,
+        };
         let paged = HEAD_DIMS.contains(&c.head_dim);
+        if gpt_oss.is_some() && !paged {
+            return Err(CudaError::Architecture("gpt-oss with a head dim other than 64, 80, 96 or 128"));
+        }
+        // The dense FFN's width (none with experts: its buffers are then a block of 32).
+        let dense_ff = if gpt_oss.is_some() { 32 } else { c.n_ff };
+        let moe_activations = gpt_oss.as_ref().map_or(0, |g| {
+            let k = g.n_expert_used;
+            4 * (g.n_expert + 2 * k + 2 * k * g.n_ff_expert + k * d) + k * g.n_ff_expert * 9 / 8
+        });
+        // What this will allocate, checked against free memory before anything is uploaded.
         let kv_per_position = 2 * c.n_layer * kv_dim * if paged { 2 } else { 4 };
         let ledger = VramLedger {
             weights: file.tensors().iter().map(|t| file.tensor_data(t).len()).sum(),
             kv_cache: capacity.next_multiple_of(PAGE_SIZE) * kv_per_position,
-            activations: 4 * (4 * d + 3 * q_dim + 2 * kv_dim + 3 * c.n_ff + c.n_vocab),
-            workspace: (d + q_dim + c.n_ff) * 9 / 8 + 64,
+            activations: 4 * (4 * d + 3 * q_dim + 2 * kv_dim + 3 * dense_ff + c.n_vocab) + moe_activations,
+            workspace: (d + q_dim + dense_ff) * 9 / 8 + 64,
         };
         let (free, _) = gpu.memory()?;
         if ledger.total() + CONTEXT_MARGIN > free {
@@ -278,6 +383,55 @@ impl GpuLlama {
             };
             Ok(Stacked { matrices, parts: parts.to_vec() })
         };
+        // Layer i's experts: each expert tensor [n_expert, rows, n_in] checked (MXFP4, that shape),
+        // gate and up stacked per expert.
+        let experts = |i: usize, g: &crate::model::gpt_oss::Config| -> Result<Experts, CudaError> {
+            let name = |suffix: &str| format!("blk.{i}.{suffix}");
+            let (n_expert, ff) = (g.n_expert, g.n_ff_expert);
+            let tensor = |suffix: &str, n_in: usize, rows: usize| -> Result<&[u8], CudaError> {
+                let name = name(suffix);
+                let info = file.tensor(&name).ok_or_else(|| {
+                    ModelError::Weight(crate::model::weights::WeightError::Missing(name.clone()))
+                })?;
+                let expected = vec![n_in as u64, rows as u64, n_expert as u64];
+                if info.dims != expected {
+                    return Err(ModelError::Weight(crate::model::weights::WeightError::Shape {
+                        name,
+                        actual: info.dims.clone(),
+                        expected,
+                    })
+                    .into());
+                }
+                if info.ty != GgmlType::Mxfp4 {
+                    return Err(CudaError::UnsupportedType { name, ty: info.ty });
+                }
+                Ok(file.tensor_data(info))
+            };
+            let bias = |suffix: &str, rows: usize| -> Result<Vec<f32>, CudaError> {
+                crate::model::weights::load(file, &name(suffix), &[rows, n_expert])
+                    .map_err(|e| ModelError::from(e).into())
+            };
+            let (gate, up) = (tensor("ffn_gate_exps.weight", d, ff)?, tensor("ffn_up_exps.weight", d, ff)?);
+            let gate_up = stack_experts(&[gate, up], n_expert);
+            let (gate_bias, up_bias) = (bias("ffn_gate_exps.bias", ff)?, bias("ffn_up_exps.bias", ff)?);
+            let gate_up_bias: Vec<f32> = (0..n_expert)
+                .flat_map(|e| gate_bias[e * ff..(e + 1) * ff].iter().chain(&up_bias[e * ff..(e + 1) * ff]))
+                .copied()
+                .collect();
+            Ok(Experts {
+                router: upload(&name("ffn_gate_inp.weight"), d, n_expert)?,
+                router_bias: device_vector(&name("ffn_gate_inp.bias"), n_expert)?,
+                gate_up: gpu.upload_matrix(WeightFormat::Mxfp4, &gate_up, d, n_expert * 2 * ff)?,
+                gate_up_bias: gpu.upload(&gate_up_bias)?,
+                down: gpu.upload_matrix(
+                    WeightFormat::Mxfp4,
+                    tensor("ffn_down_exps.weight", ff, d)?,
+                    ff,
+                    n_expert * d,
+                )?,
+                down_bias: gpu.upload(&bias("ffn_down_exps.bias", d)?)?,
+            })
+        };
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             progress(i, c.n_layer);
@@ -307,23 +461,36 @@ impl GpuLlama {
             } else {
                 Vec::new()
             };
-            let gate_up = if file.tensor(&name("ffn_gate.weight")).is_some() {
-                stacked(
-                    &[(name("ffn_gate.weight"), c.n_ff), (name("ffn_up.weight"), c.n_ff)],
-                    &[c.n_ff, c.n_ff],
-                    d,
-                )?
-            } else {
-                stacked(&[(name("ffn_up.weight"), 2 * c.n_ff)], &[c.n_ff, c.n_ff], d)?
+            let optional_vector = |suffix: &str, n: usize| -> Result<Option<CudaSlice<f32>>, CudaError> {
+                let name = name(suffix);
+                if file.tensor(&name).is_some() { Ok(Some(device_vector(&name, n)?)) } else { Ok(None) }
             };
+            let ffn = match &gpt_oss {
+                Some(g) => Ffn::Experts(experts(i, g)?),
+                None => {
+                    let gate_up = if file.tensor(&name("ffn_gate.weight")).is_some() {
+                        stacked(
+                            &[(name("ffn_gate.weight"), c.n_ff), (name("ffn_up.weight"), c.n_ff)],
+                            &[c.n_ff, c.n_ff],
+                            d,
+                        )?
+                    } else {
+                        stacked(&[(name("ffn_up.weight"), 2 * c.n_ff)], &[c.n_ff, c.n_ff], d)?
+                    };
+                    Ffn::Dense { gate_up, down: upload(&name("ffn_down.weight"), c.n_ff, d)? }
+                }
+            };
+            let ffn_norm = if gpt_oss.is_some() { "post_attention_norm.weight" } else { "ffn_norm.weight" };
             layers.push(Layer {
                 attn_norm: device_vector(&name("attn_norm.weight"), d)?,
                 qkv,
                 qkv_bias,
                 wo: upload(&name("attn_output.weight"), q_dim, d)?,
-                ffn_norm: device_vector(&name("ffn_norm.weight"), d)?,
-                gate_up,
-                w_down: upload(&name("ffn_down.weight"), c.n_ff, d)?,
+                wo_bias: optional_vector("attn_output.bias", d)?,
+                sinks: optional_vector("attn_sinks.weight", c.n_head)?,
+                window: gpt_oss.as_ref().map_or(0, |g| g.window(i)),
+                ffn_norm: device_vector(&name(ffn_norm), d)?,
+                ffn,
             });
         }
         progress(c.n_layer, c.n_layer);
@@ -348,6 +515,7 @@ impl GpuLlama {
                 beta_slow: y.beta_slow,
                 ext_factor: y.ext_factor,
                 attn_factor: y.attn_factor,
+                truncate: y.truncate,
             }),
         };
         let zeros = |n: usize| gpu.upload(&vec![0.0f32; n]);
@@ -377,16 +545,30 @@ impl GpuLlama {
             qkv: zeros(q_dim + 2 * kv_dim)?,
             attn: zeros(q_dim)?,
             projected: zeros(d)?,
-            gate_up: zeros(2 * c.n_ff)?,
-            act: zeros(c.n_ff)?,
+            gate_up: zeros(2 * dense_ff)?,
+            act: zeros(dense_ff)?,
             logits: zeros(c.n_vocab)?,
             args: gpu.upload(&[0u32; 4])?,
             hq: gpu.q8_activations(d)?,
             attn_q: gpu.q8_activations(q_dim)?,
-            act_q: gpu.q8_activations(c.n_ff)?,
+            act_q: gpu.q8_activations(dense_ff)?,
+            moe: match &gpt_oss {
+                Some(g) => {
+                    let k = g.n_expert_used;
+                    Some(MoeBuffers {
+                        logits: zeros(g.n_expert)?,
+                        ids: gpu.upload(&vec![0u32; k])?,
+                        weights: zeros(k)?,
+                        gate_up: zeros(k * 2 * g.n_ff_expert)?,
+                        act_q: gpu.q8_activations(k * g.n_ff_expert)?,
+                        out: zeros(k * d)?,
+                    })
+                }
+                None => None,
+            },
         };
         let output_norm = device_vector("output_norm.weight", d)?;
-        Ok(GpuLlama {
+        Ok(GpuModel {
             gpu,
             config,
             rope,
@@ -407,9 +589,25 @@ impl GpuLlama {
 
     /// Bytes of weights one decode step reads: every matrix and vector once, except the token
     /// embedding table, of which it reads one row.
+    /// With experts, of each expert tensor it reads the k chosen experts' share (their biases are
+    /// counted whole: a few KiB).
     pub fn weight_bytes_per_token(&self) -> usize {
         let embedding = self.token_embd.as_ref().map_or(0, |t| t.size() - t.size() / t.n_out);
-        self.ledger.weights - embedding
+        let unread_experts: usize = match &self.config.moe {
+            Some(moe) => self
+                .layers
+                .iter()
+                .map(|l| match &l.ffn {
+                    Ffn::Experts(e) => {
+                        let bytes = e.gate_up.size() + e.down.size();
+                        bytes - bytes / moe.n_expert * moe.n_expert_used
+                    }
+                    Ffn::Dense { .. } => 0,
+                })
+                .sum(),
+            None => 0,
+        };
+        self.ledger.weights - embedding - unread_experts
     }
 
     /// The GPU the model runs on.
@@ -467,10 +665,7 @@ impl GpuLlama {
     /// Whether several tokens can go through one batched pass (GEMMs and flash attention): the
     /// paged cache and GEMM forms of every matrix (not BF16).
     fn can_prefill(&self) -> bool {
-        let matrices = self
-            .layers
-            .iter()
-            .flat_map(|l| l.qkv.matrices().iter().chain(l.gate_up.matrices()).chain([&l.wo, &l.w_down]));
+        let matrices = self.layers.iter().flat_map(|l| l.matrices());
         matches!(self.kv, KvCache::Paged { .. })
             && matrices.chain([&self.output]).all(|m| m.format() != WeightFormat::Bf16)
     }
@@ -501,8 +696,26 @@ impl GpuLlama {
             (gpu.alloc::<f32>(n * q_dim)?, gpu.alloc::<f32>(n * kv_dim)?, gpu.alloc::<f32>(n * kv_dim)?);
         let mut attn = gpu.alloc::<f32>(n * q_dim)?;
         let mut projected = gpu.alloc::<f32>(n * d)?;
-        let (mut gate, mut up, mut act) =
-            (gpu.alloc::<f32>(n * ff)?, gpu.alloc::<f32>(n * ff)?, gpu.alloc::<f32>(n * ff)?);
+        let mut ffn = match &self.buffers.moe {
+            None => PrefillFfn::Dense {
+                gate: gpu.alloc::<f32>(n * ff)?,
+                up: gpu.alloc::<f32>(n * ff)?,
+                act: gpu.alloc::<f32>(n * ff)?,
+            },
+            Some(_) => {
+                let moe = c.moe.as_ref().expect("gpt-oss has experts");
+                let (n_expert, k, ff) = (moe.n_expert, moe.n_expert_used, moe.n_ff_expert);
+                PrefillFfn::Experts {
+                    logits: gpu.alloc::<f32>(n * n_expert)?,
+                    ids: gpu.alloc::<u32>(n * k)?,
+                    weights: gpu.alloc::<f32>(n * k)?,
+                    routing: gpu.expert_routing(n_expert, n * k)?,
+                    gate_up: gpu.alloc::<f32>(n * k * 2 * ff)?,
+                    act: gpu.alloc::<f32>(n * k * ff)?,
+                    out: gpu.alloc::<f32>(n * k * d)?,
+                }
+            }
+        };
         let KvCache::Paged { cache, options, .. } = &mut self.kv else {
             unreachable!("can_prefill checked the cache");
         };
@@ -526,14 +739,43 @@ impl GpuLlama {
             gpu.rope(&mut q, &positions, c.n_head, &self.rope)?;
             gpu.rope(&mut k, &positions, c.n_head_kv, &self.rope)?;
             gpu.kv_write_paged(cache, i, &k, &v, &slots, &positions)?;
-            gpu.attention_prefill(cache, i, 0, &q, &start_dev, None, options, &mut attn)?;
-            gpu.gemm(&layer.wo, 0..d, &attn, n, None, &mut projected)?;
+            let layer_options = layer.attention_options(options);
+            gpu.attention_prefill(
+                cache,
+                i,
+                0,
+                &q,
+                &start_dev,
+                layer.sinks.as_ref(),
+                &layer_options,
+                &mut attn,
+            )?;
+            gpu.gemm(&layer.wo, 0..d, &attn, n, layer.wo_bias.as_ref(), &mut projected)?;
             gpu.residual_add(&mut x, &projected)?;
             gpu.rms_norm(&x, &layer.ffn_norm, &mut h, n, d, c.norm_eps)?;
-            project(&layer.gate_up, &[], 0, &h, &mut gate)?;
-            project(&layer.gate_up, &[], 1, &h, &mut up)?;
-            gpu.swiglu(&gate, &up, &mut act)?;
-            gpu.gemm(&layer.w_down, 0..d, &act, n, None, &mut projected)?;
+            match (&layer.ffn, &mut ffn) {
+                (Ffn::Dense { gate_up, down }, PrefillFfn::Dense { gate, up, act }) => {
+                    project(gate_up, &[], 0, &h, gate)?;
+                    project(gate_up, &[], 1, &h, up)?;
+                    gpu.swiglu(gate, up, act)?;
+                    gpu.gemm(down, 0..d, act, n, None, &mut projected)?;
+                }
+                (
+                    Ffn::Experts(e),
+                    PrefillFfn::Experts { logits, ids, weights, routing, gate_up, act, out },
+                ) => {
+                    let moe = c.moe.as_ref().expect("gpt-oss has experts");
+                    let (n_expert, k) = (moe.n_expert, moe.n_expert_used);
+                    gpu.gemm(&e.router, 0..n_expert, &h, n, Some(&e.router_bias), logits)?;
+                    gpu.top_k_experts(logits, n_expert, k, ids, weights)?;
+                    gpu.route_experts(ids, k, routing)?;
+                    gpu.gemm_experts(&e.gate_up, routing, &h, false, Some(&e.gate_up_bias), gate_up)?;
+                    gpu.swiglu_oai(gate_up, moe.n_ff_expert, SWIGLU_ALPHA, SWIGLU_LIMIT, Some(act), None)?;
+                    gpu.gemm_experts(&e.down, routing, act, true, Some(&e.down_bias), out)?;
+                    gpu.moe_weighted_sum(out, weights, k, &mut projected)?;
+                }
+                _ => unreachable!("the prompt's FFN buffers follow the model's"),
+            }
             gpu.residual_add(&mut x, &projected)?;
         }
         gpu.rms_norm(&x, &self.output_norm, &mut h, n, d, c.norm_eps)?;
@@ -647,14 +889,15 @@ impl GpuLlama {
             match &mut self.kv {
                 KvCache::Paged { cache, workspace, options } => {
                     gpu.kv_write_paged(cache, i, &k, &v, &slot, &position)?;
+                    let (options, sinks) = (layer.attention_options(options), layer.sinks.as_ref());
                     if uses_q8(&layer.wo) {
                         gpu.attention_decode_paged_q8(
                             cache,
                             i,
                             &q,
                             &len,
-                            None,
-                            options,
+                            sinks,
+                            &options,
                             workspace,
                             &mut b.attn,
                             &mut b.attn_q,
@@ -665,8 +908,8 @@ impl GpuLlama {
                             i,
                             &q,
                             &len,
-                            None,
-                            options,
+                            sinks,
+                            &options,
                             workspace,
                             &mut b.attn,
                         )?;
@@ -690,11 +933,41 @@ impl GpuLlama {
                     }
                 }
             }
-            matvec(&layer.wo, &b.attn, &b.attn_q, None, &mut b.projected.slice_mut(..))?;
+            matvec(&layer.wo, &b.attn, &b.attn_q, layer.wo_bias.as_ref(), &mut b.projected.slice_mut(..))?;
             gpu.rms_norm_q8(&mut b.x, Some(&b.projected), &layer.ffn_norm, eps, Some(&mut b.h), &mut b.hq)?;
-            stacked(&layer.gate_up, &b.h, &b.hq, &[], &mut b.gate_up)?;
-            gpu.swiglu_q8(&b.gate_up, Some(&mut b.act), &mut b.act_q)?;
-            matvec(&layer.w_down, &b.act, &b.act_q, None, &mut b.projected.slice_mut(..))?;
+            match &layer.ffn {
+                Ffn::Dense { gate_up, down } => {
+                    stacked(gate_up, &b.h, &b.hq, &[], &mut b.gate_up)?;
+                    gpu.swiglu_q8(&b.gate_up, Some(&mut b.act), &mut b.act_q)?;
+                    matvec(down, &b.act, &b.act_q, None, &mut b.projected.slice_mut(..))?;
+                }
+                Ffn::Experts(e) => {
+                    // Only the chosen experts' rows are read: their ids stay on the device.
+                    let moe = c.moe.as_ref().expect("gpt-oss has experts");
+                    let (n_expert, k) = (moe.n_expert, moe.n_expert_used);
+                    let m = b.moe.as_mut().expect("allocated for a model with experts");
+                    matvec(&e.router, &b.h, &b.hq, Some(&e.router_bias), &mut m.logits.slice_mut(..))?;
+                    gpu.top_k_experts(&m.logits, n_expert, k, &mut m.ids, &mut m.weights)?;
+                    gpu.gemv_q8_experts(
+                        &e.gate_up,
+                        n_expert,
+                        &m.ids,
+                        &b.hq,
+                        Some(&e.gate_up_bias),
+                        &mut m.gate_up,
+                    )?;
+                    gpu.swiglu_oai(
+                        &m.gate_up,
+                        moe.n_ff_expert,
+                        SWIGLU_ALPHA,
+                        SWIGLU_LIMIT,
+                        None,
+                        Some(&mut m.act_q),
+                    )?;
+                    gpu.gemv_q8_experts(&e.down, n_expert, &m.ids, &m.act_q, Some(&e.down_bias), &mut m.out)?;
+                    gpu.moe_weighted_sum(&m.out, &m.weights, k, &mut b.projected)?;
+                }
+            }
         }
         gpu.rms_norm_q8(&mut b.x, Some(&b.projected), &self.output_norm, eps, Some(&mut b.h), &mut b.hq)?;
         matvec(&self.output, &b.h, &b.hq, None, &mut b.logits.slice_mut(..))?;
@@ -702,7 +975,7 @@ impl GpuLlama {
     }
 }
 
-impl crate::generate::Session for GpuLlama {
+impl crate::generate::Session for GpuModel {
     fn n_vocab(&self) -> usize {
         self.config.n_vocab
     }
@@ -713,12 +986,12 @@ impl crate::generate::Session for GpuLlama {
         self.capacity
     }
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, crate::generate::BackendError> {
-        Ok(GpuLlama::forward(self, tokens)?)
+        Ok(GpuModel::forward(self, tokens)?)
     }
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>, crate::generate::BackendError> {
-        Ok(GpuLlama::forward_last(self, tokens)?)
+        Ok(GpuModel::forward_last(self, tokens)?)
     }
     fn clear(&mut self) {
-        GpuLlama::clear(self);
+        GpuModel::clear(self);
     }
 }

@@ -204,6 +204,9 @@ pub enum Event {
     End,
     /// The turn is over: `<|return|>` or `<|call|>`.
     Stop(Stop),
+    /// The reply ended inside a header: `bytes` of header text and no `<|message|>` (a model that
+    /// does not speak harmony, such as a synthetic one, writes this).
+    Unframed { bytes: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +247,8 @@ enum State {
 pub struct Parser {
     tokens: SpecialTokens,
     state: State,
+    /// Header text the model wrote since the last `<|message|>` (or the start).
+    header_bytes: usize,
     channel: Option<String>,
     recipient: Option<String>,
     /// The recipient of the last message read (kept after it ends).
@@ -257,6 +262,7 @@ impl Parser {
         Parser {
             tokens,
             state: State::Header(header),
+            header_bytes: 0,
             channel: None,
             recipient: None,
             last_recipient: None,
@@ -295,6 +301,7 @@ impl Parser {
                 } else if id == t.constrain {
                     header.part = HeaderPart::Constrain;
                 } else if id == t.message {
+                    self.header_bytes = 0;
                     let header = std::mem::take(header);
                     let event = self.begin(header);
                     events.push(event);
@@ -305,6 +312,7 @@ impl Parser {
                     // A message with a header and no content.
                     self.close(id, &mut events);
                 } else {
+                    self.header_bytes += bytes.len();
                     match header.part {
                         HeaderPart::Role => header.role.extend_from_slice(bytes),
                         HeaderPart::Channel => header.channel.extend_from_slice(bytes),
@@ -348,10 +356,16 @@ impl Parser {
     /// Ends the stream (the token limit or the context ran out): flushes an unfinished character.
     pub fn finish(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
-        if let State::Content(stream) = &mut self.state {
-            let rest = stream.finish();
-            self.text(rest, &mut events);
-            events.push(Event::End);
+        match &mut self.state {
+            State::Content(stream) => {
+                let rest = stream.finish();
+                self.text(rest, &mut events);
+                events.push(Event::End);
+            }
+            State::Header(_) if self.header_bytes > 0 => {
+                events.push(Event::Unframed { bytes: self.header_bytes });
+            }
+            State::Header(_) | State::Between | State::Done => {}
         }
         self.state = State::Done;
         events
@@ -516,6 +530,12 @@ impl<A: Write, R: Write> Reply<A, R> {
                     self.called = Some(self.parser.last_recipient.clone().unwrap_or_default());
                 }
                 Event::Stop(Stop::Return) => {}
+                Event::Unframed { bytes } => {
+                    let _ = writeln!(
+                        self.reasoning_out,
+                        "[the reply is not harmony: {bytes} bytes of header text and no <|message|>, so nothing to show]"
+                    );
+                }
             }
         }
     }
@@ -610,6 +630,7 @@ mod tests {
                 Event::Text(t) => messages.last_mut().unwrap().2.push_str(&t),
                 Event::End => {}
                 Event::Stop(s) => stop = Some(s),
+                Event::Unframed { .. } => {}
             }
         }
         (messages, stop, parser.final_text().to_string())
@@ -662,6 +683,34 @@ mod tests {
             assert!(parser.is_done());
             assert_eq!(parser.final_text(), "");
         }
+    }
+
+    #[test]
+    fn a_reply_without_a_message_is_reported_as_unframed() {
+        // Noise from a model that does not speak harmony: header text, never <|message|>.
+        let mut parser = Parser::new(T);
+        let mut events = Vec::new();
+        for (id, bytes) in tokens("random words<|channel|>more", 3) {
+            events.extend(parser.push(id, &bytes));
+        }
+        events.extend(parser.finish());
+        assert_eq!(events, [Event::Unframed { bytes: 16 }]);
+        // A reply that framed its message, or wrote nothing, is not.
+        let (messages, ..) = parse("<|channel|>final<|message|>hi", 2);
+        assert_eq!(messages, [m("final", "hi")]);
+        let mut parser = Parser::new(T);
+        assert!(parser.finish().is_empty());
+        // Reply shows the note on the reasoning stream, the answer stream stays empty.
+        let (mut answer, mut reasoning) = (Vec::new(), Vec::new());
+        {
+            let mut reply = Reply::new(T, Vec::new(), false, &mut answer, &mut reasoning);
+            for (id, bytes) in tokens("noise", 2) {
+                reply.push(id, &bytes);
+            }
+            reply.finish(None);
+        }
+        assert!(answer.is_empty());
+        assert!(String::from_utf8(reasoning).unwrap().contains("5 bytes of header text and no <|message|>"));
     }
 
     #[test]

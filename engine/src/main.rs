@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use engine::chat::{self, Message};
-use engine::cuda::GpuLlama;
+use engine::cuda::GpuModel;
 use engine::generate::{self, CpuSession, Finish, Session, Utf8Stream};
 use engine::gguf::{GgufFile, Value};
 use engine::harmony;
@@ -420,7 +420,7 @@ fn run(cli: Cli) -> Result<()> {
 
 enum Runner {
     Cpu(Box<Model>),
-    Gpu(Box<GpuLlama>),
+    Gpu(Box<GpuModel>),
 }
 
 struct Loaded {
@@ -517,7 +517,7 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         bail!("--ctx-size must be at least 1");
     }
     let load_gpu = |gpu: host::Gpu| {
-        GpuLlama::load(gpu, &file, ctx_size, &progress).map(|mut model| {
+        GpuModel::load(gpu, &file, ctx_size, &progress).map(|mut model| {
             model.set_integer_activations(args.numerics == NumericsArg::LlamaCpp);
             model
         })

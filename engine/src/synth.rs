@@ -242,7 +242,8 @@ fn preset(name: &str) -> Result<Preset, SynthError> {
             layers: 2,
             heads: 4,
             kv_heads: 2,
-            head_dim: 16,
+            // The GPU's gpt-oss attention (sinks, windows) takes head dims 64, 80, 96 and 128.
+            head_dim: 64,
             ff: 64,
             rope_base: 150000.0,
             eps: 1e-5,

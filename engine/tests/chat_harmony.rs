@@ -159,6 +159,7 @@ fn the_parser_reads_o200k_harmony_tokens() {
                 Event::Text(text) => messages.last_mut().unwrap().1 += &text,
                 Event::Stop(s) => stop = Some(s),
                 Event::End => {}
+                Event::Unframed { bytes } => panic!("a framed reply reported {bytes} unframed bytes"),
             }
         }
     }

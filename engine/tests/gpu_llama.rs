@@ -1,7 +1,7 @@
 //! The GPU decode path of the Llama family against the CPU reference and transformers, on the
 //! fixtures (tests/fixtures/). GPU tests: run with `cargo test -- --include-ignored` on a GPU.
 
-use engine::cuda::GpuLlama;
+use engine::cuda::GpuModel;
 use engine::gguf::GgufFile;
 use engine::model::{Model, Numerics};
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Whether the model runs prompts as one batched pass (head dims of the paged cache).
-fn c_paged(model: &GpuLlama) -> bool {
+fn c_paged(model: &GpuModel) -> bool {
     [64, 80, 96, 128].contains(&model.config().head_dim)
 }
 
@@ -46,7 +46,7 @@ fn check_file(name: &str, gguf: &str, integer: bool, against_transformers: bool)
     let reference = cpu.forward(&tokens, &mut cache).unwrap();
 
     let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
-    let mut model = GpuLlama::load(gpu, &file, 64, &|_, _| {}).unwrap();
+    let mut model = GpuModel::load(gpu, &file, 64, &|_, _| {}).unwrap();
     model.set_integer_activations(integer);
     let logits = model.forward(&tokens).unwrap();
     let n_vocab = model.config().n_vocab;
@@ -142,7 +142,7 @@ fn quantized_llama_with_integer_activations_matches_the_cpu() {
     };
     let (exact, llamacpp) = (cpu(Numerics::Exact), cpu(Numerics::LlamaCpp));
     let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
-    let mut model = GpuLlama::load(gpu, &file, 64, &|_, _| {}).unwrap();
+    let mut model = GpuModel::load(gpu, &file, 64, &|_, _| {}).unwrap();
     model.set_integer_activations(true);
     // One token at a time: the decode step, whose GEMVs are the integer form (a prompt's batched
     // pass uses f16 GEMMs instead; checked below).
@@ -161,5 +161,69 @@ fn quantized_llama_with_integer_activations_matches_the_cpu() {
             error < 5e-2,
             "position {t}: GPU vs exact CPU {error:.2e} (CPU numerics differ by {cpu_spread:.2e})"
         );
+    }
+}
+
+/// gpt-oss on the GPU (tests/fixtures/gptoss: MXFP4 experts, attention sinks, a window of 8 on
+/// even layers, YaRN without truncation, biases everywhere; the prompt is longer than the
+/// window). The prompt pass (f16 GEMMs, experts dequantized tile by tile, tokens grouped by
+/// expert) against the CPU's exact numerics and transformers; decode steps, whose expert GEMVs
+/// take 8-bit activations, against the CPU's llama.cpp numerics (the same quantization).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpt_oss_on_the_gpu_matches_the_cpu() {
+    let file = GgufFile::open(fixture("gptoss.gguf")).unwrap();
+    let tokens: Vec<u32> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("gptoss.tokens.json")).unwrap()).unwrap();
+    let transformers: Vec<f32> = std::fs::read(fixture("gptoss.logits.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let cpu = |numerics| {
+        let m = Model::load(&file, numerics, &|_, _| {}).unwrap();
+        let mut cache = m.new_cache(64);
+        m.forward(&tokens, &mut cache).unwrap()
+    };
+    let (exact, llamacpp) = (cpu(Numerics::Exact), cpu(Numerics::LlamaCpp));
+    let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
+    let mut model = GpuModel::load(gpu, &file, 64, &|_, _| {}).unwrap();
+    let n_vocab = model.config().n_vocab;
+    let row = |v: &[f32], t: usize| v[t * n_vocab..(t + 1) * n_vocab].to_vec();
+    assert!(tokens.len() > 8, "the prompt must be longer than the window");
+
+    let prompt = model.forward(&tokens).unwrap();
+    model.clear();
+    let mut stepped = Vec::new();
+    for &token in &tokens {
+        stepped.extend(model.forward(&[token]).unwrap());
+    }
+    let (mut worst_prompt, mut worst_hf, mut worst_steps) = (0.0f64, 0.0f64, 0.0f64);
+    for t in 0..tokens.len() {
+        worst_prompt = worst_prompt.max(relative_error(&row(&prompt, t), &row(&exact, t)));
+        worst_hf = worst_hf.max(relative_error(&row(&prompt, t), &row(&transformers, t)));
+        worst_steps = worst_steps.max(relative_error(&row(&stepped, t), &row(&llamacpp, t)));
+    }
+    eprintln!(
+        "gptoss: prompt pass vs exact CPU {worst_prompt:.2e}, vs transformers {worst_hf:.2e}; \
+         decode steps vs llama.cpp-numerics CPU {worst_steps:.2e} (worst position)"
+    );
+    assert!(worst_prompt < 1e-2, "prompt pass vs exact CPU {worst_prompt:.2e}");
+    assert!(worst_hf < 1e-2, "prompt pass vs transformers {worst_hf:.2e}");
+    assert!(worst_steps < 1e-2, "decode steps vs CPU {worst_steps:.2e}");
+    // Greedy choices agree wherever the reference's top two are not within 1e-3.
+    for (ours, reference, what) in [(&prompt, &exact, "prompt"), (&stepped, &llamacpp, "steps")] {
+        for t in 0..tokens.len() {
+            let reference_row = row(reference, t);
+            let mut sorted = reference_row.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            if sorted[0] - sorted[1] > 1e-3 {
+                assert_eq!(
+                    engine::generate::argmax(&row(ours, t)),
+                    engine::generate::argmax(&reference_row),
+                    "{what} position {t}"
+                );
+            }
+        }
     }
 }

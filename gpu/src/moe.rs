@@ -26,12 +26,14 @@
 //! prefill step reads every expert once, however many tokens chose it.
 
 use crate::device::{
-    block_dim, block_idx, block_idx_y, dynamic_shared_address, grid_dim, lane_idx, shared_atomic_add_u32,
-    shared_load_u32, shared_store_u32, sync_threads, thread_idx, warp_idx, warp_sum,
+    WARP_SIZE, block_dim, block_idx, block_idx_y, dynamic_shared_address, exp, global_idx, grid_dim,
+    grid_size, lane_idx, shared_atomic_add_u32, shared_load_u32, shared_store_u32, shuffle_xor, sync_threads,
+    thread_idx, warp_idx, warp_max, warp_sum,
 };
 use crate::matmul::gemm::{GatherCopy, Mxfp4, TILE_M, TILE_N, gemm_phased_tile};
 use crate::matmul::gemv::WARPS_PER_BLOCK;
 use crate::matmul::gemv_mxfp4::mxfp4_row;
+use crate::matmul::quantize::quantize_block;
 
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
@@ -185,5 +187,144 @@ pub unsafe extern "ptx-kernel" fn gemm_mxfp4_experts(
         unsafe { gemm_phased_tile::<_, 2>(x_copy, w, bias, y, (n_in, rows), assignment, tile) };
     } else {
         unsafe { gemm_phased_tile::<_, 4>(x_copy, w, bias, y, (n_in, rows), assignment, tile) };
+    }
+}
+
+// ---- the router and the experts' activation and sum (gpt-oss) -----------------------------------
+
+/// Most experts `moe_top_k` takes: 8 per lane.
+pub const MAX_EXPERTS_TOP_K: usize = 8 * WARP_SIZE;
+
+/// The router's choice for each of `n_tokens` tokens: the k largest of logits [t, n_expert]
+/// (ties, -0.0 and 0.0 included: the lower expert; NaN counts as -infinity), largest first, into ids [t, k], and the
+/// softmax over those k logits only into weights [t, k]. k <= 32 and k <= n_expert <= 256.
+/// Launch: a warp per token (any grid of warps).
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn moe_top_k(
+    logits: *const f32,
+    ids: *mut u32,
+    weights: *mut f32,
+    n_expert: u32,
+    k: u32,
+    n_tokens: u32,
+) {
+    let (n_expert, k, lane) = (n_expert as usize, k as usize, lane_idx());
+    let warps = grid_size() / WARP_SIZE;
+    let mut t = global_idx() / WARP_SIZE;
+    while t < n_tokens as usize {
+        let row = unsafe { logits.add(t * n_expert) };
+        // Lane l holds experts l, l + 32, ...; bit m of `taken`: expert l + 32 m is chosen.
+        let mut taken = 0u32;
+        let (mut mine, mut my_id) = (f32::NEG_INFINITY, 0u32);
+        for j in 0..k {
+            let (mut best, mut id) = (f32::NEG_INFINITY, u32::MAX);
+            let mut m = 0;
+            while lane + 32 * m < n_expert {
+                let e = lane + 32 * m;
+                let x = unsafe { *row.add(e) };
+                let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
+                if taken & (1 << m) == 0 && (id == u32::MAX || x > best) {
+                    (best, id) = (x, e as u32);
+                }
+                m += 1;
+            }
+            // The warp's largest, the lower id on ties (a lane with nothing left offers u32::MAX).
+            let mut mask = 16;
+            while mask > 0 {
+                let other = shuffle_xor(best, mask);
+                let other_id = shuffle_xor(f32::from_bits(id), mask).to_bits();
+                if other_id != u32::MAX
+                    && (id == u32::MAX || other > best || (other == best && other_id < id))
+                {
+                    (best, id) = (other, other_id);
+                }
+                mask /= 2;
+            }
+            if id as usize % 32 == lane {
+                taken |= 1 << (id as usize / 32);
+            }
+            if j == lane {
+                (mine, my_id) = (best, id);
+            }
+        }
+        let top = warp_max(mine);
+        let e = if lane < k { exp(mine - top) } else { 0.0 };
+        let total = warp_sum(e);
+        if lane < k {
+            unsafe {
+                *ids.add(t * k + lane) = my_id;
+                *weights.add(t * k + lane) = e / total;
+            }
+        }
+        t += warps;
+    }
+}
+
+/// gpt-oss's clamped SwiGLU over `slots` rows of gate_up [slots, 2 n] (each row: gate (n), then
+/// up (n), as the stacked expert matrix writes them): with g = min(gate, limit) and
+/// u = clamp(up, -limit, limit), act = g sigmoid(alpha g) (u + 1), into `out` [slots, n] when not
+/// null, and quantized as by `quantize_q8_1` (blocks of 32 over the slots n values) when `q` is
+/// not null. n a multiple of 32. Launch: any grid of warps.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn swiglu_oai_q8_1(
+    gate_up: *const f32,
+    out: *mut f32,
+    q: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    n: u32,
+    slots: u32,
+    alpha: f32,
+    limit: f32,
+) {
+    let n = n as usize;
+    let per_slot = n / 32;
+    let warps = grid_size() / WARP_SIZE;
+    let mut block = global_idx() / WARP_SIZE;
+    while block < slots as usize * per_slot {
+        let (slot, i) = (block / per_slot, (block % per_slot) * 32 + lane_idx());
+        let gate = unsafe { *gate_up.add(2 * n * slot + i) };
+        let up = unsafe { *gate_up.add(2 * n * slot + n + i) };
+        let g = if gate > limit { limit } else { gate };
+        let u = if up > limit {
+            limit
+        } else if up < -limit {
+            -limit
+        } else {
+            up
+        };
+        let v = g / (1.0 + exp(-alpha * g)) * (u + 1.0);
+        if !out.is_null() {
+            unsafe { *out.add(n * slot + i) = v };
+        }
+        if !q.is_null() {
+            unsafe { quantize_block(v, block, q, d, s) };
+        }
+        block += warps;
+    }
+}
+
+/// out[t, i] = sum over j < k of weights[t k + j] y[t k + j, i]: each token's experts' outputs
+/// [n_tokens k, dim] weighted by the router and summed (j in order). Launch: any grid.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn moe_weighted_sum(
+    y: *const f32,
+    weights: *const f32,
+    out: *mut f32,
+    dim: u32,
+    k: u32,
+    n_tokens: u32,
+) {
+    let (dim, k) = (dim as usize, k as usize);
+    let mut g = global_idx();
+    while g < n_tokens as usize * dim {
+        let (t, i) = (g / dim, g % dim);
+        let mut sum = 0.0f32;
+        for j in 0..k {
+            sum += unsafe { *weights.add(t * k + j) * *y.add((t * k + j) * dim + i) };
+        }
+        unsafe { *out.add(g) = sum };
+        g += grid_size();
     }
 }

@@ -38,14 +38,14 @@ fn rotation(
     ext_factor: f32,
     freq_scale: f64,
     magnitude: f32,
-    corr_low: f32,
-    corr_high: f32,
+    corr_low: f64,
+    corr_high: f64,
 ) -> (f32, f32) {
     let theta_extrap = position as f64 * frequency;
     let theta_interp = freq_scale * theta_extrap;
     let theta = if ext_factor != 0.0 {
-        let span = libm::fmax(0.001, (corr_high - corr_low) as f64);
-        let ramp = 1.0 - libm::fmin(1.0, libm::fmax(0.0, (i as f64 - corr_low as f64) / span));
+        let span = libm::fmax(0.001, corr_high - corr_low);
+        let ramp = 1.0 - libm::fmin(1.0, libm::fmax(0.0, (i as f64 - corr_low) / span));
         let mix = ramp * ext_factor as f64;
         theta_interp * (1.0 - mix) + theta_extrap * mix
     } else {
@@ -72,8 +72,8 @@ pub unsafe extern "ptx-kernel" fn rope_f32(
     freq_scale: f64,
     ext_factor: f32,
     magnitude: f32,
-    corr_low: f32,
-    corr_high: f32,
+    corr_low: f64,
+    corr_high: f64,
 ) {
     let half = rope_dim / 2;
     let first_token = block_idx() as u32 * tokens_per_block;

@@ -245,6 +245,136 @@ impl Gpu {
     }
 }
 
+/// Most experts [`Gpu::top_k_experts`] chooses among, and most it chooses.
+pub const MAX_EXPERTS: usize = 256;
+pub const MAX_EXPERTS_USED: usize = 32;
+
+impl Gpu {
+    /// The router's choice for T tokens: of logits [T, n_expert], each token's k largest (ties:
+    /// the lower expert), largest first, into ids [T, k], with the softmax over those k into
+    /// weights [T, k]. k <= 32, k <= n_expert <= 256.
+    pub fn top_k_experts(
+        &self,
+        logits: &impl DevicePtr<f32>,
+        n_expert: usize,
+        k: usize,
+        ids: &mut impl DevicePtrMut<u32>,
+        weights: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        const KERNEL: &str = "moe_top_k";
+        if n_expert == 0 || n_expert > MAX_EXPERTS || k == 0 || k > n_expert || k > MAX_EXPERTS_USED {
+            return Err(shape_error(
+                KERNEL,
+                format!(
+                    "{k} of {n_expert} experts; the kernel takes 1..={MAX_EXPERTS_USED} of at most {MAX_EXPERTS}"
+                ),
+            ));
+        }
+        if !logits.len().is_multiple_of(n_expert) {
+            return Err(shape_error(KERNEL, format!("{} logits are not rows of {n_expert}", logits.len())));
+        }
+        let n_tokens = logits.len() / n_expert;
+        expect_len(KERNEL, "ids", ids.len(), n_tokens * k)?;
+        expect_len(KERNEL, "weights", weights.len(), n_tokens * k)?;
+        if n_tokens == 0 {
+            return Ok(());
+        }
+        let stream = self.stream();
+        let (l, _l) = logits.device_ptr(stream);
+        let (i, _i) = ids.device_ptr_mut(stream);
+        let (w, _w) = weights.device_ptr_mut(stream);
+        let blocks = n_tokens.div_ceil(8).min(4 * self.sm_count()) as u32;
+        let config = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (n_expert, k, n_tokens) = (n_expert as u32, k as u32, to_u32(KERNEL, "tokens", n_tokens)?);
+        self.launch(KERNEL, config, &[&l, &i, &w, &n_expert, &k, &n_tokens])
+    }
+
+    /// gpt-oss's clamped SwiGLU over rows of gate_up [slots, 2 n] (gate (n), then up (n) per
+    /// row): act = g sigmoid(alpha g) (u + 1) with g = min(gate, limit), u = clamp(up, -limit,
+    /// limit), into `out` [slots, n] and/or quantized into `q8` (slots n values). n a multiple of 32.
+    pub fn swiglu_oai(
+        &self,
+        gate_up: &impl DevicePtr<f32>,
+        n: usize,
+        alpha: f32,
+        limit: f32,
+        out: Option<&mut CudaSlice<f32>>,
+        q8: Option<&mut Q8Activations>,
+    ) -> Result<()> {
+        const KERNEL: &str = "swiglu_oai_q8_1";
+        if n == 0 || !n.is_multiple_of(32) || !gate_up.len().is_multiple_of(2 * n) {
+            return Err(shape_error(
+                KERNEL,
+                format!(
+                    "gate_up has {} values: not rows of 2 n with n = {n} a multiple of 32",
+                    gate_up.len()
+                ),
+            ));
+        }
+        let slots = gate_up.len() / (2 * n);
+        if let Some(o) = &out {
+            expect_len(KERNEL, "out", o.len(), slots * n)?;
+        }
+        if let Some(q8) = &q8 {
+            expect_len(KERNEL, "q8", q8.n, slots * n)?;
+        }
+        if slots == 0 || (out.is_none() && q8.is_none()) {
+            return Ok(());
+        }
+        let stream = self.stream();
+        let (g, _g) = gate_up.device_ptr(stream);
+        let out_guard = out.map(|o| o.device_ptr_mut(stream));
+        let out = out_guard.as_ref().map_or(0u64, |(p, _)| *p);
+        let (q8, _q8) = match q8 {
+            Some(q8) => {
+                let (pointers, guards) = q8.pointers_mut(stream);
+                (pointers, Some(guards))
+            }
+            None => ([0; 3], None),
+        };
+        let blocks = (slots * n / 32).div_ceil(8).min(4 * self.sm_count()) as u32;
+        let config = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (n, slots) = (n as u32, to_u32(KERNEL, "slots", slots)?);
+        self.launch(KERNEL, config, &[&g, &out, &q8[0], &q8[1], &q8[2], &n, &slots, &alpha, &limit])
+    }
+
+    /// out [T, dim] = for each token, its k experts' rows of y [T k, dim] weighted by
+    /// weights [T k] and summed.
+    pub fn moe_weighted_sum(
+        &self,
+        y: &impl DevicePtr<f32>,
+        weights: &impl DevicePtr<f32>,
+        k: usize,
+        out: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        const KERNEL: &str = "moe_weighted_sum";
+        let n_tokens = match weights.len().checked_div(k) {
+            Some(n) if n * k == weights.len() => n,
+            _ => {
+                return Err(shape_error(
+                    KERNEL,
+                    format!("{} weights are not T rows of k = {k}", weights.len()),
+                ));
+            }
+        };
+        if n_tokens == 0 || !out.len().is_multiple_of(n_tokens) {
+            return Err(shape_error(KERNEL, format!("out has {} values for {n_tokens} tokens", out.len())));
+        }
+        let dim = out.len() / n_tokens;
+        expect_len(KERNEL, "y", y.len(), n_tokens * k * dim)?;
+        let stream = self.stream();
+        let (y, _y) = y.device_ptr(stream);
+        let (w, _w) = weights.device_ptr(stream);
+        let (o, _o) = out.device_ptr_mut(stream);
+        let (dim, k, n_tokens) = (to_u32(KERNEL, "dim", dim)?, k as u32, to_u32(KERNEL, "tokens", n_tokens)?);
+        self.launch(
+            KERNEL,
+            elementwise_config(n_tokens as usize * dim as usize),
+            &[&y, &w, &o, &dim, &k, &n_tokens],
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

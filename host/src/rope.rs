@@ -26,20 +26,23 @@ pub struct Yarn {
     pub ext_factor: f32,
     /// Extra magnitude scale (1 unless the model says otherwise).
     pub attn_factor: f32,
+    /// Round the ramp's ends out to whole pairs (llama.cpp always; transformers by default);
+    /// gpt-oss's configuration says false.
+    pub truncate: bool,
 }
 
 impl Yarn {
     /// The pair indices where the ramp starts and ends, from the wavelengths that complete
     /// `beta_fast` and `beta_slow` turns over the original context.
-    pub fn correction_range(&self, rope_dim: usize, base: f32) -> (f32, f32) {
+    pub fn correction_range(&self, rope_dim: usize, base: f32) -> (f64, f64) {
         let dim = rope_dim as f64;
         let corr = |turns: f32| {
             dim * (self.original_context as f64 / (turns as f64 * 2.0 * std::f64::consts::PI)).ln()
                 / (2.0 * (base as f64).ln())
         };
-        let low = corr(self.beta_fast).floor().max(0.0);
-        let high = corr(self.beta_slow).ceil().min(dim - 1.0);
-        (low as f32, high as f32)
+        let (low, high) = (corr(self.beta_fast), corr(self.beta_slow));
+        let (low, high) = if self.truncate { (low.floor(), high.ceil()) } else { (low, high) };
+        (low.max(0.0), high.min(dim - 1.0))
     }
 }
 
@@ -126,8 +129,10 @@ pub struct RopeParams {
     pub freq_scale: f64,
     pub ext_factor: f32,
     pub magnitude: f32,
-    pub corr_low: f32,
-    pub corr_high: f32,
+    /// The ramp's ends in f64: without truncation they are fractional, and an f32 end moves
+    /// the angle of a pair in the ramp by ~1e-7 of itself, visible at positions of 100k.
+    pub corr_low: f64,
+    pub corr_high: f64,
 }
 
 /// Checks the shapes of a RoPE launch over x [n_tokens, n_heads, head_dim] and derives the kernel's

@@ -87,6 +87,7 @@ fn rope_shapes_are_checked() {
         beta_slow: 1.0,
         ext_factor: 1.0,
         attn_factor: 1.0,
+        truncate: true,
     };
     assert!(rope_config(&Rope { yarn: Some(yarn), ..llama_rope() }, 1, 1, 128).is_err());
 }
@@ -102,10 +103,13 @@ fn yarn_parameters_follow_the_formulas() {
         beta_slow: 1.0,
         ext_factor: 1.0,
         attn_factor: 1.0,
+        truncate: true,
     };
     assert_eq!(yarn.correction_range(128, 10000.0), (20.0, 46.0));
-    // d = 64, base 150000 (gpt-oss): 8.09 and 17.40.
+    // d = 64, base 150000 (gpt-oss): 8.09 and 17.40, kept as they are without truncation.
     assert_eq!(yarn.correction_range(64, 150000.0), (8.0, 18.0));
+    let (low, high) = Yarn { truncate: false, ..yarn }.correction_range(64, 150000.0);
+    assert!((low - 8.0928).abs() < 1e-3 && (high - 17.3980).abs() < 1e-3, "{low} {high}");
     let (_, params) = rope_config(&Rope { yarn: Some(yarn), ..llama_rope() }, 5, 1, 5 * 128).unwrap();
     assert!((params.magnitude - (1.0 + 0.1 * 32f32.ln())).abs() < 1e-6);
     assert_eq!(params.freq_scale, 1.0 / 32.0);

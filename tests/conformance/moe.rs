@@ -180,3 +180,81 @@ fn expert_products_reject_bad_shapes() {
     assert!(gpu.route_experts(&gpu.upload(&[0u32, 1, 2]).unwrap(), 1, &mut routing).is_err());
     assert!(gpu.route_experts(&ids, 3, &mut routing).is_err());
 }
+
+proptest! {
+    #![proptest_config(config(48))]
+
+    /// The router's top k against engine::cpu::moe::top_k_softmax: the same experts in the same
+    /// order (ties broken towards the lower expert: some rows repeat logits on purpose), weights
+    /// to 1e-6.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn top_k_experts_match_the_cpu(n_tokens in 1usize..=70, n_expert in prop_oneof![1usize..=40, 41usize..=256], k_pick in 1usize..=32, ties: bool, seed: u64) {
+        use engine::cpu::moe::top_k_softmax;
+        let k = k_pick.min(n_expert);
+        let mut logits = random_values(seed, n_tokens * n_expert, 4.0);
+        if ties {
+            // Coarse values: many equal logits in every row (+ 0.0 turns -0.0 into 0.0: the CPU's
+            // total order ranks -0.0 below 0.0, the kernel's comparison does not).
+            logits.iter_mut().for_each(|v| *v = (*v * 2.0).round() + 0.0);
+        }
+        let gpu = gpu();
+        let mut ids = gpu.upload(&vec![u32::MAX; n_tokens * k]).unwrap();
+        let mut weights = poisoned(n_tokens * k);
+        gpu.top_k_experts(&gpu.upload(&logits).unwrap(), n_expert, k, &mut ids, &mut weights).unwrap();
+        let (ids, weights) = (gpu.download(&ids).unwrap(), gpu.download(&weights).unwrap());
+        for t in 0..n_tokens {
+            let expected = top_k_softmax(&logits[t * n_expert..(t + 1) * n_expert], k);
+            let expected_ids: Vec<u32> = expected.iter().map(|&(e, _)| e as u32).collect();
+            prop_assert_eq!(&ids[t * k..(t + 1) * k], &expected_ids[..], "token {}", t);
+            for (j, &(_, w)) in expected.iter().enumerate() {
+                prop_assert!((weights[t * k + j] as f64 - w).abs() <= 1e-6, "token {} slot {}: {} vs {}", t, j, weights[t * k + j], w);
+            }
+        }
+    }
+
+    /// gpt-oss's clamped SwiGLU over rows [gate; up] against engine::cpu::activation::swiglu_oai
+    /// (f64), values spread past the clamp limit; the 8-bit copy against quantize_q8 of the
+    /// kernel's own f32 output, bit for bit.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn swiglu_oai_matches_the_cpu(slots in 1usize..=6, blocks in 1usize..=100, seed: u64) {
+        use engine::cpu::activation::swiglu_oai;
+        let n = 32 * blocks;
+        let gate_up = random_values(seed, slots * 2 * n, 12.0);
+        let expected: Vec<f32> = (0..slots)
+            .flat_map(|s| {
+                let row = &gate_up[s * 2 * n..(s + 1) * 2 * n];
+                (0..n).map(move |i| swiglu_oai(row[i], row[n + i], 1.702, 7.0))
+            })
+            .collect();
+        let gpu = gpu();
+        let input = gpu.upload(&gate_up).unwrap();
+        let mut out = poisoned(slots * n);
+        let mut q8 = gpu.q8_activations(slots * n).unwrap();
+        gpu.swiglu_oai(&input, n, 1.702, 7.0, Some(&mut out), Some(&mut q8)).unwrap();
+        let out = gpu.download(&out).unwrap();
+        assert_close(&format!("swiglu_oai {slots}x{n}"), &out, &expected, 1e-6);
+        let mut separate = gpu.q8_activations(slots * n).unwrap();
+        gpu.quantize_q8(&gpu.upload(&out).unwrap(), &mut separate).unwrap();
+        prop_assert_eq!(q8.download(gpu).unwrap(), separate.download(gpu).unwrap());
+    }
+
+    /// The weighted sum of each token's expert outputs against an f64 sum.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn moe_weighted_sum_matches_the_cpu(n_tokens in 1usize..=20, k in 1usize..=8, dim in 1usize..=3000, seed: u64) {
+        let y = random_values(seed, n_tokens * k * dim, 3.0);
+        let weights = random_values(seed ^ 3, n_tokens * k, 1.0);
+        let expected: Vec<f32> = (0..n_tokens * dim)
+            .map(|g| {
+                let (t, i) = (g / dim, g % dim);
+                (0..k).map(|j| weights[t * k + j] as f64 * y[(t * k + j) * dim + i] as f64).sum::<f64>() as f32
+            })
+            .collect();
+        let gpu = gpu();
+        let mut out = poisoned(n_tokens * dim);
+        gpu.moe_weighted_sum(&gpu.upload(&y).unwrap(), &gpu.upload(&weights).unwrap(), k, &mut out).unwrap();
+        assert_close(&format!("moe_weighted_sum {n_tokens}x{k}x{dim}"), &gpu.download(&out).unwrap(), &expected, 1e-6);
+    }
+}

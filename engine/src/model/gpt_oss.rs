@@ -21,14 +21,15 @@ use super::llama::add;
 use super::weights::{load, load_experts, load_matrix};
 use super::{ConfigError, ModelConfig, ModelError, Numerics};
 use crate::cpu::attention::{AttentionOptions, causal_attention_with};
+use crate::cpu::moe::top_k_softmax;
 use crate::cpu::quantized::{Matrix, matmul};
 use crate::cpu::rope::{self, RopeConfig};
 use crate::cpu::{activation, norm};
 use crate::gguf::GgufFile;
 
 /// gpt-oss's clamped SwiGLU constants (fixed in the model, not in the GGUF).
-const SWIGLU_ALPHA: f32 = 1.702;
-const SWIGLU_LIMIT: f32 = 7.0;
+pub const SWIGLU_ALPHA: f32 = 1.702;
+pub const SWIGLU_LIMIT: f32 = 7.0;
 
 /// What the forward pass needs, taken from the GGUF configuration and checked once.
 #[derive(Clone, Debug)]
@@ -257,30 +258,5 @@ impl GptOss {
         for (o, s) in out.iter_mut().zip(sum) {
             *o = s as f32;
         }
-    }
-}
-
-/// The `k` largest logits' indices, each with the softmax of the chosen logits (ties: lower index).
-fn top_k_softmax(logits: &[f32], k: usize) -> Vec<(usize, f64)> {
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    order.truncate(k);
-    let max = logits[order[0]] as f64;
-    let exps: Vec<f64> = order.iter().map(|&e| (logits[e] as f64 - max).exp()).collect();
-    let total: f64 = exps.iter().sum();
-    order.into_iter().zip(exps).map(|(e, x)| (e, x / total)).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_k_picks_the_largest_and_normalises_over_them_only() {
-        let chosen = top_k_softmax(&[0.5, 3.0, -1.0, 3.0 - 2f32.ln()], 2);
-        assert_eq!(chosen.iter().map(|&(e, _)| e).collect::<Vec<_>>(), [1, 3]);
-        // exp(3) : exp(3 - ln 2) = 2 : 1.
-        assert!((chosen[0].1 - 2.0 / 3.0).abs() < 1e-7 && (chosen[1].1 - 1.0 / 3.0).abs() < 1e-7);
-        assert_eq!(top_k_softmax(&[1.0, 1.0, 1.0], 1), [(0, 1.0)]);
     }
 }
