@@ -55,6 +55,7 @@ pub const KERNELS: &[&str] = &[
     "softmax_f32",
     "rope_f32",
     "gemv_f32",
+    "gemv_f32_split",
     "gemv_f16",
     "gemv_bf16",
     "gemv_q8_0",

@@ -362,6 +362,13 @@ impl Gpu {
         };
         let (n_in, n_out) = (w.n_in as u32, w.n_out as u32);
         match &w.storage {
+            // Few rows (a router): a block per row instead of a warp.
+            Storage::F32(m) if (1..=2 * self.sm_count()).contains(&w.n_out) && w.n_in.is_multiple_of(4) => {
+                let (m, _m) = m.device_ptr(stream);
+                let config =
+                    LaunchConfig { grid_dim: (n_out, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                self.launch("gemv_f32_split", config, &[&m, &bias, &x, &y, &n_in])
+            }
             Storage::F32(m) => {
                 let (m, _m) = m.device_ptr(stream);
                 self.launch("gemv_f32", config, &[&m, &bias, &x, &y, &n_in, &n_out])

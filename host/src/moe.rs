@@ -367,11 +367,15 @@ impl Gpu {
         let (w, _w) = weights.device_ptr(stream);
         let (o, _o) = out.device_ptr_mut(stream);
         let (dim, k, n_tokens) = (to_u32(KERNEL, "dim", dim)?, k as u32, to_u32(KERNEL, "tokens", n_tokens)?);
-        self.launch(
-            KERNEL,
-            elementwise_config(n_tokens as usize * dim as usize),
-            &[&y, &w, &o, &dim, &k, &n_tokens],
-        )
+        // A thread per output: each sums k products, so a grid-stride loop would only lengthen
+        // the chain (at batch 1 there are a few thousand outputs).
+        let n = n_tokens as usize * dim as usize;
+        let config = LaunchConfig {
+            grid_dim: (to_u32(KERNEL, "blocks", n.div_ceil(256))?, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(KERNEL, config, &[&y, &w, &o, &dim, &k, &n_tokens])
     }
 }
 

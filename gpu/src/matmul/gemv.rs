@@ -18,9 +18,9 @@
 //! Cost: the weight bytes once, x once per block from L2, 4 * n_out bytes written: memory-bound.
 
 use crate::device::{
-    WARP_SIZE, bf16_to_f32, block_dim, block_idx, dependent_launch_wait, dp4a_signed, dp4a_unsigned_signed,
-    dynamic_shared, f16_to_f32, grid_dim, lane_idx, load_f32x4, load_u16x8, prefetch_l2, sync_threads,
-    thread_idx, warp_idx, warp_sum,
+    WARP_SIZE, bf16_to_f32, block_dim, block_idx, block_sum, dependent_launch_wait, dp4a_signed,
+    dp4a_unsigned_signed, dynamic_shared, f16_to_f32, grid_dim, lane_idx, load_f32x4, load_u16x8,
+    prefetch_l2, sync_threads, thread_idx, warp_idx, warp_sum,
 };
 
 pub const WARPS_PER_BLOCK: usize = 8;
@@ -272,6 +272,34 @@ pub unsafe extern "ptx-kernel" fn gemv_f32(
             )
         })
     };
+}
+
+/// y[r] = W[r] . x (+ bias[r]) with a whole block per row, for f32 matrices of few rows (a MoE
+/// router: 32 rows of 2880), where a warp per row leaves the GPU nearly idle and makes each row
+/// a long chain of dependent loads. n_in a multiple of 4. Launch: one block per row, a multiple
+/// of 32 threads.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn gemv_f32_split(
+    w: *const f32,
+    bias: *const f32,
+    x: *const f32,
+    y: *mut f32,
+    n_in: u32,
+) {
+    let (n_in, row) = (n_in as usize, block_idx());
+    let w = unsafe { w.add(row * n_in) };
+    let mut acc = 0.0f32;
+    let mut c = thread_idx();
+    while c < n_in / 4 {
+        let ([a, b, cc, d], [p, q, r, s]) = unsafe { (load_f32x4(w.add(4 * c)), load_f32x4(x.add(4 * c))) };
+        acc += a * p + b * q + cc * r + d * s;
+        c += block_dim();
+    }
+    let total = block_sum(acc);
+    if thread_idx() == 0 {
+        let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(row) } };
+        unsafe { *y.add(row) = total + b };
+    }
 }
 
 #[inline(always)]
