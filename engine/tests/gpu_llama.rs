@@ -80,17 +80,21 @@ fn check_file(name: &str, gguf: &str, integer: bool, against_transformers: bool)
     if against_transformers {
         assert!(worst_hf < 1e-2, "{gguf}: GPU vs transformers {worst_hf:.2e}");
     }
-    // Greedy choices agree wherever the reference's top two are not within 1e-3.
-    for t in 0..tokens.len() {
-        let (row, reference_row) =
-            (&logits[t * n_vocab..(t + 1) * n_vocab], &reference[t * n_vocab..(t + 1) * n_vocab]);
+    assert_same_greedy(&logits, &reference, n_vocab, name);
+}
+
+/// Greedy choices agree at every position where the reference's top two are not within 1e-3.
+fn assert_same_greedy(logits: &[f32], reference: &[f32], n_vocab: usize, what: &str) {
+    for (t, (row, reference_row)) in
+        logits.chunks_exact(n_vocab).zip(reference.chunks_exact(n_vocab)).enumerate()
+    {
         let mut sorted = reference_row.to_vec();
         sorted.sort_by(|a, b| b.total_cmp(a));
         if sorted[0] - sorted[1] > 1e-3 {
             assert_eq!(
                 engine::generate::argmax(row),
                 engine::generate::argmax(reference_row),
-                "{name} position {t}"
+                "{what} position {t}"
             );
         }
     }
@@ -211,19 +215,6 @@ fn gpt_oss_on_the_gpu_matches_the_cpu() {
     assert!(worst_prompt < 1e-2, "prompt pass vs exact CPU {worst_prompt:.2e}");
     assert!(worst_hf < 1e-2, "prompt pass vs transformers {worst_hf:.2e}");
     assert!(worst_steps < 1e-2, "decode steps vs CPU {worst_steps:.2e}");
-    // Greedy choices agree wherever the reference's top two are not within 1e-3.
-    for (ours, reference, what) in [(&prompt, &exact, "prompt"), (&stepped, &llamacpp, "steps")] {
-        for t in 0..tokens.len() {
-            let reference_row = row(reference, t);
-            let mut sorted = reference_row.clone();
-            sorted.sort_by(|a, b| b.total_cmp(a));
-            if sorted[0] - sorted[1] > 1e-3 {
-                assert_eq!(
-                    engine::generate::argmax(&row(ours, t)),
-                    engine::generate::argmax(&reference_row),
-                    "{what} position {t}"
-                );
-            }
-        }
-    }
+    assert_same_greedy(&prompt, &exact, n_vocab, "gptoss prompt pass");
+    assert_same_greedy(&stepped, &llamacpp, n_vocab, "gptoss decode steps");
 }

@@ -103,6 +103,33 @@ pub unsafe extern "ptx-kernel" fn embedding_blocks(
     }
 }
 
+/// out[b] = row ids[b] of an MXFP4 table in the GEMV's layout (per block of 32: 16 bytes, value
+/// 2k in the low nibble of byte k and 2k + 1 in the high one; one E8M0 exponent byte per block):
+/// the GPU's MXFP4 dequantizer, with the arithmetic of the GEMM's (`mxfp4_values`).
+/// Launch: a block of 256 threads per token.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn embedding_mxfp4(
+    quants: *const u8,
+    exponents: *const u8,
+    ids: *const u32,
+    out: *mut f32,
+    dim: u32,
+) {
+    use crate::matmul::dequant::{e2m1_doubled, e8m0_half};
+    let token = crate::device::block_idx();
+    let (dim, row) = (dim as usize, unsafe { *ids.add(token) } as usize);
+    let out = unsafe { out.add(token * dim) };
+    let mut i = crate::device::thread_idx();
+    while i < dim {
+        let (b, v) = (row * (dim / 32) + i / 32, i % 32);
+        let byte = unsafe { *quants.add(16 * b + v / 2) } as u32;
+        let nibble = if v % 2 == 0 { byte & 0xF } else { byte >> 4 };
+        let scale = e8m0_half(unsafe { *exponents.add(b) } as u32);
+        unsafe { *out.add(i) = e2m1_doubled(nibble) * scale };
+        i += crate::device::block_dim();
+    }
+}
+
 /// out[b] = row ids[b] of a Q4_K table (see matmul/kquant.rs); dim a multiple of 256.
 /// Launch: a block of 256 threads per token.
 #[unsafe(no_mangle)]

@@ -100,6 +100,7 @@ pub const KERNELS: &[&str] = &[
     "attention_decode_hd128_h8",
     "attention_decode_combine",
     "embedding_blocks",
+    "embedding_mxfp4",
     "embedding_q4_k",
     "embedding_q6_k",
     "convert_f32_to_f16",

@@ -655,7 +655,20 @@ impl Gpu {
                     }
                 }
             }
-            Storage::Mxfp4 { .. } => Err(shape_error(KERNEL, "MXFP4 embedding tables are not supported")),
+            Storage::Mxfp4 { quants, exponents } => {
+                let stream = self.stream();
+                let (q, _q) = quants.device_ptr(stream);
+                let (e, _e) = exponents.device_ptr(stream);
+                let (i, _i) = ids.device_ptr(stream);
+                let (o, _o) = out.device_ptr_mut(stream);
+                let config = LaunchConfig {
+                    grid_dim: (to_u32(KERNEL, "ids", tokens)?, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let dim = w.n_in as u32;
+                self.launch("embedding_mxfp4", config, &[&q, &e, &i, &o, &dim])
+            }
         }
     }
 }

@@ -162,7 +162,7 @@ proptest! {
     /// Embedding rows of every block format against the CPU dequantizer (checked against gguf-py).
     #[test]
     #[ignore = "needs an NVIDIA GPU"]
-    fn embedding_rows_of_block_formats_match_the_dequantizer(format in prop::sample::select(vec![WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q4K, WeightFormat::Q6K]), blocks in 1usize..=12, rows in 1usize..=50, seed: u64) {
+    fn embedding_rows_of_block_formats_match_the_dequantizer(format in prop::sample::select(vec![WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q4K, WeightFormat::Q6K, WeightFormat::Mxfp4]), blocks in 1usize..=12, rows in 1usize..=50, seed: u64) {
         let (block, _) = format.block();
         let dim = block * blocks;
         let bytes = random_matrix(format, dim, rows, seed);
