@@ -671,8 +671,9 @@ mod tests {
         let rms = (w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / n as f64).sqrt();
         assert!(w.iter().all(|v| v.is_finite()) && (0.01..0.05).contains(&rms), "rms {rms}");
         for (name, dims, ty) in [
-            ("blk.0.attn_q.weight", vec![64u64, 64], GgmlType::Q8_0),
-            ("blk.0.attn_k.weight", vec![64, 32], GgmlType::Q8_0),
+            // 4 query heads and 2 KV heads of 64.
+            ("blk.0.attn_q.weight", vec![64u64, 256], GgmlType::Q8_0),
+            ("blk.0.attn_k.weight", vec![64, 128], GgmlType::Q8_0),
             ("blk.0.attn_sinks.weight", vec![4], GgmlType::F32),
             ("blk.0.ffn_gate_inp.weight", vec![64, 4], GgmlType::F32),
             ("blk.0.ffn_down_exps.bias", vec![64, 4], GgmlType::F32),
@@ -682,7 +683,7 @@ mod tests {
             assert_eq!((&info.dims, info.ty), (&dims, ty), "{name}");
         }
         let config = crate::model::ModelConfig::from_gguf(&file).unwrap();
-        assert_eq!((config.n_embd, config.n_layer, config.head_dim, config.n_vocab), (64, 2, 16, 1088));
+        assert_eq!((config.n_embd, config.n_layer, config.head_dim, config.n_vocab), (64, 2, 64, 1088));
         let moe = config.moe.expect("gpt-oss has experts");
         assert_eq!((moe.n_expert, moe.n_expert_used, moe.n_ff_expert), (4, 2, 64));
         assert_eq!(config.sliding_window, Some(8));
