@@ -184,6 +184,7 @@ mod builtins {
     use crate::error::ErrorKind;
     use crate::format_utils::{format_filter, format_printf_with, FormatConversion, FormatStyle};
     use crate::utils::{safe_sort, splitn_whitespace};
+    use crate::value::limits::{sequence_too_long, string_too_long, MAX_SEQ_LEN, MAX_STRING_LEN};
     use crate::value::merge_object::{MergeDict, MergeSeq};
     use crate::value::ops::{self, as_f64, LenIterWrap};
     use crate::value::{
@@ -276,12 +277,30 @@ mod builtins {
         let safety_aware = !matches!(state.auto_escape(), AutoEscape::None)
             && (value.is_safe() || from.is_safe() || to.is_safe());
 
+        // Patched: refuse a result longer than MAX_STRING_LEN before making it.
+        fn check(value: &str, from: &str, to: &str) -> Result<(), Error> {
+            let n = if from.is_empty() {
+                value.chars().count() + 1
+            } else {
+                value.matches(from).count()
+            };
+            match n
+                .checked_mul(to.len())
+                .and_then(|n| n.checked_add(value.len()))
+            {
+                Some(len) if len <= MAX_STRING_LEN => Ok(()),
+                _ => Err(string_too_long("replace")),
+            }
+        }
+
         if safety_aware {
-            let output = value
-                .format(state)?
-                .replace(from.as_str(), &to.format(state)?);
+            let value = value.format(state)?;
+            let to = to.format(state)?;
+            check(&value, from.as_str(), &to)?;
+            let output = value.replace(from.as_str(), &to);
             Ok(Value::from_safe_string(output))
         } else {
+            check(value.as_str(), from.as_str(), to.as_str())?;
             Ok(Value::from(
                 value.as_str().replace(from.as_str(), to.as_str()),
             ))
@@ -467,7 +486,8 @@ mod builtins {
         value: &Value,
         joiner: Option<StringInput<'_>>,
     ) -> Result<Value, Error> {
-        fn join_plain(iter: impl Iterator<Item = Value>, joiner: &str) -> String {
+        // Patched: both stop at MAX_STRING_LEN bytes (`value::limits`).
+        fn join_plain(iter: impl Iterator<Item = Value>, joiner: &str) -> Result<String, Error> {
             let mut output = String::new();
             for (idx, item) in iter.enumerate() {
                 if idx > 0 {
@@ -478,8 +498,11 @@ mod builtins {
                 } else {
                     write!(output, "{item}").ok();
                 }
+                if output.len() > MAX_STRING_LEN {
+                    return Err(string_too_long("join"));
+                }
             }
-            output
+            Ok(output)
         }
 
         fn join_safe(
@@ -497,6 +520,9 @@ mod builtins {
                 } else {
                     output.push_str(&ok!(state.format(item)));
                 }
+                if output.len() > MAX_STRING_LEN {
+                    return Err(string_too_long("join"));
+                }
             }
             Ok(output)
         }
@@ -511,7 +537,7 @@ mod builtins {
         }));
 
         if matches!(state.auto_escape(), AutoEscape::None) {
-            return Ok(Value::from(join_plain(iter, joiner_str)));
+            return Ok(Value::from(ok!(join_plain(iter, joiner_str))));
         }
 
         if joiner.as_ref().is_some_and(StringInput::is_safe) {
@@ -534,7 +560,7 @@ mod builtins {
                 &joiner
             ))))
         } else {
-            Ok(Value::from(join_plain(items.into_iter(), joiner_str)))
+            Ok(Value::from(ok!(join_plain(items.into_iter(), joiner_str))))
         }
     }
 
@@ -1023,6 +1049,10 @@ mod builtins {
         if count == 0 {
             return Err(Error::new(ErrorKind::InvalidOperation, "count cannot be 0"));
         }
+        // Patched: at most MAX_SEQ_LEN slices.
+        if count > MAX_SEQ_LEN {
+            return Err(sequence_too_long("slice"));
+        }
         let items = ok!(state.undefined_behavior().try_iter(value)).collect::<Vec<_>>();
         let len = items.len();
         let items_per_slice = len / count;
@@ -1079,6 +1109,10 @@ mod builtins {
     ) -> Result<Value, Error> {
         if count == 0 {
             return Err(Error::new(ErrorKind::InvalidOperation, "count cannot be 0"));
+        }
+        // Patched: batches of at most MAX_SEQ_LEN items (each was allocated at its full size).
+        if count > MAX_SEQ_LEN {
+            return Err(sequence_too_long("batch"));
         }
         let mut rv = Vec::with_capacity(value.len().unwrap_or(0) / count);
         let mut tmp = Vec::with_capacity(count);

@@ -1,6 +1,7 @@
 use std::fmt::{Display, LowerExp};
 use std::num::FpCategory;
 
+use crate::value::limits::{string_too_long, MAX_FORMAT_NUMBER, MAX_STRING_LEN};
 use crate::value::ValueKind;
 use crate::{Error, ErrorKind, Value};
 
@@ -950,6 +951,16 @@ fn parse_number(cursor: &mut Cursor) -> Result<Option<usize>, Error> {
             )
             .with_source(e)
         }));
+        // Patched: widths and precisions past this made strings of any size.
+        if num > MAX_FORMAT_NUMBER {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "a number in the format string at offset {} is over {MAX_FORMAT_NUMBER}",
+                    cursor.position()
+                ),
+            ));
+        }
         Ok(Some(num))
     }
 }
@@ -1166,6 +1177,10 @@ mod printf_style {
         }
 
         while let Some(token) = ok!(input.next_token()) {
+            // Patched: stop at MAX_STRING_LEN bytes.
+            if result.len() > MAX_STRING_LEN {
+                return Err(string_too_long("format"));
+            }
             match token {
                 Token::Literal(lit) => result.push_str(lit),
                 Token::Replace(ReplacementField {
@@ -1545,6 +1560,10 @@ mod str_format_style {
         let mut manual_numbering = false;
 
         while let Some(token) = ok!(input.next_token()) {
+            // Patched: stop at MAX_STRING_LEN bytes.
+            if result.len() > MAX_STRING_LEN {
+                return Err(string_too_long("format"));
+            }
             match token {
                 Token::Literal(lit) => result.push_str(lit),
                 Token::Replace(ReplacementField {

@@ -549,9 +549,58 @@ where
     }
     #[cfg(not(feature = "internal_safe_search"))]
     {
-        seq.sort_by(f);
+        merge_sort_by(seq, f);
     }
     Ok(())
+}
+
+/// Patched: a stable merge sort, which cannot panic when the comparison is not a total order
+/// (std's `sort_by` may, and a comparison cut short by `value::limits` is not one).  It sorts
+/// indices, then moves the items into place along the cycles of the permutation.
+#[cfg(not(feature = "internal_safe_search"))]
+fn merge_sort_by<T, F: FnMut(&T, &T) -> Ordering>(seq: &mut [T], mut f: F) {
+    let n = seq.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut merged = vec![0; n];
+    let mut width = 1;
+    while width < n {
+        let mut start = 0;
+        while start < n {
+            let mid = (start + width).min(n);
+            let end = (start + 2 * width).min(n);
+            let (mut i, mut j, mut k) = (start, mid, start);
+            while i < mid && j < end {
+                if f(&seq[order[j]], &seq[order[i]]) == Ordering::Less {
+                    merged[k] = order[j];
+                    j += 1;
+                } else {
+                    merged[k] = order[i];
+                    i += 1;
+                }
+                k += 1;
+            }
+            merged[k..k + mid - i].copy_from_slice(&order[i..mid]);
+            k += mid - i;
+            merged[k..end].copy_from_slice(&order[j..end]);
+            start = end;
+        }
+        std::mem::swap(&mut order, &mut merged);
+        width *= 2;
+    }
+    // seq[p] must become the item at order[p].
+    let mut done = vec![false; n];
+    for p in 0..n {
+        let mut cur = p;
+        while !done[cur] {
+            done[cur] = true;
+            let next = order[cur];
+            if next == p {
+                break;
+            }
+            seq.swap(cur, next);
+            cur = next;
+        }
+    }
 }
 
 #[cfg(test)]

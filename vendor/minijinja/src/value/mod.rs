@@ -227,6 +227,7 @@ mod type_erase;
 mod argtypes;
 #[cfg(feature = "deserialization")]
 mod deserialize;
+pub(crate) mod limits;
 pub(crate) mod merge_object;
 pub(crate) mod namespace_object;
 mod object;
@@ -498,7 +499,7 @@ impl fmt::Debug for ValueRepr {
                 }
                 write!(f, "'")
             }
-            ValueRepr::Object(ref val) => val.render(f),
+            ValueRepr::Object(ref val) => limits::render_object(val, f),
         }
     }
 }
@@ -548,6 +549,9 @@ impl PartialEq for Value {
                     if let (Some(a), Some(b)) = (self.as_object(), other.as_object()) {
                         if a.is_same_object(b) {
                             return true;
+                        } else if !limits::visit() {
+                            // Patched: the comparison went past its limit.
+                            return false;
                         } else if a.is_same_object_type(b) {
                             if let Some(rv) = a.custom_cmp(b) {
                                 return rv == Ordering::Equal;
@@ -740,7 +744,8 @@ impl Ord for Value {
                     let a = self.as_object().unwrap();
                     let b = other.as_object().unwrap();
 
-                    if a.is_same_object(b) {
+                    if a.is_same_object(b) || !limits::visit() {
+                        // Patched: or the comparison went past its limit.
                         Ordering::Equal
                     } else {
                         // if there is a custom comparison, run it.

@@ -888,7 +888,7 @@ impl Hash for DynObject {
 
 impl fmt::Display for DynObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.render(f)
+        crate::value::limits::render_object(self, f)
     }
 }
 

@@ -1,9 +1,13 @@
 use crate::error::{Error, ErrorKind};
+use crate::value::limits::{
+    sequence_too_long, string_too_long, CappedString, MAX_SEQ_LEN, MAX_STRING_LEN,
+};
 use crate::value::merge_object::MergeSeq;
 use crate::value::{DynObject, ObjectRepr, Value, ValueKind, ValueRepr};
 
 const MIN_I128_AS_POS_U128: u128 = 170141183460469231731687303715884105728;
-const MAX_REPEATED_STRING_LEN: usize = 100_000_000;
+// Patched: was 100_000_000 (PATCHES.md).
+const MAX_REPEATED_STRING_LEN: usize = MAX_STRING_LEN;
 
 /// Iterator wrapper that provides exact size hints for iterators with known length.
 pub(crate) struct LenIterWrap<I: Send + Sync>(pub(crate) usize, pub(crate) I);
@@ -311,7 +315,12 @@ pub fn add(lhs: &Value, rhs: &Value) -> Result<Value, Error> {
             .ok_or_else(|| failed_op("+", lhs, rhs))
             .map(int_as_value),
         Some(CoerceResult::F64(a, b)) => Ok((a + b).into()),
-        Some(CoerceResult::Str(a, b)) => Ok(Value::from([a, b].concat())),
+        Some(CoerceResult::Str(a, b)) => {
+            if a.len() + b.len() > MAX_STRING_LEN {
+                return Err(string_too_long("+"));
+            }
+            Ok(Value::from([a, b].concat()))
+        }
         _ => Err(impossible_op("+", lhs, rhs)),
     }
 }
@@ -332,10 +341,7 @@ pub fn mul(lhs: &Value, rhs: &Value) -> Result<Value, Error> {
             )
         }));
         if !matches!(s.len().checked_mul(n), Some(len) if len <= MAX_REPEATED_STRING_LEN) {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                "repeated string is too large",
-            ));
+            return Err(string_too_long("*"));
         }
         return Ok(Value::from(s.repeat(n)));
     } else if let Some((seq, n)) = lhs
@@ -372,6 +378,12 @@ fn repeat_iterable(n: &Value, seq: &DynObject) -> Result<Value, Error> {
         )
     }));
 
+    // Patched: at most MAX_SEQ_LEN items (`len * n` overflowed before).
+    let total = ok!(len
+        .checked_mul(n)
+        .filter(|&total| total <= MAX_SEQ_LEN)
+        .ok_or_else(|| sequence_too_long("*")));
+
     // This is not optimal.  We only query the enumerator for the length once
     // but we support repeated iteration.  We could both lie about our length
     // here and we could actually deal with an object that changes how much
@@ -379,7 +391,7 @@ fn repeat_iterable(n: &Value, seq: &DynObject) -> Result<Value, Error> {
     // improve on this here.
     Ok(Value::make_object_iterable(seq.clone(), move |seq| {
         Box::new(LenIterWrap(
-            len * n,
+            total,
             (0..n).flat_map(move |_| {
                 seq.try_iter().unwrap_or_else(|| {
                     Box::new(
@@ -460,8 +472,20 @@ pub fn neg(val: &Value) -> Result<Value, Error> {
 }
 
 /// Attempts a string concatenation.
-pub fn string_concat(left: Value, right: &Value) -> Value {
-    Value::from(format!("{left}{right}"))
+///
+/// Patched: the result is written into a buffer that stops at `MAX_STRING_LEN` bytes (the
+/// text of either side may be the print of a large value), and an error says so.
+pub fn string_concat(left: Value, right: &Value) -> Result<Value, Error> {
+    use std::fmt::Write;
+    let mut rv = CappedString::new(MAX_STRING_LEN);
+    match write!(rv, "{left}{right}") {
+        Ok(()) => Ok(Value::from(rv.buf)),
+        Err(_) if rv.full => Err(string_too_long("~")),
+        Err(_) => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "a value could not be printed for ~",
+        )),
+    }
 }
 
 /// Implements a containment operation on values.
@@ -511,13 +535,13 @@ mod tests {
         let err = mul(&Value::from("ab"), &Value::from(50_000_001usize)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "invalid operation: repeated string is too large"
+            "invalid operation: the result of * would be longer than 16777216 bytes"
         );
 
         let err = mul(&Value::from("ab"), &Value::from(usize::MAX)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "invalid operation: repeated string is too large"
+            "invalid operation: the result of * would be longer than 16777216 bytes"
         );
     }
 
@@ -708,11 +732,11 @@ mod tests {
     #[test]
     fn test_concat() {
         assert_eq!(
-            string_concat(Value::from("foo"), &Value::from(42)),
+            string_concat(Value::from("foo"), &Value::from(42)).unwrap(),
             Value::from("foo42")
         );
         assert_eq!(
-            string_concat(Value::from(23), &Value::from(42)),
+            string_concat(Value::from(23), &Value::from(42)).unwrap(),
             Value::from("2342")
         );
     }

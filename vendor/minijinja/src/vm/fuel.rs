@@ -37,6 +37,19 @@ impl FuelTracker {
         Ok(())
     }
 
+    /// Patched (`PATCHES.md`): charges for `bytes` of strings, lists or text an instruction
+    /// made, one unit per `BYTES_PER_FUEL`.  If it runs out of fuel an error is returned.
+    pub fn track_bytes(&self, bytes: usize) -> Result<(), Error> {
+        let fuel_to_consume = (bytes / crate::value::limits::BYTES_PER_FUEL) as isize;
+        if fuel_to_consume != 0 {
+            let old_fuel = self.remaining.fetch_sub(fuel_to_consume, Ordering::Relaxed);
+            if old_fuel.saturating_sub(fuel_to_consume) <= 0 {
+                return Err(Error::from(ErrorKind::OutOfFuel));
+            }
+        }
+        Ok(())
+    }
+
     /// Returns the remaining fuel.
     pub fn remaining(&self) -> u64 {
         self.remaining.load(Ordering::Relaxed) as _

@@ -104,6 +104,9 @@ impl<'env> Vm<'env> {
         out: &mut Output,
         auto_escape: AutoEscape,
     ) -> Result<(Option<Value>, State<'template, 'env>), Error> {
+        // Patched: forget a limit that a print outside of any template went past.
+        let _ = crate::value::limits::take_error();
+        let _ = crate::value::limits::take_work();
         let mut state = State::new(
             Context::new_with_frame(self.env, ok!(Frame::new_checked(root))),
             auto_escape,
@@ -319,6 +322,8 @@ impl<'env> Vm<'env> {
             if let Some(ref tracker) = state.fuel_tracker {
                 ctx_ok!(tracker.track(instr));
             }
+            // Patched: bytes of text this instruction writes (charged below).
+            let mut written = 0;
 
             match instr {
                 Instruction::Swap => {
@@ -331,9 +336,11 @@ impl<'env> Vm<'env> {
                     // this only produces a format error, no need to attach
                     // location information.
                     ok!(out.write_str(val).map_err(Error::from));
+                    written = val.len();
                 }
                 Instruction::Emit => {
                     let value = stack.pop();
+                    written = value.as_str().map_or(0, str::len);
                     if self.env.is_default_formatter() {
                         if strict_undefined
                             && matches!(value.0, ValueRepr::Undefined(UndefinedType::Default))
@@ -468,7 +475,7 @@ impl<'env> Vm<'env> {
                     b = stack.pop();
                     ctx_ok!(undefined_behavior.assert_value_not_undefined(&b));
                     ctx_ok!(undefined_behavior.assert_value_not_undefined(&a));
-                    stack.push(ops::string_concat(b, &a));
+                    stack.push(ctx_ok!(ops::string_concat(b, &a)));
                 }
                 Instruction::In => {
                     a = stack.pop();
@@ -797,6 +804,28 @@ impl<'env> Vm<'env> {
                     );
                 }
             }
+
+            // Patched: an instruction whose print of a value went past a limit fails here
+            // (printing itself cannot fail, see `value::limits`), and the strings and lists it
+            // made, the text it wrote and the text of the values it printed cost fuel by size.
+            ctx_ok!(crate::value::limits::take_error());
+            let work = crate::value::limits::take_work();
+            #[cfg(feature = "fuel")]
+            if let Some(ref tracker) = state.fuel_tracker {
+                let made = match instr {
+                    Instruction::StringConcat
+                    | Instruction::Add
+                    | Instruction::Mul
+                    | Instruction::ApplyFilter(..)
+                    | Instruction::CallFunction(..)
+                    | Instruction::CallMethod(..)
+                    | Instruction::CallObject(..) => crate::value::limits::size_of(stack.peek()),
+                    _ => 0,
+                };
+                ctx_ok!(tracker.track_bytes(made.saturating_add(written).saturating_add(work)));
+            }
+            #[cfg(not(feature = "fuel"))]
+            let _ = (written, work);
             pc += 1;
         }
 
