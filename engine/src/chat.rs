@@ -440,6 +440,24 @@ mod tests {
         assert_eq!(render(compare, &[], "", "", false).unwrap(), "False True False 3 2 1");
     }
 
+    /// Finding 5 of the chat_template fuzz target (the 16-core run after the limits): a format
+    /// key holding a non-ASCII character made minijinja's format parser slice inside the
+    /// character and panic (`parse_till` steps byte by byte). Input:
+    /// engine/tests/data/fuzz/chat_template/format-key-non-ascii.
+    #[test]
+    fn finding_5_format_keys_may_hold_any_character() {
+        let template = "{{ '%(é)s and %(ab)s'|format({'é': 1, 'ab': 2}) }}";
+        assert_eq!(render(template, &[], "", "", false).unwrap(), "1 and 2");
+        let input = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fuzz/chat_template/format-key-non-ascii"
+        ))
+        .unwrap();
+        let template = std::str::from_utf8(&input[1..]).unwrap();
+        // Whatever the template yields, it is a result, not a panic.
+        let _ = render(template, &[], "", "", false);
+    }
+
     /// Found by hand while fixing findings 3 and 4 (fuzz/README.md, "found on the way"): single
     /// filters and operators that made a huge value in one instruction, which fuel could not stop.
     /// Before the patches in vendor/minijinja/PATCHES.md each of these aborted the process (an

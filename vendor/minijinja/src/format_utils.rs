@@ -809,9 +809,15 @@ impl<'s> Cursor<'s> {
     }
 
     fn advance(&mut self, bytes: usize) -> &'s str {
-        let consumed = &self.rest()[..bytes];
-        self.current_offset += bytes;
-        consumed
+        // Patched: step over whole characters. `parse_till` walks a key byte by byte, and a key
+        // with a non-ASCII character made `&rest[..1]` panic (not a char boundary; fuzz finding).
+        let start = self.current_offset;
+        let mut end = (start + bytes).min(self.source.len());
+        while !self.source.is_char_boundary(end) {
+            end += 1;
+        }
+        self.current_offset = end;
+        &self.source[start..end]
     }
 
     fn advance_if(&mut self, ascii_char: u8) -> bool {
