@@ -2,10 +2,19 @@
 //! minijinja the way Hugging Face's `apply_chat_template` renders it.
 //!
 //! The template comes from the model file, so it is hostile input: it may loop for a very long
-//! time or write without end. Rendering runs on a fuel budget (minijinja counts one unit per
-//! instruction) and into a bounded buffer, and the template's own size is capped.
+//! time, write without end, build huge strings or values that contain themselves. Rendering runs
+//! on a fuel budget (minijinja counts one unit per instruction) and into a bounded buffer, and the
+//! template's own size is capped. The minijinja we build is patched (`vendor/minijinja/PATCHES.md`)
+//! to bound what fuel does not: a string made by `~`, `+`, `*`, `join`, `replace` or `format` and
+//! the text of any one printed value are at most 16 MiB, lists made by `*`, `batch` and `slice`
+//! at most 2^20 items, values print at most 100 levels deep, one comparison visits at most 2^20
+//! values, and a namespace is a plain object (compared by identity), so that one that contains
+//! itself cannot send a comparison into endless recursion. Each of those is an error of the
+//! instruction that went past it. Fuel also counts the size of the strings and lists instructions
+//! make and of the text they write (one unit per 64 bytes), so work and memory are bounded by it.
 
-use minijinja::{Environment, context};
+use minijinja::value::Value;
+use minijinja::{Environment, ErrorKind, State, context};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -24,13 +33,15 @@ impl Message {
 pub enum ChatError {
     #[error("the model has no chat template (tokenizer.chat_template); use `generate` instead")]
     NoTemplate,
-    #[error("the chat template: {0}")]
+    #[error("the chat template (tokenizer.chat_template): {0}")]
     Template(String),
     #[error(
         "the chat template (tokenizer.chat_template) is {0} bytes, over the limit of {MAX_TEMPLATE_BYTES}"
     )]
     TemplateTooLarge(usize),
-    #[error("the chat template (tokenizer.chat_template) ran out of fuel after {0} instructions")]
+    #[error(
+        "the chat template (tokenizer.chat_template) ran out of fuel: {0} units (one per instruction, and one per 64 bytes of the text and lists it makes)"
+    )]
     OutOfFuel(u64),
     #[error("the chat template (tokenizer.chat_template) wrote more than {0} bytes of prompt")]
     PromptTooLarge(usize),
@@ -39,9 +50,13 @@ pub enum ChatError {
 /// Real templates take a few KiB to a few tens of KiB.
 pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
 /// Instructions a render may run: a fixed allowance plus some per message (real templates run a
-/// few dozen to a few hundred per message).
+/// few dozen to a few hundred per message). The patched minijinja also charges one unit per 64
+/// bytes of the strings and lists an instruction makes and the text it writes; real templates
+/// copy each message a few times (`'<|im_start|>' + role + '\n' + content + ...`), so the
+/// messages' text brings one unit per 8 bytes.
 const FUEL_BASE: u64 = 200_000;
 const FUEL_PER_MESSAGE: u64 = 2_000;
+const TEXT_BYTES_PER_FUEL: u64 = 8;
 /// Whatever the number of messages: fuel also bounds how deeply a template can nest values.
 const MAX_FUEL: u64 = 2_000_000;
 /// The stack the render runs on. minijinja prints and drops nested values (`[[[...]]]` built
@@ -61,6 +76,20 @@ pub fn render(
     eos_token: &str,
     add_generation_prompt: bool,
 ) -> Result<String, ChatError> {
+    let options = TemplateOptions::default();
+    render_with_options(template, messages, bos_token, eos_token, add_generation_prompt, &options)
+}
+
+/// [`render`] with `options`, and the `strftime_now(format)` function that Hugging Face's
+/// `apply_chat_template` provides (gpt-oss and Llama 3.1 templates write today's date with it).
+pub fn render_with_options(
+    template: &str,
+    messages: &[Message],
+    bos_token: &str,
+    eos_token: &str,
+    add_generation_prompt: bool,
+    options: &TemplateOptions,
+) -> Result<String, ChatError> {
     if template.len() > MAX_TEMPLATE_BYTES {
         return Err(ChatError::TemplateTooLarge(template.len()));
     }
@@ -69,7 +98,7 @@ pub fn render(
             .name("chat template".into())
             .stack_size(RENDER_STACK_BYTES)
             .spawn_scoped(scope, || {
-                render_here(template, messages, bos_token, eos_token, add_generation_prompt)
+                render_here(template, messages, bos_token, eos_token, add_generation_prompt, options)
             })
             .map_err(|e| ChatError::Template(format!("could not start the render thread: {e}")))?;
         thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -82,21 +111,38 @@ fn render_here(
     bos_token: &str,
     eos_token: &str,
     add_generation_prompt: bool,
+    options: &TemplateOptions,
 ) -> Result<String, ChatError> {
-    let fuel = (FUEL_BASE + FUEL_PER_MESSAGE * messages.len() as u64).min(MAX_FUEL);
     let text_bytes: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum::<usize>()
         + bos_token.len()
         + eos_token.len();
+    let fuel = (FUEL_BASE
+        + FUEL_PER_MESSAGE.saturating_mul(messages.len() as u64)
+        + text_bytes as u64 / TEXT_BYTES_PER_FUEL)
+        .min(MAX_FUEL);
     let limit = PROMPT_BASE_BYTES.saturating_add(text_bytes.saturating_mul(4));
 
     let mut env = Environment::new();
     env.set_fuel(Some(fuel));
     // Templates written for Python's Jinja call str methods such as .strip() and .startswith().
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_unknown_method_callback(python_methods);
     env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+    });
+    let now = options.now;
+    env.add_function("strftime_now", move |format: String| {
+        let seconds = now.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        });
+        strftime(&format, seconds)
     });
     env.add_template("chat", template).map_err(|e| ChatError::Template(e.to_string()))?;
+    let extra = match &options.reasoning_effort {
+        Some(effort) => context! { reasoning_effort => effort },
+        None => context! {},
+    };
     let mut out = Bounded { bytes: Vec::new(), limit, full: false };
     let rendered = env.get_template("chat").and_then(|t| {
         t.render_captured_to(
@@ -105,6 +151,7 @@ fn render_here(
                 bos_token => bos_token,
                 eos_token => eos_token,
                 add_generation_prompt => add_generation_prompt,
+                ..extra
             },
             &mut out,
         )
@@ -116,6 +163,58 @@ fn render_here(
         Err(_) if out.full => Err(ChatError::PromptTooLarge(limit)),
         Err(e) => Err(ChatError::Template(e.to_string())),
     }
+}
+
+/// The longest string the patched minijinja makes (`MAX_STRING_LEN` in
+/// `vendor/minijinja/src/value/limits.rs`).
+const MAX_STRING_BYTES: usize = 16 << 20;
+
+/// minijinja-contrib's Python methods (`pycompat`), with the two that multiply a string's size,
+/// `str.replace` and `str.join`, held to the patched minijinja's string limit: contrib is not
+/// patched, and `'a' * 100000` replaced by itself would be 10 GB.
+fn python_methods(
+    state: &State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, minijinja::Error> {
+    let too_long = || {
+        minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("the result of str.{method} would be longer than {MAX_STRING_BYTES} bytes"),
+        )
+    };
+    if let Some(s) = value.as_str() {
+        match (method, args) {
+            ("replace", [old, new, ..]) => {
+                if let (Some(old), Some(new)) = (old.as_str(), new.as_str()) {
+                    let mut n = if old.is_empty() { s.chars().count() + 1 } else { s.matches(old).count() };
+                    if let Some(count) = args.get(2).and_then(|c| c.as_usize()) {
+                        n = n.min(count);
+                    }
+                    if n.saturating_mul(new.len()).saturating_add(s.len()) > MAX_STRING_BYTES {
+                        return Err(too_long());
+                    }
+                }
+            }
+            ("join", [items]) => {
+                use std::fmt::Write;
+                let mut out = String::new();
+                for (i, item) in items.try_iter()?.enumerate() {
+                    if i > 0 {
+                        out.push_str(s);
+                    }
+                    let _ = write!(out, "{item}");
+                    if out.len() > MAX_STRING_BYTES {
+                        return Err(too_long());
+                    }
+                }
+                return Ok(Value::from(out));
+            }
+            _ => {}
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
 /// A writer that refuses to grow past `limit` bytes, and remembers that it did.
@@ -148,48 +247,6 @@ pub struct TemplateOptions {
     pub reasoning_effort: Option<String>,
     /// The Unix time `strftime_now` formats (UTC); `None`: now.
     pub now: Option<i64>,
-}
-
-/// [`render`] with `options`, and the `strftime_now(format)` function that Hugging Face's
-/// `apply_chat_template` provides (gpt-oss and Llama 3.1 templates write today's date with it).
-pub fn render_with_options(
-    template: &str,
-    messages: &[Message],
-    bos_token: &str,
-    eos_token: &str,
-    add_generation_prompt: bool,
-    options: &TemplateOptions,
-) -> Result<String, ChatError> {
-    let mut env = Environment::new();
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-    });
-    let now = options.now;
-    env.add_function("strftime_now", move |format: String| {
-        let seconds = now.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64)
-        });
-        strftime(&format, seconds)
-    });
-    env.add_template("chat", template).map_err(|e| ChatError::Template(e.to_string()))?;
-    let extra = match &options.reasoning_effort {
-        Some(effort) => context! { reasoning_effort => effort },
-        None => context! {},
-    };
-    env.get_template("chat")
-        .and_then(|t| {
-            t.render(context! {
-                messages => messages,
-                bos_token => bos_token,
-                eos_token => eos_token,
-                add_generation_prompt => add_generation_prompt,
-                ..extra
-            })
-        })
-        .map_err(|e| ChatError::Template(e.to_string()))
 }
 
 /// C's strftime for a Unix time in UTC, for the conversions chat templates use: %Y %y %m %d %e
@@ -297,17 +354,182 @@ mod tests {
         let output = "{% for a in range(100000) %}{{ 'x' * 100000 }}{% endfor %}";
         let error = render(output, &[], "", "", false).unwrap_err();
         assert!(matches!(error, ChatError::PromptTooLarge(n) if n == 1 << 20), "{error}");
-        // Values nested one level per pass, as deep as the most fuel allows, printed, then dropped
-        // when the fuel runs out (found by the chat_template fuzz target: a stack overflow).
+        // Values nested one level per pass, as deep as the most fuel allows, then dropped (found
+        // by the chat_template fuzz target: a stack overflow). Printing them stops at 100 levels
+        // (vendor/minijinja/PATCHES.md), and the drop is deep.
         let messages = vec![Message::new("user", "hi"); 1000];
-        let nest = "{% set ns = namespace(x=1) %}{% for i in range(1000) %}{% for j in range(150) %}{% set ns.x = [ns.x] %}{% endfor %}{% endfor %}{{ ns.x|length }}{{ ns.x }}";
-        let text = render(nest, &messages, "", "", false).unwrap();
-        assert!(text.starts_with("1[[[[") && text.ends_with("]]]]"), "{}", &text[..20]);
+        let nest = "{% set ns = namespace(x=1) %}{% for i in range(1000) %}{% for j in range(150) %}{% set ns.x = [ns.x] %}{% endfor %}{% endfor %}{{ ns.x|length }}";
+        assert_eq!(render(nest, &messages, "", "", false).unwrap(), "1");
+        let error = render(&format!("{nest}{{{{ ns.x }}}}"), &messages, "", "", false).unwrap_err();
+        assert!(error.to_string().contains("nested more than 100 levels deep"), "{error}");
         let forever = "{% set ns = namespace(x=1) %}{% for i in range(100000) %}{% for j in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}{% endfor %}";
         let error = render(forever, &messages, "", "", false).unwrap_err();
         assert!(matches!(error, ChatError::OutOfFuel(MAX_FUEL)), "{error}");
         let big = "x".repeat(MAX_TEMPLATE_BYTES + 1);
         let error = render(&big, &[], "", "", false).unwrap_err();
         assert!(error.to_string().contains("over the limit of 1048576"), "{error}");
+    }
+
+    fn template_error(template: &str) -> String {
+        template_error_with(template, &[Message::new("user", "Hi")])
+    }
+
+    fn template_error_with(template: &str, messages: &[Message]) -> String {
+        match render(template, messages, "<s>", "</s>", true) {
+            Err(error @ ChatError::Template(_)) => error.to_string(),
+            other => panic!("{template}: expected a template error, got {other:?}"),
+        }
+    }
+
+    /// Finding 3 of the chat_template fuzz target (fuzz/README.md): a string that doubles on
+    /// every pass of a loop or of a macro's recursion took GiBs within seconds, in a few dozen
+    /// instructions (fuel could not stop it). So does the text of a value that holds the text of
+    /// the value before, where every quote and backslash is escaped again. Strings made by `~`,
+    /// `+` and `*`, and the text of a printed value, now stop at 16 MiB with an error; and fuel
+    /// counts the bytes made, so with the fuel of a short chat they run out of fuel before that.
+    #[test]
+    fn finding_3_strings_that_double_are_errors() {
+        // The most fuel there is, so that the length limit is what stops them.
+        let many = vec![Message::new("user", "Hi"); 1000];
+        for template in [
+            "{% set ns = namespace(x='a') %}{% for i in range(40) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x|length }}",
+            "{% set ns = namespace(x='a') %}{% for i in range(40) %}{% set ns.x = ns.x + ns.x %}{% endfor %}{{ ns.x|length }}",
+            "{% set ns = namespace(x='a') %}{% for i in range(40) %}{% set ns.x = ns.x * 2 %}{% endfor %}{{ ns.x|length }}",
+            "{% macro f(s, n) %}{% if n > 0 %}{{ f(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ f('a', 40) }}",
+            // A tuple by mistake (`ns.x ~ m.content, ...`): its text is escaped again each pass.
+            r"{% set ns = namespace(x='') %}{% for i in range(40) %}{% set ns.x = ns.x ~ 'a', '\\' %}{% endfor %}{{ ns.x|length }}",
+            // Lists that hold the list before twice: 2^40 items' worth of text, from 40 values.
+            "{% set ns = namespace(x='a') %}{% for i in range(40) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}{{ ns.x|string|length }}",
+        ] {
+            let error = template_error_with(template, &many);
+            assert!(error.contains("tokenizer.chat_template"), "{error}");
+            assert!(error.contains("longer than 16777216 bytes"), "{template}: {error}");
+            // With the fuel of a short chat: out of fuel first (or the print limit, which one
+            // instruction reaches).
+            let error = render(template, &[], "", "", false).unwrap_err();
+            assert!(
+                matches!(error, ChatError::OutOfFuel(200_000))
+                    || error.to_string().contains("longer than 16777216 bytes"),
+                "{template}: {error}"
+            );
+        }
+        // Up to the limit they work: 2^23 bytes.
+        let ok = "{% set ns = namespace(x='a') %}{% for i in range(23) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x|length }}";
+        assert_eq!(render(ok, &many, "", "", false).unwrap(), "8388608");
+    }
+
+    /// Finding 4 of the chat_template fuzz target: a namespace that holds itself (`{% set ns.x =
+    /// [ns] %}`, or a tuple `ns, x` by mistake) printed without end: a stack overflow on any
+    /// stack. Printing stops at 100 levels with an error; comparisons, which walked maps the same
+    /// way, compare namespaces by identity (as Jinja2 does).
+    #[test]
+    fn finding_4_a_namespace_that_holds_itself_is_an_error() {
+        for print in ["{{ ns.x|string }}", "{{ ns.x }}", "{{ ns.x ~ '' }}", "{{ ns|pprint }}", "{{ ns }}"] {
+            for holds in ["[ns]", "ns, 1", "{'a': [ns]}"] {
+                let template = format!("{{% set ns = namespace(x=1) %}}{{% set ns.x = {holds} %}}{print}");
+                let error = template_error(&template);
+                assert!(error.contains("tokenizer.chat_template"), "{error}");
+                assert!(
+                    error.contains("nested more than 100 levels deep (or a value that contains itself)"),
+                    "{template}: {error}"
+                );
+            }
+        }
+        let compare = "{% set a = namespace(x=1) %}{% set a.x = [a] %}{% set b = namespace(x=1) %}{% set b.x = [b] %}\
+            {{ a.x == b.x }} {{ a.x == a.x }} {{ a in b.x }} {{ [a, b, a]|sort|length }} {{ [a, b, a]|unique|length }} {{ a.x|length }}";
+        assert_eq!(render(compare, &[], "", "", false).unwrap(), "False True False 3 2 1");
+    }
+
+    /// Finding 5 of the chat_template fuzz target (the 16-core run after the limits): a format
+    /// key holding a non-ASCII character made minijinja's format parser slice inside the
+    /// character and panic (`parse_till` steps byte by byte). Input:
+    /// engine/tests/data/fuzz/chat_template/format-key-non-ascii.
+    #[test]
+    fn finding_5_format_keys_may_hold_any_character() {
+        let template = "{{ '%(é)s and %(ab)s'|format({'é': 1, 'ab': 2}) }}";
+        assert_eq!(render(template, &[], "", "", false).unwrap(), "1 and 2");
+        let input = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fuzz/chat_template/format-key-non-ascii"
+        ))
+        .unwrap();
+        let template = std::str::from_utf8(&input[1..]).unwrap();
+        // Whatever the template yields, it is a result, not a panic.
+        let _ = render(template, &[], "", "", false);
+    }
+
+    /// Found by hand while fixing findings 3 and 4 (fuzz/README.md, "found on the way"): single
+    /// filters and operators that made a huge value in one instruction, which fuel could not stop.
+    /// Before the patches in vendor/minijinja/PATCHES.md each of these aborted the process (an
+    /// allocation of terabytes, or `len * n` overflowing), ran out of memory, or ran for minutes.
+    #[test]
+    fn one_instruction_cannot_make_a_huge_value() {
+        let items = "would have more than 1048576 items";
+        let bytes = "would be longer than 16777216 bytes";
+        for (template, expected) in [
+            ("{{ range(10)|batch(99999999999, 'x')|list|length }}", items),
+            ("{{ [1]|slice(99999999999)|list|length }}", items),
+            ("{{ ([1, 2] * 9999999999999999999)|length }}", items),
+            ("{{ ([1, 2] * 999999999)|list|length }}", items),
+            ("{% set s = 'a' * 1000000 %}{{ range(100000)|join(s)|length }}", bytes),
+            ("{% set s = 'a' * 1000000 %}{{ ([s] * 100000)|join|length }}", bytes),
+            ("{% set s = 'a' * 100000 %}{{ s|replace('a', s)|length }}", bytes),
+            ("{% set s = 'a' * 100000 %}{{ s.replace('a', s)|length }}", bytes),
+            ("{% set s = 'a' * 1000000 %}{{ s.join(range(100000))|length }}", bytes),
+            ("{% set s = 'a' * 1000000 %}{{ ('%s' * 100)|format(*([s] * 100))|length }}", bytes),
+            ("{{ '%99999999999s'|format('a') }}", "is over 65536"),
+            ("{{ '{:99999999999}'.format('a') }}", "is over 65536"),
+        ] {
+            let error = template_error(template);
+            assert!(error.contains(expected), "{template}: {error}");
+        }
+        // The same filters and methods as real templates use them.
+        let ok = "{{ ['a', 'b']|join(', ') }}|{{ 'a-b'|replace('-', '+') }}|{{ '-'.join(['x', 'y']) }}|{{ 'xx'.replace('x', 'yz', 1) }}|{{ '%5s|%.2f'|format('a', 1.5) }}|{{ [1, 2, 3]|batch(2)|list }}|{{ [0] * 3 }}";
+        assert_eq!(
+            render(ok, &[], "", "", false).unwrap(),
+            "a, b|a+b|x-y|yzx|    a|1.50|[[1, 2], [3]]|[0, 0, 0]"
+        );
+    }
+
+    /// Found by hand with findings 3 and 4: output captured by a macro (or `{% set %}` block) was
+    /// not bounded like the prompt, and fuel counted an instruction the same whatever the size of
+    /// the text it wrote: a macro that writes a 1 MB string in a loop ran out of memory. Fuel now
+    /// counts one unit per 64 bytes made or written.
+    #[test]
+    fn fuel_counts_the_bytes_instructions_make() {
+        for template in [
+            "{% set s = 'x' * 1000000 %}{% macro m() %}{% for i in range(99999) %}{{ s }}{% endfor %}{% endmacro %}{{ m()|length }}",
+            "{% for i in range(100000) %}{% set x = 'x' * (1000000 + i) %}{% endfor %}",
+        ] {
+            let error = render(template, &[], "", "", false).unwrap_err();
+            assert!(matches!(error, ChatError::OutOfFuel(200_000)), "{template}: {error}");
+        }
+        // A real prompt of a few MB of messages fits: the messages' text brings its own fuel.
+        let chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}";
+        let messages = vec![Message::new("user", "word ".repeat(200_000)); 4];
+        assert_eq!(render(chatml, &messages, "", "", false).unwrap().len(), 4 * (1_000_000 + 28));
+    }
+
+    /// Found by hand with findings 3 and 4: values that share their parts (`[x, x]` forty times
+    /// over) are small, but comparing two of them (`==`, `in`, `sort`, `unique`) visited 2^40
+    /// values: a timeout. One instruction's comparisons now stop after 2^20 values.
+    #[test]
+    fn comparing_shared_values_is_bounded() {
+        let build = "{% set ns = namespace(x='a', y='a') %}{% for i in range(40) %}{% set ns.x = [ns.x, ns.x] %}{% set ns.y = [ns.y, ns.y] %}{% endfor %}";
+        for compare in [
+            "{{ ns.x == ns.y }}",
+            "{{ ns.x in [ns.y] }}",
+            "{{ [ns.x, ns.y, 1, ns.y, 'b', ns.x]|sort|length }}",
+            "{{ [ns.x, ns.y]|unique|length }}",
+        ] {
+            let error = template_error(&format!("{build}{compare}"));
+            assert!(error.contains("cannot compare values this large"), "{compare}: {error}");
+        }
+        // Smaller ones compare, and sort, as before (the sort is now a merge sort of our own).
+        let small = "{% set ns = namespace(x='a', y='a') %}{% for i in range(10) %}{% set ns.x = [ns.x, ns.x] %}{% set ns.y = [ns.y, ns.y] %}{% endfor %}{{ ns.x == ns.y }} {{ [3, 1, 2, 1]|sort }} {{ ['b', 'A', 'a']|sort }} {{ [[2], [1, 2], [1]]|sort }}";
+        assert_eq!(
+            render(small, &[], "", "", false).unwrap(),
+            "True [1, 1, 2, 3] [\"A\", \"a\", \"b\"] [[1], [1, 2], [2]]"
+        );
     }
 }
