@@ -458,6 +458,17 @@ mod tests {
         let _ = render(template, &[], "", "", false);
     }
 
+    /// Finding 6 of the chat_template fuzz target (a local run after finding 5): an empty list
+    /// repeated two billion times has no items, so no limit stopped it, and listing it made two
+    /// billion passes over nothing (a timeout). Input:
+    /// engine/tests/data/fuzz/chat_template/empty-seq-repeat.
+    #[test]
+    fn finding_6_an_empty_list_repeated_is_empty_at_once() {
+        let template =
+            "{{ (([1, 2] * 0) * 2000000400)|list|length }} {{ ([] * 3000000000)|length }} {{ [1, 2] * 2 }}";
+        assert_eq!(render(template, &[], "", "", false).unwrap(), "0 0 [1, 2, 1, 2]");
+    }
+
     /// Found by hand while fixing findings 3 and 4 (fuzz/README.md, "found on the way"): single
     /// filters and operators that made a huge value in one instruction, which fuel could not stop.
     /// Before the patches in vendor/minijinja/PATCHES.md each of these aborted the process (an

@@ -383,6 +383,9 @@ fn repeat_iterable(n: &Value, seq: &DynObject) -> Result<Value, Error> {
         .checked_mul(n)
         .filter(|&total| total <= MAX_SEQ_LEN)
         .ok_or_else(|| sequence_too_long("*")));
+    // Patched: an empty sequence repeated n times is empty without n passes over it (`[] *
+    // 2000000000` iterated for minutes; fuzz finding 6).
+    let n = if len == 0 { 0 } else { n };
 
     // This is not optimal.  We only query the enumerator for the length once
     // but we support repeated iteration.  We could both lie about our length
