@@ -16,6 +16,26 @@ fn relative_error(a: &[f32], b: &[f32]) -> f64 {
     (diff / norm).sqrt()
 }
 
+/// A fixture's prompt tokens and transformers' float32 logits [tokens, n_vocab].
+fn tokens_and_logits(name: &str) -> (Vec<u32>, Vec<f32>) {
+    let tokens =
+        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.tokens.json"))).unwrap())
+            .unwrap();
+    let logits = std::fs::read(fixture(&format!("{name}.logits.f32")))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (tokens, logits)
+}
+
+/// The CPU reference's logits of `tokens` from an empty cache.
+fn cpu_logits(file: &GgufFile, tokens: &[u32], numerics: Numerics) -> Vec<f32> {
+    let m = Model::load(file, numerics, &|_, _| {}).unwrap();
+    let mut cache = m.new_cache(64);
+    m.forward(tokens, &mut cache).unwrap()
+}
+
 /// Whether the model runs prompts as one batched pass (head dims of the paged cache).
 fn c_paged(model: &GpuModel) -> bool {
     [64, 80, 96, 128].contains(&model.config().head_dim)
@@ -30,20 +50,11 @@ fn check(name: &str) {
 /// 8-bit activations on the GPU.
 fn check_file(name: &str, gguf: &str, integer: bool, against_transformers: bool) {
     let file = GgufFile::open(fixture(&format!("{gguf}.gguf"))).unwrap();
-    let tokens: Vec<u32> =
-        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{name}.tokens.json"))).unwrap())
-            .unwrap();
-    let transformers: Vec<f32> = std::fs::read(fixture(&format!("{name}.logits.f32")))
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let (tokens, transformers) = tokens_and_logits(name);
     // The integer GEMVs compute what the CPU's llama.cpp numerics compute (8-bit activations);
     // the exact numerics are the reference otherwise.
     let numerics = if integer { Numerics::LlamaCpp } else { Numerics::Exact };
-    let cpu = Model::load(&file, numerics, &|_, _| {}).unwrap();
-    let mut cache = cpu.new_cache(64);
-    let reference = cpu.forward(&tokens, &mut cache).unwrap();
+    let reference = cpu_logits(&file, &tokens, numerics);
 
     let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
     let mut model = GpuModel::load(gpu, &file, 64, &|_, _| {}).unwrap();
@@ -137,14 +148,9 @@ fn llama_with_the_paged_cache_matches_the_cpu() {
 #[ignore = "needs an NVIDIA GPU"]
 fn quantized_llama_with_integer_activations_matches_the_cpu() {
     let file = GgufFile::open(fixture("llama64-q8_0.gguf")).unwrap();
-    let tokens: Vec<u32> =
-        serde_json::from_str(&std::fs::read_to_string(fixture("llama64.tokens.json")).unwrap()).unwrap();
-    let cpu = |numerics| {
-        let m = Model::load(&file, numerics, &|_, _| {}).unwrap();
-        let mut cache = m.new_cache(64);
-        m.forward(&tokens, &mut cache).unwrap()
-    };
-    let (exact, llamacpp) = (cpu(Numerics::Exact), cpu(Numerics::LlamaCpp));
+    let (tokens, _) = tokens_and_logits("llama64");
+    let (exact, llamacpp) =
+        (cpu_logits(&file, &tokens, Numerics::Exact), cpu_logits(&file, &tokens, Numerics::LlamaCpp));
     let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
     let mut model = GpuModel::load(gpu, &file, 64, &|_, _| {}).unwrap();
     model.set_integer_activations(true);
@@ -177,19 +183,9 @@ fn quantized_llama_with_integer_activations_matches_the_cpu() {
 #[ignore = "needs an NVIDIA GPU"]
 fn gpt_oss_on_the_gpu_matches_the_cpu() {
     let file = GgufFile::open(fixture("gptoss.gguf")).unwrap();
-    let tokens: Vec<u32> =
-        serde_json::from_str(&std::fs::read_to_string(fixture("gptoss.tokens.json")).unwrap()).unwrap();
-    let transformers: Vec<f32> = std::fs::read(fixture("gptoss.logits.f32"))
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let cpu = |numerics| {
-        let m = Model::load(&file, numerics, &|_, _| {}).unwrap();
-        let mut cache = m.new_cache(64);
-        m.forward(&tokens, &mut cache).unwrap()
-    };
-    let (exact, llamacpp) = (cpu(Numerics::Exact), cpu(Numerics::LlamaCpp));
+    let (tokens, transformers) = tokens_and_logits("gptoss");
+    let (exact, llamacpp) =
+        (cpu_logits(&file, &tokens, Numerics::Exact), cpu_logits(&file, &tokens, Numerics::LlamaCpp));
     let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
     let mut model = GpuModel::load(gpu, &file, 64, &|_, _| {}).unwrap();
     let n_vocab = model.config().n_vocab;
