@@ -469,6 +469,63 @@ mod tests {
         assert_eq!(render(template, &[], "", "", false).unwrap(), "0 0 [1, 2, 1, 2]");
     }
 
+    /// Finding 7 of the chat_template fuzz target (the 16-core run on finding 6's fix): a slice
+    /// with a negative step whose stop lies past its start (`'abc'[0:2:-1]`) made minijinja
+    /// subtract past zero and panic; `range` with a negative step could overflow the same way.
+    /// The expected text is Python's (`'abcdef'[slice(a, b, step)]`, computed by CPython 3.11),
+    /// which Jinja2 uses. Input: engine/tests/data/fuzz/chat_template/slice-negative-step, written
+    /// by hand (the machine did not return the fuzzer's crash input, only its log).
+    #[test]
+    fn finding_7_slices_with_a_negative_step_are_python_slices() {
+        for (slice, python) in [
+            ("0:2:-1", ""),
+            ("2:0:-1", "cb"),
+            ("::-1", "fedcba"),
+            ("-9223372036854775808:-9223372036854775808:-1", ""),
+            ("9223372036854775807:-9223372036854775808:-1", "fedcba"),
+            ("-9223372036854775808:9223372036854775807:-2", ""),
+            ("0::-1", "a"),
+            ("5::-2", "fdb"),
+            ("-10:0:-1", ""),
+            ("5:0:-1", "fedcb"),
+            ("-1:-10:-9223372036854775808", "f"),
+            (":5:-9223372036854775808", ""),
+            ("1:-6:-2", "b"),
+            ("0:10:-4", ""),
+            (":-1:-2", ""),
+            ("10:1:-1", "fedc"),
+            ("-6:1:-2", ""),
+            ("6:5:-9223372036854775808", ""),
+            ("-10:-6:-1", ""),
+            ("5:-10:-9223372036854775808", "f"),
+            (":0:-1", "fedcb"),
+            ("2:0:-2", "c"),
+        ] {
+            let template =
+                format!("{{% set s = 'abcdef' %}}{{{{ s[{slice}] }}}}/{{{{ (s|list)[{slice}]|join('') }}}}");
+            let rendered = render(&template, &[], "", "", false).unwrap();
+            assert_eq!(rendered, format!("{python}/{python}"), "{template}");
+        }
+        // range() with a negative step, against Python's range().
+        let ranges = "{{ range(5, -5, -2)|join(',') }}|{{ range(5, -4, -2)|join(',') }}|\
+            {{ range(5, 0, -9223372036854775808)|join(',') }}|{{ range(0, 5, -9223372036854775808)|join(',') }}";
+        assert_eq!(render(ranges, &[], "", "", false).unwrap(), "5,3,1,-1,-3|5,3,1,-1,-3|5|");
+        for template in [
+            "{{ range(3, -9223372036854775808, -1)|length }}",
+            "{{ range(9223372036854775807, -9223372036854775808, -1)|length }}",
+        ] {
+            let error = template_error(template);
+            assert!(error.contains("range has too many elements"), "{template}: {error}");
+        }
+        let input = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fuzz/chat_template/slice-negative-step"
+        ))
+        .unwrap();
+        let template = std::str::from_utf8(&input[1..]).unwrap();
+        assert!(render(template, &[], "", "", false).is_ok(), "{template}");
+    }
+
     /// Found by hand while fixing findings 3 and 4 (fuzz/README.md, "found on the way"): single
     /// filters and operators that made a huge value in one instruction, which fuel could not stop.
     /// Before the patches in vendor/minijinja/PATCHES.md each of these aborted the process (an

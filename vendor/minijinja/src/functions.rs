@@ -360,10 +360,13 @@ mod builtins {
                     None => (0, lower),
                 };
 
+                // Patched: in i128. `start - end` and `-step` overflowed (a panic with overflow
+                // checks) for `range(2**62, -2**62, -1)` and a step of -2**63.
                 let len = if start <= end {
                     0
                 } else {
-                    ((start - end + (-step) - 1) / (-step)) as usize
+                    let len = (start as i128 - end as i128 - 1) / -(step as i128) + 1;
+                    usize::try_from(len).unwrap_or(usize::MAX)
                 };
 
                 let iter = (0..len).map(move |i| start + (i as isize) * step);

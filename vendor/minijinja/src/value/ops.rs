@@ -111,29 +111,27 @@ fn get_offset_and_len<F: FnOnce() -> usize>(
     }
 }
 
+/// Patched: the indices Python visits for a slice with a negative step (start and stop
+/// clamped to -1..=end-1, as CPython's `PySlice_AdjustIndices`). It computed
+/// `start - stop` in `usize` and panicked when stop was past start (`'abc'[0:2:-1]`), and took
+/// an explicit stop of 0 as "to the start" (`'abc'[2:0:-1]` gave `cba`, Python gives `cb`).
 fn range_step_backwards(
     start: Option<i64>,
     stop: Option<i64>,
-    step: usize,
+    step: u64,
     end: usize,
 ) -> impl Iterator<Item = usize> {
-    let start = match start {
-        None => end.saturating_sub(1),
-        Some(start) if start >= end as i64 => end.saturating_sub(1),
-        Some(start) if start >= 0 => start as usize,
-        Some(start) => (end as i64 + start).max(0) as usize,
-    };
-    let stop = match stop {
-        None => 0,
-        Some(stop) if stop < 0 => (end as i64 + stop).max(0) as usize,
-        Some(stop) => stop as usize,
-    };
-    let length = if stop == 0 {
-        (start + step) / step
+    let last = end as i64 - 1;
+    let clamp = |i: i64| (if i < 0 { i + end as i64 } else { i }).clamp(-1, last);
+    let start = start.map_or(last, clamp);
+    let stop = stop.map_or(-1, clamp);
+    let count = if start > stop {
+        (start - stop - 1) as u64 / step + 1
     } else {
-        (start - stop + step - 1) / step
+        0
     };
-    (stop..=start).rev().step_by(step).take(length)
+    // k * step <= start - stop - 1 for every k < count: no overflow, never below stop + 1.
+    (0..count).map(move |k| (start as u64 - k * step) as usize)
 }
 
 pub fn slice(value: Value, start: Value, stop: Value, step: Value) -> Result<Value, Error> {
@@ -180,7 +178,7 @@ pub fn slice(value: Value, start: Value, stop: Value, step: Value) -> Result<Val
             } else {
                 let chars: Vec<char> = s.chars().collect();
                 Ok(Value::from(
-                    range_step_backwards(start, stop, -step as usize, chars.len())
+                    range_step_backwards(start, stop, step.unsigned_abs(), chars.len())
                         .map(move |i| chars[i])
                         .collect::<String>(),
                 ))
@@ -199,7 +197,7 @@ pub fn slice(value: Value, start: Value, stop: Value, step: Value) -> Result<Val
                 ))
             } else {
                 Ok(Value::from_bytes(
-                    range_step_backwards(start, stop, -step as usize, b.len())
+                    range_step_backwards(start, stop, step.unsigned_abs(), b.len())
                         .map(|i| b[i])
                         .collect::<Vec<u8>>(),
                 ))
@@ -222,7 +220,7 @@ pub fn slice(value: Value, start: Value, stop: Value, step: Value) -> Result<Val
                     if let Some(iter) = obj.try_iter() {
                         let vec: Vec<Value> = iter.collect();
                         Box::new(
-                            range_step_backwards(start, stop, -step as usize, vec.len())
+                            range_step_backwards(start, stop, step.unsigned_abs(), vec.len())
                                 .map(move |i| vec[i].clone()),
                         )
                     } else {
