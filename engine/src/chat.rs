@@ -526,6 +526,24 @@ mod tests {
         assert!(render(template, &[], "", "", false).is_ok(), "{template}");
     }
 
+    /// Finding 8 of the chat_template fuzz target (a local run on finding 7's fix): a tuple whose
+    /// text is longer than 16 MiB (a string just under it, every character escaped when printed)
+    /// printed 515 times by one `format`. Each print stopped at the cap and wrote nothing, so
+    /// `format` never reached its own limit and went on to the next: minutes. Now every print after
+    /// the first that went past a limit writes nothing at once, and the instruction fails. Input
+    /// (the fuzzer's): engine/tests/data/fuzz/chat_template/format-tuple-too-long, which the
+    /// regression replay runs within its 10 s.
+    #[test]
+    fn finding_8_one_print_past_the_limit_ends_the_instruction() {
+        for template in [
+            "{% set t = '\"' * 8500000, 0 %}{{ ('%s' * 515)|format(*([t] * 515))|length }}",
+            "{% set t = '\"' * 8500000, 0 %}{{ ([t] * 515)|join|length }}",
+        ] {
+            let error = template_error(template);
+            assert!(error.contains("longer than 16777216 bytes"), "{template}: {error}");
+        }
+    }
+
     /// Found by hand while fixing findings 3 and 4 (fuzz/README.md, "found on the way"): single
     /// filters and operators that made a huge value in one instruction, which fuel could not stop.
     /// Before the patches in vendor/minijinja/PATCHES.md each of these aborted the process (an

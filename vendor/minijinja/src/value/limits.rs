@@ -139,6 +139,13 @@ pub(crate) fn render_object(obj: &DynObject, f: &mut fmt::Formatter<'_>) -> fmt:
     if depth > 0 {
         return obj.render(f);
     }
+    // Patched (chat_template fuzz finding 8): once a print of this instruction went past a limit,
+    // the instruction fails when it ends, so later prints in it write nothing at once. Each cost
+    // up to MAX_STRING_LEN bytes of work and wrote nothing, and `format` or `join` went on to the
+    // next: `('%s' * 515)|format(*([t] * 1000))` with a tuple `t` too long to print ran minutes.
+    if EXCEEDED.with(|e| e.get().is_some()) {
+        return Ok(());
+    }
     let mut buf = CappedString::new(MAX_STRING_LEN);
     let rv = if f.alternate() {
         write!(buf, "{:#}", Render(obj))
