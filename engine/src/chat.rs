@@ -544,6 +544,27 @@ mod tests {
         }
     }
 
+    /// Finding 9 of the chat_template fuzz target (a local run on finding 8's fix): a filter that
+    /// walks a list (`join`) was one instruction of fuel whatever the list's length, and joining
+    /// 300,000 empty strings writes nothing, so a macro that did it in a loop ran for minutes.
+    /// Every item taken from an iteration now costs fuel (the size of a value, 24 bytes). Input
+    /// (the fuzzer's): engine/tests/data/fuzz/chat_template/join-long-empty-list-in-loop.
+    #[test]
+    fn finding_9_walking_a_list_costs_fuel_by_its_items() {
+        for template in [
+            "{% set l = [''] * 300000 %}{% for i in range(20) %}{{ l|join }}{% endfor %}",
+            "{% set l = [0] * 300000 %}{% for i in range(20) %}{{ l|sum }}{% endfor %}",
+            "{% macro m() %}{{ ([''] * 300000)|join }}{% endmacro %}{% for i in range(20) %}{{ m() }}{% endfor %}",
+        ] {
+            let error = render(template, &[], "", "", false).unwrap_err();
+            assert!(matches!(error, ChatError::OutOfFuel(200_000)), "{template}: {error}");
+        }
+        // Loops over a real chat's messages are far from it.
+        let chatml = "{% for message in messages %}{{ message['role'] ~ ': ' ~ message['content'] ~ '\\n' }}{% endfor %}";
+        let messages = vec![Message::new("user", "Hi"); 2000];
+        assert_eq!(render(chatml, &messages, "", "", false).unwrap().len(), 2000 * 9);
+    }
+
     /// Found by hand while fixing findings 3 and 4 (fuzz/README.md, "found on the way"): single
     /// filters and operators that made a huge value in one instruction, which fuel could not stop.
     /// Before the patches in vendor/minijinja/PATCHES.md each of these aborted the process (an

@@ -50,6 +50,7 @@ thread_local! {
     static PRINTED: Cell<usize> = const { Cell::new(0) };
     static DEEPEST: Cell<usize> = const { Cell::new(0) };
     static VISITS: Cell<usize> = const { Cell::new(0) };
+    static ITERATED: Cell<usize> = const { Cell::new(0) };
 }
 
 /// A `fmt::Write` target that fails once it would grow past `cap` bytes.
@@ -188,7 +189,19 @@ pub(crate) fn visit() -> bool {
 pub(crate) fn take_work() -> usize {
     let printed = PRINTED.with(|p| p.replace(0));
     let visits = VISITS.with(|v| v.replace(0));
-    printed.saturating_add(visits.saturating_mul(BYTES_PER_FUEL))
+    let iterated = ITERATED.with(|i| i.replace(0));
+    printed
+        .saturating_add(visits.saturating_mul(BYTES_PER_FUEL))
+        .saturating_add(iterated.saturating_mul(std::mem::size_of::<Value>()))
+}
+
+/// Patched (chat_template fuzz finding 9): counts one item taken from an iteration
+/// ([`ValueIter`](crate::value::ValueIter)), charged in fuel as the size of a value. A filter
+/// that walks a list (`join`, `sum`, `sort`, ...) was one instruction whatever the list's
+/// length, so a loop of them over a long list (`[''] * 300000`, whose text is empty) cost
+/// almost no fuel and ran for minutes.
+pub(crate) fn iterated() {
+    ITERATED.with(|i| i.set(i.get().saturating_add(1)));
 }
 
 fn record(exceeded: Exceeded) {

@@ -1940,6 +1940,21 @@ impl Iterator for ValueIter {
     type Item = Value;
 
     fn next(&mut self) -> Option<Self::Item> {
+        // Patched: every item taken costs fuel (`limits::iterated`).
+        let item = self.next_item();
+        if item.is_some() {
+            crate::value::limits::iterated();
+        }
+        item
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.size_hint_impl()
+    }
+}
+
+impl ValueIter {
+    fn next_item(&mut self) -> Option<Value> {
         match self.imp {
             ValueIterImpl::Empty => None,
             ValueIterImpl::Chars(ref mut offset, ref mut len, ref s) => {
@@ -1953,7 +1968,7 @@ impl Iterator for ValueIter {
         }
     }
 
-    fn size_hint(&self) -> (usize, Option<usize>) {
+    fn size_hint_impl(&self) -> (usize, Option<usize>) {
         match self.imp {
             ValueIterImpl::Empty => (0, Some(0)),
             ValueIterImpl::Chars(_, len, _) => (0, Some(len)),
