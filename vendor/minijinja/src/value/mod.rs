@@ -1949,7 +1949,11 @@ impl Iterator for ValueIter {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.size_hint_impl()
+        match self.imp {
+            ValueIterImpl::Empty => (0, Some(0)),
+            ValueIterImpl::Chars(_, len, _) => (0, Some(len)),
+            ValueIterImpl::Dyn(ref iter) => iter.size_hint(),
+        }
     }
 }
 
@@ -1965,14 +1969,6 @@ impl ValueIter {
                 })
             }
             ValueIterImpl::Dyn(ref mut iter) => iter.next(),
-        }
-    }
-
-    fn size_hint_impl(&self) -> (usize, Option<usize>) {
-        match self.imp {
-            ValueIterImpl::Empty => (0, Some(0)),
-            ValueIterImpl::Chars(_, len, _) => (0, Some(len)),
-            ValueIterImpl::Dyn(ref iter) => iter.size_hint(),
         }
     }
 }
