@@ -33,9 +33,6 @@ fn the_default_model_is_the_pinned_file() {
     assert_eq!(hash, GGUF_SHA256);
 }
 
-/// Greedy continuations against llama-simple's. Where a continuation departs from llama.cpp's,
-/// it must be at a near-tie: our top two logits within 0.1 of each other, so that the activation
-/// rounding llama.cpp does differently can decide it. Otherwise at least 16 tokens must agree.
 /// Engines started together on a machine without the model (the CLI tests do) each fetched it
 /// into the same partial files, and the second to finish found its file moved away: "No such
 /// file or directory" (seen in CI). Three fetches at once into a fresh directory: one downloads
@@ -69,6 +66,9 @@ fn fetches_at_once_share_one_download() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Greedy continuations against llama-simple's. Where a continuation departs from llama.cpp's,
+/// it must be at a near-tie: our top two logits within 0.1 of each other, so that the activation
+/// rounding llama.cpp does differently can decide it. Otherwise at least 16 tokens must agree.
 #[test]
 fn greedy_continuations_follow_llama_cpp() {
     let (model, tokenizer) = load(Numerics::LlamaCpp);
