@@ -1,5 +1,6 @@
 //! Token embeddings and learned position embeddings (`gpu/src/embedding.rs`).
 
+use crate::matmul::{GpuMatrix, Storage, WeightFormat};
 use crate::{Gpu, Result, WeightType, expect_len, shape_error, to_u32};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
@@ -57,6 +58,69 @@ impl Gpu {
     ) -> Result<()> {
         const KERNEL: &str = "position_add";
         self.gather(KERNEL, table, positions, x, dim)
+    }
+
+    /// out[t] = row ids[t] of `w` (a token embedding table [vocab, dim] in its stored precision),
+    /// for every id; out is [ids.len(), dim].
+    pub fn embed(
+        &self,
+        w: &GpuMatrix,
+        ids: &impl DevicePtr<u32>,
+        out: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        const KERNEL: &str = "embed";
+        let tokens = ids.len();
+        expect_len(KERNEL, "out", out.len(), tokens * w.n_in)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        match w.storage() {
+            Storage::F32(table) => self.embedding(table, ids, out, w.n_in),
+            Storage::F16(table) => self.embedding(table, ids, out, w.n_in),
+            Storage::Bf16(table) => self.embedding(table, ids, out, w.n_in),
+            Storage::Blocks { format, quants, scales, mins, sub } => {
+                let stream = self.stream();
+                let (q, _q) = quants.device_ptr(stream);
+                let (s, _s) = scales.device_ptr(stream);
+                let mins_guard = mins.as_ref().map(|m| m.device_ptr(stream));
+                let m = mins_guard.as_ref().map_or(0u64, |(p, _)| *p);
+                let sub_guard = sub.as_ref().map(|s| s.device_ptr(stream));
+                let sub = sub_guard.as_ref().map_or(0u64, |(p, _)| *p);
+                let (i, _i) = ids.device_ptr(stream);
+                let (o, _o) = out.device_ptr_mut(stream);
+                let config = LaunchConfig {
+                    grid_dim: (to_u32(KERNEL, "ids", tokens)?, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let dim = w.n_in as u32;
+                match format {
+                    WeightFormat::Q4K => self.launch("embedding_q4_k", config, &[&q, &s, &i, &o, &dim]),
+                    WeightFormat::Q6K => {
+                        let high = q + (w.n_out * w.n_in / 2) as u64;
+                        self.launch("embedding_q6_k", config, &[&q, &high, &s, &sub, &i, &o, &dim])
+                    }
+                    _ => {
+                        let bits: u32 = if *format == WeightFormat::Q8_0 { 8 } else { 4 };
+                        self.launch("embedding_blocks", config, &[&q, &s, &m, &i, &o, &dim, &bits])
+                    }
+                }
+            }
+            Storage::Mxfp4 { quants, exponents } => {
+                let stream = self.stream();
+                let (q, _q) = quants.device_ptr(stream);
+                let (e, _e) = exponents.device_ptr(stream);
+                let (i, _i) = ids.device_ptr(stream);
+                let (o, _o) = out.device_ptr_mut(stream);
+                let config = LaunchConfig {
+                    grid_dim: (to_u32(KERNEL, "ids", tokens)?, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let dim = w.n_in as u32;
+                self.launch("embedding_mxfp4", config, &[&q, &e, &i, &o, &dim])
+            }
+        }
     }
 
     fn gather<W: WeightType>(

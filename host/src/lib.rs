@@ -17,7 +17,6 @@ pub use half::{bf16, f16};
 pub mod activation;
 pub mod attention;
 pub mod embedding;
-pub mod gemm;
 pub mod matmul;
 pub mod moe;
 pub mod norm;
@@ -64,6 +63,8 @@ pub const KERNELS: &[&str] = &[
     "quantize_q8_1",
     "rms_norm_q8_1",
     "swiglu_q8_1",
+    "layer_norm_q8_1",
+    "gelu_tanh_q8_1",
     "gemv_q8_0_q8",
     "gemv_q4_0_q8",
     "gemv_q4_1_q8",

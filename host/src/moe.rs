@@ -8,7 +8,7 @@
 //! (assignment a = t k + j is token t's j-th expert). Outputs are per assignment, [k, rows] or
 //! [T k, rows]; weighting them by the router's probabilities and summing is the caller's.
 
-use crate::gemm::GEMM_SHARED_BYTES;
+use crate::matmul::gemm::GEMM_SHARED_BYTES;
 use crate::matmul::{GpuMatrix, Q8Activations, Storage};
 use crate::{Gpu, Result, elementwise_config, expect_len, shape_error, to_u32};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};

@@ -1,6 +1,6 @@
 //! gpu/src/activation.rs against engine::cpu::activation.
 
-use crate::{assert_close, config, gpu, poisoned, random_values, size};
+use crate::{assert_close, assert_q8_near, config, cpu_q8_1, gpu, poisoned, random_values, size};
 use engine::cpu::activation as cpu;
 use host::activation::Activation;
 use proptest::prelude::*;
@@ -54,5 +54,45 @@ proptest! {
         let mut x = gpu.upload(&gate).unwrap();
         gpu.residual_add(&mut x, &up_gpu).unwrap();
         assert_eq!(gpu.download(&x).unwrap(), expected, "residual_add must be exact");
+    }
+
+    /// GPT-2's fused decode-step activation (gelu_tanh, 8-bit quantization) against
+    /// engine::cpu::activation::gelu_tanh followed by the CPU's Q8_1 quantizer, held to what
+    /// norm.rs's rms_norm_q8_matches_cpu tolerates: the float output within the bound of
+    /// activation_matches_cpu, the quantization bit for bit equal to quantizing the kernel's own
+    /// float output (by the CPU quantizer and by the quantize kernel), and against the CPU
+    /// quantizer of the CPU's output, equal integers except where a value sits within float
+    /// rounding of a rounding boundary (`assert_q8_near`). 6400 = 200 blocks is GPT-2 XL's FFN.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn gelu_q8_matches_cpu(blocks in prop_oneof![1usize..=40, 41usize..=512, Just(50usize), Just(200usize)], with_out: bool, seed: u64) {
+        let n = 32 * blocks;
+        let x = random_values(seed, n, 8.0);
+        let expected: Vec<f32> = x.iter().map(|&v| cpu::gelu_tanh(v)).collect();
+        let gpu = gpu();
+        let x_gpu = gpu.upload(&x).unwrap();
+        let mut out = poisoned(n);
+        let mut q8 = gpu.q8_activations(n).unwrap();
+        gpu.gelu_q8(&x_gpu, with_out.then_some(&mut out), &mut q8).unwrap();
+        let mut activated = poisoned(n);
+        let mut q8_again = gpu.q8_activations(n).unwrap();
+        gpu.gelu_q8(&x_gpu, Some(&mut activated), &mut q8_again).unwrap();
+        let activated = gpu.download(&activated).unwrap();
+        if with_out {
+            prop_assert_eq!(gpu.download(&out).unwrap(), activated.clone());
+        }
+        // activation_matches_cpu's bound: relative 2e-6 plus an absolute floor for the far tail.
+        let what = format!("gelu_q8 n={n}");
+        assert_close(&what, &activated, &expected, f64::INFINITY);
+        let diff: f64 = activated.iter().zip(&expected).map(|(a, e)| (*a as f64 - *e as f64).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = expected.iter().map(|e| (*e as f64).powi(2)).sum::<f64>().sqrt();
+        prop_assert!(diff <= 2e-6 * norm + 1e-6 * (n as f64).sqrt(), "{what}: error {diff:.3e} against norm {norm:.3e}");
+        let fused = q8.download(gpu).unwrap();
+        prop_assert_eq!(&fused, &q8_again.download(gpu).unwrap());
+        prop_assert_eq!(&fused, &cpu_q8_1(&activated));
+        let mut separate = gpu.q8_activations(n).unwrap();
+        gpu.quantize_q8(&gpu.upload(&activated).unwrap(), &mut separate).unwrap();
+        prop_assert_eq!(&fused, &separate.download(gpu).unwrap());
+        assert_q8_near(&format!("gelu_q8 q8 n={n}"), &fused, &activated, &expected);
     }
 }

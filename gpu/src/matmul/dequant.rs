@@ -1,5 +1,5 @@
 //! Blocks of 32 quantized weights to f16, for the GEMM (gemm.rs): one function per format from the
-//! raw bits of one block (as the host repacks them, see kquant.rs and host/src/matmul.rs) to the
+//! raw bits of one block (as the host repacks them, see kquant.rs and host/src/matmul/mod.rs) to the
 //! function v -> value v (< 32) of the block, which `pack_chunk` turns into f16 pairs 8 values at
 //! a time (the scales are decoded once per block, the values where they are stored).
 //!
@@ -8,7 +8,7 @@
 //! rounded to the nearest f16: the GPU's weights are the CPU's, rounded once. Integers become f32
 //! through the bits of 2^23 + q (an integer op and a subtraction, no conversion instruction).
 //!
-//! Plain Rust with no device code: host/src/gemm.rs's tests compile this file on the CPU (with
+//! Plain Rust with no device code: tests/conformance/gemm.rs compiles this file on the CPU (with
 //! host twins of `dequant_ops`) and check it against the dequantizer bit for bit.
 
 use super::dequant_ops::{f16_to_f32, fma, pack_f16x2, unroll};
@@ -116,7 +116,7 @@ pub fn q6_k_values(raw: RawQ6K) -> impl Fn(usize) -> f32 {
     }
 }
 
-/// MXFP4 (OCP MX: E2M1 values sharing an E8M0 scale), as the host regroups it (host/src/matmul.rs):
+/// MXFP4 (OCP MX: E2M1 values sharing an E8M0 scale), as the host regroups it (host/src/matmul/mod.rs):
 /// 16 nibble bytes per block of 32, byte k holding value 2k (low nibble) and 2k + 1 (high), so
 /// that nibble n of word i is value 8 i + n; and the block's exponent byte e.
 #[derive(Clone, Copy, Default)]

@@ -10,7 +10,7 @@
 //! (rounded) to f16 tile by tile in shared memory (dequant.rs: the CPU dequantizer's values
 //! rounded once), never to a copy in device memory.
 //! Layout: X16 [T, n_in] 16-bit; W [n_out, n_in] as the host stores it (f32 / f16 / bf16 rows,
-//! or the repacked blocks of host/src/matmul.rs); Y [T, n_out] f32; bias [n_out] f32 or null.
+//! or the repacked blocks of host/src/matmul/mod.rs); Y [T, n_out] f32; bias [n_out] f32 or null.
 //! n_in a multiple of 8 (the host checks it) and of the block (32, 256); any T and n_out.
 //! Launch: grid (ceil(T / 128), ceil(n_out / 128)), 256 threads, 128 KiB of dynamic shared
 //! memory (SHARED_BYTES). Block (bm, bn) computes the 128 x 128 tile of Y at tokens 128 bm,

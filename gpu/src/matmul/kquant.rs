@@ -1,4 +1,4 @@
-//! The K-quant super-block formats (256 values) as the host repacks them (host/src/matmul.rs,
+//! The K-quant super-block formats (256 values) as the host repacks them (host/src/matmul/mod.rs,
 //! `repack_blocks`): the same bits as the GGUF blocks, regrouped so that 16 bytes of quants cover
 //! one block of 32 activations, the layout Q4_0 has. Decoding helpers shared by the GEMV and
 //! embedding kernels.

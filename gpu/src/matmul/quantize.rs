@@ -6,11 +6,11 @@
 //! Layout: x [n] f32 -> q [n] i8, d [n / 32] f32, s [n / 32] f32. n a multiple of 32.
 //! Launch: any grid of warps: warp w of the grid quantizes blocks w, w + warps, ...; 256 threads.
 //! Cost: reads 4 n bytes, writes 1.25 n: negligible beside a matrix.
-//! The fused forms below (RMSNorm, with the residual add before it, and SwiGLU, each followed by
-//! the quantization) save the decode step launches: at batch 1 a small kernel costs its launch
-//! and ramp (a few microseconds), not its bytes.
+//! The fused forms below (RMSNorm and LayerNorm, each with the residual add before it, SwiGLU and
+//! GELU, each followed by the quantization) save the decode step launches: at batch 1 a small
+//! kernel costs its launch and ramp (a few microseconds), not its bytes.
 
-use crate::activation::silu;
+use crate::activation::{gelu_tanh, silu};
 use crate::device::{
     WARP_SIZE, block_dim, block_sum, dependent_launch_wait, f16_to_f32, f32_to_f16, global_idx, grid_size,
     lane_idx, round_to_i32, sqrt, thread_idx, warp_idx, warp_max, warp_sum,
@@ -119,7 +119,8 @@ pub unsafe extern "ptx-kernel" fn rms_norm_q8_1(
     });
 }
 
-/// Values per thread that `rms_norm_q8_1` keeps in registers (rows up to 4096 with 512 threads).
+/// Values per thread that `rms_norm_q8_1` and `layer_norm_q8_1` keep in registers (rows up to 4096
+/// with 512 threads).
 const PER_THREAD: usize = 8;
 
 /// `rms_norm_q8_1` for rows longer than PER_THREAD values per thread: the same math in loops.
@@ -162,6 +163,143 @@ unsafe fn rms_norm_q8_1_looped(
     }
 }
 
+/// One row: x += residual (when not null; x written back), then
+///   out = (x - mean) / sqrt(var + eps) * weight + bias,
+/// mean and biased variance over the row, the variance from the centred row (a second pass over
+/// x - mean, so that a large mean does not cancel it; as `norm.rs`'s `layer_norm`), written when
+/// `out` is not null, then out quantized as by `quantize_q8_1`: GPT-2's norms at decode.
+/// Layout: x, residual, out [dim] f32; weight, bias [dim] f32; q, d, s as `quantize_q8_1`.
+/// Launch: as `rms_norm_q8_1`: one block of up to 512 threads (a multiple of 32); dim a multiple
+/// of 32, any count of blocks of 32 (GPT-2 XL's 1600 is 50).
+/// Cost: reads 16 dim bytes (x, residual, weight, bias), writes up to 9.25 dim; the chain of
+/// latencies is one load of x, two block sums and the stores. In registers (rows up to
+/// [`PER_THREAD`] values per thread) weight and bias are loaded before the wait for the previous
+/// kernel and the centred values stay where the first pass left them; longer rows take the loops.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn layer_norm_q8_1(
+    x: *mut f32,
+    residual: *const f32,
+    weight: *const f32,
+    bias: *const f32,
+    eps: f32,
+    out: *mut f32,
+    q: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    dim: u32,
+) {
+    let (dim, threads, tid) = (dim as usize, block_dim(), thread_idx());
+    if dim > PER_THREAD * threads {
+        dependent_launch_wait();
+        unsafe { layer_norm_q8_1_looped(x, residual, weight, bias, eps, out, q, d, s, dim) };
+        return;
+    }
+    // Element k of this thread is tid + k * threads, as in `rms_norm_q8_1`: for each k the warp
+    // holds one whole block of 32.
+    let mut w = [0.0f32; PER_THREAD];
+    let mut b = [0.0f32; PER_THREAD];
+    unroll!([0, 1, 2, 3, 4, 5, 6, 7], |k| {
+        let i = tid + k * threads;
+        if i < dim {
+            w[k] = unsafe { *weight.add(i) };
+            b[k] = unsafe { *bias.add(i) };
+        }
+    });
+    dependent_launch_wait();
+    let mut v = [0.0f32; PER_THREAD];
+    let mut r = [0.0f32; PER_THREAD];
+    unroll!([0, 1, 2, 3, 4, 5, 6, 7], |k| {
+        let i = tid + k * threads;
+        if i < dim {
+            v[k] = unsafe { *x.add(i) };
+            if !residual.is_null() {
+                r[k] = unsafe { *residual.add(i) };
+            }
+        }
+    });
+    let mut acc = 0.0f32;
+    unroll!([0, 1, 2, 3, 4, 5, 6, 7], |k| {
+        let i = tid + k * threads;
+        if i < dim {
+            if !residual.is_null() {
+                v[k] += r[k];
+                unsafe { *x.add(i) = v[k] };
+            }
+            acc += v[k];
+        }
+    });
+    let mean = block_sum(acc) / dim as f32;
+    let mut acc = 0.0f32;
+    unroll!([0, 1, 2, 3, 4, 5, 6, 7], |k| {
+        if tid + k * threads < dim {
+            v[k] -= mean;
+            acc += v[k] * v[k];
+        }
+    });
+    let inverse = 1.0 / sqrt(block_sum(acc) / dim as f32 + eps);
+    unroll!([0, 1, 2, 3, 4, 5, 6, 7], |k| {
+        let i = tid + k * threads;
+        if i < dim {
+            let value = v[k] * inverse * w[k] + b[k];
+            if !out.is_null() {
+                unsafe { *out.add(i) = value };
+            }
+            unsafe { quantize_block(value, i / 32, q, d, s) };
+        }
+    });
+}
+
+/// `layer_norm_q8_1` for rows longer than PER_THREAD values per thread: the same math in loops.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn layer_norm_q8_1_looped(
+    x: *mut f32,
+    residual: *const f32,
+    weight: *const f32,
+    bias: *const f32,
+    eps: f32,
+    out: *mut f32,
+    q: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    dim: usize,
+) {
+    let mut acc = 0.0f32;
+    let mut i = thread_idx();
+    while i < dim {
+        let mut v = unsafe { *x.add(i) };
+        if !residual.is_null() {
+            v += unsafe { *residual.add(i) };
+            unsafe { *x.add(i) = v };
+        }
+        acc += v;
+        i += block_dim();
+    }
+    let mean = block_sum(acc) / dim as f32;
+    // The same elements as the first pass: each thread reads back only what it wrote.
+    let mut acc = 0.0f32;
+    let mut i = thread_idx();
+    while i < dim {
+        let centred = unsafe { *x.add(i) } - mean;
+        acc += centred * centred;
+        i += block_dim();
+    }
+    // The barriers of the block sums also make the updated x visible to the whole block.
+    let inverse = 1.0 / sqrt(block_sum(acc) / dim as f32 + eps);
+    let warps = block_dim() / WARP_SIZE;
+    let mut block = warp_idx();
+    while block < dim / 32 {
+        let i = 32 * block + lane_idx();
+        let v = (unsafe { *x.add(i) } - mean) * inverse * unsafe { *weight.add(i) } + unsafe { *bias.add(i) };
+        if !out.is_null() {
+            unsafe { *out.add(i) = v };
+        }
+        unsafe { quantize_block(v, block, q, d, s) };
+        block += warps;
+    }
+}
+
 /// act = silu(gate) * up for gate_up = [gate (n); up (n)] (written when `out` is not null), then
 /// act quantized as by `quantize_q8_1`. Launch: any grid of warps, as `quantize_q8_1`.
 #[unsafe(no_mangle)]
@@ -179,6 +317,33 @@ pub unsafe extern "ptx-kernel" fn swiglu_q8_1(
     while block < n / 32 {
         let i = 32 * block + lane_idx();
         let v = silu(unsafe { *gate_up.add(i) }) * unsafe { *gate_up.add(n + i) };
+        if !out.is_null() {
+            unsafe { *out.add(i) = v };
+        }
+        unsafe { quantize_block(v, block, q, d, s) };
+        block += warps;
+    }
+}
+
+/// act = gelu_tanh(x) (GPT-2's `gelu_new`, as `activation.rs`'s `gelu_tanh`) for x [n] (written to
+/// `out` [n] when not null), then act quantized as by `quantize_q8_1`: the FFN activation of the
+/// GPT-2 decode step. Launch: any grid of warps, as `quantize_q8_1`; n a multiple of 32.
+/// Cost: reads 4 n bytes, writes up to 5.25 n, and a tanh (one exp) per value.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn gelu_tanh_q8_1(
+    x: *const f32,
+    out: *mut f32,
+    q: *mut i8,
+    d: *mut f32,
+    s: *mut f32,
+    n: u32,
+) {
+    let n = n as usize;
+    let warps = grid_size() / WARP_SIZE;
+    let mut block = global_idx() / WARP_SIZE;
+    while block < n / 32 {
+        let i = 32 * block + lane_idx();
+        let v = gelu_tanh(unsafe { *x.add(i) });
         if !out.is_null() {
             unsafe { *out.add(i) = v };
         }
