@@ -119,7 +119,7 @@ enum Command {
     },
     /// Write a GGUF with the real shapes of a known model and random weights, for speed tests
     /// (presets: llama-3.1-8b [Q4_K, Q6_K output, 4.66 GB], qwen2.5-0.5b [Q8_0], gpt2-124m [F16],
-    /// gpt-oss-20b [MXFP4 experts, Q8_0, 12.1 GB], tiny-llama and tiny-gpt-oss [for tests]).
+    /// gpt2-xl [F16, 3.1 GB], gpt2-xl-q8_0 [Q8_0, 1.66 GB], gpt-oss-20b [MXFP4 experts, Q8_0, 12.1 GB], tiny-llama and tiny-gpt-oss [for tests]).
     Synth {
         /// The preset.
         preset: String,

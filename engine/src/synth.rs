@@ -28,8 +28,16 @@ pub enum SynthError {
     Io { path: String, source: std::io::Error },
 }
 
-pub const PRESETS: [&str; 6] =
-    ["llama-3.1-8b", "qwen2.5-0.5b", "gpt2-124m", "gpt-oss-20b", "tiny-llama", "tiny-gpt-oss"];
+pub const PRESETS: [&str; 8] = [
+    "llama-3.1-8b",
+    "qwen2.5-0.5b",
+    "gpt2-124m",
+    "gpt2-xl",
+    "gpt2-xl-q8_0",
+    "gpt-oss-20b",
+    "tiny-llama",
+    "tiny-gpt-oss",
+];
 
 /// Mixture-of-experts shape: experts, experts per token, rows of an expert's gate and up.
 #[derive(Clone, Copy)]
@@ -66,6 +74,35 @@ struct Preset {
     chat_template: Option<&'static str>,
     experts: Option<Experts>,
     sliding_window: u32,
+}
+
+/// A GPT-2 of width d (heads of 64, an FFN 4 d wide), its matrices and tied embedding in `ty`.
+fn gpt2(name: &'static str, d: usize, layers: usize, heads: usize, ty: GgmlType) -> Preset {
+    Preset {
+        arch: "gpt2",
+        name,
+        vocab: 50257,
+        ctx: 1024,
+        d,
+        layers,
+        heads,
+        kv_heads: heads,
+        head_dim: d / heads,
+        ff: 4 * d,
+        rope_base: 0.0,
+        eps: 1e-5,
+        matrix: ty,
+        embedding: ty,
+        output: None,
+        qkv_bias: true,
+        pre: "gpt-2",
+        specials: vec![(50256, "<|endoftext|>".into())],
+        bos: 50256,
+        eos: 50256,
+        chat_template: None,
+        experts: None,
+        sliding_window: 0,
+    }
 }
 
 fn preset(name: &str) -> Result<Preset, SynthError> {
@@ -182,31 +219,10 @@ fn preset(name: &str) -> Result<Preset, SynthError> {
                 sliding_window: 0,
             }
         }
-        "gpt2-124m" => Preset {
-            arch: "gpt2",
-            name: "synthetic GPT-2 124M (F16)",
-            vocab: 50257,
-            ctx: 1024,
-            d: 768,
-            layers: 12,
-            heads: 12,
-            kv_heads: 12,
-            head_dim: 64,
-            ff: 3072,
-            rope_base: 0.0,
-            eps: 1e-5,
-            matrix: GgmlType::F16,
-            embedding: GgmlType::F16,
-            output: None,
-            qkv_bias: true,
-            pre: "gpt-2",
-            specials: vec![(50256, "<|endoftext|>".into())],
-            bos: 50256,
-            eos: 50256,
-            chat_template: None,
-            experts: None,
-            sliding_window: 0,
-        },
+        "gpt2-124m" => gpt2("synthetic GPT-2 124M (F16)", 768, 12, 12, GgmlType::F16),
+        // GPT-2 XL's shapes (1.5B parameters, 48 layers, 1600 wide, 25 heads of 64).
+        "gpt2-xl" => gpt2("synthetic GPT-2 XL 1.5B (F16)", 1600, 48, 25, GgmlType::F16),
+        "gpt2-xl-q8_0" => gpt2("synthetic GPT-2 XL 1.5B (Q8_0)", 1600, 48, 25, GgmlType::Q8_0),
         // gpt-oss-20b as llama.cpp's converter writes it (the published GGUF): 12.1 GB.
         "gpt-oss-20b" => Preset {
             arch: "gpt-oss",
@@ -404,7 +420,9 @@ fn tensors(p: &Preset) -> Vec<(TensorSpec, Fill)> {
     let vector = |name: String, n: u64, fill: Fill| t(name, vec![n], GgmlType::F32, fill);
     let mut list = vec![t("token_embd.weight".into(), vec![d, p.vocab as u64], p.embedding, Fill::Random)];
     if p.arch == "gpt2" {
-        list.push(t("position_embd.weight".into(), vec![d, p.ctx as u64], p.matrix, Fill::Random));
+        // llama.cpp's converter keeps the position table F32 when it writes Q8_0 matrices.
+        let ty = if p.matrix == GgmlType::Q8_0 { GgmlType::F32 } else { p.matrix };
+        list.push(t("position_embd.weight".into(), vec![d, p.ctx as u64], ty, Fill::Random));
     }
     for i in 0..p.layers {
         let n = |s: &str| format!("blk.{i}.{s}");
@@ -642,6 +660,10 @@ mod tests {
         assert!((0.50e9..0.54e9).contains(&(qwen as f64)), "{qwen}");
         let gpt2 = size("gpt2-124m");
         assert!((0.24e9..0.27e9).contains(&(gpt2 as f64)), "{gpt2}");
+        // GPT-2 XL: 1.56 billion parameters, 3.1 GB in F16, 1.66 GB in Q8_0.
+        let (xl, xl_q8) = (size("gpt2-xl"), size("gpt2-xl-q8_0"));
+        assert!((3.08e9..3.16e9).contains(&(xl as f64)), "{xl}");
+        assert!((1.63e9..1.70e9).contains(&(xl_q8 as f64)), "{xl_q8}");
         // gpt-oss-20b, MXFP4 experts and Q8_0 elsewhere: 12.1 GB, as the published GGUF.
         let gpt_oss = size("gpt-oss-20b");
         assert!((12.05e9..12.15e9).contains(&(gpt_oss as f64)), "{gpt_oss}");

@@ -59,7 +59,7 @@ fn errors_are_one_line_and_fail() {
     assert!(!ok && err.contains("not a GGUF file"), "{err}");
 
     // Asking for the GPU where there is none is an error that says so (on a GPU machine the same
-    // command loads the model on the GPU, which tests/gpu_llama.rs covers).
+    // command loads the model on the GPU, which tests/gpu_models.rs covers).
     if host::Gpu::new(0).is_err() {
         let (ok, _, err) = engine(&["generate", "x", "--backend", "cuda"]);
         assert!(!ok && err.contains("no CUDA driver found"), "{err}");

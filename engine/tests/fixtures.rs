@@ -67,6 +67,12 @@ fn gpt2_matches_transformers() {
     check("gpt2");
 }
 
+/// Head dim 64, three layers (the GPU's paged cache takes this fixture).
+#[test]
+fn gpt2_with_head_dim_64_matches_transformers() {
+    check("gpt2-64");
+}
+
 #[test]
 fn llama_matches_transformers() {
     check("llama");

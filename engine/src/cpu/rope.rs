@@ -1,66 +1,8 @@
-//! Rotary position embeddings with optional YaRN scaling, computed in f64.
+//! Rotary position embeddings with optional YaRN scaling, computed in f64 (the twin of
+//! `gpu/src/rope.rs`). The rotation angles come from the model's description,
+//! [`RopeConfig::angle`] in `model/config.rs`.
 
-use std::f64::consts::PI;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RopeLayout {
-    /// Pairs (2i, 2i+1).
-    Interleaved,
-    /// Pairs (i, i + rope_dim/2).
-    Neox,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct YarnConfig {
-    pub factor: f32,
-    pub original_context: u32,
-    pub beta_fast: f32,
-    pub beta_slow: f32,
-    pub ext_factor: f32,
-    pub attn_factor: f32,
-    /// Round the ramp's ends out to whole pairs (floor the start, ceil the end), as llama.cpp always
-    /// does and transformers does by default. gpt-oss's own configuration says `truncate: false`
-    /// (its reference implementation and transformers use the exact ends); GGUF has no key for it.
-    pub truncate: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RopeConfig {
-    pub head_dim: usize,
-    pub rope_dim: usize,
-    pub base: f32,
-    pub layout: RopeLayout,
-    pub yarn: Option<YarnConfig>,
-}
-
-impl RopeConfig {
-    /// The rotation angle of pair `i` at `position`, and the magnitude applied with it.
-    pub fn angle(&self, position: u32, i: usize) -> (f64, f64) {
-        let d = self.rope_dim as f64;
-        let base = self.base as f64;
-        let extrapolated = position as f64 * base.powf(-2.0 * i as f64 / d);
-        let Some(yarn) = self.yarn else {
-            return (extrapolated, 1.0);
-        };
-        let freq_scale = 1.0 / yarn.factor as f64;
-        let interpolated = extrapolated * freq_scale;
-        // The pair index at which a wavelength makes `turns` full turns over the original context.
-        let pair_at = |turns: f32| {
-            d * (yarn.original_context as f64 / (turns as f64 * 2.0 * PI)).ln() / (2.0 * base.ln())
-        };
-        let (low, high) = (pair_at(yarn.beta_fast), pair_at(yarn.beta_slow));
-        let (low, high) = if yarn.truncate { (low.floor(), high.ceil()) } else { (low, high) };
-        let (low, high) = (low.max(0.0), high.min(d - 1.0));
-        let ramp = 1.0 - ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
-        let mix = ramp * yarn.ext_factor as f64;
-        let angle = interpolated * (1.0 - mix) + extrapolated * mix;
-        let mut magnitude = yarn.attn_factor as f64;
-        if yarn.ext_factor != 0.0 {
-            magnitude *= 1.0 + 0.1 * (1.0 / freq_scale).ln();
-        }
-        (angle, magnitude)
-    }
-}
+pub use crate::model::{RopeConfig, RopeLayout, YarnConfig};
 
 /// Rotates x [positions.len(), n_heads, head_dim] in place.
 pub fn rope(x: &mut [f32], positions: &[u32], n_heads: usize, config: &RopeConfig) {
@@ -164,7 +106,7 @@ mod tests {
             layout: RopeLayout::Neox,
             yarn: Some(yarn),
         };
-        let end = |b: f64| 64.0 * (4096.0 / (2.0 * PI * b)).ln() / (2.0 * 150000f64.ln());
+        let end = |b: f64| 64.0 * (4096.0 / (2.0 * std::f64::consts::PI * b)).ln() / (2.0 * 150000f64.ln());
         let (low, high) = (end(32.0), end(1.0));
         let frequency = |i: usize| 150000f64.powf(-2.0 * i as f64 / 64.0);
         for i in [8, 9, 12, 17, 18] {

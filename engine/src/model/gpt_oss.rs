@@ -23,9 +23,10 @@ use super::{ConfigError, ModelConfig, ModelError, Numerics};
 use crate::cpu::attention::{AttentionOptions, causal_attention_with};
 use crate::cpu::moe::top_k_softmax;
 use crate::cpu::quantized::{Matrix, matmul};
-use crate::cpu::rope::{self, RopeConfig};
+use crate::cpu::rope;
 use crate::cpu::{activation, norm};
 use crate::gguf::GgufFile;
+use crate::model::RopeConfig;
 
 /// gpt-oss's clamped SwiGLU constants (fixed in the model, not in the GGUF).
 pub const SWIGLU_ALPHA: f32 = 1.702;

@@ -8,7 +8,7 @@ mod kv_cache;
 mod llama;
 pub mod weights;
 
-pub use config::{Architecture, ConfigError, ModelConfig, MoeConfig};
+pub use config::{Architecture, ConfigError, ModelConfig, MoeConfig, RopeConfig, RopeLayout, YarnConfig};
 pub use gpt_oss::GptOss;
 pub use gpt2::Gpt2;
 pub use kv_cache::KvCache;

@@ -1,5 +1,7 @@
-//! The GPU decode path of the Llama family against the CPU reference and transformers, on the
-//! fixtures (tests/fixtures/). GPU tests: run with `cargo test -- --include-ignored` on a GPU.
+//! The GPU models (`engine/src/cuda/`: the Llama family, gpt-oss, GPT-2) against the CPU
+//! reference (`engine/src/model/`) and transformers, on the fixtures (tests/fixtures/): the prompt
+//! pass, decode steps after a prompt, and the captured graph against kernels launched one by one.
+//! GPU tests: run with `cargo test -- --include-ignored` on a GPU.
 
 use engine::cuda::GpuModel;
 use engine::gguf::GgufFile;
@@ -66,6 +68,7 @@ fn check_file(name: &str, gguf: &str, integer: bool, against_transformers: bool)
     // (the captured graph against kernels launched one by one), to the GEMM's f16 rounding where
     // the prompt went through the batched pass.
     let split = 10;
+    let mut stepped_by = Vec::new();
     for use_graph in [true, false] {
         model.clear();
         model.use_graph = use_graph;
@@ -73,12 +76,14 @@ fn check_file(name: &str, gguf: &str, integer: bool, against_transformers: bool)
         for &token in &tokens[split..] {
             stepped.extend(model.forward(&[token]).unwrap());
         }
-        if !use_graph && c_paged(&model) {
-            let error = relative_error(&stepped, &logits);
-            assert!(error < 1e-2, "{gguf}: prompt then steps vs one pass {error:.2e}");
-        } else if !use_graph {
-            assert_eq!(stepped, logits, "{gguf}: graph and eager steps differ");
-        }
+        stepped_by.push(stepped);
+    }
+    assert_eq!(stepped_by[0], stepped_by[1], "{gguf}: graph and eager steps differ");
+    if c_paged(&model) {
+        let error = relative_error(&stepped_by[1], &logits);
+        assert!(error < 1e-2, "{gguf}: prompt then steps vs one pass {error:.2e}");
+    } else {
+        assert_eq!(stepped_by[1], logits, "{gguf}: prompt then steps vs one pass (both steps)");
     }
     let (mut worst_cpu, mut worst_hf) = (0.0f64, 0.0f64);
     for t in 0..tokens.len() {
@@ -147,8 +152,14 @@ fn llama_with_the_paged_cache_matches_the_cpu() {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn quantized_llama_with_integer_activations_matches_the_cpu() {
-    let file = GgufFile::open(fixture("llama64-q8_0.gguf")).unwrap();
-    let (tokens, _) = tokens_and_logits("llama64");
+    check_integer("llama64-q8_0", "llama64");
+}
+
+/// `gguf` (quantized matrices of fixture `name`) decoded token by token with 8-bit activations,
+/// against the CPU's llama.cpp numerics at the first position and its exact numerics at every one.
+fn check_integer(gguf: &str, name: &str) {
+    let file = GgufFile::open(fixture(&format!("{gguf}.gguf"))).unwrap();
+    let (tokens, _) = tokens_and_logits(name);
     let (exact, llamacpp) =
         (cpu_logits(&file, &tokens, Numerics::Exact), cpu_logits(&file, &tokens, Numerics::LlamaCpp));
     let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
@@ -163,13 +174,13 @@ fn quantized_llama_with_integer_activations_matches_the_cpu() {
     let n_vocab = model.config().n_vocab;
     let row = |v: &[f32], t: usize| v[t * n_vocab..(t + 1) * n_vocab].to_vec();
     let first = relative_error(&row(&logits, 0), &row(&llamacpp, 0));
-    assert!(first < 1e-5, "position 0: GPU vs CPU llama.cpp numerics {first:.2e}");
+    assert!(first < 1e-5, "{gguf} position 0: GPU vs CPU llama.cpp numerics {first:.2e}");
     for t in 0..tokens.len() {
         let error = relative_error(&row(&logits, t), &row(&exact, t));
         let cpu_spread = relative_error(&row(&llamacpp, t), &row(&exact, t));
         assert!(
             error < 5e-2,
-            "position {t}: GPU vs exact CPU {error:.2e} (CPU numerics differ by {cpu_spread:.2e})"
+            "{gguf} position {t}: GPU vs exact CPU {error:.2e} (CPU numerics differ by {cpu_spread:.2e})"
         );
     }
 }
@@ -213,4 +224,49 @@ fn gpt_oss_on_the_gpu_matches_the_cpu() {
     assert!(worst_steps < 1e-2, "decode steps vs CPU {worst_steps:.2e}");
     assert_same_greedy(&prompt, &exact, n_vocab, "gptoss prompt pass");
     assert_same_greedy(&stepped, &llamacpp, n_vocab, "gptoss decode steps");
+}
+
+/// GPT-2 (tests/fixtures/gpt2: head dim 16, so the contiguous f32 cache and a prompt run token by
+/// token): learned positions, LayerNorm with bias, fused qkv with bias, GELU, tied output.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpt2_on_the_gpu_matches_the_cpu() {
+    check("gpt2");
+}
+
+/// GPT-2 with head dim 64 and three layers: the paged cache, the batched prompt pass (GEMMs with
+/// biases, causal flash attention) and the fused LayerNorm and GELU kernels of the decode step.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpt2_with_the_paged_cache_matches_the_cpu() {
+    check("gpt2-64");
+}
+
+/// The same GPT-2 converted with Q8_0 matrices (the tied embedding and output too): f32
+/// activations against the exact CPU, then 8-bit activations against the CPU's llama.cpp numerics.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn quantized_gpt2_matches_the_cpu() {
+    check_file("gpt2-64", "gpt2-64-q8_0", false, false);
+    check_integer("gpt2-64-q8_0", "gpt2-64");
+}
+
+/// Learned positions end where the table ends: a context longer than the model's is refused at
+/// load with an error that names the limit, and a sequence past the context fails cleanly.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpt2_refuses_a_context_longer_than_its_positions() {
+    let file = GgufFile::open(fixture("gpt2.gguf")).unwrap();
+    let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
+    let trained = engine::model::ModelConfig::from_gguf(&file).unwrap().n_ctx_train;
+    let error = GpuModel::load(gpu, &file, trained + 1, &|_, _| {})
+        .err()
+        .expect("a context past the table")
+        .to_string();
+    assert!(error.contains(&format!("--ctx-size {trained} or less")), "{error}");
+    let gpu = host::Gpu::new(0).unwrap();
+    let mut model = GpuModel::load(gpu, &file, 8, &|_, _| {}).unwrap();
+    let (tokens, _) = tokens_and_logits("gpt2");
+    let error = model.forward(&tokens).unwrap_err().to_string();
+    assert!(error.contains("the context holds 8"), "{error}");
 }
