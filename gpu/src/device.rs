@@ -37,6 +37,11 @@ pub fn block_idx_z() -> usize {
 }
 
 #[inline(always)]
+pub fn grid_dim_z() -> usize {
+    unsafe { nvptx::_grid_dim_z() as usize }
+}
+
+#[inline(always)]
 pub fn grid_dim_y() -> usize {
     unsafe { nvptx::_grid_dim_y() as usize }
 }
@@ -647,4 +652,10 @@ pub fn round_to_i32(x: f32) -> i32 {
     let out: i32;
     unsafe { asm!("cvt.rni.s32.f32 {o}, {x};", o = out(reg32) out, x = in(reg32) x) };
     out
+}
+
+/// *address += value in global memory, atomically (no result returned: `red`, not `atom`).
+#[inline(always)]
+pub unsafe fn atomic_add_f32(address: *mut f32, value: f32) {
+    unsafe { asm!("red.global.add.f32 [{a}], {v};", a = in(reg64) address, v = in(reg32) value, options(nostack)) };
 }

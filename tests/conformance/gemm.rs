@@ -288,6 +288,34 @@ fn gemm_at_model_shapes() {
     // gpt-oss-20b: hidden 2880, an expert's gate and up stacked (5760 rows).
     check(WeightFormat::Mxfp4, 512, 2880, (0, 5760), true, 6);
     check(WeightFormat::Mxfp4, 333, 2880, (2000, 2880), false, 7);
+    // GPT-2 XL (hidden 1600, F16): 52 tiles, so the product is split in two along K; also a
+    // row whose K steps do not halve evenly (1000 = 15.6 steps) and a bf16 one.
+    check(WeightFormat::F16, 512, 1600, (0, 1600), true, 8);
+    check(WeightFormat::F16, 300, 1000, (7, 900), true, 9);
+    check(WeightFormat::Bf16, 512, 1600, (1600, 1600), true, 10);
+}
+
+/// The product split along K adds two halves into Y: the same Y every time (a + b = b + a), as the
+/// graph-against-eager and prompt-against-steps tests of the models expect.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gemm_split_along_k_is_deterministic() {
+    let (t, n_in, n_out) = (512, 1600, 1600);
+    let gpu = gpu();
+    let matrix = gpu
+        .upload_matrix(WeightFormat::F16, &random_matrix(WeightFormat::F16, n_in, n_out, 11), n_in, n_out)
+        .unwrap();
+    let x = gpu.upload(&random_values(12, t * n_in, 2.0)).unwrap();
+    let bias = gpu.upload(&random_values(13, n_out, 1.0)).unwrap();
+    let run = || {
+        let mut y = poisoned(t * n_out);
+        gpu.gemm(&matrix, 0..n_out, &x, t, Some(&bias), &mut y).unwrap();
+        gpu.download(&y).unwrap()
+    };
+    let first = run();
+    for _ in 0..5 {
+        assert!(run() == first, "two runs of a K-split product differ");
+    }
 }
 
 #[test]

@@ -36,8 +36,8 @@ use super::dequant::{
     q4_k_values, q6_k_values, q8_0_values,
 };
 use crate::device::{
-    block_idx, block_idx_y, copy_async_16, copy_async_commit, copy_async_wait, dynamic_shared_address,
-    global_idx, grid_size, lane_idx, load_f32x4, load_matrix_x4, load_u16x8, mma_16x8x16, pack_bf16x2,
+    atomic_add_f32, block_idx, block_idx_y, block_idx_z, copy_async_16, copy_async_commit, copy_async_wait, dynamic_shared_address,
+    global_idx, grid_dim_z, grid_size, lane_idx, load_f32x4, load_matrix_x4, load_u16x8, mma_16x8x16, pack_bf16x2,
     pack_f16x2, shared_load_f32, shared_store_f32, shared_store_u32x4, store_u32x4, sync_threads, thread_idx,
     warp_idx,
 };
@@ -302,10 +302,17 @@ unsafe fn store_pair(
 ) {
     if let Some(row) = rows(row) {
         let out = unsafe { y.add(row * n_out + column) };
+        // Split along K (`gemm_half` with a grid of two in z): each half adds its sums into Y,
+        // which the host zeroed; a + b = b + a, so two halves give the same Y in either order.
+        let accumulate = grid_dim_z() > 1;
         unroll!([0, 1], |e| {
             if column + e < n_out {
                 let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(column + e) } };
-                unsafe { *out.add(e) = pair[e] + b };
+                if accumulate {
+                    unsafe { atomic_add_f32(out.add(e), pair[e] + b) };
+                } else {
+                    unsafe { *out.add(e) = pair[e] + b };
+                }
             }
         });
     }
@@ -389,14 +396,20 @@ unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
     let x_ring = dynamic_shared_address();
     let w_ring = x_ring + STAGES as u32 * TILE_BYTES;
     let (x_copy, w_copy) = (TileCopy::new(x, t, n_in, m0), TileCopy::new(w, n_out, n_in, n0));
-    let steps = n_in.div_ceil(TILE_K);
+    // With a grid of z splits, this block takes its share of the K steps (from step `first`) and
+    // only the first split adds the bias.
+    let (all_steps, splits) = (n_in.div_ceil(TILE_K), grid_dim_z());
+    let share = all_steps.div_ceil(splits);
+    let first = (block_idx_z() * share).min(all_steps);
+    let steps = share.min(all_steps - first);
+    let bias = if block_idx_z() == 0 { bias } else { core::ptr::null() };
     let fragments = Fragments::new::<WIDE, 4>();
     let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
     for s in 0..STAGES - 1 {
         if s < steps {
             unsafe {
-                x_copy.copy(x_ring + s as u32 * TILE_BYTES, s * TILE_K);
-                w_copy.copy(w_ring + s as u32 * TILE_BYTES, s * TILE_K);
+                x_copy.copy(x_ring + s as u32 * TILE_BYTES, (first + s) * TILE_K);
+                w_copy.copy(w_ring + s as u32 * TILE_BYTES, (first + s) * TILE_K);
             }
         }
         copy_async_commit();
@@ -412,8 +425,8 @@ unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
         let slot = (k % STAGES) as u32 * TILE_BYTES;
         unsafe {
             fragments.multiply::<BF16, WIDE, false, 4>(x_ring + slot, w_ring + slot, &mut acc, |part| {
-                x_copy.copy_part(x_ring + next, ahead * TILE_K, part, live);
-                w_copy.copy_part(w_ring + next, ahead * TILE_K, part, live);
+                x_copy.copy_part(x_ring + next, (first + ahead) * TILE_K, part, live);
+                w_copy.copy_part(w_ring + next, (first + ahead) * TILE_K, part, live);
             })
         };
         copy_async_commit();
