@@ -293,6 +293,9 @@ fn gemm_at_model_shapes() {
     check(WeightFormat::F16, 512, 1600, (0, 1600), true, 8);
     check(WeightFormat::F16, 300, 1000, (7, 900), true, 9);
     check(WeightFormat::Bf16, 512, 1600, (1600, 1600), true, 10);
+    // The phased quantized loop split along K: GPT-2 XL in Q8_0, Llama-3.1-8B's k (1024 rows).
+    check(WeightFormat::Q8_0, 512, 1600, (0, 1600), true, 11);
+    check(WeightFormat::Q4K, 512, 4096, (4096, 1024), true, 12);
 }
 
 /// The product split along K adds two halves into Y: the same Y every time (a + b = b + a), as the
@@ -302,19 +305,20 @@ fn gemm_at_model_shapes() {
 fn gemm_split_along_k_is_deterministic() {
     let (t, n_in, n_out) = (512, 1600, 1600);
     let gpu = gpu();
-    let matrix = gpu
-        .upload_matrix(WeightFormat::F16, &random_matrix(WeightFormat::F16, n_in, n_out, 11), n_in, n_out)
-        .unwrap();
-    let x = gpu.upload(&random_values(12, t * n_in, 2.0)).unwrap();
-    let bias = gpu.upload(&random_values(13, n_out, 1.0)).unwrap();
-    let run = || {
-        let mut y = poisoned(t * n_out);
-        gpu.gemm(&matrix, 0..n_out, &x, t, Some(&bias), &mut y).unwrap();
-        gpu.download(&y).unwrap()
-    };
-    let first = run();
-    for _ in 0..5 {
-        assert!(run() == first, "two runs of a K-split product differ");
+    for format in [WeightFormat::F16, WeightFormat::Q8_0] {
+        let bytes = random_matrix(format, n_in, n_out, 11);
+        let matrix = gpu.upload_matrix(format, &bytes, n_in, n_out).unwrap();
+        let x = gpu.upload(&random_values(12, t * n_in, 2.0)).unwrap();
+        let bias = gpu.upload(&random_values(13, n_out, 1.0)).unwrap();
+        let run = || {
+            let mut y = poisoned(t * n_out);
+            gpu.gemm(&matrix, 0..n_out, &x, t, Some(&bias), &mut y).unwrap();
+            gpu.download(&y).unwrap()
+        };
+        let first = run();
+        for _ in 0..5 {
+            assert!(run() == first, "two runs of a K-split {format:?} product differ");
+        }
     }
 }
 

@@ -302,7 +302,7 @@ unsafe fn store_pair(
 ) {
     if let Some(row) = rows(row) {
         let out = unsafe { y.add(row * n_out + column) };
-        // Split along K (`gemm_half` with a grid of two in z): each half adds its sums into Y,
+        // Split along K (`gemm_half`, `gemm_phased_tile` with a grid of two in z): each half adds its sums into Y,
         // which the host zeroed; a + b = b + a, so two halves give the same Y in either order.
         let accumulate = grid_dim_z() > 1;
         unroll!([0, 1], |e| {
@@ -558,7 +558,13 @@ pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize>(
 ) {
     let x_ring = dynamic_shared_address();
     let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
-    let steps = n_in.div_ceil(TILE_K);
+    // Split along K as in `gemm_half` (grid z = 2 for dense products of few tiles; the expert
+    // products launch z = 1): this block's steps are first.., absolute step k = first + local.
+    let (all_steps, splits) = (n_in.div_ceil(TILE_K), grid_dim_z());
+    let share = all_steps.div_ceil(splits);
+    let first = (block_idx_z() * share).min(all_steps);
+    let steps = share.min(all_steps - first);
+    let bias = if block_idx_z() == 0 { bias } else { core::ptr::null() };
     let fragments = Fragments::new::<false, M16>();
     let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
 
@@ -579,21 +585,21 @@ pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize>(
 
     for s in 0..STAGES - 1 {
         if s < steps {
-            unsafe { x_copy.copy(x_ring + s as u32 * TILE_BYTES, s * TILE_K) };
+            unsafe { x_copy.copy(x_ring + s as u32 * TILE_BYTES, (first + s) * TILE_K) };
         }
         copy_async_commit();
     }
-    store(load(0), 0, w_tiles);
-    let mut raw = load(1);
+    store(load(first), first, w_tiles);
+    let mut raw = load(first + 1);
     for k in 0..steps {
         copy_async_wait::<{ (STAGES - 2) as u32 }>();
         sync_threads();
         let ahead_x = k + STAGES - 1;
         if ahead_x < steps {
-            unsafe { x_copy.copy(x_ring + (ahead_x % STAGES) as u32 * TILE_BYTES, ahead_x * TILE_K) };
+            unsafe { x_copy.copy(x_ring + (ahead_x % STAGES) as u32 * TILE_BYTES, (first + ahead_x) * TILE_K) };
         }
         copy_async_commit();
-        let ahead = load(k + 2);
+        let ahead = load(first + k + 2);
         let slot = (k % STAGES) as u32 * TILE_BYTES;
         unsafe {
             fragments.multiply::<false, false, true, M16>(
@@ -604,7 +610,7 @@ pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize>(
             )
         };
         if k + 1 < steps {
-            store(raw, k + 1, w_tiles + ((k + 1) % 2) as u32 * TILE_BYTES);
+            store(raw, first + k + 1, w_tiles + ((k + 1) % 2) as u32 * TILE_BYTES);
         }
         raw = ahead;
     }

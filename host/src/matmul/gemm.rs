@@ -65,7 +65,8 @@ pub fn gemm_config(
 }
 
 impl Gpu {
-    /// The 16-bit product's grid split in two along K (z = 2) when its tiles fill at most half the
+    /// The grid of a product whose kernel takes a split (16-bit weights; Q8_0 and Q4_K, the
+    /// phased quantized loop) split in two along K (z = 2) when its tiles fill at most half the
     /// GPU and a row holds at least 8 K steps: GPT-2 XL's 1600-row products at 512 tokens are 52
     /// tiles of 128 x 128 on 132 SMs, one tile per SM at a time, so each SM's rate is what the
     /// product gets; two half-length tiles per output tile run in about half the time. Y (its
@@ -168,6 +169,7 @@ impl Gpu {
                 match (format, mins, sub) {
                     (WeightFormat::Q8_0, _, _) => {
                         let (q, s) = (q + r * n, s + 2 * blocks);
+                        let config = self.split_k(config, n_in, y, n_tokens * rows.len())?;
                         self.launch("gemm_q8_0", config, &[&x16, &q, &s, &bias, &y, &t, &n_in32, &n_rows])
                     }
                     (WeightFormat::Q4_0, _, _) => {
@@ -182,6 +184,7 @@ impl Gpu {
                     (WeightFormat::Q4K, _, _) => {
                         // 20 bytes of head per super-block of 256.
                         let (q, heads) = (q + r * n / 2, s + 20 * (r * n / 256));
+                        let config = self.split_k(config, n_in, y, n_tokens * rows.len())?;
                         self.launch("gemm_q4_k", config, &[&x16, &q, &heads, &bias, &y, &t, &n_in32, &n_rows])
                     }
                     (WeightFormat::Q6K, _, Some(sub)) => {
