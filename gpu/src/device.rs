@@ -657,5 +657,7 @@ pub fn round_to_i32(x: f32) -> i32 {
 /// *address += value in global memory, atomically (no result returned: `red`, not `atom`).
 #[inline(always)]
 pub unsafe fn atomic_add_f32(address: *mut f32, value: f32) {
-    unsafe { asm!("red.global.add.f32 [{a}], {v};", a = in(reg64) address, v = in(reg32) value, options(nostack)) };
+    unsafe {
+        asm!("red.global.add.f32 [{a}], {v};", a = in(reg64) address, v = in(reg32) value, options(nostack))
+    };
 }

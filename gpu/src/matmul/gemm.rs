@@ -36,10 +36,10 @@ use super::dequant::{
     q4_k_values, q6_k_values, q8_0_values,
 };
 use crate::device::{
-    atomic_add_f32, block_idx, block_idx_y, block_idx_z, copy_async_16, copy_async_commit, copy_async_wait, dynamic_shared_address,
-    global_idx, grid_dim_z, grid_size, lane_idx, load_f32x4, load_matrix_x4, load_u16x8, mma_16x8x16, pack_bf16x2,
-    pack_f16x2, shared_load_f32, shared_store_f32, shared_store_u32x4, store_u32x4, sync_threads, thread_idx,
-    warp_idx,
+    atomic_add_f32, block_idx, block_idx_y, block_idx_z, copy_async_16, copy_async_commit, copy_async_wait,
+    dynamic_shared_address, global_idx, grid_dim_z, grid_size, lane_idx, load_f32x4, load_matrix_x4,
+    load_u16x8, mma_16x8x16, pack_bf16x2, pack_f16x2, shared_load_f32, shared_store_f32, shared_store_u32x4,
+    store_u32x4, sync_threads, thread_idx, warp_idx,
 };
 use crate::unroll;
 
@@ -596,7 +596,9 @@ pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize>(
         sync_threads();
         let ahead_x = k + STAGES - 1;
         if ahead_x < steps {
-            unsafe { x_copy.copy(x_ring + (ahead_x % STAGES) as u32 * TILE_BYTES, (first + ahead_x) * TILE_K) };
+            unsafe {
+                x_copy.copy(x_ring + (ahead_x % STAGES) as u32 * TILE_BYTES, (first + ahead_x) * TILE_K)
+            };
         }
         copy_async_commit();
         let ahead = load(first + k + 2);
