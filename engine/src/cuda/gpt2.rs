@@ -70,7 +70,7 @@ pub fn plan(config: &ModelConfig, capacity: usize) -> Result<usize, CudaError> {
         });
     }
     if config.n_head_kv != config.n_head {
-        return Err(CudaError::Architecture("GPT-2 with fewer key/value heads than query heads"));
+        return Err(CudaError::Unsupported("a GPT-2 model with fewer key/value heads than query heads"));
     }
     Ok(Scratch::bytes(config))
 }

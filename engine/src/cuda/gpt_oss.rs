@@ -56,7 +56,7 @@ struct Experts {
 pub fn plan(config: &ModelConfig, _capacity: usize) -> Result<usize, CudaError> {
     let g = Config::new(config).map_err(ModelError::from)?;
     if !HEAD_DIMS.contains(&config.head_dim) {
-        return Err(CudaError::Architecture("gpt-oss with a head dim other than 64, 80, 96 or 128"));
+        return Err(CudaError::Unsupported("a gpt-oss model with a head dim other than 64, 80, 96 or 128"));
     }
     Ok(AttentionScratch::bytes(config) + MoeScratch::bytes(&g, config.n_embd))
 }

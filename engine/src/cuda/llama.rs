@@ -41,7 +41,7 @@ struct Layer {
 /// What the architecture asks of the configuration; the bytes of its decode scratch.
 pub fn plan(config: &ModelConfig, _capacity: usize) -> Result<usize, CudaError> {
     if config.rope.is_none() {
-        return Err(CudaError::Architecture("a Llama-family model without RoPE"));
+        return Err(CudaError::Unsupported("a Llama-family model without RoPE"));
     }
     Ok(AttentionScratch::bytes(config) + FfnScratch::bytes(config.n_ff))
 }

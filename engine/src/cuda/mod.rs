@@ -59,8 +59,9 @@ pub enum CudaError {
         memory::gib(*free)
     )]
     OutOfMemory { ledger: VramLedger, free: usize, advice: String },
-    #[error("the {0} architecture has no GPU implementation yet")]
-    Architecture(&'static str),
+    /// A model of a known architecture in a form the GPU code does not take.
+    #[error("{0} has no GPU implementation yet; --backend cpu runs it")]
+    Unsupported(&'static str),
     #[error(
         "--ctx-size {requested} is longer than the {trained} positions this {architecture} model learned; its position embeddings cannot extrapolate: use --ctx-size {trained} or less"
     )]
