@@ -4,7 +4,8 @@
 //!
 //! Per layer: h = x + Wo attn(Wqkv LN1(x) + b) + bo, x = h + Wdown gelu(Wup LN2(h) + bu) + bd.
 
-use super::kv_cache::KvCache;
+use super::batch::{BatchLayout, LogitRows};
+use super::kv_cache::KvPool;
 use super::llama::add;
 use super::weights::{load, load_matrix, load_matrix_optional};
 use super::{ModelConfig, ModelError, Numerics};
@@ -80,15 +81,15 @@ impl Gpt2 {
         &self.config
     }
 
-    /// Runs `tokens` at positions cache.len.. and returns their logits [n_tokens, n_vocab].
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+    /// Runs the batch's chunks (checked by [`BatchLayout::new`]) and returns the logits `rows`
+    /// asks for.
+    pub(super) fn forward(&self, layout: &BatchLayout, pool: &mut KvPool, rows: LogitRows) -> Vec<f32> {
         let c = &self.config;
-        let (d, n) = (c.n_embd, tokens.len());
-        let start = super::check_room(tokens, c, cache)?;
-        let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
+        let (d, n) = (c.n_embd, layout.n_rows());
 
-        let mut x: Vec<f32> = tokens.iter().flat_map(|&t| self.token_embd.row_f32(d, t as usize)).collect();
-        embedding::position_add(&self.position_embd, &positions, &mut x, d);
+        let mut x: Vec<f32> =
+            layout.tokens.iter().flat_map(|&t| self.token_embd.row_f32(d, t as usize)).collect();
+        embedding::position_add(&self.position_embd, &layout.positions, &mut x, d);
         let mut h = vec![0.0; n * d];
         let mut qkv = vec![0.0; n * 3 * d];
         let (mut q, mut k, mut v) = (vec![0.0; n * d], vec![0.0; n * d], vec![0.0; n * d]);
@@ -104,12 +105,14 @@ impl Gpt2 {
                 k[t * d..(t + 1) * d].copy_from_slice(&row[d..2 * d]);
                 v[t * d..(t + 1) * d].copy_from_slice(&row[2 * d..]);
             }
-            cache.write(i, &k, &v);
+            layout.write(pool, i, &k, &v);
             let attention = match self.numerics {
                 Numerics::Exact => attention::causal_attention,
                 Numerics::LlamaCpp => attention::causal_attention_llamacpp,
             };
-            attention(&q, &cache.keys[i], &cache.values[i], &mut attn, start, c.n_head, c.n_head, c.head_dim);
+            layout.attend(pool, i, &q, &mut attn, |q, keys, values, out, start| {
+                attention(q, keys, values, out, start, c.n_head, c.n_head, c.head_dim)
+            });
             matmul(&attn, &layer.w_o, Some(&layer.b_o), &mut projected, d, d);
             add(&mut x, &projected);
 
@@ -121,10 +124,10 @@ impl Gpt2 {
             matmul(&up, &layer.w_down, Some(&layer.b_down), &mut projected, c.n_ff, d);
             add(&mut x, &projected);
         }
-        cache.len = start + n;
         norm::layer_norm(&x, &self.output_norm.0, &self.output_norm.1, &mut h, d, c.norm_eps);
-        let mut logits = vec![0.0; n * c.n_vocab];
+        let h = layout.logit_rows(h, d, rows);
+        let mut logits = vec![0.0; h.len() / d * c.n_vocab];
         matmul(&h, self.output.as_ref().unwrap_or(&self.token_embd), None, &mut logits, d, c.n_vocab);
-        Ok(logits)
+        logits
     }
 }

@@ -16,7 +16,8 @@
 //! that mimics llama.cpp has no sinks or window. `Numerics::Exact` dequantizes every expert to f32,
 //! about 76 GB for gpt-oss-20b: the reference for small files, not a way to run the real one.
 
-use super::kv_cache::KvCache;
+use super::batch::{BatchLayout, LogitRows};
+use super::kv_cache::KvPool;
 use super::llama::add;
 use super::weights::{load, load_experts, load_matrix};
 use super::{ConfigError, ModelConfig, ModelError, Numerics};
@@ -177,15 +178,16 @@ impl GptOss {
         &self.model_config
     }
 
-    /// Runs `tokens` at positions cache.len.. and returns their logits [n_tokens, n_vocab].
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+    /// Runs the batch's chunks (checked by [`BatchLayout::new`]) and returns the logits `rows`
+    /// asks for.
+    pub(super) fn forward(&self, layout: &BatchLayout, pool: &mut KvPool, rows: LogitRows) -> Vec<f32> {
         let c = &self.config;
-        let (d, n) = (c.n_embd, tokens.len());
+        let (d, n) = (c.n_embd, layout.n_rows());
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        let start = super::check_room(tokens, &self.model_config, cache)?;
-        let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
+        let positions = &layout.positions;
 
-        let mut x: Vec<f32> = tokens.iter().flat_map(|&t| self.token_embd.row_f32(d, t as usize)).collect();
+        let mut x: Vec<f32> =
+            layout.tokens.iter().flat_map(|&t| self.token_embd.row_f32(d, t as usize)).collect();
         let (mut h, mut q, mut k, mut v) =
             (vec![0.0; n * d], vec![0.0; n * q_dim], vec![0.0; n * kv_dim], vec![0.0; n * kv_dim]);
         let mut attn = vec![0.0; n * q_dim];
@@ -195,9 +197,9 @@ impl GptOss {
             matmul(&h, &layer.wq, Some(&layer.bq), &mut q, d, q_dim);
             matmul(&h, &layer.wk, Some(&layer.bk), &mut k, d, kv_dim);
             matmul(&h, &layer.wv, Some(&layer.bv), &mut v, d, kv_dim);
-            rope::rope(&mut q, &positions, c.n_head, &c.rope);
-            rope::rope(&mut k, &positions, c.n_head_kv, &c.rope);
-            cache.write(i, &k, &v);
+            rope::rope(&mut q, positions, c.n_head, &c.rope);
+            rope::rope(&mut k, positions, c.n_head_kv, &c.rope);
+            layout.write(pool, i, &k, &v);
             let options = AttentionOptions {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
@@ -206,7 +208,9 @@ impl GptOss {
                 window: c.window(i),
                 sinks: Some(&layer.sinks),
             };
-            causal_attention_with(&q, &cache.keys[i], &cache.values[i], &mut attn, start, &options);
+            layout.attend(pool, i, &q, &mut attn, |q, keys, values, out, start| {
+                causal_attention_with(q, keys, values, out, start, &options)
+            });
             matmul(&attn, &layer.wo, Some(&layer.bo), &mut projected, q_dim, d);
             add(&mut x, &projected);
 
@@ -214,11 +218,11 @@ impl GptOss {
             self.mixture_of_experts(layer, &h, &mut projected);
             add(&mut x, &projected);
         }
-        cache.len = start + n;
         norm::rms_norm(&x, &self.output_norm, &mut h, d, c.norm_eps);
-        let mut logits = vec![0.0; n * c.n_vocab];
+        let h = layout.logit_rows(h, d, rows);
+        let mut logits = vec![0.0; h.len() / d * c.n_vocab];
         matmul(&h, &self.output, None, &mut logits, d, c.n_vocab);
-        Ok(logits)
+        logits
     }
 
     /// out [n_tokens, n_embd] = the routed experts' weighted sum for each row of `m`.

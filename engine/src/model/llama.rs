@@ -4,7 +4,8 @@
 //! Per layer: h = x + Wo attn(rope(Wq n), rope(Wk n), Wv n) with n = rms_norm(x), then
 //! x = h + Wdown (silu(Wgate m) * Wup m) with m = rms_norm(h). Logits = Wout rms_norm(x).
 
-use super::kv_cache::KvCache;
+use super::batch::{BatchLayout, LogitRows};
+use super::kv_cache::KvPool;
 use super::weights::{load, load_matrix, load_matrix_optional, load_optional};
 use super::{ModelConfig, ModelError, Numerics};
 use crate::cpu::quantized::{Matrix, matmul};
@@ -105,16 +106,17 @@ impl Llama {
         &self.config
     }
 
-    /// Runs `tokens` at positions cache.len.. and returns their logits [n_tokens, n_vocab].
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+    /// Runs the batch's chunks (checked by [`BatchLayout::new`]) and returns the logits `rows`
+    /// asks for.
+    pub(super) fn forward(&self, layout: &BatchLayout, pool: &mut KvPool, rows: LogitRows) -> Vec<f32> {
         let c = &self.config;
         let rope_config = c.rope.as_ref().expect("the Llama family uses RoPE");
-        let (d, n) = (c.n_embd, tokens.len());
+        let (d, n) = (c.n_embd, layout.n_rows());
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        let start = super::check_room(tokens, c, cache)?;
-        let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
+        let positions = &layout.positions;
 
-        let mut x: Vec<f32> = tokens.iter().flat_map(|&t| self.token_embd.row_f32(d, t as usize)).collect();
+        let mut x: Vec<f32> =
+            layout.tokens.iter().flat_map(|&t| self.token_embd.row_f32(d, t as usize)).collect();
         let (mut h, mut q, mut k, mut v) =
             (vec![0.0; n * d], vec![0.0; n * q_dim], vec![0.0; n * kv_dim], vec![0.0; n * kv_dim]);
         let mut attn = vec![0.0; n * q_dim];
@@ -125,23 +127,16 @@ impl Llama {
             matmul(&h, &layer.wq, layer.bq.as_deref(), &mut q, d, q_dim);
             matmul(&h, &layer.wk, layer.bk.as_deref(), &mut k, d, kv_dim);
             matmul(&h, &layer.wv, layer.bv.as_deref(), &mut v, d, kv_dim);
-            rope::rope(&mut q, &positions, c.n_head, rope_config);
-            rope::rope(&mut k, &positions, c.n_head_kv, rope_config);
-            cache.write(i, &k, &v);
+            rope::rope(&mut q, positions, c.n_head, rope_config);
+            rope::rope(&mut k, positions, c.n_head_kv, rope_config);
+            layout.write(pool, i, &k, &v);
             let attention = match self.numerics {
                 Numerics::Exact => attention::causal_attention,
                 Numerics::LlamaCpp => attention::causal_attention_llamacpp,
             };
-            attention(
-                &q,
-                &cache.keys[i],
-                &cache.values[i],
-                &mut attn,
-                start,
-                c.n_head,
-                c.n_head_kv,
-                c.head_dim,
-            );
+            layout.attend(pool, i, &q, &mut attn, |q, keys, values, out, start| {
+                attention(q, keys, values, out, start, c.n_head, c.n_head_kv, c.head_dim)
+            });
             matmul(&attn, &layer.wo, None, &mut projected, q_dim, d);
             add(&mut x, &projected);
 
@@ -154,11 +149,11 @@ impl Llama {
             matmul(&gate, &layer.w_down, None, &mut projected, c.n_ff, d);
             add(&mut x, &projected);
         }
-        cache.len = start + n;
         norm::rms_norm(&x, &self.output_norm, &mut h, d, c.norm_eps);
-        let mut logits = vec![0.0; n * c.n_vocab];
+        let h = layout.logit_rows(h, d, rows);
+        let mut logits = vec![0.0; h.len() / d * c.n_vocab];
         matmul(&h, self.output.as_ref().unwrap_or(&self.token_embd), None, &mut logits, d, c.n_vocab);
-        Ok(logits)
+        logits
     }
 }
 

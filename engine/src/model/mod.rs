@@ -1,6 +1,7 @@
 //! Models: configuration from GGUF metadata, weights, and the forward pass of each architecture on
 //! the CPU backend (the reference the GPU backend is held to).
 
+mod batch;
 mod config;
 mod gpt2;
 pub mod gpt_oss;
@@ -8,10 +9,11 @@ mod kv_cache;
 mod llama;
 pub mod weights;
 
+pub use batch::{LogitRows, SequenceChunk};
 pub use config::{Architecture, ConfigError, ModelConfig, MoeConfig, RopeConfig, RopeLayout, YarnConfig};
 pub use gpt_oss::GptOss;
 pub use gpt2::Gpt2;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvPool, PAGE_SIZE};
 pub use llama::Llama;
 
 use crate::gguf::GgufFile;
@@ -28,6 +30,10 @@ pub enum ModelError {
     ContextFull { needed: usize, capacity: usize },
     #[error("token id {token} is outside the vocabulary of {n_vocab} tokens")]
     TokenOutOfRange { token: u32, n_vocab: usize },
+    #[error("page {page} is outside the KV pool of {n_pages} pages")]
+    PageOutOfRange { page: u32, n_pages: usize },
+    #[error("a sequence's chunk of a batch holds no tokens")]
+    EmptyChunk,
     #[error("the {0} architecture is recognised but has no CPU implementation yet")]
     NotImplemented(&'static str),
 }
@@ -83,6 +89,12 @@ impl Model {
         KvCache::new(c.n_layer, capacity, c.n_head_kv, c.head_dim, self.numerics() == Numerics::LlamaCpp)
     }
 
+    /// A KV pool of `n_pages` pages for many sequences (the scheduler hands the pages out).
+    pub fn new_pool(&self, n_pages: usize) -> KvPool {
+        let c = self.config();
+        KvPool::new(c.n_layer, n_pages, c.n_head_kv, c.head_dim, self.numerics() == Numerics::LlamaCpp)
+    }
+
     pub fn numerics(&self) -> Numerics {
         match self {
             Model::Gpt2(m) => m.numerics,
@@ -93,27 +105,29 @@ impl Model {
 
     /// Logits [tokens.len(), n_vocab] for `tokens` following what the cache holds.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+        let (needed, capacity) = (cache.len + tokens.len(), cache.capacity);
+        if needed > capacity {
+            return Err(ModelError::ContextFull { needed, capacity });
+        }
+        let chunk = SequenceChunk { pages: &cache.pages, start: cache.len, tokens };
+        let logits = self.forward_batch(&[chunk], &mut cache.pool, LogitRows::All)?;
+        cache.len = needed;
+        Ok(logits)
+    }
+
+    /// One pass over the chunks of many sequences at once (their pages in `pool`): the logits
+    /// `rows` asks for. Each chunk's keys and values join its pages.
+    pub fn forward_batch(
+        &self,
+        chunks: &[SequenceChunk],
+        pool: &mut KvPool,
+        rows: LogitRows,
+    ) -> Result<Vec<f32>, ModelError> {
+        let layout = batch::BatchLayout::new(chunks, self.config(), pool)?;
         match self {
-            Model::Gpt2(m) => m.forward(tokens, cache),
-            Model::Llama(m) => m.forward(tokens, cache),
-            Model::GptOss(m) => m.forward(tokens, cache),
+            Model::Gpt2(m) => Ok(m.forward(&layout, pool, rows)),
+            Model::Llama(m) => Ok(m.forward(&layout, pool, rows)),
+            Model::GptOss(m) => Ok(m.forward(&layout, pool, rows)),
         }
     }
-}
-
-/// Checks that `tokens` are in the vocabulary and fit in the cache; returns the first position.
-fn check_room(tokens: &[u32], config: &ModelConfig, cache: &KvCache) -> Result<usize, ModelError> {
-    if let Some(&token) = tokens.iter().find(|&&t| t as usize >= config.n_vocab) {
-        return Err(ModelError::TokenOutOfRange { token, n_vocab: config.n_vocab });
-    }
-    let needed = cache.len + tokens.len();
-    let capacity = match config.architecture {
-        // Learned positions end where the table ends.
-        Architecture::Gpt2 => cache.capacity.min(config.n_ctx_train),
-        _ => cache.capacity,
-    };
-    if needed > capacity {
-        return Err(ModelError::ContextFull { needed, capacity });
-    }
-    Ok(cache.len)
 }
