@@ -1,6 +1,7 @@
 //! The engine: GGUF loading, tokenizers, model configuration and weights, the CPU backend that
 //! every GPU path is checked against, sampling, generation, and the pieces of the command line.
 
+pub mod batching;
 pub mod bench;
 pub mod chat;
 pub mod cpu;
@@ -13,5 +14,7 @@ pub mod model;
 pub mod perplexity;
 pub mod provenance;
 pub mod sampler;
+pub mod scheduler;
 pub mod synth;
+pub mod throughput;
 pub mod tokenizer;

@@ -116,6 +116,26 @@ enum Command {
         /// Timed runs of each test, after one warm-up run (llama-bench -r).
         #[arg(long, short = 'r', default_value_t = 5)]
         repeats: usize,
+        /// Serving throughput instead of pp/tg: for each of these numbers of requests in flight
+        /// (comma-separated; `max`: every request queued at once), --num-requests requests of
+        /// --input-len random tokens each generating --output-len tokens (EOS ignored), through
+        /// the batching scheduler. On the CPU too.
+        #[arg(long, value_delimiter = ',')]
+        concurrency: Vec<String>,
+        /// Prompt tokens per request (with --concurrency).
+        #[arg(long, default_value_t = 1000)]
+        input_len: usize,
+        /// Generated tokens per request (with --concurrency).
+        #[arg(long, default_value_t = 1000)]
+        output_len: usize,
+        /// Requests per concurrency (default: four times the concurrency).
+        #[arg(long)]
+        num_requests: Option<usize>,
+        /// Output format of the throughput table: a markdown table or a JSON array.
+        #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+        #[command(flatten)]
+        batch: BatchArgs,
     },
     /// Write a GGUF with the real shapes of a known model and random weights, for speed tests
     /// (presets: llama-3.1-8b [Q4_K, Q6_K output, 4.66 GB], qwen2.5-0.5b [Q8_0], gpt2-124m [F16],
@@ -206,6 +226,30 @@ struct ModelArgs {
     /// Append a JSON line per model load (time, path, size, SHA-256, verified) to this file.
     #[arg(long, env = "ENGINE_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// How many sequences share a step, and the KV pool they share.
+#[derive(Args, Clone)]
+struct BatchArgs {
+    /// Most sequences in one step.
+    #[arg(long, default_value_t = 256)]
+    max_seqs: usize,
+    /// Most tokens in one step: decode tokens first, then chunks of waiting prompts.
+    #[arg(long, default_value_t = 2048)]
+    max_batch_tokens: usize,
+    /// Memory of the KV pool: GiB (24, 24GiB) or a fraction of the memory free after the
+    /// weights (0.9, 90%). Default: 0.9 on the GPU; on the CPU 2 GiB.
+    #[arg(long)]
+    kv_memory: Option<String>,
+    /// Do not share the pages of identical prompt prefixes between sequences.
+    #[arg(long)]
+    no_prefix_caching: bool,
 }
 
 #[derive(Args, Clone)]
@@ -355,7 +399,13 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Bench { mut model, prompt_tokens, gen_tokens, repeats } => {
+        Command::Bench { model, concurrency, input_len, output_len, num_requests, output, batch, .. }
+            if !concurrency.is_empty() =>
+        {
+            let workload = ThroughputArgs { concurrency, input_len, output_len, num_requests, output };
+            run_throughput(&model, &batch, &workload)
+        }
+        Command::Bench { mut model, prompt_tokens, gen_tokens, repeats, .. } => {
             if repeats == 0 {
                 bail!("--repeats must be at least 1");
             }
@@ -552,6 +602,133 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
     );
     let chat_template = file.get_str_opt("tokenizer.chat_template")?.map(str::to_string);
     Ok(Loaded { runner, tokenizer, chat_template, ctx_size })
+}
+
+struct ThroughputArgs {
+    concurrency: Vec<String>,
+    input_len: usize,
+    output_len: usize,
+    num_requests: Option<usize>,
+    output: OutputFormat,
+}
+
+/// `engine bench --concurrency`: the model loads once with a KV pool, then each concurrency runs
+/// its requests through a fresh scheduler (see `engine::throughput`).
+fn run_throughput(args: &ModelArgs, batch: &BatchArgs, workload: &ThroughputArgs) -> Result<()> {
+    use engine::batching::{BatchBackend, CpuBatch};
+    use engine::cuda::{BatchLimits, GpuBatch, KvMemory};
+    if workload.input_len == 0 || workload.output_len == 0 {
+        bail!("--input-len and --output-len must be at least 1");
+    }
+    let mut levels = Vec::new();
+    for level in &workload.concurrency {
+        levels.push(match level.trim() {
+            "max" => None,
+            number => match number.parse::<usize>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => bail!("--concurrency {number:?}: expected positive numbers or `max`, comma-separated"),
+            },
+        });
+    }
+    let max_context = workload.input_len + workload.output_len;
+    let kv_memory = match &batch.kv_memory {
+        Some(text) => Some(text.parse::<KvMemory>().map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let path = model_path(args.model.as_deref())?;
+    let file = GgufFile::open(&path)?;
+    let progress = |_: usize, _: usize| {};
+    let use_gpu = match args.backend {
+        Backend::Cpu => false,
+        Backend::Cuda => true,
+        Backend::Auto => host::Gpu::new(0).is_ok(),
+    };
+    let cpu_model;
+    let mut backend: Box<dyn BatchBackend> = if use_gpu {
+        let limits = BatchLimits {
+            max_context,
+            max_seqs: batch.max_seqs,
+            max_batch_tokens: batch.max_batch_tokens,
+            kv_memory: kv_memory.unwrap_or(KvMemory::Fraction(0.9)),
+        };
+        let mut gpu_batch = GpuBatch::load(host::Gpu::new(0)?, &file, limits, &progress)?;
+        gpu_batch.model_mut().set_integer_activations(args.numerics == NumericsArg::LlamaCpp);
+        eprintln!("GPU memory: {}", gpu_batch.model().ledger());
+        Box::new(gpu_batch)
+    } else {
+        cpu_model = load_cpu(&file, args, &progress)?;
+        let bytes = match kv_memory {
+            Some(KvMemory::Bytes(bytes)) => bytes,
+            Some(KvMemory::Fraction(_)) => {
+                bail!("--kv-memory as a fraction is for the GPU; give GiB on the CPU")
+            }
+            None => 2 << 30,
+        };
+        Box::new(CpuBatch::new(&cpu_model, CpuBatch::pages_in(&cpu_model, bytes)))
+    };
+    let n_pages = backend.n_pages();
+    eprintln!(
+        "model: {} on the {}; KV pool: {n_pages} pages of {} positions",
+        path.display(),
+        if use_gpu { "GPU" } else { "CPU" },
+        engine::model::PAGE_SIZE
+    );
+    let mut reports = Vec::new();
+    for level in levels {
+        let concurrency = level.unwrap_or(batch.max_seqs);
+        let num_requests = workload.num_requests.unwrap_or(4 * concurrency);
+        let config = engine::scheduler::SchedulerConfig {
+            page_size: engine::model::PAGE_SIZE,
+            n_pages,
+            max_seqs: batch.max_seqs,
+            max_batch_tokens: batch.max_batch_tokens,
+            max_context,
+            prefix_caching: !batch.no_prefix_caching,
+        };
+        let run = engine::throughput::Workload {
+            concurrency: level,
+            num_requests,
+            input_len: workload.input_len,
+            output_len: workload.output_len,
+            seed: 1,
+        };
+        let bar = ProgressBar::new(num_requests as u64).with_style(
+            ProgressStyle::with_template("concurrency {msg} [{bar:30}] {pos}/{len} requests")
+                .expect("valid template"),
+        );
+        bar.set_message(level.map_or("max".to_string(), |n| n.to_string()));
+        let report =
+            engine::throughput::run(&mut *backend, config, run, &|done, _| bar.set_position(done as u64))?;
+        bar.finish_and_clear();
+        reports.push(report);
+    }
+    match workload.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
+        OutputFormat::Table => {
+            println!(
+                "| concurrency | requests | in | out | output tok/s | total tok/s | TPOT ms | TTFT p50 ms | TTFT p99 ms | KV pages peak | preemptions |"
+            );
+            println!("|---|---|---|---|---|---|---|---|---|---|---|");
+            for r in &reports {
+                println!(
+                    "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {} / {} | {} |",
+                    r.concurrency,
+                    r.num_requests,
+                    r.input_len,
+                    r.output_len,
+                    r.output_tok_per_s,
+                    r.total_tok_per_s,
+                    r.mean_tpot_ms,
+                    r.ttft_p50_ms,
+                    r.ttft_p99_ms,
+                    r.kv_pages_peak,
+                    r.kv_pages_total,
+                    r.preemptions
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load_cpu(file: &GgufFile, args: &ModelArgs, progress: &dyn Fn(usize, usize)) -> Result<Model> {

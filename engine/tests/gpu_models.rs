@@ -270,3 +270,66 @@ fn gpt2_refuses_a_context_longer_than_its_positions() {
     let error = model.forward(&tokens).unwrap_err().to_string();
     assert!(error.contains("the context holds 8"), "{error}");
 }
+
+/// The batched step (`engine/src/cuda/batch.rs`) against the CPU's batched pass
+/// (`model/batch.rs`) on the same work: three sequences on scattered pages of one pool, a prompt
+/// chunk after a cached prefix beside a full prompt and a decode token; then a step of decode
+/// tokens only, and one of a single decode token (the graph path). Logits within 1e-2 of the
+/// CPU's exact numbers (the GEMMs round activations to f16), greedy picks equal where the CPU's
+/// top two are apart.
+fn check_batched(gguf: &str) {
+    use engine::batching::{BatchBackend, CpuBatch};
+    use engine::cuda::{BatchLimits, GpuBatch, KvMemory};
+    use engine::scheduler::Work;
+    let file = GgufFile::open(fixture(&format!("{gguf}.gguf"))).unwrap();
+    let cpu_model = Model::load(&file, Numerics::Exact, &|_, _| {}).unwrap();
+    let n_vocab = cpu_model.config().n_vocab;
+    let mut cpu = CpuBatch::new(&cpu_model, 12);
+    let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
+    let limits = BatchLimits {
+        max_context: 64,
+        max_seqs: 4,
+        max_batch_tokens: 64,
+        kv_memory: KvMemory::Bytes(1 << 20),
+    };
+    let mut batch = GpuBatch::load(gpu, &file, limits, &|_, _| {}).unwrap();
+    batch.model_mut().set_integer_activations(false);
+    assert!(batch.n_pages() >= 12);
+    let tokens = |seed: u32, len: usize| -> Vec<u32> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed * 7919) >> 7) % n_vocab as u32)
+            .collect()
+    };
+    let (a, b, c) = (tokens(1, 20), tokens(2, 30), tokens(3, 19));
+    let work = |pages: &[u32], start: usize, tokens: &[u32]| Work {
+        id: 0,
+        pages: pages.to_vec(),
+        start,
+        tokens: tokens.to_vec(),
+        wants_logits: true,
+        cached_tokens: 0,
+    };
+    let steps = [
+        vec![work(&[7, 2], 0, &a[..13]), work(&[11, 4], 0, &c[..17])],
+        vec![work(&[11, 4], 17, &c[17..18]), work(&[7, 2], 13, &a[13..]), work(&[0, 9], 0, &b)],
+        vec![work(&[11, 4], 18, &c[18..]), work(&[0, 9, 5], 30, &a[..1]), work(&[7, 2, 3], 20, &b[..1])],
+        vec![work(&[0, 9, 5], 31, &a[1..2])],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let expected = cpu.step(step).unwrap();
+        let actual = batch.step(step).unwrap();
+        assert_eq!(actual.len(), expected.len(), "{gguf}: step {i}");
+        let error = relative_error(&actual, &expected);
+        eprintln!("{gguf}: batched step {i} GPU vs CPU {error:.2e}");
+        assert!(error < 1e-2, "{gguf}: step {i}: GPU vs CPU {error:.2e}");
+        assert_same_greedy(&actual, &expected, n_vocab, &format!("{gguf} step {i}"));
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn the_batched_step_matches_the_cpu_batch() {
+    for gguf in ["llama64", "gptoss", "gpt2-64", "llama64-q8_0"] {
+        check_batched(gguf);
+    }
+}

@@ -14,8 +14,14 @@ use host::attention::{AttentionOptions, DecodeWorkspace, HEAD_DIMS, PAGE_SIZE, P
 use host::{CudaSlice, Gpu};
 
 pub enum KvCache {
-    /// f16 pages (one sequence, every page reserved at load), flash-decoding attention.
-    Paged { cache: Box<PagedKvCache>, workspace: Box<DecodeWorkspace> },
+    /// f16 pages, flash-decoding attention: one sequence with every page reserved at load, or a
+    /// pool whose pages the batching scheduler hands out (then `batch_workspace` serves the
+    /// batched decode of up to the pool's rows of sequences; `workspace` the one-sequence step).
+    Paged {
+        cache: Box<PagedKvCache>,
+        workspace: Box<DecodeWorkspace>,
+        batch_workspace: Option<Box<DecodeWorkspace>>,
+    },
     /// f32 [capacity, n_head_kv, head_dim] per layer, for head dims the paged kernels lack.
     Contiguous { keys: Vec<CudaSlice<f32>>, values: Vec<CudaSlice<f32>> },
 }
@@ -46,7 +52,8 @@ impl KvCache {
             let mut cache = PagedKvCache::new(gpu, c.n_layer, shape, 1, pages)?;
             cache.reserve(gpu, 0, capacity)?;
             let workspace = DecodeWorkspace::for_cache(gpu, &cache, 1, c.n_head)?;
-            Ok(KvCache::Paged { cache: Box::new(cache), workspace: Box::new(workspace) })
+            let (cache, workspace) = (Box::new(cache), Box::new(workspace));
+            Ok(KvCache::Paged { cache, workspace, batch_workspace: None })
         } else {
             let n = capacity * c.n_head_kv * c.head_dim;
             let (mut keys, mut values) = (Vec::with_capacity(c.n_layer), Vec::with_capacity(c.n_layer));
@@ -56,6 +63,30 @@ impl KvCache {
             }
             Ok(KvCache::Contiguous { keys, values })
         }
+    }
+
+    /// A pool of `n_pages` pages for up to `n_seq` sequences of up to `max_context` positions,
+    /// its block table written by the owner ([`PagedKvCache::set_table`]). Needs a head dim the
+    /// paged kernels take ([`KvCache::paged_for`]).
+    pub fn pool(
+        gpu: &Gpu,
+        config: &ModelConfig,
+        n_pages: usize,
+        n_seq: usize,
+        max_context: usize,
+    ) -> Result<Self, host::Error> {
+        let c = config;
+        let shape = PagedKvShape { n_pages, n_head_kv: c.n_head_kv, head_dim: c.head_dim };
+        let cache = PagedKvCache::new(gpu, c.n_layer, shape, n_seq, max_context.div_ceil(PAGE_SIZE))?;
+        let workspace = DecodeWorkspace::for_cache(gpu, &cache, 1, c.n_head)?;
+        let batch_workspace = DecodeWorkspace::for_cache(gpu, &cache, n_seq, c.n_head)?;
+        let (cache, workspace) = (Box::new(cache), Box::new(workspace));
+        Ok(KvCache::Paged { cache, workspace, batch_workspace: Some(Box::new(batch_workspace)) })
+    }
+
+    /// Bytes of one page over every layer, keys and values (paged caches only).
+    pub fn page_bytes(config: &ModelConfig) -> usize {
+        PAGE_SIZE * Self::bytes_per_position(config)
     }
 
     pub fn is_paged(&self) -> bool {
@@ -98,7 +129,7 @@ impl Attention {
         let (q, k, v) = (qkv.slice(..q_dim), qkv.slice(q_dim..q_dim + kv_dim), qkv.slice(q_dim + kv_dim..));
         let sinks = self.sinks.as_ref();
         match kv {
-            KvCache::Paged { cache, workspace } => {
+            KvCache::Paged { cache, workspace, .. } => {
                 gpu.kv_write_paged(cache, layer, &k, &v, &step.slot(), &step.position())?;
                 if quantize {
                     let (values, q8) = (&mut out.values, &mut out.q8);
@@ -146,9 +177,10 @@ impl Attention {
         }
     }
 
-    /// The prompt's tokens: their keys and values k, v [n, kv_dim] into the cache at the batch's
-    /// positions, then causal attention of q [n, q_dim] over the cache (what came before the
-    /// prompt included) into out [n, q_dim]. Needs the paged cache.
+    /// A batch's tokens: their keys and values k, v [n, kv_dim] into the cache at the batch's
+    /// positions, then attention of q [n, q_dim] over each token's sequence (what it cached
+    /// before included) into out [n, q_dim]: flash-decoding for the batch's leading one-token
+    /// sequences, causal flash attention for each prompt chunk. Needs the paged cache.
     #[allow(clippy::too_many_arguments)]
     pub fn prefill(
         &self,
@@ -161,12 +193,27 @@ impl Attention {
         batch: &PromptBatch,
         out: &mut CudaSlice<f32>,
     ) -> Result<(), host::Error> {
-        let KvCache::Paged { cache, .. } = kv else {
+        let KvCache::Paged { cache, workspace, batch_workspace } = kv else {
             let message = "the batched prompt pass needs the paged KV cache".to_string();
             return Err(host::Error::Shape { kernel: "attention_prefill", message });
         };
         let gpu = context.gpu;
+        let (sinks, options) = (self.sinks.as_ref(), &self.options);
+        let q_row = options.n_head * self.head_dim;
         gpu.kv_write_paged(cache, layer, k, v, &batch.slots, &batch.positions)?;
-        gpu.attention_prefill(cache, layer, 0, q, &batch.start, self.sinks.as_ref(), &self.options, out)
+        if let Some(lens) = &batch.decode_lens {
+            let rows = lens.len() * q_row;
+            let q = q.slice(..rows);
+            let mut out = out.slice_mut(..rows);
+            let workspace = batch_workspace.as_mut().unwrap_or(workspace);
+            gpu.attention_decode_paged(cache, layer, &q, lens, sinks, options, workspace, &mut out)?;
+        }
+        for (i, chunk) in batch.chunks.iter().enumerate() {
+            let rows = chunk.tokens.start * q_row..chunk.tokens.end * q_row;
+            let (q, mut out) = (q.slice(rows.clone()), out.slice_mut(rows));
+            let start = batch.starts.slice(i..i + 1);
+            gpu.attention_prefill(cache, layer, chunk.row, &q, &start, sinks, options, &mut out)?;
+        }
+        Ok(())
     }
 }

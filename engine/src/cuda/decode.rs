@@ -57,15 +57,22 @@ impl StepBuffers {
 impl GpuModel {
     /// One token at position `len`: its logits [n_vocab].
     pub(super) fn step(&mut self, token: u32) -> Result<Vec<f32>, CudaError> {
+        let logits = self.step_at(token, self.len)?;
+        self.len += 1;
+        Ok(logits)
+    }
+
+    /// One token at `position` of the sequence in block-table row 0: its logits [n_vocab].
+    pub(super) fn step_at(&mut self, token: u32, position: usize) -> Result<Vec<f32>, CudaError> {
         let c = &self.config;
         if token as usize >= c.n_vocab {
             return Err(ModelError::TokenOutOfRange { token, n_vocab: c.n_vocab }.into());
         }
-        if self.len >= self.capacity {
-            return Err(ModelError::ContextFull { needed: self.len + 1, capacity: self.capacity }.into());
+        if position >= self.capacity {
+            return Err(ModelError::ContextFull { needed: position + 1, capacity: self.capacity }.into());
         }
         let stream = self.gpu.stream().clone();
-        let args = [token, self.len as u32, self.len as u32 + 1, 0];
+        let args = [token, position as u32, position as u32 + 1, 0];
         stream.memcpy_htod(&args, &mut self.step.args).map_err(host::Error::from)?;
         if self.use_graph {
             if self.graph.is_none() {
@@ -85,7 +92,6 @@ impl GpuModel {
         } else {
             self.enqueue_step()?;
         }
-        self.len += 1;
         Ok(self.gpu.download(&self.step.logits)?)
     }
 

@@ -22,6 +22,7 @@
 //! Everything is checked against the CPU reference (`engine/tests/gpu_models.rs`).
 
 mod attention;
+mod batch;
 mod decode;
 mod gpt2;
 mod gpt_oss;
@@ -32,6 +33,7 @@ mod model;
 mod prefill;
 mod weights;
 
+pub use batch::{BatchLimits, GpuBatch, KvMemory};
 pub use memory::VramLedger;
 pub use model::GpuModel;
 

@@ -15,6 +15,24 @@ use host::Gpu;
 /// An architecture's loader: its weights uploaded and its scratch allocated.
 type Load = fn(Weights, &ModelConfig, &dyn Fn(usize, usize)) -> Result<Box<dyn Architecture>, CudaError>;
 
+/// What KV cache a model is loaded with.
+pub(super) enum KvPlan {
+    /// One sequence, every page reserved (generate, chat, perplexity).
+    OneSequence { capacity: usize },
+    /// A pool of pages for up to `n_seq` sequences (batching), and the bytes of one step's
+    /// scratch at the largest batch.
+    Pool { n_pages: usize, n_seq: usize, max_context: usize, step_bytes: usize },
+}
+
+impl KvPlan {
+    fn max_context(&self) -> usize {
+        match *self {
+            KvPlan::OneSequence { capacity } => capacity,
+            KvPlan::Pool { max_context, .. } => max_context,
+        }
+    }
+}
+
 pub struct GpuModel {
     pub(super) gpu: Gpu,
     pub(super) config: ModelConfig,
@@ -34,29 +52,50 @@ pub struct GpuModel {
 }
 
 impl GpuModel {
-    /// Loads `file` for a context of `capacity` positions; `progress(done, total)` per layer.
+    /// Loads `file` for one sequence of up to `capacity` positions; `progress(done, total)` per
+    /// layer.
     pub fn load(
         gpu: Gpu,
         file: &GgufFile,
         capacity: usize,
         progress: &dyn Fn(usize, usize),
     ) -> Result<Self, CudaError> {
+        Self::load_with(gpu, file, KvPlan::OneSequence { capacity }, progress)
+    }
+
+    /// Loads `file` with the KV cache `plan` asks for.
+    pub(super) fn load_with(
+        gpu: Gpu,
+        file: &GgufFile,
+        plan: KvPlan,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Self, CudaError> {
         let config = ModelConfig::from_gguf(file).map_err(ModelError::from)?;
+        let capacity = plan.max_context();
         // What the architecture asks of the configuration, and the scratch its step needs.
         let (scratch, load): (usize, Load) = match config.architecture {
             Family::Llama | Family::Qwen2 | Family::Phi3 => (llama::plan(&config, capacity)?, llama::load),
             Family::GptOss => (gpt_oss::plan(&config, capacity)?, gpt_oss::load),
             Family::Gpt2 => (gpt2::plan(&config, capacity)?, gpt2::load),
         };
-        let ledger = VramLedger {
+        let mut ledger = VramLedger {
             weights: file.tensors().iter().map(|t| file.tensor_data(t).len()).sum(),
             kv_cache: KvCache::bytes(&config, capacity),
             activations: scratch,
             workspace: StepBuffers::bytes(config.n_embd, config.n_vocab),
         };
+        if let KvPlan::Pool { n_pages, step_bytes, .. } = &plan {
+            ledger.kv_cache = n_pages * KvCache::page_bytes(&config);
+            ledger.activations += step_bytes;
+        }
         ledger.check_fits(&gpu, capacity, KvCache::bytes_per_position(&config))?;
         let architecture = load(Weights { gpu: &gpu, file }, &config, progress)?;
-        let kv = KvCache::new(&gpu, &config, capacity)?;
+        let kv = match plan {
+            KvPlan::OneSequence { capacity } => KvCache::new(&gpu, &config, capacity)?,
+            KvPlan::Pool { n_pages, n_seq, max_context, .. } => {
+                KvCache::pool(&gpu, &config, n_pages, n_seq, max_context)?
+            }
+        };
         let step = StepBuffers::new(&gpu, config.n_embd, config.n_vocab)?;
         Ok(GpuModel {
             gpu,

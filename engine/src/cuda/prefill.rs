@@ -11,17 +11,47 @@ use super::{Context, CudaError};
 use crate::model::ModelError;
 use host::CudaSlice;
 
-/// The tokens of one prompt pass and where they go, on the device.
+/// The tokens of one batched pass and where they go, on the device: first `decode_lens.len()`
+/// sequences of one token each (a decode step; block-table rows 0, 1, ...), then chunks of
+/// prompts, each one sequence's.
 pub struct PromptBatch {
     /// Tokens in the batch.
     pub n: usize,
     pub ids: CudaSlice<u32>,
-    /// Position of each token (start, start + 1, ...).
+    /// Position of each token in its sequence.
     pub positions: CudaSlice<u32>,
     /// Block-table row (sequence) of each token.
     pub slots: CudaSlice<u32>,
-    /// [start]: positions already cached before the batch.
-    pub start: CudaSlice<u32>,
+    /// Positions each leading one-token sequence holds once its token is written.
+    pub decode_lens: Option<CudaSlice<u32>>,
+    /// The prompt chunks after them.
+    pub chunks: Vec<PromptChunk>,
+    /// Positions already cached before each chunk, [chunks.len()].
+    pub starts: CudaSlice<u32>,
+}
+
+/// One sequence's chunk of a prompt in a batch.
+pub struct PromptChunk {
+    /// Its block-table row.
+    pub row: usize,
+    /// Its rows of the batch.
+    pub tokens: std::ops::Range<usize>,
+}
+
+impl PromptBatch {
+    /// The tokens of one sequence (block-table row 0) at positions start..start + tokens.len().
+    pub fn one_sequence(gpu: &host::Gpu, tokens: &[u32], start: usize) -> Result<Self, host::Error> {
+        let (n, start) = (tokens.len(), start as u32);
+        Ok(PromptBatch {
+            n,
+            ids: gpu.upload(tokens)?,
+            positions: gpu.upload(&(start..start + n as u32).collect::<Vec<_>>())?,
+            slots: gpu.upload(&vec![0u32; n])?,
+            decode_lens: None,
+            chunks: vec![PromptChunk { row: 0, tokens: 0..n }],
+            starts: gpu.upload(&[start])?,
+        })
+    }
 }
 
 impl GpuModel {
@@ -43,14 +73,7 @@ impl GpuModel {
             return Err(ModelError::ContextFull { needed: self.len + n, capacity: self.capacity }.into());
         }
         let gpu = &self.gpu;
-        let start = self.len as u32;
-        let batch = PromptBatch {
-            n,
-            ids: gpu.upload(tokens)?,
-            positions: gpu.upload(&(start..start + n as u32).collect::<Vec<_>>())?,
-            slots: gpu.upload(&vec![0u32; n])?,
-            start: gpu.upload(&[start])?,
-        };
+        let batch = PromptBatch::one_sequence(gpu, tokens, self.len)?;
         let context = Context { gpu, integer_activations: self.integer_activations };
         let mut hidden = gpu.alloc::<f32>(n * d)?;
         self.architecture.prefill(context, &mut self.kv, &batch, &mut hidden)?;

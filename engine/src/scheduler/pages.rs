@@ -137,11 +137,13 @@ impl PagePool {
     }
 
     /// Owners of `page` (for the invariant checks of the tests).
+    #[cfg(test)]
     pub fn owners(&self, page: u32) -> usize {
         self.pages[page as usize].owners
     }
 
     /// Whether `page` is in the free list or the LRU (for the tests).
+    #[cfg(test)]
     pub fn is_available(&self, page: u32) -> bool {
         self.free.contains(&page) || self.pages[page as usize].lru_stamp.is_some()
     }

@@ -231,6 +231,25 @@ impl PagedKvCache {
         Ok(())
     }
 
+    /// Replaces the first rows of the device's block table with `rows` ([k, max_pages], entries
+    /// page numbers or [`NO_PAGE`]): for an owner that hands out pages itself (the batching
+    /// scheduler), which then does not use [`PagedKvCache::reserve`] or `release`. Queued on the
+    /// GPU's stream.
+    pub fn set_table(&mut self, gpu: &Gpu, rows: &[u32]) -> Result<()> {
+        const KERNEL: &str = "PagedKvCache::set_table";
+        let (width, n_seq) = (self.allocator.max_pages(), self.allocator.n_seq());
+        if !rows.len().is_multiple_of(width) || rows.len() > width * n_seq {
+            let message = format!("{} entries are not whole rows of {width} within {n_seq} rows", rows.len());
+            return Err(crate::shape_error(KERNEL, message));
+        }
+        if let Some(&page) = rows.iter().find(|&&p| p != NO_PAGE && p as usize >= self.shape.n_pages) {
+            let message = format!("page {page} is outside the pool of {} pages", self.shape.n_pages);
+            return Err(crate::shape_error(KERNEL, message));
+        }
+        gpu.stream().memcpy_htod(rows, &mut self.table.slice_mut(..rows.len()))?;
+        Ok(())
+    }
+
     fn upload_row(&mut self, gpu: &Gpu, seq: usize) -> Result<()> {
         let width = self.allocator.max_pages();
         let row = &self.allocator.table()[seq * width..][..width];

@@ -1,0 +1,324 @@
+//! Continuous batching: requests in, tokens out, many sequences per step. The [`Batcher`] owns
+//! the scheduler (which sequences run this step and on which KV pages), a backend that runs a
+//! step over the shared KV pool ([`BatchBackend`]: the CPU's here, the GPU's in `cuda::batch`),
+//! and each request's own sampler and stop condition. It knows nothing of HTTP: the server feeds
+//! it requests and forwards its events; the benchmark and the tests drive it directly.
+//!
+//! One step: cancelled requests end (their pages free at once); the scheduler plans decode tokens
+//! first, then prompt chunks; the backend returns the logits of every chunk that reaches its
+//! sequence's end; each of those requests samples its next token, checks its stop conditions, and
+//! either ends or appends the token for the next step.
+
+use crate::generate::{BackendError, Utf8Stream};
+use crate::model::{KvPool, LogitRows, Model, SequenceChunk};
+use crate::sampler::{Sampler, SamplerConfig, StopCondition, StopReason};
+use crate::scheduler::{AdmissionError, Scheduler, SchedulerConfig, SequenceId, Work};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// A model with a KV pool of pages that runs one scheduler step at a time.
+pub trait BatchBackend {
+    fn n_vocab(&self) -> usize;
+    /// Pages in the KV pool (the scheduler's `n_pages`).
+    fn n_pages(&self) -> usize;
+    /// Runs every work item of a step in one pass: the logits [n, n_vocab] of the last token of
+    /// each item with `wants_logits`, in order.
+    fn step(&mut self, work: &[Work]) -> Result<Vec<f32>, BackendError>;
+}
+
+/// The CPU backend's batched step: one pass of the model over every chunk.
+pub struct CpuBatch<'a> {
+    model: &'a Model,
+    pool: KvPool,
+}
+
+impl<'a> CpuBatch<'a> {
+    pub fn new(model: &'a Model, n_pages: usize) -> Self {
+        CpuBatch { model, pool: model.new_pool(n_pages) }
+    }
+
+    /// Pages that fit in `bytes` of memory.
+    pub fn pages_in(model: &Model, bytes: usize) -> usize {
+        let c = model.config();
+        bytes / (2 * c.n_layer * crate::model::PAGE_SIZE * c.n_head_kv * c.head_dim * 4)
+    }
+}
+
+impl BatchBackend for CpuBatch<'_> {
+    fn n_vocab(&self) -> usize {
+        self.model.config().n_vocab
+    }
+
+    fn n_pages(&self) -> usize {
+        self.pool.n_pages()
+    }
+
+    fn step(&mut self, work: &[Work]) -> Result<Vec<f32>, BackendError> {
+        let chunks: Vec<SequenceChunk> = work
+            .iter()
+            .map(|w| SequenceChunk { pages: &w.pages, start: w.start, tokens: &w.tokens })
+            .collect();
+        let logits = self.model.forward_batch(&chunks, &mut self.pool, LogitRows::LastOfEachChunk)?;
+        let n_vocab = self.n_vocab();
+        Ok(work
+            .iter()
+            .zip(logits.chunks_exact(n_vocab))
+            .filter(|(w, _)| w.wants_logits)
+            .flat_map(|(_, row)| row.iter().copied())
+            .collect())
+    }
+}
+
+/// What a request asks for.
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub sampler: SamplerConfig,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Tokens that end the generation (the model's end-of-sequence ids; empty to ignore them).
+    pub stop_tokens: Vec<u32>,
+    /// Texts that end the generation (not included in the output).
+    pub stop_strings: Vec<String>,
+    /// Set from anywhere to end the request at the next step.
+    pub cancel: Arc<AtomicBool>,
+    /// Log-probabilities of the chosen token and of this many most likely ones, if Some.
+    pub logprobs: Option<usize>,
+}
+
+/// Why a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token.
+    EndOfSequence,
+    /// A stop string.
+    Stop,
+    /// `max_tokens` generated.
+    Length,
+    /// The context is full.
+    ContextFull,
+    Cancelled,
+}
+
+/// A generated token's log-probability and the most likely alternatives'.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    /// (token, log-probability), most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What a step produced for one request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A new token and the text that became safe to show with it (possibly empty).
+    Token { id: SequenceId, token: u32, text: String, logprobs: Option<TokenLogprobs> },
+    /// The request ended; `text` is what was held back until now (a partial stop string that
+    /// never completed).
+    Finished { id: SequenceId, reason: FinishReason, text: String, usage: Usage },
+}
+
+/// Token counts of a finished request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+struct Running {
+    sampler: Sampler,
+    stop: StopCondition,
+    text: Utf8Stream,
+    cancel: Arc<AtomicBool>,
+    logprobs: Option<usize>,
+    usage: Usage,
+}
+
+/// Requests, the scheduler and a backend: see the file's opening comment.
+pub struct Batcher<'a> {
+    scheduler: Scheduler,
+    backend: Box<dyn BatchBackend + 'a>,
+    /// Bytes of a token's text.
+    detokenize: Box<dyn Fn(u32) -> Vec<u8> + 'a>,
+    requests: HashMap<SequenceId, Running>,
+    /// Time spent in the backend's steps, and the steps.
+    pub busy: std::time::Duration,
+    pub steps: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
+    #[error(transparent)]
+    Sampler(#[from] crate::sampler::SamplerError),
+    #[error("the model's step failed: {0}")]
+    Backend(BackendError),
+}
+
+impl<'a> Batcher<'a> {
+    /// `config.n_pages` is taken from the backend.
+    pub fn new(
+        mut config: SchedulerConfig,
+        backend: Box<dyn BatchBackend + 'a>,
+        detokenize: Box<dyn Fn(u32) -> Vec<u8> + 'a>,
+    ) -> Result<Self, crate::scheduler::SchedulerError> {
+        config.n_pages = backend.n_pages();
+        let scheduler = Scheduler::new(config)?;
+        Ok(Batcher {
+            scheduler,
+            backend,
+            detokenize,
+            requests: HashMap::new(),
+            busy: Default::default(),
+            steps: 0,
+        })
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// Queues a request; refused at once when it could never run (too long for the context or
+    /// the pool, empty, or with invalid sampler settings).
+    pub fn submit(&mut self, request: Request) -> Result<SequenceId, BatchError> {
+        request.sampler.validate()?;
+        if let Some(&token) = request.prompt.iter().find(|&&t| t as usize >= self.backend.n_vocab()) {
+            return Err(BatchError::Backend(
+                format!("token id {token} is outside the vocabulary of {} tokens", self.backend.n_vocab())
+                    .into(),
+            ));
+        }
+        let mut sampler = Sampler::new(request.sampler);
+        for &token in &request.prompt {
+            sampler.accept(token);
+        }
+        let usage = Usage { prompt_tokens: request.prompt.len(), ..Usage::default() };
+        let id = self.scheduler.add(request.prompt)?;
+        let stop = StopCondition::new(request.stop_strings, request.max_tokens, request.stop_tokens);
+        let running = Running {
+            sampler,
+            stop,
+            text: Utf8Stream::default(),
+            cancel: request.cancel,
+            logprobs: request.logprobs,
+            usage,
+        };
+        self.requests.insert(id, running);
+        Ok(id)
+    }
+
+    /// Nothing queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    /// One step (see the file's opening comment); the events of every request it touched.
+    pub fn step(&mut self) -> Result<Vec<Event>, BatchError> {
+        let mut events = Vec::new();
+        let cancelled: Vec<SequenceId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.cancel.load(Ordering::Relaxed))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in cancelled {
+            self.end(id, FinishReason::Cancelled, &mut events);
+        }
+        // A zero budget ends before any work.
+        let unstarted: Vec<SequenceId> =
+            self.requests.iter().filter(|(_, r)| r.stop.stopped().is_some()).map(|(&id, _)| id).collect();
+        for id in unstarted {
+            self.end(id, FinishReason::Length, &mut events);
+        }
+        let step = self.scheduler.schedule();
+        if step.work.is_empty() {
+            return Ok(events);
+        }
+        let start = Instant::now();
+        let logits = self.backend.step(&step.work).map_err(BatchError::Backend)?;
+        self.busy += start.elapsed();
+        self.steps += 1;
+        let n_vocab = self.backend.n_vocab();
+        for work in &step.work {
+            if let Some(request) = self.requests.get_mut(&work.id) {
+                // Reported once, at the (first) admission; a recomputed sequence does not add to it.
+                let cached = work.cached_tokens.min(request.usage.prompt_tokens);
+                request.usage.cached_tokens = request.usage.cached_tokens.max(cached);
+            }
+        }
+        let finished = step.work.iter().filter(|w| w.wants_logits);
+        for (work, logits) in finished.zip(logits.chunks_exact(n_vocab)) {
+            let Some(request) = self.requests.get_mut(&work.id) else { continue };
+            let token = request.sampler.sample(logits)?;
+            request.sampler.accept(token);
+            let logprobs = request.logprobs.map(|n| token_logprobs(logits, token, n));
+            let text = request.text.push(&(self.detokenize)(token));
+            let output = request.stop.push(token, &text);
+            request.usage.completion_tokens += 1;
+            events.push(Event::Token { id: work.id, token, text: output.emit, logprobs });
+            // Positions cached after this step; the new token needs one more.
+            let cached = work.start + work.tokens.len();
+            let reason = match output.stop {
+                Some(StopReason::EndOfSequence) => Some(FinishReason::EndOfSequence),
+                Some(StopReason::StopString) => Some(FinishReason::Stop),
+                Some(StopReason::MaxTokens) => Some(FinishReason::Length),
+                None if cached >= self.scheduler.config().max_context => Some(FinishReason::ContextFull),
+                None => None,
+            };
+            match reason {
+                Some(reason) => self.end(work.id, reason, &mut events),
+                None => {
+                    self.scheduler.append(work.id, token);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn end(&mut self, id: SequenceId, reason: FinishReason, events: &mut Vec<Event>) {
+        self.scheduler.finish(id);
+        if let Some(mut request) = self.requests.remove(&id) {
+            // What the stop strings held back, then an unfinished character (none after a stop).
+            let mut text = request.stop.finish();
+            if reason != FinishReason::Stop {
+                text += &request.text.finish();
+            }
+            events.push(Event::Finished { id, reason, text, usage: request.usage });
+        }
+    }
+}
+
+/// log softmax of `logits` at `token`, and the `n` largest, most likely first.
+pub fn token_logprobs(logits: &[f32], token: u32, n: usize) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = logits.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    let log_total = total.ln() as f32 + max;
+    let logprob = |t: u32| logits[t as usize] - log_total;
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let n = n.min(order.len());
+    if n > 0 {
+        order.select_nth_unstable_by(n - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    }
+    order.truncate(n);
+    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    TokenLogprobs { logprob: logprob(token), top: order.into_iter().map(|t| (t, logprob(t))).collect() }
+}
+
+/// A backend lent to a batcher (the benchmark runs several batchers over one loaded model).
+impl<T: BatchBackend + ?Sized> BatchBackend for &mut T {
+    fn n_vocab(&self) -> usize {
+        (**self).n_vocab()
+    }
+
+    fn n_pages(&self) -> usize {
+        (**self).n_pages()
+    }
+
+    fn step(&mut self, work: &[Work]) -> Result<Vec<f32>, BackendError> {
+        (**self).step(work)
+    }
+}
