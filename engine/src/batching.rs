@@ -11,21 +11,43 @@
 
 use crate::generate::{BackendError, Utf8Stream};
 use crate::model::{KvPool, LogitRows, Model, SequenceChunk};
-use crate::sampler::{Sampler, SamplerConfig, StopCondition, StopReason};
+use crate::sampler::{DeviceSampling, Sampler, SamplerConfig, StopCondition, StopReason};
 use crate::scheduler::{AdmissionError, Scheduler, SchedulerConfig, SequenceId, Work};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// How the next token of a row is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pick {
+    /// The logits come back and the request's sampler chooses on the host (penalties and
+    /// log-probabilities need them).
+    Logits,
+    /// The backend chooses on the device, with the filters and the uniform draw given.
+    Device(DeviceSampling),
+}
+
+/// What came back for a row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Picked {
+    Logits(Vec<f32>),
+    Token(u32),
+}
+
 /// A model with a KV pool of pages that runs one scheduler step at a time.
 pub trait BatchBackend {
     fn n_vocab(&self) -> usize;
     /// Pages in the KV pool (the scheduler's `n_pages`).
     fn n_pages(&self) -> usize;
-    /// Runs every work item of a step in one pass: the logits [n, n_vocab] of the last token of
-    /// each item with `wants_logits`, in order.
-    fn step(&mut self, work: &[Work]) -> Result<Vec<f32>, BackendError>;
+    /// Whether [`Pick::Device`] is worth asking for (the GPU: a step then copies back token
+    /// ids, not rows of logits). A backend without it answers every pick with logits.
+    fn samples_on_device(&self) -> bool {
+        false
+    }
+    /// Runs every work item of a step in one pass; for each item with `wants_logits`, in order,
+    /// its last token's logits or its chosen token, as `picks` (one per such item) asks.
+    fn step(&mut self, work: &[Work], picks: &[Pick]) -> Result<Vec<Picked>, BackendError>;
 }
 
 /// The CPU backend's batched step: one pass of the model over every chunk.
@@ -55,7 +77,7 @@ impl BatchBackend for CpuBatch<'_> {
         self.pool.n_pages()
     }
 
-    fn step(&mut self, work: &[Work]) -> Result<Vec<f32>, BackendError> {
+    fn step(&mut self, work: &[Work], _picks: &[Pick]) -> Result<Vec<Picked>, BackendError> {
         let chunks: Vec<SequenceChunk> = work
             .iter()
             .map(|w| SequenceChunk { pages: &w.pages, start: w.start, tokens: &w.tokens })
@@ -66,7 +88,7 @@ impl BatchBackend for CpuBatch<'_> {
             .iter()
             .zip(logits.chunks_exact(n_vocab))
             .filter(|(w, _)| w.wants_logits)
-            .flat_map(|(_, row)| row.iter().copied())
+            .map(|(_, row)| Picked::Logits(row.to_vec()))
             .collect())
     }
 }
@@ -147,6 +169,8 @@ pub struct Batcher<'a> {
     /// Time spent in the backend's steps, and the steps.
     pub busy: std::time::Duration,
     pub steps: u64,
+    /// The last step's tokens, and whether all were decode tokens (one per sequence).
+    pub last_step: (usize, bool),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +199,7 @@ impl<'a> Batcher<'a> {
             requests: HashMap::new(),
             busy: Default::default(),
             steps: 0,
+            last_step: (0, false),
         })
     }
 
@@ -235,14 +260,26 @@ impl<'a> Batcher<'a> {
             self.end(id, FinishReason::Length, &mut events);
         }
         let step = self.scheduler.schedule();
+        let tokens = step.work.iter().map(|w| w.tokens.len()).sum();
+        self.last_step = (tokens, step.work.iter().all(|w| w.tokens.len() == 1));
         if step.work.is_empty() {
             return Ok(events);
         }
+        let on_device = self.backend.samples_on_device();
+        let mut picks = Vec::new();
+        for work in step.work.iter().filter(|w| w.wants_logits) {
+            let pick = match self.requests.get_mut(&work.id) {
+                Some(request) if on_device && request.logprobs.is_none() => {
+                    request.sampler.device_settings().map_or(Pick::Logits, Pick::Device)
+                }
+                _ => Pick::Logits,
+            };
+            picks.push(pick);
+        }
         let start = Instant::now();
-        let logits = self.backend.step(&step.work).map_err(BatchError::Backend)?;
+        let picked = self.backend.step(&step.work, &picks).map_err(BatchError::Backend)?;
         self.busy += start.elapsed();
         self.steps += 1;
-        let n_vocab = self.backend.n_vocab();
         for work in &step.work {
             if let Some(request) = self.requests.get_mut(&work.id) {
                 // Reported once, at the (first) admission; a recomputed sequence does not add to it.
@@ -251,11 +288,16 @@ impl<'a> Batcher<'a> {
             }
         }
         let finished = step.work.iter().filter(|w| w.wants_logits);
-        for (work, logits) in finished.zip(logits.chunks_exact(n_vocab)) {
+        for (work, picked) in finished.zip(picked) {
             let Some(request) = self.requests.get_mut(&work.id) else { continue };
-            let token = request.sampler.sample(logits)?;
+            let (token, logprobs) = match picked {
+                Picked::Token(token) => (token, None),
+                Picked::Logits(logits) => {
+                    let token = request.sampler.sample(&logits)?;
+                    (token, request.logprobs.map(|n| token_logprobs(&logits, token, n)))
+                }
+            };
             request.sampler.accept(token);
-            let logprobs = request.logprobs.map(|n| token_logprobs(logits, token, n));
             let text = request.text.push(&(self.detokenize)(token));
             let output = request.stop.push(token, &text);
             request.usage.completion_tokens += 1;
@@ -318,7 +360,11 @@ impl<T: BatchBackend + ?Sized> BatchBackend for &mut T {
         (**self).n_pages()
     }
 
-    fn step(&mut self, work: &[Work]) -> Result<Vec<f32>, BackendError> {
-        (**self).step(work)
+    fn samples_on_device(&self) -> bool {
+        (**self).samples_on_device()
+    }
+
+    fn step(&mut self, work: &[Work], picks: &[Pick]) -> Result<Vec<Picked>, BackendError> {
+        (**self).step(work, picks)
     }
 }

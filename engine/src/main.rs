@@ -674,6 +674,12 @@ fn run_throughput(args: &ModelArgs, batch: &BatchArgs, workload: &ThroughputArgs
         engine::model::PAGE_SIZE
     );
     let mut reports = Vec::new();
+    if workload.output == OutputFormat::Table {
+        println!(
+            "| concurrency | requests | in | out | output tok/s | total tok/s | decode-step tok/s | TPOT ms | TTFT p50 ms | TTFT p99 ms | KV pages peak | preemptions |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    }
     for level in levels {
         let concurrency = level.unwrap_or(batch.max_seqs);
         let num_requests = workload.num_requests.unwrap_or(4 * concurrency);
@@ -700,33 +706,29 @@ fn run_throughput(args: &ModelArgs, batch: &BatchArgs, workload: &ThroughputArgs
         let report =
             engine::throughput::run(&mut *backend, config, run, &|done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
+        if workload.output == OutputFormat::Table {
+            let r = &report;
+            println!(
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {} / {} | {} |",
+                r.concurrency,
+                r.num_requests,
+                r.input_len,
+                r.output_len,
+                r.output_tok_per_s,
+                r.total_tok_per_s,
+                r.decode_step_tok_per_s,
+                r.mean_tpot_ms,
+                r.ttft_p50_ms,
+                r.ttft_p99_ms,
+                r.kv_pages_peak,
+                r.kv_pages_total,
+                r.preemptions
+            );
+        }
         reports.push(report);
     }
-    match workload.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
-        OutputFormat::Table => {
-            println!(
-                "| concurrency | requests | in | out | output tok/s | total tok/s | TPOT ms | TTFT p50 ms | TTFT p99 ms | KV pages peak | preemptions |"
-            );
-            println!("|---|---|---|---|---|---|---|---|---|---|---|");
-            for r in &reports {
-                println!(
-                    "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {} / {} | {} |",
-                    r.concurrency,
-                    r.num_requests,
-                    r.input_len,
-                    r.output_len,
-                    r.output_tok_per_s,
-                    r.total_tok_per_s,
-                    r.mean_tpot_ms,
-                    r.ttft_p50_ms,
-                    r.ttft_p99_ms,
-                    r.kv_pages_peak,
-                    r.kv_pages_total,
-                    r.preemptions
-                );
-            }
-        }
+    if workload.output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
     }
     Ok(())
 }

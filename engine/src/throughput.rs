@@ -4,9 +4,10 @@
 //! at most `concurrency` are in flight (a finished one lets the next in), so the engine's batch
 //! holds up to `concurrency` sequences. Reported per concurrency: output and total tokens per
 //! second over the whole run, time to first token (queue time included) at the median and the
-//! 99th percentile, mean time per output token after the first, the most KV pages held at once,
-//! and preemptions. llama-batched-bench's figures compare with `output_tok_per_s` at the same
-//! number of parallel sequences (its `-npl`) and the same lengths.
+//! 99th percentile, mean time per output token after the first, the speed of the steps that held
+//! only decode tokens, the most KV pages held at once, and preemptions. llama-batched-bench runs
+//! one wave of `-npl` sequences: its S_TG (decode only) compares with `decode_step_tok_per_s`,
+//! its S (prompt and decode over the whole run) with `total_tok_per_s`.
 
 use crate::batching::{BatchBackend, BatchError, Batcher, Event, Request};
 use crate::sampler::SamplerConfig;
@@ -26,6 +27,9 @@ pub struct ThroughputReport {
     pub output_tok_per_s: f64,
     pub total_tok_per_s: f64,
     pub mean_tpot_ms: f64,
+    /// Tokens per second of the steps that held decode tokens only (no prompt chunk): the
+    /// figure llama-batched-bench reports as S_TG, where every sequence decodes at once.
+    pub decode_step_tok_per_s: f64,
     pub ttft_p50_ms: f64,
     pub ttft_p99_ms: f64,
     pub kv_pages_peak: usize,
@@ -76,6 +80,8 @@ pub fn run(
     let (mut ttft, mut tpot) = (Vec::new(), Vec::new());
     let (mut running, mut done, mut generated) = (0usize, 0usize, 0usize);
     let mut pages_peak = 0;
+    // Tokens and time of the steps of decode tokens only.
+    let mut decode_only = (0usize, Duration::ZERO);
     while done < num_requests {
         while running < in_flight && next < num_requests {
             let request = Request {
@@ -91,7 +97,12 @@ pub fn run(
             next += 1;
             running += 1;
         }
+        let step_start = Instant::now();
         let events = batcher.step()?;
+        if let (tokens, true) = batcher.last_step {
+            decode_only.0 += tokens;
+            decode_only.1 += step_start.elapsed();
+        }
         pages_peak = pages_peak.max(batcher.scheduler().stats().pages_used);
         let now = start.elapsed();
         for event in events {
@@ -125,6 +136,7 @@ pub fn run(
         output_tok_per_s: generated as f64 / seconds,
         total_tok_per_s: (generated + num_requests * input_len) as f64 / seconds,
         mean_tpot_ms: tpot.iter().sum::<f64>() / tpot.len().max(1) as f64,
+        decode_step_tok_per_s: decode_only.0 as f64 / decode_only.1.as_secs_f64().max(1e-9),
         ttft_p50_ms: percentile(&ttft, 0.5),
         ttft_p99_ms: percentile(&ttft, 0.99),
         kv_pages_peak: pages_peak.max(stats.pages_peak),

@@ -278,7 +278,7 @@ fn gpt2_refuses_a_context_longer_than_its_positions() {
 /// CPU's exact numbers (the GEMMs round activations to f16), greedy picks equal where the CPU's
 /// top two are apart.
 fn check_batched(gguf: &str) {
-    use engine::batching::{BatchBackend, CpuBatch};
+    use engine::batching::{BatchBackend, CpuBatch, Pick, Picked};
     use engine::cuda::{BatchLimits, GpuBatch, KvMemory};
     use engine::scheduler::Work;
     let file = GgufFile::open(fixture(&format!("{gguf}.gguf"))).unwrap();
@@ -315,14 +315,42 @@ fn check_batched(gguf: &str) {
         vec![work(&[11, 4], 18, &c[18..]), work(&[0, 9, 5], 30, &a[..1]), work(&[7, 2, 3], 20, &b[..1])],
         vec![work(&[0, 9, 5], 31, &a[1..2])],
     ];
+    let logits = |picked: Vec<Picked>| -> Vec<f32> {
+        picked
+            .into_iter()
+            .flat_map(|p| match p {
+                Picked::Logits(row) => row,
+                Picked::Token(_) => panic!("asked for logits"),
+            })
+            .collect()
+    };
+    let greedy =
+        engine::sampler::DeviceSampling { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, uniform: 0.0 };
     for (i, step) in steps.iter().enumerate() {
-        let expected = cpu.step(step).unwrap();
-        let actual = batch.step(step).unwrap();
+        let picks = vec![Pick::Logits; step.len()];
+        let expected = logits(cpu.step(step, &picks).unwrap());
+        let actual = logits(batch.step(step, &picks).unwrap());
         assert_eq!(actual.len(), expected.len(), "{gguf}: step {i}");
         let error = relative_error(&actual, &expected);
         eprintln!("{gguf}: batched step {i} GPU vs CPU {error:.2e}");
-        assert!(error < 1e-2, "{gguf}: step {i}: GPU vs CPU {error:.2e}");
+        // The last step is one decode token: the decode graph, whose MXFP4 experts always meet
+        // 8-bit activations (gpt-oss), which the exact CPU path does not round; 2e-2 there.
+        let bound = if i == steps.len() - 1 { 2e-2 } else { 1e-2 };
+        assert!(error < bound, "{gguf}: step {i}: GPU vs CPU {error:.2e}");
         assert_same_greedy(&actual, &expected, n_vocab, &format!("{gguf} step {i}"));
+    }
+    // The device's greedy pick is the argmax of the logits the same step returns (steps rerun
+    // on a fresh cache: the keys and values written are the same).
+    let mut batch = GpuBatch::load(host::Gpu::new(0).unwrap(), &file, limits, &|_, _| {}).unwrap();
+    batch.model_mut().set_integer_activations(false);
+    let mut again = GpuBatch::load(host::Gpu::new(0).unwrap(), &file, limits, &|_, _| {}).unwrap();
+    again.model_mut().set_integer_activations(false);
+    for (i, step) in steps.iter().enumerate() {
+        let rows = logits(batch.step(step, &vec![Pick::Logits; step.len()]).unwrap());
+        let picked = again.step(step, &vec![Pick::Device(greedy); step.len()]).unwrap();
+        for (row, p) in rows.chunks_exact(n_vocab).zip(picked) {
+            assert_eq!(p, Picked::Token(engine::generate::argmax(row)), "{gguf}: step {i}");
+        }
     }
 }
 

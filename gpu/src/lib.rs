@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod moe;
 pub mod norm;
 pub mod rope;
+pub mod sampling;
 pub mod softmax;
 
 #[panic_handler]

@@ -23,6 +23,7 @@ pub mod norm;
 #[cfg(test)]
 mod pdl;
 pub mod rope;
+pub mod sampling;
 pub mod softmax;
 
 /// The kernels of `gpu/`, compiled to one PTX module by `build.rs`.
@@ -52,6 +53,8 @@ pub const KERNELS: &[&str] = &[
     "swiglu_f32",
     "residual_add_f32",
     "softmax_f32",
+    "argmax_rows",
+    "sample_rows",
     "rope_f32",
     "gemv_f32",
     "gemv_f32_split",

@@ -18,6 +18,7 @@ mod gemv;
 mod moe;
 mod norm;
 mod rope;
+mod sampling;
 mod softmax;
 
 use host::Gpu;

@@ -14,13 +14,14 @@ use super::attention::KvCache;
 use super::model::{GpuModel, KvPlan};
 use super::prefill::{PromptBatch, PromptChunk};
 use super::{Context, CudaError};
-use crate::batching::BatchBackend;
+use crate::batching::{BatchBackend, Pick, Picked};
 use crate::generate::BackendError;
 use crate::gguf::GgufFile;
 use crate::model::{ModelConfig, ModelError};
 use crate::scheduler::Work;
-use host::Gpu;
 use host::attention::{NO_PAGE, PAGE_SIZE};
+use host::sampling::RowSampling;
+use host::{CudaSlice, Gpu};
 
 /// How much memory the KV pool takes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -125,7 +126,7 @@ impl GpuBatch {
         &mut self.model
     }
 
-    fn run(&mut self, work: &[Work]) -> Result<Vec<f32>, CudaError> {
+    fn run(&mut self, work: &[Work], picks: &[Pick]) -> Result<Vec<Picked>, CudaError> {
         let (d, n_vocab) = (self.model.config.n_embd, self.model.config.n_vocab);
         if work.len() > self.limits.max_seqs {
             let message = format!("{} sequences in a step of at most {}", work.len(), self.limits.max_seqs);
@@ -157,8 +158,11 @@ impl GpuBatch {
             && one.tokens.len() == 1
             && model.use_graph
         {
-            let logits = model.step_at(one.tokens[0], one.start)?;
-            return Ok(if one.wants_logits { logits } else { Vec::new() });
+            model.queue_step(one.tokens[0], one.start)?;
+            if !one.wants_logits {
+                return Ok(Vec::new());
+            }
+            return pick(&model.gpu, &model.step.logits, 1, n_vocab, picks);
         }
 
         let (mut ids, mut positions, mut slots, mut lens, mut chunks, mut starts) =
@@ -216,8 +220,55 @@ impl GpuBatch {
         };
         let mut logits = gpu.alloc::<f32>(m * n_vocab)?;
         model.architecture.output().prefill(context, &rows, m, &mut logits)?;
-        Ok(gpu.download(&logits)?)
+        pick(gpu, &logits, m, n_vocab, picks)
     }
+}
+
+/// Each row's token chosen on the device where `picks` asks (one id copied back per row), and
+/// the logits copied back for the rest.
+fn pick(
+    gpu: &Gpu,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    n_vocab: usize,
+    picks: &[Pick],
+) -> Result<Vec<Picked>, CudaError> {
+    if picks.len() != rows {
+        let message = format!("{} picks for {rows} rows of logits", picks.len());
+        return Err(host::Error::Shape { kernel: "batch step", message }.into());
+    }
+    let mut tokens = Vec::new();
+    if picks.iter().any(|p| matches!(p, Pick::Device(_))) {
+        let mut ids = gpu.alloc::<u32>(rows)?;
+        let settings: Vec<RowSampling> = picks
+            .iter()
+            .map(|p| match *p {
+                Pick::Device(d) => RowSampling {
+                    temperature: d.temperature,
+                    top_k: d.top_k,
+                    top_p: d.top_p,
+                    min_p: d.min_p,
+                    uniform: d.uniform,
+                },
+                Pick::Logits => RowSampling::default(),
+            })
+            .collect();
+        if settings.iter().all(|s| s.temperature <= 0.0) {
+            gpu.argmax_rows(logits, rows, n_vocab, &mut ids)?;
+        } else {
+            gpu.sample_rows(logits, rows, n_vocab, &gpu.upload(&settings)?, &mut ids)?;
+        }
+        tokens = gpu.download(&ids)?;
+    }
+    let all = if picks.contains(&Pick::Logits) { gpu.download(logits)? } else { Vec::new() };
+    Ok(picks
+        .iter()
+        .enumerate()
+        .map(|(row, p)| match p {
+            Pick::Device(_) => Picked::Token(tokens[row]),
+            Pick::Logits => Picked::Logits(all[row * n_vocab..(row + 1) * n_vocab].to_vec()),
+        })
+        .collect())
 }
 
 /// Device bytes of one step's scratch at the largest batch: the prompt pass's activations for
@@ -242,7 +293,11 @@ impl BatchBackend for GpuBatch {
         self.n_pages
     }
 
-    fn step(&mut self, work: &[Work]) -> Result<Vec<f32>, BackendError> {
-        Ok(self.run(work)?)
+    fn samples_on_device(&self) -> bool {
+        true
+    }
+
+    fn step(&mut self, work: &[Work], picks: &[Pick]) -> Result<Vec<Picked>, BackendError> {
+        Ok(self.run(work, picks)?)
     }
 }

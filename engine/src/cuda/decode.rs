@@ -64,6 +64,12 @@ impl GpuModel {
 
     /// One token at `position` of the sequence in block-table row 0: its logits [n_vocab].
     pub(super) fn step_at(&mut self, token: u32, position: usize) -> Result<Vec<f32>, CudaError> {
+        self.queue_step(token, position)?;
+        Ok(self.gpu.download(&self.step.logits)?)
+    }
+
+    /// Queues [`GpuModel::step_at`]'s work; the logits are left in `step.logits`.
+    pub(super) fn queue_step(&mut self, token: u32, position: usize) -> Result<(), CudaError> {
         let c = &self.config;
         if token as usize >= c.n_vocab {
             return Err(ModelError::TokenOutOfRange { token, n_vocab: c.n_vocab }.into());
@@ -92,7 +98,7 @@ impl GpuModel {
         } else {
             self.enqueue_step()?;
         }
-        Ok(self.gpu.download(&self.step.logits)?)
+        Ok(())
     }
 
     /// Queues every kernel of one decode step, with dependent launch on while it does.

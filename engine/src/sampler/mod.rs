@@ -116,6 +116,20 @@ pub enum SamplerError {
     InvalidConfig { setting: &'static str, value: f32, expected: &'static str },
 }
 
+/// What a device sampler needs for one row: the filters and this token's uniform draw.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceSampling {
+    /// <= 0: greedy.
+    pub temperature: f32,
+    /// 0: off.
+    pub top_k: u32,
+    /// >= 1: off.
+    pub top_p: f32,
+    /// <= 0: off.
+    pub min_p: f32,
+    pub uniform: f32,
+}
+
 pub struct Sampler {
     config: SamplerConfig,
     rng: ChaCha8Rng,
@@ -199,6 +213,24 @@ impl Sampler {
         let candidates = self.filter(&penalised)?;
         let uniform = self.uniform();
         Ok(draw(&candidates, self.config.temperature, uniform))
+    }
+
+    /// The settings for a backend that samples on the device, with this token's uniform drawn
+    /// from the seeded stream (one draw per token, as [`Sampler::sample`] makes): None when the
+    /// penalties are on (they need the token window, which stays on the host). The uniform is
+    /// made of 24 bits, so that it stays below 1 in f32.
+    pub fn device_settings(&mut self) -> Option<DeviceSampling> {
+        if !self.config.penalties_off() {
+            return None;
+        }
+        let uniform = if self.config.temperature > 0.0 {
+            (self.rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32
+        } else {
+            0.0
+        };
+        let c = &self.config;
+        let top_k = u32::try_from(c.top_k).unwrap_or(u32::MAX);
+        Some(DeviceSampling { temperature: c.temperature, top_k, top_p: c.top_p, min_p: c.min_p, uniform })
     }
 
     /// A uniform number in [0, 1) from the top 53 bits of one 64-bit word.

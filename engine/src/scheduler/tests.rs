@@ -223,9 +223,9 @@ proptest! {
                 let i = ids.iter().position(|&id| id == Some(work.id)).unwrap();
                 let all = scheduler.tokens(work.id).unwrap().to_vec();
                 prop_assert!(work.pages.len() * page_size >= work.start + work.tokens.len());
-                for p in 0..work.start {
+                for (p, &token) in all.iter().enumerate().take(work.start) {
                     let slot = work.pages[p / page_size] as usize * page_size + p % page_size;
-                    prop_assert_eq!(kv[slot], Some((all[p], p)), "request {} position {}", i, p);
+                    prop_assert_eq!(kv[slot], Some((token, p)), "request {} position {}", i, p);
                 }
                 prop_assert_eq!(&all[work.start..work.start + work.tokens.len()], &work.tokens[..]);
             }
