@@ -10,13 +10,12 @@
 //! either ends or appends the token for the next step.
 
 use crate::generate::{BackendError, Utf8Stream};
-use crate::model::{KvPool, LogitRows, Model, SequenceChunk};
+use crate::model::{KvPool, LogitRows, Model, ModelError, SequenceChunk};
 use crate::sampler::{DeviceSampling, Sampler, SamplerConfig, StopCondition, StopReason};
 use crate::scheduler::{AdmissionError, Scheduler, SchedulerConfig, SequenceId, Work};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 /// How the next token of a row is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -64,7 +63,7 @@ impl<'a> CpuBatch<'a> {
     /// Pages that fit in `bytes` of memory.
     pub fn pages_in(model: &Model, bytes: usize) -> usize {
         let c = model.config();
-        bytes / (2 * c.n_layer * crate::model::PAGE_SIZE * c.n_head_kv * c.head_dim * 4)
+        bytes / KvPool::page_bytes(c.n_layer, c.n_head_kv, c.head_dim)
     }
 }
 
@@ -107,6 +106,22 @@ pub struct Request {
     pub cancel: Arc<AtomicBool>,
     /// Log-probabilities of the chosen token and of this many most likely ones, if Some.
     pub logprobs: Option<usize>,
+}
+
+impl Request {
+    /// `max_tokens` tokens after `prompt`, chosen by `sampler`: no stop tokens or strings, not
+    /// cancelled, no log-probabilities (set the fields to change that).
+    pub fn new(prompt: Vec<u32>, sampler: SamplerConfig, max_tokens: usize) -> Self {
+        Request {
+            prompt,
+            sampler,
+            max_tokens,
+            stop_tokens: Vec::new(),
+            stop_strings: Vec::new(),
+            cancel: Default::default(),
+            logprobs: None,
+        }
+    }
 }
 
 /// Why a request ended.
@@ -166,8 +181,7 @@ pub struct Batcher<'a> {
     /// Bytes of a token's text.
     detokenize: Box<dyn Fn(u32) -> Vec<u8> + 'a>,
     requests: HashMap<SequenceId, Running>,
-    /// Time spent in the backend's steps, and the steps.
-    pub busy: std::time::Duration,
+    /// Steps run.
     pub steps: u64,
     /// The last step's tokens, and whether all were decode tokens (one per sequence).
     pub last_step: (usize, bool),
@@ -197,7 +211,6 @@ impl<'a> Batcher<'a> {
             backend,
             detokenize,
             requests: HashMap::new(),
-            busy: Default::default(),
             steps: 0,
             last_step: (0, false),
         })
@@ -211,11 +224,9 @@ impl<'a> Batcher<'a> {
     /// the pool, empty, or with invalid sampler settings).
     pub fn submit(&mut self, request: Request) -> Result<SequenceId, BatchError> {
         request.sampler.validate()?;
-        if let Some(&token) = request.prompt.iter().find(|&&t| t as usize >= self.backend.n_vocab()) {
-            return Err(BatchError::Backend(
-                format!("token id {token} is outside the vocabulary of {} tokens", self.backend.n_vocab())
-                    .into(),
-            ));
+        let n_vocab = self.backend.n_vocab();
+        if let Some(&token) = request.prompt.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(BatchError::Backend(Box::new(ModelError::TokenOutOfRange { token, n_vocab })));
         }
         let mut sampler = Sampler::new(request.sampler);
         for &token in &request.prompt {
@@ -276,9 +287,7 @@ impl<'a> Batcher<'a> {
             };
             picks.push(pick);
         }
-        let start = Instant::now();
         let picked = self.backend.step(&step.work, &picks).map_err(BatchError::Backend)?;
-        self.busy += start.elapsed();
         self.steps += 1;
         for work in &step.work {
             if let Some(request) = self.requests.get_mut(&work.id) {

@@ -79,21 +79,11 @@ pub fn run(
     let mut first_token: HashMap<u64, Duration> = HashMap::new();
     let (mut ttft, mut tpot) = (Vec::new(), Vec::new());
     let (mut running, mut done, mut generated) = (0usize, 0usize, 0usize);
-    let mut pages_peak = 0;
     // Tokens and time of the steps of decode tokens only.
     let mut decode_only = (0usize, Duration::ZERO);
     while done < num_requests {
         while running < in_flight && next < num_requests {
-            let request = Request {
-                prompt: prompts[next].clone(),
-                sampler: SamplerConfig::greedy(),
-                max_tokens: output_len,
-                stop_tokens: Vec::new(),
-                stop_strings: Vec::new(),
-                cancel: Default::default(),
-                logprobs: None,
-            };
-            batcher.submit(request)?;
+            batcher.submit(Request::new(prompts[next].clone(), SamplerConfig::greedy(), output_len))?;
             next += 1;
             running += 1;
         }
@@ -103,7 +93,6 @@ pub fn run(
             decode_only.0 += tokens;
             decode_only.1 += step_start.elapsed();
         }
-        pages_peak = pages_peak.max(batcher.scheduler().stats().pages_used);
         let now = start.elapsed();
         for event in events {
             match event {
@@ -139,7 +128,7 @@ pub fn run(
         decode_step_tok_per_s: decode_only.0 as f64 / decode_only.1.as_secs_f64().max(1e-9),
         ttft_p50_ms: percentile(&ttft, 0.5),
         ttft_p99_ms: percentile(&ttft, 0.99),
-        kv_pages_peak: pages_peak.max(stats.pages_peak),
+        kv_pages_peak: stats.pages_peak,
         kv_pages_total: stats.pages_total,
         preemptions: stats.preemptions,
         steps: batcher.steps,

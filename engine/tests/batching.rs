@@ -114,16 +114,7 @@ fn run_batched(
     let mut batcher = Batcher::new(config, Box::new(backend), Box::new(|_| Vec::new())).unwrap();
     let mut ids = Vec::new();
     for (prompt, max_tokens) in requests {
-        let request = Request {
-            prompt: prompt.clone(),
-            sampler: SamplerConfig::greedy(),
-            max_tokens: *max_tokens,
-            stop_tokens: Vec::new(),
-            stop_strings: Vec::new(),
-            cancel: Default::default(),
-            logprobs: None,
-        };
-        ids.push(batcher.submit(request).unwrap());
+        ids.push(batcher.submit(Request::new(prompt.clone(), SamplerConfig::greedy(), *max_tokens)).unwrap());
     }
     let mut outputs: HashMap<u64, (Vec<u32>, Option<FinishReason>)> = HashMap::new();
     let mut steps = 0;
@@ -196,15 +187,8 @@ fn a_request_that_can_never_fit_is_refused_at_once() {
     };
     let backend = CpuBatch::new(&model, 8);
     let mut batcher = Batcher::new(config, Box::new(backend), Box::new(|_| Vec::new())).unwrap();
-    let request = |len: usize| Request {
-        prompt: prompt(1, len, model.config().n_vocab),
-        sampler: SamplerConfig::greedy(),
-        max_tokens: 4,
-        stop_tokens: Vec::new(),
-        stop_strings: Vec::new(),
-        cancel: Default::default(),
-        logprobs: None,
-    };
+    let request =
+        |len: usize| Request::new(prompt(1, len, model.config().n_vocab), SamplerConfig::greedy(), 4);
     let error = batcher.submit(request(64)).unwrap_err().to_string();
     assert!(error.contains("64"), "{error}");
     assert!(batcher.submit(request(0)).is_err());
@@ -226,13 +210,9 @@ fn a_cancelled_request_ends_at_the_next_step_and_frees_its_pages() {
         Batcher::new(config, Box::new(CpuBatch::new(&model, 16)), Box::new(|_| Vec::new())).unwrap();
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let request = Request {
-        prompt: prompt(1, 20, model.config().n_vocab),
-        sampler: SamplerConfig::greedy(),
-        max_tokens: 40,
-        stop_tokens: Vec::new(),
-        stop_strings: Vec::new(),
         cancel: cancel.clone(),
         logprobs: Some(3),
+        ..Request::new(prompt(1, 20, model.config().n_vocab), SamplerConfig::greedy(), 40)
     };
     let id = batcher.submit(request).unwrap();
     let events = batcher.step().unwrap();

@@ -154,15 +154,7 @@ fn batched_greedy_decoding_gives_each_prompt_its_own_continuation() {
     let mut outputs = vec![Vec::new(); prompts.len()];
     let mut ids = Vec::new();
     for prompt in &prompts {
-        let request = Request {
-            prompt: prompt.clone(),
-            sampler: engine::sampler::SamplerConfig::greedy(),
-            max_tokens: MAX_TOKENS,
-            stop_tokens: Vec::new(),
-            stop_strings: Vec::new(),
-            cancel: Default::default(),
-            logprobs: None,
-        };
+        let request = Request::new(prompt.clone(), engine::sampler::SamplerConfig::greedy(), MAX_TOKENS);
         ids.push(batcher.submit(request).unwrap());
     }
     while !batcher.is_idle() {

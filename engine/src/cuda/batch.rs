@@ -93,7 +93,7 @@ impl GpuBatch {
         }
         let step_bytes = step_bytes(&config, &limits);
         let page_bytes = KvCache::page_bytes(&config);
-        let weights: usize = file.tensors().iter().map(|t| file.tensor_data(t).len()).sum();
+        let weights = super::memory::weight_bytes(file);
         let n_pages = match limits.kv_memory {
             KvMemory::Bytes(bytes) => bytes / page_bytes,
             KvMemory::Fraction(fraction) => {

@@ -62,6 +62,11 @@ impl std::fmt::Display for VramLedger {
     }
 }
 
+/// Bytes of every tensor of `file` as stored (what the upload takes).
+pub fn weight_bytes(file: &crate::gguf::GgufFile) -> usize {
+    file.tensors().iter().map(|t| file.tensor_data(t).len()).sum()
+}
+
 /// Bytes in GiB, or in MiB below one GiB.
 pub fn gib(bytes: usize) -> String {
     if bytes >= 1 << 30 {

@@ -79,7 +79,7 @@ impl GpuModel {
             Family::Gpt2 => (gpt2::plan(&config, capacity)?, gpt2::load),
         };
         let mut ledger = VramLedger {
-            weights: file.tensors().iter().map(|t| file.tensor_data(t).len()).sum(),
+            weights: super::memory::weight_bytes(file),
             kv_cache: KvCache::bytes(&config, capacity),
             activations: scratch,
             workspace: StepBuffers::bytes(config.n_embd, config.n_vocab),

@@ -40,9 +40,9 @@ impl KvPool {
         self.n_pages
     }
 
-    /// Bytes of one page over every layer, keys and values.
-    pub fn page_bytes(&self) -> usize {
-        2 * self.keys.len() * PAGE_SIZE * self.row * std::mem::size_of::<f32>()
+    /// Bytes of one page over every layer, keys and values, for a model of this shape.
+    pub fn page_bytes(n_layer: usize, n_head_kv: usize, head_dim: usize) -> usize {
+        2 * n_layer * PAGE_SIZE * n_head_kv * head_dim * std::mem::size_of::<f32>()
     }
 
     /// Stores one position's k and v [n_head_kv * head_dim] of `layer` at `position` of the
