@@ -13,6 +13,10 @@
 //! Llama-3.1-8B's shapes, 2 T n_in n_out FLOPs, timed with the conversion of X to f16 that
 //! `Gpu::gemm` launches first; cuBLAS's f16 GEMM (f16 X and W, f32 Y, f32 sums) at the same shapes
 //! is the yardstick, when libcublas can be loaded.
+//! Rows of a batched decode step (`KERNELS=rows` runs only these): the multi-row GEMV
+//! (`Gpu::gemv_rows`, with the quantization of X) and the GEMM at T = 1 to 64 rows, Llama-3.1-8B's
+//! Q4_K shapes; bytes are the weights once (what a step must read), so "of copy" says how near
+//! the product comes to reading its weights at the copy rate.
 
 use cudarc::driver::sys::CUevent_flags;
 use host::activation::Activation;
@@ -141,6 +145,7 @@ fn main() -> Result<()> {
         Ok("gemv") => return gemv(&gpu, &table),
         Ok("gemm") => return gemm(&gpu, &table),
         Ok("attention") => return attention(&gpu, &table),
+        Ok("rows") => return rows(&gpu, &table),
         _ => {}
     }
     if std::env::args().skip(1).any(|a| a == "attention") {
@@ -595,6 +600,38 @@ fn attention_gpt_oss(gpu: &Gpu, table: &Table) -> Result<()> {
         let keys: usize = (0..n_tokens).map(|t| if window > 0 { (t + 1).min(window) } else { t + 1 }).sum();
         let flops = 4.0 * (keys * head_dim * n_head) as f64;
         table.row_flops("attention prefill", &format!("gpt-oss T={n_tokens} window={window}"), flops, ms);
+    }
+    Ok(())
+}
+
+/// The multi-row GEMV against the GEMM for the few rows of a batched decode step.
+fn rows(gpu: &Gpu, table: &Table) -> Result<()> {
+    let format = WeightFormat::Q4K;
+    for (n_in, n_out) in [(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {
+        let (block, block_bytes) = format.block();
+        let bytes = random_blocks(format, n_in / block * n_out * block_bytes, n_in * n_out / block);
+        let copies = (256usize << 20).div_ceil(bytes.len()).max(2);
+        let matrices: Vec<_> =
+            (0..copies).map(|_| gpu.upload_matrix(format, &bytes, n_in, n_out)).collect::<Result<_>>()?;
+        let mut next = 0;
+        let moved = matrices[0].size();
+        for t in [1usize, 2, 4, 8, 16, 32, 64] {
+            let x = gpu.upload(&random(t * n_in, 11))?;
+            let mut y = gpu.alloc::<f32>(t * n_out)?;
+            let mut q8 = gpu.q8_activations(t * n_in)?;
+            let shape = format!("{n_out}x{n_in}, {t} rows");
+            let ms = time_batched(gpu, || {
+                next = (next + 1) % copies;
+                gpu.quantize_q8(&x, &mut q8)?;
+                gpu.gemv_rows(&matrices[next], 0..n_out, &q8, t, None, &mut y)
+            })?;
+            table.row("quantize+gemv_rows Q4K", &shape, moved, ms);
+            let ms = time_batched(gpu, || {
+                next = (next + 1) % copies;
+                gpu.gemm(&matrices[next], 0..n_out, &x, t, None, &mut y)
+            })?;
+            table.row("gemm Q4K", &shape, moved, ms);
+        }
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! loads. Kernels that read weights come in one entry point per storage type, suffixed `_f32`,
 //! `_f16` and `_bf16`. Each kernel family opens with its math, memory layout, launch shape and cost.
 #![no_std]
-#![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)]
+#![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, stmt_expr_attributes)]
 #![allow(clippy::missing_safety_doc)]
 
 pub mod activation;

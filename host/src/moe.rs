@@ -61,7 +61,7 @@ pub fn stack_experts(parts: &[&[u8]], n_expert: usize) -> Vec<u8> {
 }
 
 /// rows per expert of an expert matrix, after checking that it is MXFP4 and n_expert divides it.
-fn expert_rows(kernel: &'static str, w: &GpuMatrix, n_expert: usize) -> Result<usize> {
+pub(crate) fn expert_rows(kernel: &'static str, w: &GpuMatrix, n_expert: usize) -> Result<usize> {
     if !matches!(w.storage(), Storage::Mxfp4 { .. }) {
         return Err(shape_error(
             kernel,

@@ -176,7 +176,11 @@ pub fn rope_config(
     // Enough tokens per block that the 256 threads all help fill the cos/sin table.
     const THREADS: usize = 256;
     let pairs = rope.rope_dim / 2;
-    let tokens_per_block = (THREADS / pairs).clamp(1, 64).min(n_tokens.max(1));
+    // A batch of a few tokens (a decode step of several sequences) a block per token instead,
+    // so that their tables are made in parallel (same values: each entry depends only on its
+    // token's position and its pair).
+    let tokens_per_block =
+        if n_tokens <= 256 { 1 } else { (THREADS / pairs).clamp(1, 64).min(n_tokens.max(1)) };
     let config = LaunchConfig {
         grid_dim: (to_u32(KERNEL, "n_tokens", n_tokens.div_ceil(tokens_per_block))?, 1, 1),
         block_dim: (THREADS as u32, 1, 1),

@@ -116,8 +116,11 @@ fn yarn_parameters_follow_the_formulas() {
     // Without YaRN: no scaling at all.
     let (config, params) = rope_config(&llama_rope(), 5, 1, 5 * 128).unwrap();
     assert_eq!((params.magnitude, params.freq_scale, params.ext_factor), (1.0, 1.0, 0.0));
-    // 64 pairs: 4 tokens per block fill 256 threads; 5 tokens need 2 blocks.
-    assert_eq!((params.tokens_per_block, config.grid_dim.0), (4, 2));
+    // A few tokens (a batch of decode steps): a block each.
+    assert_eq!((params.tokens_per_block, config.grid_dim.0), (1, 5));
+    // A prompt: 64 pairs, so 4 tokens per block fill 256 threads; 1001 tokens need 251 blocks.
+    let (config, params) = rope_config(&llama_rope(), 1001, 1, 1001 * 128).unwrap();
+    assert_eq!((params.tokens_per_block, config.grid_dim.0), (4, 251));
 }
 
 #[test]

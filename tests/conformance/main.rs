@@ -15,6 +15,7 @@ mod attention;
 mod embedding;
 mod gemm;
 mod gemv;
+mod gemv_rows;
 mod moe;
 mod norm;
 mod rope;

@@ -17,7 +17,7 @@ use host::matmul::WeightFormat;
 use proptest::prelude::*;
 
 /// Random expert ids [T, k] below n_expert (repeats allowed, some experts unused).
-fn random_ids(seed: u64, t: usize, k: usize, n_expert: usize) -> Vec<u32> {
+pub fn random_ids(seed: u64, t: usize, k: usize, n_expert: usize) -> Vec<u32> {
     random_values(seed, t * k, 1.0)
         .iter()
         .map(|v| ((v + 1.0) / 2.0 * n_expert as f32) as u32 % n_expert as u32)

@@ -17,6 +17,7 @@ use super::{Architecture, Context, CudaError};
 use crate::model::gpt_oss::{Config, SWIGLU_ALPHA, SWIGLU_LIMIT};
 use crate::model::{ModelConfig, ModelError};
 use host::attention::HEAD_DIMS;
+use host::matmul::gemv_rows::gemv_rows_expert_limit;
 use host::matmul::{GpuMatrix, Q8Activations, WeightFormat};
 use host::moe::stack_experts;
 use host::rope::Rope;
@@ -207,6 +208,11 @@ impl Architecture for GptOss {
         let mut gate_up = gpu.alloc::<f32>(n * k * 2 * ff)?;
         let mut act = gpu.alloc::<f32>(n * k * ff)?;
         let mut out = gpu.alloc::<f32>(n * k * d)?;
+        let mut few_rows = if n <= gemv_rows_expert_limit() {
+            Some((gpu.q8_activations(n * d)?, gpu.q8_activations(n * k * ff)?))
+        } else {
+            None
+        };
         gpu.embed(self.token_embd.as_ref().unwrap_or(self.output.matrix()), &batch.ids, &mut s.x)?;
         for (i, layer) in self.layers.iter().enumerate() {
             layer.attention.prefill(context, kv, i, &self.rope, batch, &mut s)?;
@@ -215,9 +221,25 @@ impl Architecture for GptOss {
             e.router.prefill(context, &s.h, n, &mut logits)?;
             gpu.top_k_experts(&logits, n_expert, k, &mut ids, &mut weights)?;
             gpu.route_experts(&ids, k, &mut routing)?;
-            gpu.gemm_experts(&e.gate_up, &routing, &s.h, false, Some(&e.gate_up_bias), &mut gate_up)?;
-            gpu.swiglu_oai(&gate_up, ff, SWIGLU_ALPHA, SWIGLU_LIMIT, Some(&mut act), None)?;
-            gpu.gemm_experts(&e.down, &routing, &act, true, Some(&e.down_bias), &mut out)?;
+            if let Some((h_q8, act_q8)) = &mut few_rows {
+                // A decode step of a few sequences: every chosen expert read once for its tokens
+                // by the multi-row GEMV, with the decode step's 8-bit activations.
+                gpu.quantize_q8(&s.h, h_q8)?;
+                gpu.gemv_rows_experts(
+                    &e.gate_up,
+                    &routing,
+                    h_q8,
+                    false,
+                    Some(&e.gate_up_bias),
+                    &mut gate_up,
+                )?;
+                gpu.swiglu_oai(&gate_up, ff, SWIGLU_ALPHA, SWIGLU_LIMIT, None, Some(act_q8))?;
+                gpu.gemv_rows_experts(&e.down, &routing, act_q8, true, Some(&e.down_bias), &mut out)?;
+            } else {
+                gpu.gemm_experts(&e.gate_up, &routing, &s.h, false, Some(&e.gate_up_bias), &mut gate_up)?;
+                gpu.swiglu_oai(&gate_up, ff, SWIGLU_ALPHA, SWIGLU_LIMIT, Some(&mut act), None)?;
+                gpu.gemm_experts(&e.down, &routing, &act, true, Some(&e.down_bias), &mut out)?;
+            }
             gpu.moe_weighted_sum(&out, &weights, k, &mut s.projected)?;
             gpu.residual_add(&mut s.x, &s.projected)?;
         }

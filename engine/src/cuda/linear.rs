@@ -6,6 +6,7 @@
 
 use super::weights::Weights;
 use super::{Context, CudaError};
+use host::matmul::gemv_rows::gemv_rows_limit;
 use host::matmul::{GpuMatrix, Q8Activations, WeightFormat};
 use host::{CudaSlice, Gpu};
 
@@ -137,6 +138,17 @@ impl Linear {
             let m = &self.matrices[part];
             (m, 0..m.n_out, self.biases.get(part))
         };
+        // A few rows (a decode step of several sequences) through the multi-row GEMV where the
+        // decode step reads 8-bit activations: the weights stream as at batch 1, and each row
+        // gets the sums a decode step gives it. Many rows (a prompt) through the GEMM.
+        if n <= gemv_rows_limit() && matrix.has_gemv_rows() && uses_q8(matrix, context.integer_activations) {
+            let mut q8 = context.gpu.q8_activations(n * matrix.n_in)?;
+            context.gpu.quantize_q8(x, &mut q8)?;
+            return context.gpu.gemv_rows(matrix, rows, &q8, n, bias, y);
+        }
+        if n <= gemv_rows_limit() && context.gpu.gemv_splits_rows(matrix) && rows == (0..matrix.n_out) {
+            return context.gpu.gemv_rows_f32(matrix, x, n, bias, y);
+        }
         context.gpu.gemm(matrix, rows, x, n, bias, y)
     }
 

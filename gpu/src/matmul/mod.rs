@@ -1,4 +1,5 @@
 //! Matrix kernels. `gemv`, `gemv_k`: matrix-vector products for decode, one warp per output row;
+//! `gemv_rows`: the integer GEMVs over several activation rows per weight read (batched decode);
 //! `gemm`: matrix products on the tensor cores for prefill, with `dequant` turning blocks of
 //! quantized weights into f16; `kquant`: decoding of the 256-value super-block formats.
 pub mod dequant;
@@ -6,6 +7,7 @@ pub mod gemm;
 pub mod gemv;
 pub mod gemv_k;
 pub mod gemv_mxfp4;
+pub mod gemv_rows;
 pub mod kquant;
 pub mod quantize;
 

@@ -1,8 +1,8 @@
 //! The paged f16 KV cache (`gpu/src/attention/paged.rs`): pools, block table, page allocator,
 //! and the kernel that writes new tokens into the pools.
 
-use crate::{Gpu, Result, elementwise_config, expect_len, shape_error, to_u32};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use crate::{Gpu, Result, expect_len, shape_error, to_u32};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::f16;
 
 /// Positions per page (the kernels' `PAGE_SIZE`).
@@ -287,7 +287,14 @@ impl Gpu {
             return Ok(());
         }
         to_u32(KERNEL, "n_tokens * n_head_kv * head_dim", n_tokens * row)?;
-        let config = elementwise_config(n_tokens * row / 4);
+        // A thread per 4 values: each holds a chain of dependent loads (sequence, block table,
+        // page), so a few tokens spread over many blocks rather than looping in one.
+        let quads = n_tokens * row / 4;
+        let config = LaunchConfig {
+            grid_dim: (quads.div_ceil(256).clamp(1, 132 * 16) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let n_tokens = n_tokens as u32;
         let stream = self.stream();
         let (key_pool, value_pool) = cache

@@ -33,7 +33,18 @@ pub fn gemv_shared_bytes(format: WeightFormat, n_in: usize) -> usize {
     4 * (n_in + n_in / chunk * pad)
 }
 
+/// Threads of the block that `gemv_f32_split` gives each row.
+pub(crate) const SPLIT_THREADS: u32 = 256;
+
 impl Gpu {
+    /// Whether an f32 matrix is multiplied a block per row (`gemv_f32_split`): few rows (a MoE
+    /// router), where a warp per row would leave the GPU nearly idle.
+    pub fn gemv_splits_rows(&self, w: &GpuMatrix) -> bool {
+        matches!(w.storage, Storage::F32(_))
+            && (1..=2 * self.sm_count()).contains(&w.n_out)
+            && w.n_in.is_multiple_of(4)
+    }
+
     /// y = W x (+ bias) for x [n_in], y [n_out].
     pub fn gemv(
         &self,
@@ -76,10 +87,13 @@ impl Gpu {
         let (n_in, n_out) = (w.n_in as u32, w.n_out as u32);
         match &w.storage {
             // Few rows (a router): a block per row instead of a warp.
-            Storage::F32(m) if (1..=2 * self.sm_count()).contains(&w.n_out) && w.n_in.is_multiple_of(4) => {
+            Storage::F32(m) if self.gemv_splits_rows(w) => {
                 let (m, _m) = m.device_ptr(stream);
-                let config =
-                    LaunchConfig { grid_dim: (n_out, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let config = LaunchConfig {
+                    grid_dim: (n_out, 1, 1),
+                    block_dim: (SPLIT_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
                 self.launch("gemv_f32_split", config, &[&m, &bias, &x, &y, &n_in])
             }
             Storage::F32(m) => {
