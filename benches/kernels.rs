@@ -14,7 +14,8 @@
 //! `Gpu::gemm` launches first; cuBLAS's f16 GEMM (f16 X and W, f32 Y, f32 sums) at the same shapes
 //! is the yardstick, when libcublas can be loaded.
 //! Rows of a batched decode step (`KERNELS=rows` runs only these): the multi-row GEMV
-//! (`Gpu::gemv_rows`, with the quantization of X) and the GEMM at T = 1 to 64 rows, Llama-3.1-8B's
+//! (`Gpu::gemv_rows`, with the quantization of X), the integer tensor-core rows (`Gpu::mma_rows`)
+//! and the GEMM at T = 1 to 64 rows, Llama-3.1-8B's
 //! Q4_K shapes; bytes are the weights once (what a step must read), so "of copy" says how near
 //! the product comes to reading its weights at the copy rate.
 
@@ -628,9 +629,75 @@ fn rows(gpu: &Gpu, table: &Table) -> Result<()> {
             table.row("quantize+gemv_rows Q4K", &shape, moved, ms);
             let ms = time_batched(gpu, || {
                 next = (next + 1) % copies;
+                gpu.quantize_q8(&x, &mut q8)?;
+                gpu.mma_rows(&matrices[next], 0..n_out, &q8, t, None, &mut y)
+            })?;
+            table.row("quantize+mma_rows Q4K", &shape, moved, ms);
+            let ms = time_batched(gpu, || {
+                next = (next + 1) % copies;
                 gpu.gemm(&matrices[next], 0..n_out, &x, t, None, &mut y)
             })?;
             table.row("gemm Q4K", &shape, moved, ms);
+        }
+    }
+    // gpt-oss-20b's experts for a decode step of T sequences: 4 of 32 experts per token (drawn
+    // at random), gate and up stacked (x per token), then down (x per assignment); bytes: the
+    // experts chosen at least once.
+    let (format, n_in, n_expert, k) = (WeightFormat::Mxfp4, 2880usize, 32usize, 4usize);
+    for (rows, per_assignment) in [(5760usize, false), (2880, true)] {
+        let bytes = random_blocks(format, n_in / 32 * n_expert * rows * 17, n_in * n_expert * rows / 32);
+        let copies = 4;
+        let matrices: Vec<_> = (0..copies)
+            .map(|_| gpu.upload_matrix(format, &bytes, n_in, n_expert * rows))
+            .collect::<Result<_>>()?;
+        let mut next = 0;
+        for t in [1usize, 2, 4, 8, 16, 32, 64] {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ t as u64;
+            let mut ids = Vec::with_capacity(t * k);
+            for _ in 0..t {
+                let mut chosen: Vec<u32> = Vec::new();
+                while chosen.len() < k {
+                    state =
+                        state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                    let e = (state >> 33) as u32 % n_expert as u32;
+                    if !chosen.contains(&e) {
+                        chosen.push(e);
+                    }
+                }
+                ids.extend(chosen);
+            }
+            let used = {
+                let mut seen = ids.clone();
+                seen.sort_unstable();
+                seen.dedup();
+                seen.len()
+            };
+            let moved = used * rows * n_in / 32 * 17;
+            let mut routing = gpu.expert_routing(n_expert, t * k)?;
+            gpu.route_experts(&gpu.upload(&ids)?, k, &mut routing)?;
+            let x_rows = if per_assignment { t * k } else { t };
+            let x = gpu.upload(&random(x_rows * n_in, 16))?;
+            let mut q8 = gpu.q8_activations(x_rows * n_in)?;
+            let mut y = gpu.alloc::<f32>(t * k * rows)?;
+            let shape = format!("T={t} {used}/32 x {rows}x{n_in}");
+            let which = if per_assignment { "down" } else { "gate+up" };
+            let ms = time_batched(gpu, || {
+                next = (next + 1) % copies;
+                gpu.quantize_q8(&x, &mut q8)?;
+                gpu.gemv_rows_experts(&matrices[next], &routing, &q8, per_assignment, None, &mut y)
+            })?;
+            table.row(&format!("gemv_rows experts {which}"), &shape, moved, ms);
+            let ms = time_batched(gpu, || {
+                next = (next + 1) % copies;
+                gpu.quantize_q8(&x, &mut q8)?;
+                gpu.mma_rows_experts(&matrices[next], &routing, &q8, per_assignment, None, &mut y)
+            })?;
+            table.row(&format!("mma_rows experts {which}"), &shape, moved, ms);
+            let ms = time_batched(gpu, || {
+                next = (next + 1) % copies;
+                gpu.gemm_experts(&matrices[next], &routing, &x, per_assignment, None, &mut y)
+            })?;
+            table.row(&format!("gemm_experts {which}"), &shape, moved, ms);
         }
     }
     Ok(())

@@ -203,25 +203,36 @@ fn gpt_oss_on_the_gpu_matches_the_cpu() {
     let row = |v: &[f32], t: usize| v[t * n_vocab..(t + 1) * n_vocab].to_vec();
     assert!(tokens.len() > 8, "the prompt must be longer than the window");
 
+    // With f32 activations the prompt pass takes the f16 GEMMs; with 8-bit ones (the default)
+    // a prompt of at most 64 tokens takes the integer row products of a batched decode step.
+    model.set_integer_activations(false);
     let prompt = model.forward(&tokens).unwrap();
+    model.set_integer_activations(true);
+    model.clear();
+    let integer_prompt = model.forward(&tokens).unwrap();
     model.clear();
     let mut stepped = Vec::new();
     for &token in &tokens {
         stepped.extend(model.forward(&[token]).unwrap());
     }
     let (mut worst_prompt, mut worst_hf, mut worst_steps) = (0.0f64, 0.0f64, 0.0f64);
+    let mut worst_integer = 0.0f64;
     for t in 0..tokens.len() {
         worst_prompt = worst_prompt.max(relative_error(&row(&prompt, t), &row(&exact, t)));
         worst_hf = worst_hf.max(relative_error(&row(&prompt, t), &row(&transformers, t)));
         worst_steps = worst_steps.max(relative_error(&row(&stepped, t), &row(&llamacpp, t)));
+        worst_integer = worst_integer.max(relative_error(&row(&integer_prompt, t), &row(&llamacpp, t)));
     }
     eprintln!(
         "gptoss: prompt pass vs exact CPU {worst_prompt:.2e}, vs transformers {worst_hf:.2e}; \
+         8-bit prompt pass vs llama.cpp-numerics CPU {worst_integer:.2e}; \
          decode steps vs llama.cpp-numerics CPU {worst_steps:.2e} (worst position)"
     );
     assert!(worst_prompt < 1e-2, "prompt pass vs exact CPU {worst_prompt:.2e}");
     assert!(worst_hf < 1e-2, "prompt pass vs transformers {worst_hf:.2e}");
+    assert!(worst_integer < 1e-2, "8-bit prompt pass vs CPU {worst_integer:.2e}");
     assert!(worst_steps < 1e-2, "decode steps vs CPU {worst_steps:.2e}");
+    assert_same_greedy(&integer_prompt, &llamacpp, n_vocab, "gptoss 8-bit prompt pass");
     assert_same_greedy(&prompt, &exact, n_vocab, "gptoss prompt pass");
     assert_same_greedy(&stepped, &llamacpp, n_vocab, "gptoss decode steps");
 }
@@ -277,12 +288,17 @@ fn gpt2_refuses_a_context_longer_than_its_positions() {
 /// tokens only, and one of a single decode token (the graph path). Logits within 1e-2 of the
 /// CPU's exact numbers (the GEMMs round activations to f16), greedy picks equal where the CPU's
 /// top two are apart.
-fn check_batched(gguf: &str) {
+///
+/// With `integer` the GPU takes 8-bit activations (its default: quantized matrices of steps of
+/// at most 64 tokens through the integer row products of mma_rows.rs and gemv_rows.rs) and the
+/// CPU its llama.cpp numerics (the same quantization of the activations).
+fn check_batched(gguf: &str, integer: bool) {
     use engine::batching::{BatchBackend, CpuBatch, Pick, Picked};
     use engine::cuda::{BatchLimits, GpuBatch, KvMemory};
     use engine::scheduler::Work;
     let file = GgufFile::open(fixture(&format!("{gguf}.gguf"))).unwrap();
-    let cpu_model = Model::load(&file, Numerics::Exact, &|_, _| {}).unwrap();
+    let numerics = if integer { Numerics::LlamaCpp } else { Numerics::Exact };
+    let cpu_model = Model::load(&file, numerics, &|_, _| {}).unwrap();
     let n_vocab = cpu_model.config().n_vocab;
     let mut cpu = CpuBatch::new(&cpu_model, 12);
     let gpu = host::Gpu::new(0).expect("this test needs an NVIDIA GPU");
@@ -293,7 +309,7 @@ fn check_batched(gguf: &str) {
         kv_memory: KvMemory::Bytes(1 << 20),
     };
     let mut batch = GpuBatch::load(gpu, &file, limits, &|_, _| {}).unwrap();
-    batch.model_mut().set_integer_activations(false);
+    batch.model_mut().set_integer_activations(integer);
     assert!(batch.n_pages() >= 12);
     let tokens = |seed: u32, len: usize| -> Vec<u32> {
         (0..len as u32)
@@ -332,7 +348,7 @@ fn check_batched(gguf: &str) {
         let actual = logits(batch.step(step, &picks).unwrap());
         assert_eq!(actual.len(), expected.len(), "{gguf}: step {i}");
         let error = relative_error(&actual, &expected);
-        eprintln!("{gguf}: batched step {i} GPU vs CPU {error:.2e}");
+        eprintln!("{gguf}: batched step {i} GPU vs CPU {error:.2e} (8-bit activations: {integer})");
         // The last step is one decode token: the decode graph, whose MXFP4 experts always meet
         // 8-bit activations (gpt-oss), which the exact CPU path does not round; 2e-2 there.
         let bound = if i == steps.len() - 1 { 2e-2 } else { 1e-2 };
@@ -342,9 +358,9 @@ fn check_batched(gguf: &str) {
     // The device's greedy pick is the argmax of the logits the same step returns (steps rerun
     // on a fresh cache: the keys and values written are the same).
     let mut batch = GpuBatch::load(host::Gpu::new(0).unwrap(), &file, limits, &|_, _| {}).unwrap();
-    batch.model_mut().set_integer_activations(false);
+    batch.model_mut().set_integer_activations(integer);
     let mut again = GpuBatch::load(host::Gpu::new(0).unwrap(), &file, limits, &|_, _| {}).unwrap();
-    again.model_mut().set_integer_activations(false);
+    again.model_mut().set_integer_activations(integer);
     for (i, step) in steps.iter().enumerate() {
         let rows = logits(batch.step(step, &vec![Pick::Logits; step.len()]).unwrap());
         let picked = again.step(step, &vec![Pick::Device(greedy); step.len()]).unwrap();
@@ -358,6 +374,9 @@ fn check_batched(gguf: &str) {
 #[ignore = "needs an NVIDIA GPU"]
 fn the_batched_step_matches_the_cpu_batch() {
     for gguf in ["llama64", "gptoss", "gpt2-64", "llama64-q8_0"] {
-        check_batched(gguf);
+        check_batched(gguf, false);
+    }
+    for gguf in ["gptoss", "llama64-q8_0", "gpt2-64-q8_0"] {
+        check_batched(gguf, true);
     }
 }

@@ -466,6 +466,36 @@ pub fn mma_16x8x16<const BF16: bool>(d: &mut [f32; 4], a: [u32; 4], b: [u32; 2])
     }
 }
 
+/// D = A B for 8-bit integers on the tensor cores (`mma.sync` m16n8k32, s32 sums, C = 0): A 16 x 32
+/// (row-major fragment: a[0] A[g][4t..4t+4], a[1] row g + 8, a[2] A[g][16 + 4t..], a[3] row
+/// g + 8), B 32 x 8 (b[0] B[4t..4t+4][g], b[1] B[16 + 4t..][g]), D as `mma_16x8x16`'s (d[0],
+/// d[1] D[g][2t], D[g][2t + 1]; d[2], d[3] row g + 8); g = lane / 4, t = lane % 4. A's bytes are
+/// unsigned with `UNSIGNED_A`, else signed; B's are signed. Every lane of the warp must execute it.
+#[inline(always)]
+pub fn mma_16x8x32_i8<const UNSIGNED_A: bool>(a: [u32; 4], b: [u32; 2]) -> [i32; 4] {
+    let mut d = [0i32; 4];
+    unsafe {
+        if UNSIGNED_A {
+            asm!(
+                "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {{{d0}, {d1}, {d2}, {d3}}}, {{{a0}, {a1}, {a2}, {a3}}}, {{{b0}, {b1}}}, {{{d0}, {d1}, {d2}, {d3}}};",
+                d0 = inout(reg32) d[0], d1 = inout(reg32) d[1], d2 = inout(reg32) d[2], d3 = inout(reg32) d[3],
+                a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
+                b0 = in(reg32) b[0], b1 = in(reg32) b[1],
+                options(pure, nomem, nostack),
+            );
+        } else {
+            asm!(
+                "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {{{d0}, {d1}, {d2}, {d3}}}, {{{a0}, {a1}, {a2}, {a3}}}, {{{b0}, {b1}}}, {{{d0}, {d1}, {d2}, {d3}}};",
+                d0 = inout(reg32) d[0], d1 = inout(reg32) d[1], d2 = inout(reg32) d[2], d3 = inout(reg32) d[3],
+                a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
+                b0 = in(reg32) b[0], b1 = in(reg32) b[1],
+                options(pure, nomem, nostack),
+            );
+        }
+    }
+    d
+}
+
 // ---- vector memory access --------------------------------------------------------------------
 
 /// Four consecutive f32 as one 16-byte load. `ptr` must be 16-byte aligned.

@@ -16,6 +16,7 @@ mod embedding;
 mod gemm;
 mod gemv;
 mod gemv_rows;
+mod mma_rows;
 mod moe;
 mod norm;
 mod rope;

@@ -18,6 +18,7 @@ use crate::model::gpt_oss::{Config, SWIGLU_ALPHA, SWIGLU_LIMIT};
 use crate::model::{ModelConfig, ModelError};
 use host::attention::HEAD_DIMS;
 use host::matmul::gemv_rows::gemv_rows_expert_limit;
+use host::matmul::mma_rows::takes_mma_rows;
 use host::matmul::{GpuMatrix, Q8Activations, WeightFormat};
 use host::moe::stack_experts;
 use host::rope::Rope;
@@ -208,7 +209,11 @@ impl Architecture for GptOss {
         let mut gate_up = gpu.alloc::<f32>(n * k * 2 * ff)?;
         let mut act = gpu.alloc::<f32>(n * k * ff)?;
         let mut out = gpu.alloc::<f32>(n * k * d)?;
-        let mut few_rows = if n <= gemv_rows_expert_limit() {
+        // A decode step of a few sequences: every chosen expert read once for its tokens, with
+        // the decode step's 8-bit activations, on the integer tensor cores or (fewer tokens)
+        // by the multi-row GEMV. Off with f32 activations (the GEMMs round them to f16).
+        let mma = takes_mma_rows(n);
+        let mut few_rows = if context.integer_activations && (mma || n <= gemv_rows_expert_limit()) {
             Some((gpu.q8_activations(n * d)?, gpu.q8_activations(n * k * ff)?))
         } else {
             None
@@ -222,19 +227,19 @@ impl Architecture for GptOss {
             gpu.top_k_experts(&logits, n_expert, k, &mut ids, &mut weights)?;
             gpu.route_experts(&ids, k, &mut routing)?;
             if let Some((h_q8, act_q8)) = &mut few_rows {
-                // A decode step of a few sequences: every chosen expert read once for its tokens
-                // by the multi-row GEMV, with the decode step's 8-bit activations.
                 gpu.quantize_q8(&s.h, h_q8)?;
-                gpu.gemv_rows_experts(
-                    &e.gate_up,
-                    &routing,
-                    h_q8,
-                    false,
-                    Some(&e.gate_up_bias),
-                    &mut gate_up,
-                )?;
+                let (gate_up_bias, down_bias) = (Some(&e.gate_up_bias), Some(&e.down_bias));
+                if mma {
+                    gpu.mma_rows_experts(&e.gate_up, &routing, h_q8, false, gate_up_bias, &mut gate_up)?;
+                } else {
+                    gpu.gemv_rows_experts(&e.gate_up, &routing, h_q8, false, gate_up_bias, &mut gate_up)?;
+                }
                 gpu.swiglu_oai(&gate_up, ff, SWIGLU_ALPHA, SWIGLU_LIMIT, None, Some(act_q8))?;
-                gpu.gemv_rows_experts(&e.down, &routing, act_q8, true, Some(&e.down_bias), &mut out)?;
+                if mma {
+                    gpu.mma_rows_experts(&e.down, &routing, act_q8, true, down_bias, &mut out)?;
+                } else {
+                    gpu.gemv_rows_experts(&e.down, &routing, act_q8, true, down_bias, &mut out)?;
+                }
             } else {
                 gpu.gemm_experts(&e.gate_up, &routing, &s.h, false, Some(&e.gate_up_bias), &mut gate_up)?;
                 gpu.swiglu_oai(&gate_up, ff, SWIGLU_ALPHA, SWIGLU_LIMIT, Some(&mut act), None)?;

@@ -7,6 +7,7 @@
 use super::weights::Weights;
 use super::{Context, CudaError};
 use host::matmul::gemv_rows::gemv_rows_limit;
+use host::matmul::mma_rows::takes_mma_rows;
 use host::matmul::{GpuMatrix, Q8Activations, WeightFormat};
 use host::{CudaSlice, Gpu};
 
@@ -138,10 +139,17 @@ impl Linear {
             let m = &self.matrices[part];
             (m, 0..m.n_out, self.biases.get(part))
         };
-        // A few rows (a decode step of several sequences) through the multi-row GEMV where the
-        // decode step reads 8-bit activations: the weights stream as at batch 1, and each row
-        // gets the sums a decode step gives it. Many rows (a prompt) through the GEMM.
-        if n <= gemv_rows_limit() && matrix.has_gemv_rows() && uses_q8(matrix, context.integer_activations) {
+        // A decode step of several sequences, where the decode step reads 8-bit activations:
+        // up to 64 rows on the integer tensor cores (each weight read once for the batch), a few
+        // through the multi-row GEMV (each row the sums a decode step gives it). Many rows (a
+        // prompt) through the GEMM.
+        let q8 = uses_q8(matrix, context.integer_activations);
+        if q8 && takes_mma_rows(n) && matrix.has_mma_rows() {
+            let mut x8 = context.gpu.q8_activations(n * matrix.n_in)?;
+            context.gpu.quantize_q8(x, &mut x8)?;
+            return context.gpu.mma_rows(matrix, rows, &x8, n, bias, y);
+        }
+        if q8 && n <= gemv_rows_limit() && matrix.has_gemv_rows() {
             let mut q8 = context.gpu.q8_activations(n * matrix.n_in)?;
             context.gpu.quantize_q8(x, &mut q8)?;
             return context.gpu.gemv_rows(matrix, rows, &q8, n, bias, y);

@@ -23,8 +23,8 @@ use super::gemv::{activation_block, for_rows};
 use crate::device::{WARP_SIZE, byte_permute, dp4a_unsigned_signed, lane_idx, load_u16x8};
 
 /// The doubled E2M1 magnitudes 0, 1, 2, 3, 4, 6, 8, 12 as the bytes of two words.
-const TABLE_LOW: u32 = 0x0302_0100;
-const TABLE_HIGH: u32 = 0x0C08_0604;
+pub(crate) const TABLE_LOW: u32 = 0x0302_0100;
+pub(crate) const TABLE_HIGH: u32 = 0x0C08_0604;
 
 /// sum(v x) for a block: its 16 nibble bytes `words` (value 8 i + n at nibble n of word i)
 /// against its 32 activation bytes in two halves (values 0..16, 16..32).

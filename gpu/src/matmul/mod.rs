@@ -1,5 +1,6 @@
 //! Matrix kernels. `gemv`, `gemv_k`: matrix-vector products for decode, one warp per output row;
 //! `gemv_rows`: the integer GEMVs over several activation rows per weight read (batched decode);
+//! `mma_rows`: up to 64 activation rows on the integer tensor cores (batched decode);
 //! `gemm`: matrix products on the tensor cores for prefill, with `dequant` turning blocks of
 //! quantized weights into f16; `kquant`: decoding of the 256-value super-block formats.
 pub mod dequant;
@@ -9,6 +10,7 @@ pub mod gemv_k;
 pub mod gemv_mxfp4;
 pub mod gemv_rows;
 pub mod kquant;
+pub mod mma_rows;
 pub mod quantize;
 
 /// What `dequant` uses of the device vocabulary (tests/conformance/gemm.rs give it CPU twins).

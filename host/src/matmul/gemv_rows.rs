@@ -17,10 +17,10 @@ const WARPS_PER_BLOCK: usize = 8;
 
 /// Most activation rows a product takes through these kernels by default (past it, the GEMM);
 /// `ENGINE_GEMV_ROWS` sets another (0: never). Chosen on the H200 (benches/NOTES.md).
-const DEFAULT_MAX_ROWS: usize = 32;
-/// Most tokens whose experts go through [`Gpu::gemv_rows_experts`] by default: at 64 tokens
-/// and 4 of 32 experts an expert holds about 8 assignments, one group.
-const DEFAULT_MAX_EXPERT_TOKENS: usize = 64;
+const DEFAULT_MAX_ROWS: usize = 8;
+/// Most tokens whose experts go through [`Gpu::gemv_rows_experts`] by default (where the
+/// tensor-core kernels of mma_rows.rs do not take them).
+const DEFAULT_MAX_EXPERT_TOKENS: usize = 16;
 
 /// The most rows for which [`Gpu::gemv_rows`] is used instead of the GEMM.
 pub fn gemv_rows_limit() -> usize {

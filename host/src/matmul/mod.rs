@@ -6,6 +6,7 @@
 pub mod gemm;
 pub mod gemv;
 pub mod gemv_rows;
+pub mod mma_rows;
 pub mod quantize;
 
 pub use gemv::{GEMV_SHARED_LIMIT, gemv_shared_bytes};

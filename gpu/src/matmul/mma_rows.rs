@@ -1,0 +1,411 @@
+//! Matrix products of up to 64 activation rows on the integer tensor cores, for batched decode:
+//! the weights' own 4- and 8-bit integers against the 8-bit activations, `mma.sync` m16n8k32.
+//!
+//! Why: at 8 to 64 rows the multi-row GEMV (gemv_rows.rs) is bound by its `dp4a` and L1 rates
+//! (each weight word meets every row in scalar code), and the f16 GEMM (gemm.rs) by dequantizing
+//! 128 x 64 tiles for 128 token rows of which a few exist, on too few blocks to fill the GPU. Here
+//! a weight word becomes an mma operand in two or four integer operations (no f16 at all) and one
+//! m16n8k32 serves 8 rows; the GPU is filled by splitting K across the warps of a block.
+//! Math: Y[t, o] = sum_b scale(o, b) xd[t, b] dot_b(W[o], X[t]) (+ bias[o]) over the blocks b of
+//! 32 values, dot_b the exact integer sum of the block (Q4_K also subtracts dmin m(o, b) xs[t, b],
+//! the block's minimum against the activations' sum). The integer sums are the GEMVs'; the f32
+//! sums over blocks run in another order than gemv.rs's lanes, so a row's result differs from the
+//! batch-1 GEMV's in the last bits (about 1e-6 relative).
+//! Fragments (device.rs `mma_16x8x32_i8`): A = 16 weight rows x one block of 32 (rows g, g + 8 of
+//! lane g * 4 + t), B = the block's 32 activations of 8 rows. The order of the 32 values inside
+//! the mma is free as long as A and B agree: lane t takes the values its format stores together
+//! (Q4_K, Q8_0: values 4t..4t+4 and 16 + 4t..; MXFP4: 8t..8t+8, one word of nibbles).
+//! Launch: grid (ceil(rows / 16), experts), 128 threads (4 warps), 8 KiB of dynamic shared
+//! memory (SHARED_BYTES). Block r takes weight rows 16 r..16 r + 16; warp w a contiguous quarter
+//! of the blocks of K, 8 blocks' loads at a time; each warp keeps f32 sums for 16 rows x 32
+//! tokens (4 per lane per 8 tokens); the warps' sums meet in shared memory and are added in
+//! warp order (the result does not depend on timing). More tokens go in passes of 32.
+//! Cost: weights once from DRAM per pass (16 rows x 16 or 32 bytes per warp and block of K);
+//! activations 32 bytes per token per block from L2 for every 16 weight rows; per mma about 12
+//! f32 operations of scaling.
+
+use super::dequant::e8m0_half;
+use super::gemv_mxfp4::{TABLE_HIGH, TABLE_LOW};
+use crate::device::{
+    block_idx, block_idx_y, byte_permute, dynamic_shared_address, f16_to_f32, lane_idx, mma_16x8x32_i8,
+    shared_load_f32, shared_store_f32, sync_threads, thread_idx, warp_idx,
+};
+use crate::unroll;
+
+/// Weight rows per block (the mma's M).
+pub const ROWS: usize = 16;
+/// Tokens per pass over the weights: FRAGMENTS mma columns of 8 (64 tokens in one pass measured
+/// no faster on the H200 and needs more than 255 registers).
+const FRAGMENTS: usize = 4;
+pub const TOKENS: usize = 8 * FRAGMENTS;
+/// Warps per block, each taking a contiguous share of the blocks of 32 along K (at ~170
+/// registers, three blocks of four warps fit an SM where one of eight would).
+pub const WARPS: usize = 4;
+/// Blocks of K whose weights a warp loads before multiplying them.
+const UNITS: usize = 8;
+pub const THREADS: usize = 32 * WARPS;
+/// The warps' partial sums: [WARPS][TOKENS][ROWS] f32.
+pub const SHARED_BYTES: usize = 4 * WARPS * TOKENS * ROWS;
+
+/// No token (a column past the chunk's tokens).
+const NONE: u32 = u32::MAX;
+
+/// One weight format's block of 32 for the two rows (g, g + 8) a lane holds.
+trait Format: Copy {
+    /// What a lane loads of one block for its two rows (raw words and scale bits).
+    type Raw: Copy + Default;
+    /// Whether the A bytes are unsigned.
+    const UNSIGNED: bool;
+    /// Loads lane t's share of block b of rows `row` and `row + 8` (a row past n_out reads row 0's
+    /// bits; its sums are never stored).
+    unsafe fn load(&self, row: [usize; 2], b: usize, t: usize) -> Self::Raw;
+    /// The A fragment and the two rows' scale and min-scale for the block.
+    fn fragment(raw: Self::Raw) -> ([u32; 4], [f32; 2], [f32; 2]);
+    /// Byte offsets in the block's 32 activation bytes of lane t's two words (b[0], b[1]).
+    fn x_offsets(t: usize) -> [usize; 2];
+    /// Whether the format has a min term (xs).
+    const MINS: bool;
+}
+
+/// Q4_K as the host stores it: per row n_in / 2 bytes of nibbles (value i of a block low in byte
+/// i, value 16 + i high), per super-block of 256 a 20-byte head (d, dmin f16; 8 (scale, min)
+/// byte pairs, one per block).
+#[derive(Clone, Copy)]
+struct Q4K {
+    quants: *const u8,
+    heads: *const u8,
+    n_in: usize,
+}
+
+impl Format for Q4K {
+    type Raw = ([u32; 2], [u32; 2], [u32; 2]);
+    const UNSIGNED: bool = true;
+    const MINS: bool = true;
+    #[inline(always)]
+    unsafe fn load(&self, row: [usize; 2], b: usize, t: usize) -> Self::Raw {
+        let mut raw = ([0u32; 2], [0u32; 2], [0u32; 2]);
+        unroll!([0, 1], |i| {
+            let q = unsafe { self.quants.add(row[i] * self.n_in / 2 + 16 * b + 4 * t) };
+            raw.0[i] = unsafe { *(q as *const u32) };
+            let head = unsafe { self.heads.add(20 * ((row[i] * self.n_in + 32 * b) / 256)) };
+            raw.1[i] = unsafe { *(head as *const u32) };
+            raw.2[i] = unsafe { *(head.add(4 + 2 * (b % 8)) as *const u16) } as u32;
+        });
+        raw
+    }
+    #[inline(always)]
+    fn fragment((words, dm, pair): Self::Raw) -> ([u32; 4], [f32; 2], [f32; 2]) {
+        let a = [
+            words[0] & 0x0F0F_0F0F,
+            words[1] & 0x0F0F_0F0F,
+            (words[0] >> 4) & 0x0F0F_0F0F,
+            (words[1] >> 4) & 0x0F0F_0F0F,
+        ];
+        let mut scale = [0.0f32; 2];
+        let mut min = [0.0f32; 2];
+        unroll!([0, 1], |i| {
+            let (d, dmin) = (f16_to_f32(dm[i] as u16), f16_to_f32((dm[i] >> 16) as u16));
+            scale[i] = d * (pair[i] & 0xFF) as f32;
+            min[i] = dmin * (pair[i] >> 8) as f32;
+        });
+        (a, scale, min)
+    }
+    #[inline(always)]
+    fn x_offsets(t: usize) -> [usize; 2] {
+        [4 * t, 16 + 4 * t]
+    }
+}
+
+/// Q8_0: per row n_in bytes of values, per block an f16 scale.
+#[derive(Clone, Copy)]
+struct Q8 {
+    quants: *const u8,
+    scales: *const u16,
+    n_in: usize,
+}
+
+impl Format for Q8 {
+    type Raw = ([u32; 4], [u16; 2]);
+    const UNSIGNED: bool = false;
+    const MINS: bool = false;
+    #[inline(always)]
+    unsafe fn load(&self, row: [usize; 2], b: usize, t: usize) -> Self::Raw {
+        let mut raw = ([0u32; 4], [0u16; 2]);
+        unroll!([0, 1], |i| {
+            let q = unsafe { self.quants.add(row[i] * self.n_in + 32 * b + 4 * t) };
+            raw.0[i] = unsafe { *(q as *const u32) };
+            raw.0[2 + i] = unsafe { *(q.add(16) as *const u32) };
+            raw.1[i] = unsafe { *self.scales.add(row[i] * self.n_in / 32 + b) };
+        });
+        raw
+    }
+    #[inline(always)]
+    fn fragment((words, scales): Self::Raw) -> ([u32; 4], [f32; 2], [f32; 2]) {
+        (words, [f16_to_f32(scales[0]), f16_to_f32(scales[1])], [0.0; 2])
+    }
+    #[inline(always)]
+    fn x_offsets(t: usize) -> [usize; 2] {
+        [4 * t, 16 + 4 * t]
+    }
+}
+
+/// MXFP4: per row 16 bytes of nibbles per block (value 8 i + n at nibble n of word i) and an
+/// E8M0 exponent byte; the values are the doubled E2M1 magnitudes (gemv_mxfp4.rs's table) with
+/// their signs, so the scale is the exponent's half.
+#[derive(Clone, Copy)]
+struct Mxfp4 {
+    quants: *const u8,
+    exponents: *const u8,
+    n_in: usize,
+}
+
+/// Four nibbles (the low 16 bits of `w`) as signed bytes of the doubled E2M1 values.
+#[inline(always)]
+fn e2m1_bytes(w: u32) -> u32 {
+    // The magnitudes, and the magnitudes of the non-negative values (prmt's sign mode turns a
+    // selector with bit 3 set into the selected byte's sign, 0: the table's bytes are positive);
+    // v = 2 positive - magnitude byte by byte, offset by 128 so that no byte borrows.
+    let magnitude = byte_permute(TABLE_LOW, TABLE_HIGH, w & 0x7777);
+    let positive = byte_permute(TABLE_LOW, TABLE_HIGH, w & 0xFFFF);
+    (((positive << 1) | 0x8080_8080) - magnitude) ^ 0x8080_8080
+}
+
+impl Format for Mxfp4 {
+    type Raw = ([u32; 2], [u32; 2]);
+    const UNSIGNED: bool = false;
+    const MINS: bool = false;
+    #[inline(always)]
+    unsafe fn load(&self, row: [usize; 2], b: usize, t: usize) -> Self::Raw {
+        let mut raw = ([0u32; 2], [0u32; 2]);
+        let blocks = self.n_in / 32;
+        unroll!([0, 1], |i| {
+            let q = unsafe { self.quants.add(16 * (row[i] * blocks + b) + 4 * t) };
+            raw.0[i] = unsafe { *(q as *const u32) };
+            raw.1[i] = unsafe { *self.exponents.add(row[i] * blocks + b) } as u32;
+        });
+        raw
+    }
+    #[inline(always)]
+    fn fragment((words, e): Self::Raw) -> ([u32; 4], [f32; 2], [f32; 2]) {
+        let a = [
+            e2m1_bytes(words[0]),
+            e2m1_bytes(words[1]),
+            e2m1_bytes(words[0] >> 16),
+            e2m1_bytes(words[1] >> 16),
+        ];
+        (a, [e8m0_half(e[0]), e8m0_half(e[1])], [0.0; 2])
+    }
+    #[inline(always)]
+    fn x_offsets(t: usize) -> [usize; 2] {
+        [8 * t, 8 * t + 4]
+    }
+}
+
+/// The block's product: weight rows `row0..row0 + 16` (of `n_out`, row r stored at Y column
+/// r), the `count` tokens whose X row and Y row `token(j)` gives, `y_stride`
+/// floats per Y row; xq [.., n_in] i8, xd and xs [.., n_in / 32] f32 (xs read only for formats
+/// with mins); bias per weight row or null.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn product<F: Format, const FRAGMENTS: usize>(
+    format: F,
+    (row0, n_out): (usize, usize),
+    n_in: usize,
+    (count, token): (usize, impl Fn(usize) -> (usize, usize)),
+    xq: *const u8,
+    (xd, xs): (*const f32, *const f32),
+    bias: *const f32,
+    (y, y_stride): (*mut f32, usize),
+) {
+    let (lane, warp) = (lane_idx(), warp_idx());
+    let (g, t) = (lane / 4, lane % 4);
+    let blocks = n_in / 32;
+    let clamp = |r: usize| if r < n_out { r } else { row0 };
+    let rows = [clamp(row0 + g), clamp(row0 + g + 8)];
+    let partial = dynamic_shared_address();
+    let mut first = 0;
+    while first < count {
+        let n = (count - first).min(8 * FRAGMENTS);
+        // X rows of this lane's B columns (token 8 f + g) and of its sums (tokens 8 f + 2 t + e).
+        let mut b_rows = [NONE; 8];
+        let mut s_rows = [[NONE; 2]; 8];
+        unroll!([0, 1, 2, 3, 4, 5, 6, 7], |f| {
+            if f < FRAGMENTS && 8 * f + g < n {
+                b_rows[f] = token(first + 8 * f + g).0 as u32;
+            }
+            unroll!([0, 1], |e| {
+                if f < FRAGMENTS && 8 * f + 2 * t + e < n {
+                    s_rows[f][e] = token(first + 8 * f + 2 * t + e).0 as u32;
+                }
+            });
+        });
+        let mut acc = [[0.0f32; 4]; 8];
+        // This warp's blocks of K: a contiguous share, UNITS at a time, every load of a step
+        // issued before its products (UNITS x 256 bytes of Q4_K per warp in flight).
+        let share = blocks.div_ceil(WARPS);
+        let (start, end) = ((warp * share).min(blocks), ((warp + 1) * share).min(blocks));
+        let offsets = F::x_offsets(t);
+        let mut b0 = start;
+        while b0 < end {
+            let mut raw = [F::Raw::default(); UNITS];
+            unroll!([0, 1, 2, 3, 4, 5, 6, 7], |u| {
+                if u < UNITS && b0 + u < end {
+                    raw[u] = unsafe { format.load(rows, b0 + u, t) };
+                }
+            });
+            unroll!([0, 1, 2, 3, 4, 5, 6, 7], |u| {
+                if u < UNITS && b0 + u < end {
+                    let b = b0 + u;
+                    let (a, scale, min) = F::fragment(raw[u]);
+                    unroll!([0, 1, 2, 3, 4, 5, 6, 7], |f| {
+                        if f < FRAGMENTS && 8 * f < n {
+                            let mut x = [0u32; 2];
+                            if b_rows[f] != NONE {
+                                let block = unsafe { xq.add(b_rows[f] as usize * n_in + 32 * b) };
+                                unroll!([0, 1], |i| {
+                                    x[i] = unsafe { *(block.add(offsets[i]) as *const u32) }
+                                });
+                            }
+                            let dot = if F::UNSIGNED {
+                                mma_16x8x32_i8::<true>(a, x)
+                            } else {
+                                mma_16x8x32_i8::<false>(a, x)
+                            };
+                            unroll!([0, 1], |e| {
+                                if s_rows[f][e] != NONE {
+                                    let at = s_rows[f][e] as usize * blocks + b;
+                                    let d = unsafe { *xd.add(at) };
+                                    unroll!([0, 1], |h| {
+                                        let value = scale[h] * d * dot[2 * h + e] as f32;
+                                        acc[f][2 * h + e] += if F::MINS {
+                                            value - min[h] * unsafe { *xs.add(at) }
+                                        } else {
+                                            value
+                                        };
+                                    });
+                                }
+                            });
+                        }
+                    });
+                }
+            });
+            b0 += UNITS;
+        }
+        // The warps' sums in shared memory as [warp][token][row], then added in warp order.
+        if first > 0 {
+            sync_threads(); // the previous chunk's sums are read
+        }
+        unroll!([0, 1, 2, 3, 4, 5, 6, 7], |f| {
+            if f < FRAGMENTS {
+                unroll!([0, 1, 2, 3], |i| {
+                    let (r, j) = (g + 8 * (i / 2), 8 * f + 2 * t + i % 2);
+                    let at = partial + 4 * ((warp * TOKENS + j) * ROWS + r) as u32;
+                    unsafe { shared_store_f32(at, acc[f][i]) };
+                });
+            }
+        });
+        sync_threads();
+        let mut o = thread_idx();
+        while o < n * ROWS {
+            let (j, r) = (o / ROWS, o % ROWS);
+            if row0 + r < n_out {
+                let mut sum = 0.0f32;
+                for w in 0..WARPS {
+                    sum += unsafe { shared_load_f32(partial + 4 * ((w * TOKENS + j) * ROWS + r) as u32) };
+                }
+                let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(row0 + r) } };
+                let y_row = token(first + j).1;
+                unsafe { *y.add(y_row * y_stride + row0 + r) = sum + b };
+            }
+            o += THREADS;
+        }
+        first += 8 * FRAGMENTS;
+    }
+}
+
+/// Dense products: Y[t, r] = W[r] . X[t] (+ bias[r]) for the n_rows rows of X (in passes of
+/// 32); W's rows 16 block_idx.. of n_out; Y [n_rows, n_out].
+macro_rules! dense_kernel {
+    ($name:ident, $format:ident { $($field:ident: $ty:ty),* }, $xs:ident) => {
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $name(
+            $($field: $ty,)*
+            bias: *const f32,
+            xq: *const u8,
+            xd: *const f32,
+            $xs: *const f32,
+            y: *mut f32,
+            n_in: u32,
+            n_out: u32,
+            n_rows: u32,
+        ) {
+            let (n_in, n_out) = (n_in as usize, n_out as usize);
+            let format = $format { $($field,)* n_in };
+            unsafe {
+                product::<_, FRAGMENTS>(
+                    format,
+                    (ROWS * block_idx(), n_out),
+                    n_in,
+                    (n_rows as usize, |j: usize| (j, j)),
+                    xq,
+                    (xd, $xs),
+                    bias,
+                    (y, n_out),
+                )
+            };
+        }
+    };
+}
+
+dense_kernel!(mma_rows_q4_k, Q4K { quants: *const u8, heads: *const u8 }, xs);
+dense_kernel!(mma_rows_q8_0, Q8 { quants: *const u8, scales: *const u16 }, _xs);
+dense_kernel!(mma_rows_mxfp4, Mxfp4 { quants: *const u8, exponents: *const u8 }, _xs);
+
+/// The experts' product (moe.rs's routing): block (r, e) takes rows 16 r.. of expert e's `rows`
+/// and the assignments `order[offsets[e]..offsets[e + 1]]`; assignment a reads X row a / x_div
+/// (x_div = k: one X row per token; 1: one per assignment) and writes Y row a [rows].
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn mma_rows_mxfp4_experts(
+    quants: *const u8,
+    exponents: *const u8,
+    bias: *const f32,
+    offsets: *const u32,
+    order: *const u32,
+    xq: *const u8,
+    xd: *const f32,
+    y: *mut f32,
+    n_in: u32,
+    rows: u32,
+    x_div: u32,
+) {
+    let (n_in, rows, x_div, expert) = (n_in as usize, rows as usize, x_div as usize, block_idx_y());
+    let (start, end) = unsafe { (*offsets.add(expert) as usize, *offsets.add(expert + 1) as usize) };
+    if start == end {
+        return;
+    }
+    let blocks = n_in / 32;
+    let format = Mxfp4 {
+        quants: unsafe { quants.add(16 * expert * rows * blocks) },
+        exponents: unsafe { exponents.add(expert * rows * blocks) },
+        n_in,
+    };
+    let bias = if bias.is_null() { bias } else { unsafe { bias.add(expert * rows) } };
+    let token = |j: usize| {
+        let a = unsafe { *order.add(start + j) } as usize;
+        (a / x_div, a)
+    };
+    unsafe {
+        product::<_, FRAGMENTS>(
+            format,
+            (ROWS * block_idx(), rows),
+            n_in,
+            (end - start, token),
+            xq,
+            (xd, core::ptr::null()),
+            bias,
+            (y, rows),
+        )
+    };
+}

@@ -1,0 +1,175 @@
+//! Products of up to 64 activation rows (more in passes of 64) with a quantized matrix on the
+//! integer tensor cores, for batched decode (`gpu/src/matmul/mma_rows.rs`): the weights' 4- and
+//! 8-bit integers against 8-bit activations, K split across the warps of a block. Past a few
+//! rows these beat both the multi-row GEMV ([`Gpu::gemv_rows`], bound by its `dp4a`) and the f16
+//! GEMM ([`Gpu::gemm`], bound by dequantizing tiles for 128 rows); the measurements that set
+//! the limits are in benches/NOTES.md. Each row's block sums are the GEMVs' integers; the f32
+//! sum over blocks runs in another order than the batch-1 GEMV's, so rows agree with it to about
+//! 1e-6, not bit for bit.
+//!
+//! Formats: Q4_K, Q8_0 and MXFP4 (dense and as experts); others go through the GEMVs or GEMMs.
+
+use super::{GpuMatrix, Q8Activations, Storage, WeightFormat};
+use crate::moe::ExpertRouting;
+use crate::{Gpu, Result, expect_len, shape_error, to_u32};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+use std::ops::Range;
+
+/// Weight rows per block, threads per block and dynamic shared memory of the kernels.
+const ROWS: usize = 16;
+const THREADS: u32 = 128;
+const SHARED_BYTES: u32 = 4 * 4 * 32 * 16;
+
+/// Fewest and most activation rows of a dense product taken by [`Gpu::mma_rows`] by default;
+/// `ENGINE_MMA_ROWS=min,max` sets others (`0,0`: never).
+const DEFAULT_ROWS: (usize, usize) = (2, 64);
+
+/// The range of rows for which [`Gpu::mma_rows`] (and, for experts, [`Gpu::mma_rows_experts`]
+/// by the step's token count) is used.
+pub fn mma_rows_range() -> (usize, usize) {
+    static RANGE: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *RANGE.get_or_init(|| {
+        let parsed = std::env::var("ENGINE_MMA_ROWS").ok().and_then(|v| {
+            let (low, high) = v.split_once(',')?;
+            Some((low.trim().parse().ok()?, high.trim().parse().ok()?))
+        });
+        parsed.unwrap_or(DEFAULT_ROWS)
+    })
+}
+
+/// Whether a product of `n` rows takes the tensor-core integer kernels.
+pub fn takes_mma_rows(n: usize) -> bool {
+    let (low, high) = mma_rows_range();
+    n >= low && n <= high
+}
+
+impl GpuMatrix {
+    /// Whether [`Gpu::mma_rows`] takes this matrix.
+    pub fn has_mma_rows(&self) -> bool {
+        matches!(self.format, WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Mxfp4)
+    }
+}
+
+impl Gpu {
+    /// Y[t, :] = W[rows, :] X[t, :] (+ bias[rows]) for the `n` rows of X, given as 8-bit
+    /// activations [n, n_in]; Y [n, rows.len()], bias (when given) [n_out].
+    pub fn mma_rows(
+        &self,
+        w: &GpuMatrix,
+        rows: Range<usize>,
+        x: &Q8Activations,
+        n: usize,
+        bias: Option<&CudaSlice<f32>>,
+        y: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        const KERNEL: &str = "mma_rows";
+        let (n_in, n_out) = (w.n_in, w.n_out);
+        if rows.start >= rows.end || rows.end > n_out {
+            return Err(shape_error(KERNEL, format!("rows {rows:?} of a matrix of {n_out} rows")));
+        }
+        let elements = n.checked_mul(n_in).ok_or_else(|| shape_error(KERNEL, "n * n_in overflows"))?;
+        expect_len(KERNEL, "x", x.n, elements)?;
+        let outputs = n.checked_mul(rows.len()).ok_or_else(|| shape_error(KERNEL, "y's size overflows"))?;
+        expect_len(KERNEL, "y", y.len(), outputs)?;
+        if let Some(b) = bias {
+            expect_len(KERNEL, "bias", b.len(), n_out)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        to_u32(KERNEL, "n * n_in", elements)?;
+        let stream = self.stream();
+        let (y, _y) = y.device_ptr_mut(stream);
+        let bias_guard = bias.map(|b| b.device_ptr(stream));
+        let bias = bias_guard.as_ref().map_or(0u64, |(p, _)| p + 4 * rows.start as u64);
+        let (xq, _xq) = x.q.device_ptr(stream);
+        let (xd, _xd) = x.d.device_ptr(stream);
+        let (xs, _xs) = x.s.device_ptr(stream);
+        let config = LaunchConfig {
+            grid_dim: (to_u32(KERNEL, "row blocks", rows.len().div_ceil(ROWS))?, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: SHARED_BYTES,
+        };
+        let (r, k) = (rows.start as u64, n_in as u64);
+        let (n_in32, n_rows, t) = (n_in as u32, rows.len() as u32, n as u32);
+        let (name, first, second) = match &w.storage {
+            Storage::Mxfp4 { quants, exponents } => {
+                let (q, _q) = quants.device_ptr(stream);
+                let (e, _e) = exponents.device_ptr(stream);
+                ("mma_rows_mxfp4", q + r * k / 2, e + r * k / 32)
+            }
+            Storage::Blocks { format: WeightFormat::Q8_0, quants, scales, .. } => {
+                let (q, _q) = quants.device_ptr(stream);
+                let (s, _s) = scales.device_ptr(stream);
+                ("mma_rows_q8_0", q + r * k, s + 2 * (r * k / 32))
+            }
+            Storage::Blocks { format: WeightFormat::Q4K, quants, scales, .. } => {
+                let (q, _q) = quants.device_ptr(stream);
+                let (s, _s) = scales.device_ptr(stream);
+                ("mma_rows_q4_k", q + r * k / 2, s + 20 * (r * k / 256))
+            }
+            _ => {
+                return Err(shape_error(
+                    KERNEL,
+                    format!("{:?} weights have no tensor-core row product", w.format),
+                ));
+            }
+        };
+        let args: [&dyn crate::Arg; 10] = [&first, &second, &bias, &xq, &xd, &xs, &y, &n_in32, &n_rows, &t];
+        self.launch(&name, config, &args)
+    }
+
+    /// Y[a, :] = W[e] X[row of a, :] (+ bias[e]) for every assignment a of every expert e, as
+    /// routed by [`Gpu::route_experts`] ([`Gpu::gemv_rows_experts`]'s product on the tensor
+    /// cores): X as 8-bit activations [T, n_in] (gate and up) or, with `x_per_assignment`,
+    /// [T k, n_in] (down); Y [T k, rows].
+    pub fn mma_rows_experts(
+        &self,
+        w: &GpuMatrix,
+        routing: &ExpertRouting,
+        x: &Q8Activations,
+        x_per_assignment: bool,
+        bias: Option<&CudaSlice<f32>>,
+        y: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        const KERNEL: &str = "mma_rows_mxfp4_experts";
+        let rows = crate::moe::expert_rows(KERNEL, w, routing.n_expert)?;
+        let (assignments, k, n_in) = (routing.assignments, routing.k, w.n_in);
+        let x_rows = if x_per_assignment { assignments } else { assignments / k.max(1) };
+        expect_len(KERNEL, "x", x.n, x_rows * n_in)?;
+        expect_len(KERNEL, "y", y.len(), assignments * rows)?;
+        if let Some(b) = bias {
+            expect_len(KERNEL, "bias", b.len(), w.n_out)?;
+        }
+        if assignments == 0 {
+            return Ok(());
+        }
+        let Storage::Mxfp4 { quants, exponents } = w.storage() else {
+            unreachable!("checked by expert_rows")
+        };
+        let stream = self.stream();
+        let (q, _q) = quants.device_ptr(stream);
+        let (e, _e) = exponents.device_ptr(stream);
+        let bias_guard = bias.map(|b| b.device_ptr(stream));
+        let bias = bias_guard.as_ref().map_or(0u64, |(p, _)| *p);
+        let (offsets, _offsets) = routing.offsets().device_ptr(stream);
+        let (order, _order) = routing.order().device_ptr(stream);
+        let (xq, _xq) = x.q.device_ptr(stream);
+        let (xd, _xd) = x.d.device_ptr(stream);
+        let (y, _y) = y.device_ptr_mut(stream);
+        let config = LaunchConfig {
+            grid_dim: (
+                to_u32(KERNEL, "row blocks", rows.div_ceil(ROWS))?,
+                to_u32(KERNEL, "experts", routing.n_expert)?,
+                1,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: SHARED_BYTES,
+        };
+        let (n_in, rows) = (n_in as u32, rows as u32);
+        let x_div = if x_per_assignment { 1u32 } else { k as u32 };
+        let args: [&dyn crate::Arg; 11] =
+            [&q, &e, &bias, &offsets, &order, &xq, &xd, &y, &n_in, &rows, &x_div];
+        self.launch(KERNEL, config, &args)
+    }
+}
