@@ -18,7 +18,7 @@ use crate::model::gpt_oss::{Config, SWIGLU_ALPHA, SWIGLU_LIMIT};
 use crate::model::{ModelConfig, ModelError};
 use host::attention::HEAD_DIMS;
 use host::matmul::gemv_rows::gemv_rows_expert_limit;
-use host::matmul::mma_rows::takes_mma_rows;
+use host::matmul::mma_rows::takes_mma_rows_experts;
 use host::matmul::{GpuMatrix, Q8Activations, WeightFormat};
 use host::moe::stack_experts;
 use host::rope::Rope;
@@ -212,7 +212,7 @@ impl Architecture for GptOss {
         // A decode step of a few sequences: every chosen expert read once for its tokens, with
         // the decode step's 8-bit activations, on the integer tensor cores or (fewer tokens)
         // by the multi-row GEMV. Off with f32 activations (the GEMMs round them to f16).
-        let mma = takes_mma_rows(n);
+        let mma = takes_mma_rows_experts(n);
         let mut few_rows = if context.integer_activations && (mma || n <= gemv_rows_expert_limit()) {
             Some((gpu.q8_activations(n * d)?, gpu.q8_activations(n * k * ff)?))
         } else {

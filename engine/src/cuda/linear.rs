@@ -154,7 +154,10 @@ impl Linear {
             context.gpu.quantize_q8(x, &mut q8)?;
             return context.gpu.gemv_rows(matrix, rows, &q8, n, bias, y);
         }
-        if n <= gemv_rows_limit() && context.gpu.gemv_splits_rows(matrix) && rows == (0..matrix.n_out) {
+        // An f32 router (gpt-oss: 32 rows): a block per weight row over groups of 8 rows of X,
+        // in f32 as the decode step computes it (the GEMM would round X to f16, and a flipped
+        // expert choice moves the logits by far more than rounding).
+        if n <= ROUTER_ROWS && context.gpu.gemv_splits_rows(matrix) && rows == (0..matrix.n_out) {
             return context.gpu.gemv_rows_f32(matrix, x, n, bias, y);
         }
         context.gpu.gemm(matrix, rows, x, n, bias, y)
@@ -171,6 +174,9 @@ impl Linear {
         self.prefill_part(context, 0, x, n, y)
     }
 }
+
+/// Most rows of X for which an f32 router takes the exact f32 product (a batched step's).
+const ROUTER_ROWS: usize = 64;
 
 /// Whether a matrix meets 8-bit activations: K-quants always (they have only the integer form),
 /// other block formats when `integer_activations` is on.

@@ -20,12 +20,16 @@ const ROWS: usize = 16;
 const THREADS: u32 = 128;
 const SHARED_BYTES: u32 = 4 * 4 * 32 * 16;
 
-/// Fewest and most activation rows of a dense product taken by [`Gpu::mma_rows`] by default;
-/// `ENGINE_MMA_ROWS=min,max` sets others (`0,0`: never).
-const DEFAULT_ROWS: (usize, usize) = (2, 64);
+/// Fewest and most activation rows of a dense product taken by [`Gpu::mma_rows`] by default
+/// (below: the multi-row GEMV; above: the f16 GEMM, whose time is flat to 64 rows and which the
+/// integer rows pass at about 12 on Llama-3.1-8B's Q4_K shapes on the H200); `ENGINE_MMA_ROWS=
+/// min,max` sets others (`0,0`: never). Experts: every step of up to DEFAULT_EXPERT_TOKENS tokens
+/// (`ENGINE_MMA_EXPERT_TOKENS`), where they beat both the multi-row GEMV and the expert GEMM
+/// from 16 tokens on and match them below. Measurements: benches/NOTES.md.
+const DEFAULT_ROWS: (usize, usize) = (5, 12);
+const DEFAULT_EXPERT_TOKENS: usize = 64;
 
-/// The range of rows for which [`Gpu::mma_rows`] (and, for experts, [`Gpu::mma_rows_experts`]
-/// by the step's token count) is used.
+/// The range of rows for which [`Gpu::mma_rows`] is used.
 pub fn mma_rows_range() -> (usize, usize) {
     static RANGE: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
     *RANGE.get_or_init(|| {
@@ -37,10 +41,22 @@ pub fn mma_rows_range() -> (usize, usize) {
     })
 }
 
-/// Whether a product of `n` rows takes the tensor-core integer kernels.
+/// Whether a dense product of `n` rows takes the tensor-core integer kernels.
 pub fn takes_mma_rows(n: usize) -> bool {
     let (low, high) = mma_rows_range();
     n >= low && n <= high
+}
+
+/// Whether the experts of a step of `n` tokens take [`Gpu::mma_rows_experts`].
+pub fn takes_mma_rows_experts(n: usize) -> bool {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let limit = *LIMIT.get_or_init(|| {
+        std::env::var("ENGINE_MMA_EXPERT_TOKENS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_EXPERT_TOKENS)
+    });
+    n <= limit
 }
 
 impl GpuMatrix {
