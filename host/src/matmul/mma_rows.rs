@@ -132,7 +132,7 @@ impl Gpu {
             }
         };
         let args: [&dyn crate::Arg; 10] = [&first, &second, &bias, &xq, &xd, &xs, &y, &n_in32, &n_rows, &t];
-        self.launch(&name, config, &args)
+        self.launch(name, config, &args)
     }
 
     /// Y[a, :] = W[e] X[row of a, :] (+ bias[e]) for every assignment a of every expert e, as
