@@ -581,7 +581,7 @@ fn model_path(path: Option<&Path>) -> Result<PathBuf> {
 fn check_provenance(args: &ModelArgs, path: &Path) -> Result<()> {
     if args.trusted_hashes.is_some() || args.audit_log.is_some() {
         let record = provenance::check_model_file(
-            &path,
+            path,
             args.trusted_hashes.as_deref(),
             args.allow_untrusted,
             args.audit_log.as_deref(),
@@ -1086,7 +1086,8 @@ fn show_value(value: &Value, full: bool) -> String {
 }
 
 fn positive_seconds(seconds: f64, flag: &str) -> Result<std::time::Duration> {
-    std::time::Duration::try_from_secs_f64(seconds).map_err(|_| anyhow::anyhow!("{flag} {seconds}: expected seconds, 0 or more"))
+    std::time::Duration::try_from_secs_f64(seconds)
+        .map_err(|_| anyhow::anyhow!("{flag} {seconds}: expected seconds, 0 or more"))
 }
 
 /// `engine serve`: the server listens at once (/health says 503) while the engine thread loads
@@ -1116,7 +1117,8 @@ fn run_serve(model: ModelArgs, batch: BatchArgs, args: ServeArgs) -> Result<()> 
         max_queue: args.max_queue,
         max_body_bytes: args.max_body_bytes,
         shutdown_grace: positive_seconds(args.shutdown_grace, "--shutdown-grace")?,
-        keep_alive: positive_seconds(args.keep_alive, "--keep-alive")?.max(std::time::Duration::from_millis(100)),
+        keep_alive: positive_seconds(args.keep_alive, "--keep-alive")?
+            .max(std::time::Duration::from_millis(100)),
     };
     let (server, engine_side) = engine::server::start(options)?;
     eprintln!("listening on http://{}", server.local_addr()?);
@@ -1172,7 +1174,11 @@ fn serve_engine(args: &ModelArgs, batch: &BatchArgs, side: engine::server::Engin
         prefix_caching: !batch.no_prefix_caching,
     };
     let tokenizer = std::sync::Arc::new(tokenizer);
-    let batcher = match engine::batching::Batcher::new(config, backend, engine::server::token_text(tokenizer.clone())) {
+    let batcher = match engine::batching::Batcher::new(
+        config,
+        backend,
+        engine::server::token_text(tokenizer.clone()),
+    ) {
         Ok(batcher) => batcher,
         Err(e) => return side.fail_with(e.to_string()),
     };

@@ -27,10 +27,21 @@ pub struct Submission {
 /// What the engine sends back about one sequence.
 #[derive(Clone, Debug)]
 pub enum SequenceEvent {
-    Token { token: u32, text: String, logprobs: Option<TokenLogprobs> },
-    Finished { reason: FinishReason, text: String, usage: Usage },
+    Token {
+        token: u32,
+        text: String,
+        logprobs: Option<TokenLogprobs>,
+    },
+    Finished {
+        reason: FinishReason,
+        text: String,
+        usage: Usage,
+    },
     /// The batcher refused the request (bad settings, too long) or the step failed.
-    Failed { message: String, client_error: bool },
+    Failed {
+        message: String,
+        client_error: bool,
+    },
 }
 
 struct Tracked {
@@ -80,8 +91,10 @@ pub fn run(
                 t.cancel.store(true, Ordering::Relaxed);
             }
         }
+        // Before the step, so that `/metrics` counts a new request as waiting at once instead of
+        // after its first step (a step can take seconds).
+        metrics.set_scheduler(&batcher.scheduler().stats());
         if batcher.is_idle() {
-            metrics.set_scheduler(&batcher.scheduler().stats());
             continue;
         }
         let step_start = Instant::now();
@@ -90,7 +103,10 @@ pub fn run(
             Err(error) => {
                 let message = format!("the engine failed: {error}");
                 for (_, t) in tracked.drain() {
-                    let _ = t.events.send((t.choice, SequenceEvent::Failed { message: message.clone(), client_error: false }));
+                    let _ = t.events.send((
+                        t.choice,
+                        SequenceEvent::Failed { message: message.clone(), client_error: false },
+                    ));
                 }
                 metrics.set_scheduler(&batcher.scheduler().stats());
                 return Err(error);
@@ -104,7 +120,10 @@ pub fn run(
                     match t.last_token {
                         None => {
                             t.first_step = Some(step_start);
-                            metrics.first_token(now - t.arrived, step_start.saturating_duration_since(t.arrived));
+                            metrics.first_token(
+                                now - t.arrived,
+                                step_start.saturating_duration_since(t.arrived),
+                            );
                         }
                         Some(last) => metrics.inter_token(now - last),
                     }
@@ -133,11 +152,13 @@ fn submit(batcher: &mut Batcher<'_>, submission: Submission, tracked: &mut HashM
     }
     match batcher.submit(request) {
         Ok(id) => {
-            tracked.insert(id, Tracked { choice, events, cancel, arrived, last_token: None, first_step: None });
+            tracked
+                .insert(id, Tracked { choice, events, cancel, arrived, last_token: None, first_step: None });
         }
         Err(error) => {
             // Everything submit refuses is the request's fault (settings, length, token ids).
-            let _ = events.send((choice, SequenceEvent::Failed { message: error.to_string(), client_error: true }));
+            let _ = events
+                .send((choice, SequenceEvent::Failed { message: error.to_string(), client_error: true }));
         }
     }
 }

@@ -104,7 +104,10 @@ impl ApiError {
 
     /// 503: the model is still loading, or the server is shutting down.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message) }
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+        }
     }
 
     /// 500: the engine failed (not the client's fault).

@@ -23,7 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-pub async fn chat_completions(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     generate(shared, body, Endpoint::Chat).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -117,7 +120,10 @@ async fn generate(
     if let Some(special) = model.harmony {
         stop_tokens.extend(special.stop_tokens());
     }
-    let max_tokens = request.max_tokens.unwrap_or(model.ctx_size - tokens.len());
+    // Prompt and completion together fit the context (vLLM's max_model_len): a larger
+    // max_tokens is cut to the room left, and the choice ends with finish_reason "length".
+    let room = model.ctx_size - tokens.len();
+    let max_tokens = request.max_tokens.map_or(room, |asked| asked.min(room));
     for choice in 0..request.n {
         let mut sampler = request.sampler.clone();
         sampler.seed = base_seed.wrapping_add(choice as u64);
@@ -134,9 +140,8 @@ async fn generate(
     }
     drop(sender);
     let prompt_text = if request.echo { model.tokenizer.decode(&tokens, true) } else { String::new() };
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let created =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let choices = (0..request.n)
         .map(|_| Choice {
             mapper: match model.harmony {
@@ -149,8 +154,15 @@ async fn generate(
             usage: Usage::default(),
         })
         .collect();
-    let context =
-        Context { model, endpoint, id, created, model_name: shared.options.model_name.clone(), request, prompt_text };
+    let context = Context {
+        model,
+        endpoint,
+        id,
+        created,
+        model_name: shared.options.model_name.clone(),
+        request,
+        prompt_text,
+    };
     if context.request.stream {
         let (out, body) = mpsc::channel::<Event>(64);
         tokio::spawn(stream(context, choices, receiver, out, (guard, admitted)));
@@ -169,7 +181,10 @@ async fn generate(
 fn apply(context: &Context, choice: &mut Choice, event: SequenceEvent) -> Result<Vec<Delta>, ApiError> {
     match event {
         SequenceEvent::Token { token, text, logprobs } => {
-            let bytes = context.model.tokenizer.token_bytes(token).unwrap_or(b"");
+            // Control tokens (harmony's framing, an end of turn) have no text in a reply.
+            let tokenizer = &context.model.tokenizer;
+            let bytes =
+                if tokenizer.is_special(token) { b"" } else { tokenizer.token_bytes(token).unwrap_or(b"") };
             if let Some(logprobs) = logprobs {
                 choice.logprobs.push((token, logprobs));
             }
@@ -319,7 +334,8 @@ async fn whole(
 
 impl Context {
     fn chunk(&self, choices: Vec<Value>) -> Event {
-        let object = if self.endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" };
+        let object =
+            if self.endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" };
         let mut chunk = json!({
             "id": self.id,
             "object": object,
@@ -336,7 +352,9 @@ impl Context {
     /// One choice's chunk: a chat delta or a completion's text.
     fn choice_chunk(&self, index: usize, delta: Value, logprobs: Value, finish: Option<&str>) -> Event {
         let choice = match self.endpoint {
-            Endpoint::Chat => json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}),
+            Endpoint::Chat => {
+                json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
+            }
             Endpoint::Completions => json!({
                 "index": index,
                 "text": delta.get("content").cloned().unwrap_or(json!("")),
@@ -355,7 +373,9 @@ fn delta_json(delta: Delta) -> Value {
         Delta::ToolCall { index, id, name } => json!({"tool_calls": [{
             "index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}
         }]}),
-        Delta::ToolArguments { index, text } => json!({"tool_calls": [{"index": index, "function": {"arguments": text}}]}),
+        Delta::ToolArguments { index, text } => {
+            json!({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
+        }
     }
 }
 
@@ -400,7 +420,8 @@ async fn stream(
         }
         if choice.finish.is_none() && !logprobs.is_null() {
             // A token whose text is held back (a possible stop string) still has its logprob.
-            let event = context.choice_chunk(index, json!({"content": ""}), std::mem::take(&mut logprobs), None);
+            let event =
+                context.choice_chunk(index, json!({"content": ""}), std::mem::take(&mut logprobs), None);
             if !send(event).await {
                 return;
             }

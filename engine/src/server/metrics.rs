@@ -96,7 +96,6 @@ impl Metrics {
         });
     }
 
-
     /// The text Prometheus scrapes.
     pub fn render(&self) -> String {
         let v = self.values.lock().unwrap_or_else(|poison| poison.into_inner());
@@ -110,14 +109,24 @@ impl Metrics {
         scalar("engine_requests_waiting", "gauge", "Sequences waiting to be admitted.", s.waiting as f64);
         let usage = if s.pages_total == 0 { 0.0 } else { s.pages_used as f64 / s.pages_total as f64 };
         scalar("engine_kv_cache_usage_ratio", "gauge", "Fraction of KV pages held by sequences.", usage);
-        scalar("engine_prompt_tokens_total", "counter", "Prompt tokens of finished sequences.", v.prompt_tokens as f64);
+        scalar(
+            "engine_prompt_tokens_total",
+            "counter",
+            "Prompt tokens of finished sequences.",
+            v.prompt_tokens as f64,
+        );
         scalar(
             "engine_generation_tokens_total",
             "counter",
             "Generated tokens of finished sequences.",
             v.generation_tokens as f64,
         );
-        scalar("engine_preemptions_total", "counter", "Sequences preempted for lack of KV pages.", s.preemptions as f64);
+        scalar(
+            "engine_preemptions_total",
+            "counter",
+            "Sequences preempted for lack of KV pages.",
+            s.preemptions as f64,
+        );
         let name = "engine_request_success_total";
         let _ = writeln!(out, "# HELP {name} Finished sequences by finish reason.\n# TYPE {name} counter");
         for (reason, count) in ["stop", "length", "abort"].iter().zip(v.success) {
@@ -125,7 +134,11 @@ impl Metrics {
         }
         let histograms = [
             ("engine_time_to_first_token_seconds", "Arrival to first token.", &v.time_to_first_token),
-            ("engine_inter_token_latency_seconds", "Time between consecutive tokens.", &v.inter_token_latency),
+            (
+                "engine_inter_token_latency_seconds",
+                "Time between consecutive tokens.",
+                &v.inter_token_latency,
+            ),
             ("engine_e2e_request_latency_seconds", "Arrival to the last token.", &v.end_to_end),
             (
                 "engine_request_queue_time_seconds",

@@ -107,8 +107,8 @@ impl Shared {
 
     fn submit(&self, submission: Submission) -> Result<(), ApiError> {
         let sender = self.submit.lock().unwrap_or_else(|p| p.into_inner());
-        match sender.as_ref().map(|s| s.send(submission)) {
-            Some(Ok(())) => Ok(()),
+        match sender.as_ref().map(|s| s.send(submission).is_ok()) {
+            Some(true) => Ok(()),
             _ => Err(ApiError::unavailable("the engine is not running")),
         }
     }
@@ -140,7 +140,11 @@ impl ShutdownHandle {
 /// control tokens (an end-of-turn marker, harmony's framing), which `reply.rs` reads by id.
 pub fn token_text(tokenizer: Arc<Tokenizer>) -> Box<dyn Fn(u32) -> Vec<u8> + Send> {
     Box::new(move |token| {
-        if tokenizer.is_special(token) { Vec::new() } else { tokenizer.token_bytes(token).unwrap_or(b"").to_vec() }
+        if tokenizer.is_special(token) {
+            Vec::new()
+        } else {
+            tokenizer.token_bytes(token).unwrap_or(b"").to_vec()
+        }
     })
 }
 

@@ -19,9 +19,9 @@ pub fn prompt_tokens(
         Input::Messages(messages) => (chat_tokens(model, messages, effort)?, "messages"),
         Input::Prompt(Prompt::Text(text)) => {
             let tokenizer = &model.tokenizer;
-            let tokens = tokenizer
-                .encode(text, tokenizer.add_bos(), false)
-                .map_err(|e| ApiError::invalid("prompt", format!("the prompt could not be tokenized: {e}")))?;
+            let tokens = tokenizer.encode(text, tokenizer.add_bos(), false).map_err(|e| {
+                ApiError::invalid("prompt", format!("the prompt could not be tokenized: {e}"))
+            })?;
             (tokens, "prompt")
         }
         Input::Prompt(Prompt::Tokens(tokens)) => {
@@ -70,7 +70,8 @@ fn chat_tokens(
                 Some(Ok(text)) => text,
                 _ => {
                     let system = harmony::SystemContent::new(harmony::today(), effort);
-                    harmony::render_prompt(&plain, &system).map_err(|e| ApiError::invalid("messages", e.to_string()))?
+                    harmony::render_prompt(&plain, &system)
+                        .map_err(|e| ApiError::invalid("messages", e.to_string()))?
                 }
             }
         }

@@ -117,7 +117,10 @@ pub fn parse_request(body: &[u8], endpoint: Endpoint) -> Result<GenerationReques
     }
     if let Some(p) = fields.number("repetition_penalty", 0.0, 10.0)? {
         if p == 0.0 {
-            return Err(ApiError::invalid("repetition_penalty", "repetition_penalty must be above 0 (1 is off)"));
+            return Err(ApiError::invalid(
+                "repetition_penalty",
+                "repetition_penalty must be above 0 (1 is off)",
+            ));
         }
         sampler.repeat_penalty = p;
     }
@@ -236,7 +239,10 @@ impl<'a> Fields<'a> {
         let Some(value) = self.get(name) else { return Ok(None) };
         match value.as_f64() {
             Some(v) if (low..=high).contains(&v) => Ok(Some(v as f32)),
-            Some(v) => Err(ApiError::invalid(name, format!("{name} = {v} is out of range: expected {low} to {high}"))),
+            Some(v) => Err(ApiError::invalid(
+                name,
+                format!("{name} = {v} is out of range: expected {low} to {high}"),
+            )),
             None => Err(ApiError::invalid(name, format!("{name} must be a number"))),
         }
     }
@@ -244,10 +250,14 @@ impl<'a> Fields<'a> {
     fn integer(&self, name: &str, low: i64, high: i64) -> Result<Option<i64>, ApiError> {
         let Some(value) = self.get(name) else { return Ok(None) };
         // A seed may be any 64-bit integer, signed or not.
-        let integer = value.as_i64().or_else(|| value.as_u64().map(|u| u as i64).filter(|_| high == i64::MAX));
+        let integer =
+            value.as_i64().or_else(|| value.as_u64().map(|u| u as i64).filter(|_| high == i64::MAX));
         match integer {
             Some(v) if (low..=high).contains(&v) => Ok(Some(v)),
-            Some(v) => Err(ApiError::invalid(name, format!("{name} = {v} is out of range: expected {low} to {high}"))),
+            Some(v) => Err(ApiError::invalid(
+                name,
+                format!("{name} = {v} is out of range: expected {low} to {high}"),
+            )),
             None => Err(ApiError::invalid(name, format!("{name} must be an integer"))),
         }
     }
@@ -300,7 +310,9 @@ fn messages(value: &Value) -> Result<Vec<ChatMessage>, ApiError> {
         let reasoning = match message.get("reasoning_content").or_else(|| message.get("reasoning")) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(ApiError::invalid(&field("reasoning_content"), "reasoning must be a string")),
+            Some(_) => {
+                return Err(ApiError::invalid(&field("reasoning_content"), "reasoning must be a string"));
+            }
         };
         messages.push(ChatMessage { role, content, reasoning });
     }
@@ -318,7 +330,10 @@ fn content(value: Option<&Value>, field: &str) -> Result<String, ApiError> {
                 match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
                     (Some("text"), Some(t)) => text.push_str(t),
                     (Some("text"), None) => {
-                        return Err(ApiError::invalid(&format!("{field}[{j}].text"), "a text part needs its text"));
+                        return Err(ApiError::invalid(
+                            &format!("{field}[{j}].text"),
+                            "a text part needs its text",
+                        ));
                     }
                     _ => {
                         return Err(ApiError::invalid(

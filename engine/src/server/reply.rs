@@ -3,7 +3,8 @@
 //! `commentary` with no recipient) as content, and `commentary` addressed to `functions.NAME`
 //! as a tool call whose arguments are the message's text. The same [`ReplyMapper`] serves the
 //! streamed and the whole responses, and the tests feed it recorded token streams. A reply that
-//! breaks the harmony framing (text with no `<|message|>`) comes back as content, as written.
+//! breaks the harmony framing (text with no `<|message|>`, ended by the token budget or by a
+//! stop token) comes back as content, as written.
 
 use crate::harmony::{self, SpecialTokens};
 
@@ -13,9 +14,16 @@ pub enum Delta {
     Content(String),
     Reasoning(String),
     /// A tool call begins: its index among this reply's calls, its id and the function's name.
-    ToolCall { index: usize, id: String, name: String },
+    ToolCall {
+        index: usize,
+        id: String,
+        name: String,
+    },
     /// More of the arguments of call `index`.
-    ToolArguments { index: usize, text: String },
+    ToolArguments {
+        index: usize,
+        text: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +43,8 @@ enum Kind {
         /// The raw text of the tokens since the last message began, for a reply that never
         /// opens one.
         unframed: Vec<u8>,
+        /// Whether a message has begun (a header ended with `<|message|>`).
+        framed: bool,
     },
 }
 
@@ -55,6 +65,7 @@ impl ReplyMapper {
             parser: Box::new(harmony::Parser::new(tokens)),
             target: Target::Content,
             unframed: Vec::new(),
+            framed: false,
         };
         ReplyMapper { kind, tool_calls: 0, call_prefix: call_prefix.to_string() }
     }
@@ -95,9 +106,10 @@ impl ReplyMapper {
     fn harmony_events(&mut self, events: Vec<harmony::Event>) -> Vec<Delta> {
         let mut deltas = Vec::new();
         for event in events {
-            let Kind::Harmony { target, unframed, .. } = &mut self.kind else { unreachable!() };
+            let Kind::Harmony { target, unframed, framed, .. } = &mut self.kind else { unreachable!() };
             match event {
                 harmony::Event::Message { channel, recipient, .. } => {
+                    *framed = true;
                     unframed.clear();
                     *target = match (channel.as_str(), recipient.as_deref()) {
                         (_, Some(to)) => match to.strip_prefix("functions.") {
@@ -121,6 +133,11 @@ impl ReplyMapper {
                     Target::Nowhere => {}
                 },
                 harmony::Event::End => {
+                    // A reply that ends its first "header" with a stop token never opened a
+                    // message: its text is the answer, as written.
+                    if !*framed && !unframed.is_empty() {
+                        deltas.push(Delta::Content(String::from_utf8_lossy(unframed).into_owned()));
+                    }
                     unframed.clear();
                     *target = Target::Content;
                 }
@@ -128,7 +145,8 @@ impl ReplyMapper {
                 harmony::Event::Unframed { .. } => {
                     let text = String::from_utf8_lossy(unframed).into_owned();
                     unframed.clear();
-                    if !text.is_empty() {
+                    // After a framed message, a header cut off by the budget is not text.
+                    if !*framed && !text.is_empty() {
                         deltas.push(Delta::Content(text));
                     }
                 }

@@ -47,7 +47,10 @@ pub async fn tokenize(State(shared): State<Arc<Shared>>, body: Result<Bytes, Byt
     tokenize_body(&shared, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn tokenize_body(shared: &Arc<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn tokenize_body(
+    shared: &Arc<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let model = shared.model()?;
     let body = body_bytes(shared, body)?;
     let value: Value = serde_json::from_slice(&body)
@@ -57,7 +60,9 @@ async fn tokenize_body(shared: &Arc<Shared>, body: Result<Bytes, BytesRejection>
     let add_special = match value.get("add_special_tokens") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ApiError::invalid("add_special_tokens", "add_special_tokens must be a boolean")),
+        Some(_) => {
+            return Err(ApiError::invalid("add_special_tokens", "add_special_tokens must be a boolean"));
+        }
     };
     let tokens = match &request.input {
         Input::Prompt(super::protocol::Prompt::Text(text)) => {
@@ -68,7 +73,8 @@ async fn tokenize_body(shared: &Arc<Shared>, body: Result<Bytes, BytesRejection>
         }
         input => {
             let (model, input, effort) = (model.clone(), input.clone(), request.reasoning_effort);
-            let tokens = tokio::task::spawn_blocking(move || super::prompt::prompt_tokens(&model, &input, effort));
+            let tokens =
+                tokio::task::spawn_blocking(move || super::prompt::prompt_tokens(&model, &input, effort));
             match tokens.await.map_err(|e| ApiError::internal(e.to_string()))? {
                 Ok(tokens) => tokens,
                 // Counting tokens is the point: a prompt too long to run still gets its count.
@@ -77,7 +83,8 @@ async fn tokenize_body(shared: &Arc<Shared>, body: Result<Bytes, BytesRejection>
             }
         }
     };
-    Ok(axum::Json(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": model.ctx_size})).into_response())
+    Ok(axum::Json(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": model.ctx_size}))
+        .into_response())
 }
 
 /// `{"tokens": [...]}` to `{"prompt": "..."}`.
@@ -123,7 +130,9 @@ pub async fn require_key(State(shared): State<Arc<Shared>>, request: Request, ne
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(key) if shared.options.api_keys.iter().any(|k| constant_time_equal(k.as_bytes(), key.as_bytes())) => {
+        Some(key)
+            if shared.options.api_keys.iter().any(|k| constant_time_equal(k.as_bytes(), key.as_bytes())) =>
+        {
             next.run(request).await
         }
         _ => ApiError::unauthorized().into_response(),
