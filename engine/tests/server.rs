@@ -78,6 +78,22 @@ fn a_streamed_chat_sends_role_deltas_finish_usage_and_done() {
 }
 
 #[test]
+fn ignore_eos_generates_to_max_tokens() {
+    let tokens = alone(&chat_prompt(&[("user", QUESTION)]), 12);
+    assert_eq!(
+        tokens.last(),
+        common::loaded().tokenizer.eos().as_ref(),
+        "this prompt ends early: {tokens:?}"
+    );
+    let (status, response) = server().post("/v1/chat/completions", &chat_body(json!({"ignore_eos": true})));
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["usage"]["completion_tokens"], 12);
+    assert_eq!(response["choices"][0]["finish_reason"], "length");
+    let content = response["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.starts_with(&text_of(&tokens)), "{content:?}");
+}
+
+#[test]
 fn completions_whole_and_streamed_give_the_text_alone() {
     let prompt = "The capital of France is";
     let expected = text_of(&alone(&text_prompt(prompt), 10));
@@ -202,6 +218,7 @@ fn bad_requests_are_refused_with_the_field_named() {
         (chat_body(json!({"logprobs": true, "top_logprobs": 50})), "top_logprobs"),
         (chat_body(json!({"stream": "yes"})), "stream"),
         (chat_body(json!({"reasoning_effort": "max"})), "reasoning_effort"),
+        (chat_body(json!({"ignore_eos": "yes"})), "ignore_eos"),
     ];
     for (body, param) in cases {
         let (status, error) = post("/v1/chat/completions", &body.to_string());

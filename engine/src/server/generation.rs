@@ -120,6 +120,9 @@ async fn generate(
     if let Some(special) = model.harmony {
         stop_tokens.extend(special.stop_tokens());
     }
+    if request.ignore_eos {
+        stop_tokens.clear();
+    }
     // Prompt and completion together fit the context (vLLM's max_model_len): a larger
     // max_tokens is cut to the room left, and the choice ends with finish_reason "length".
     let room = model.ctx_size - tokens.len();
