@@ -385,3 +385,29 @@ fn a_client_that_goes_away_mid_stream_frees_its_sequence_and_pages() {
     assert!(s.metric("engine_generation_tokens_total") < 800.0, "cancelled before its budget");
     s.stop();
 }
+
+#[test]
+fn a_stream_that_waits_gets_keep_alive_comments_then_its_tokens() {
+    // One running sequence; the second request waits in the queue behind it.
+    let s = TestServer::start(options(), 1, 64);
+    let long = json!({"prompt": "Once upon a time", "max_tokens": 60, "temperature": 0, "stream": true});
+    let (_, mut first) = s.stream("/v1/completions", &long);
+    assert!(first.next_data().is_some());
+    let short =
+        json!({"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "stream": true});
+    let (status, mut second) = s.stream("/v1/completions", &short);
+    assert_eq!(status, 200);
+    assert!(second.next_data().is_some(), "the first chunk comes at once");
+    assert!(s.metric("engine_requests_waiting") >= 1.0 || s.metric("engine_requests_running") == 1.0);
+    // Its first token comes only when the first request is done (60 tokens: seconds here).
+    let data = second.next_data().expect("a token");
+    assert!(second.comments > 0, "keep-alive comments while it waited (before {data})");
+    let expected = text_of(&alone(&text_prompt("The capital of France is"), 3));
+    let mut chunks = vec![serde_json::from_str::<Value>(&data).unwrap()];
+    chunks.extend(second.all());
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(text, expected);
+    drop(first);
+    s.wait_until_idle();
+    s.stop();
+}

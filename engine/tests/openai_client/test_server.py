@@ -325,5 +325,30 @@ class Overload(unittest.TestCase):
             self.assertEqual(server.stop(), 0)
 
 
+class Shutdown(unittest.TestCase):
+    def test_sigterm_ends_a_request_in_flight_within_the_grace_and_exits_0(self):
+        server = Server("--shutdown-grace", "1")
+        client = server.client(key="unused")
+        stream = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=400, stream=True)
+        chunks = iter(stream)
+        next(chunks)
+        next(chunks)
+        signalled = time.time()
+        server.process.send_signal(signal.SIGTERM)
+        finish = None
+        try:
+            for chunk in chunks:  # the rest of the stream, cut by the grace
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish = chunk.choices[0].finish_reason
+        except openai.APIError:
+            finish = "error event"
+        self.assertIsNotNone(finish, "the stream ended with a finish chunk or an error event")
+        self.assertLess(time.time() - signalled, 15)
+        self.assertEqual(server.process.wait(timeout=30), 0, "".join(server.log))
+        self.assertIsNone(server.status("/health"), "no longer listening")
+        server.drain.join(timeout=10)
+        server.process.stderr.close()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

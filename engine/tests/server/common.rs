@@ -163,7 +163,7 @@ impl TestServer {
         if status == 200 {
             assert_eq!(content_type, "text/event-stream", "a stream's content type");
         }
-        (status, Events { reader: BufReader::new(Box::new(response.into_body().into_reader())) })
+        (status, Events { reader: BufReader::new(Box::new(response.into_body().into_reader())), comments: 0 })
     }
 
     /// A value of `/metrics` (the first series of that name).
@@ -212,6 +212,8 @@ pub fn post_to(url: &str, key: Option<&str>, path: &str, body: &Value) -> (u16, 
 /// The `data:` events of a stream; comments (keep-alives) are counted.
 pub struct Events {
     reader: BufReader<Box<dyn std::io::Read + Send>>,
+    /// Comment lines (`: ...`, the keep-alives) read so far.
+    pub comments: usize,
 }
 
 impl Events {
@@ -225,6 +227,9 @@ impl Events {
             }
             if let Some(data) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
                 return Some(data.trim_end_matches(['\r', '\n']).to_string());
+            }
+            if line.starts_with(':') {
+                self.comments += 1;
             }
         }
     }
