@@ -999,8 +999,10 @@ fn harmony_prompt(
 ) -> Result<String> {
     let effort = harmony::ReasoningEffort::from(args.reasoning_effort);
     if let Some(template) = template {
-        let options =
-            chat::TemplateOptions { reasoning_effort: Some(effort.as_str().to_string()), now: None };
+        let options = chat::TemplateOptions {
+            reasoning_effort: Some(effort.as_str().to_string()),
+            ..Default::default()
+        };
         match chat::render_with_options(template, messages, bos, eos, true, &options) {
             Ok(prompt) => return Ok(prompt),
             Err(e) => {

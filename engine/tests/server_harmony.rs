@@ -325,6 +325,67 @@ fn a_harmony_prompt_is_gpt_oss_s_template_with_the_reasoning_effort() {
     server.stop();
 }
 
+/// The text of a `/tokenize` answer (o200k_harmony ids).
+fn tokenized_text(server: &TestServer, body: &Value) -> String {
+    let (status, tokens) = server.post("/tokenize", body);
+    assert_eq!(status, 200, "{tokens}");
+    let ids: Vec<u32> = serde_json::from_value(tokens["tokens"].clone()).unwrap();
+    String::from_utf8(ids.iter().flat_map(|&t| bpe().decode_bytes(&[t]).unwrap()).collect()).unwrap()
+}
+
+#[test]
+fn tools_and_reasoning_sent_back_are_rendered_into_the_prompt() {
+    let server = scripted_server(Vec::new());
+    let tools = json!([{"type": "function", "function": {
+        "name": "get_current_weather",
+        "description": "Gets the current weather in the provided location.",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+    }}]);
+    let messages = json!([
+        {"role": "user", "content": "What is the weather like in SF?"},
+        {"role": "assistant", "content": null, "reasoning_content": "Need to use function get_current_weather.",
+         "tool_calls": [{"id": "call_1", "type": "function",
+                         "function": {"name": "get_current_weather", "arguments": "{\"location\":\"San Francisco\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"sunny\": true, \"temperature\": 20}"},
+    ]);
+    let text = tokenized_text(&server, &json!({"messages": messages, "tools": tools}));
+    assert!(text.contains("Calls to these tools must go to the commentary channel: 'functions'."), "{text}");
+    assert!(text.contains("namespace functions {"), "{text}");
+    assert!(text.contains("type get_current_weather = (_: {"), "{text}");
+    // The reasoning the client sent back, in the analysis channel before the call it led to.
+    assert!(
+        text.contains(
+            "<|start|>assistant<|channel|>analysis<|message|>Need to use function get_current_weather.<|end|>\
+             <|start|>assistant to=functions.get_current_weather<|channel|>commentary json<|message|>\
+             {\"location\": \"San Francisco\"}<|call|>"
+        ),
+        "{text}"
+    );
+    assert!(
+        // The template writes a tool's result through tojson: a JSON string.
+        text.contains(
+            "<|start|>functions.get_current_weather to=assistant<|channel|>commentary<|message|>\
+             \"{\\\"sunny\\\": true, \\\"temperature\\\": 20}\"<|end|>"
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("<|start|>assistant"), "{text}");
+    // tool_choice "none": the tools are not offered.
+    let none = tokenized_text(
+        &server,
+        &json!({"messages": [messages[0].clone()], "tools": tools, "tool_choice": "none"}),
+    );
+    assert!(!none.contains("namespace functions"), "{none}");
+    // A tool call with no function name is refused, naming it.
+    let (status, error) = server.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "assistant", "tool_calls": [{"type": "function", "function": {}}]}]}),
+    );
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "messages[0].tool_calls[0].function.name");
+    server.stop();
+}
+
 /// The tiny gpt-oss fixture.
 struct Fixture {
     model: Model,

@@ -106,7 +106,8 @@ async fn generate(
     let arrived = Instant::now();
     let tokens = {
         let (model, input, effort) = (model.clone(), request.input.clone(), request.reasoning_effort);
-        tokio::task::spawn_blocking(move || prompt::prompt_tokens(&model, &input, effort))
+        let tools = request.prompt_tools().map(<[Value]>::to_vec);
+        tokio::task::spawn_blocking(move || prompt::prompt_tokens(&model, &input, effort, tools.as_deref()))
             .await
             .map_err(|e| ApiError::internal(format!("the prompt task failed: {e}")))??
     };

@@ -1,6 +1,9 @@
 //! A request's prompt as tokens: chat messages through the model's own chat template (gpt-oss's
 //! with its `reasoning_effort`, or the engine's harmony renderer when the template is missing or
-//! fails), a completions prompt through the tokenizer, token ids as given. The prompt must fit
+//! fails), a completions prompt through the tokenizer, token ids as given. The template sees the
+//! request's `tools` and each assistant message's reasoning (as `thinking`) and `tool_calls`
+//! (arguments parsed from their JSON text, as templates index them); the engine's own harmony
+//! renderer takes neither. The prompt must fit
 //! the context with room for one generated token: a longer one is refused, never cut.
 
 use super::ModelInfo;
@@ -8,15 +11,17 @@ use super::error::ApiError;
 use super::protocol::{ChatMessage, Input, Prompt};
 use crate::chat::{self, Message, TemplateOptions};
 use crate::harmony::{self, ReasoningEffort};
+use serde_json::Value;
 
 /// The tokens of `input`, checked against the vocabulary and the context.
 pub fn prompt_tokens(
     model: &ModelInfo,
     input: &Input,
     effort: Option<ReasoningEffort>,
+    tools: Option<&[Value]>,
 ) -> Result<Vec<u32>, ApiError> {
     let (tokens, param) = match input {
-        Input::Messages(messages) => (chat_tokens(model, messages, effort)?, "messages"),
+        Input::Messages(messages) => (chat_tokens(model, messages, effort, tools)?, "messages"),
         Input::Prompt(Prompt::Text(text)) => {
             let tokenizer = &model.tokenizer;
             let tokens = tokenizer.encode(text, tokenizer.add_bos(), false).map_err(|e| {
@@ -44,17 +49,42 @@ pub fn prompt_tokens(
     Ok(tokens)
 }
 
+/// A message as templates read it.
+fn template_message(message: &ChatMessage) -> Message {
+    let mut plain = Message::new(&message.role, message.content.clone());
+    plain.thinking = message.reasoning.clone();
+    plain.tool_calls = message.tool_calls.as_ref().map(|calls| {
+        let calls = calls.iter().map(|call| {
+            let mut call = call.clone();
+            if let Some(arguments) = call.pointer_mut("/function/arguments")
+                && let Some(parsed) =
+                    arguments.as_str().and_then(|text| serde_json::from_str::<Value>(text).ok())
+            {
+                *arguments = parsed;
+            }
+            call
+        });
+        Value::Array(calls.collect())
+    });
+    plain
+}
+
 fn chat_tokens(
     model: &ModelInfo,
     messages: &[ChatMessage],
     effort: Option<ReasoningEffort>,
+    tools: Option<&[Value]>,
 ) -> Result<Vec<u32>, ApiError> {
     let tokenizer = &model.tokenizer;
     let token_text = |id: Option<u32>| id.and_then(|t| tokenizer.id_to_token(t)).unwrap_or_default();
     let (bos, eos) = (token_text(tokenizer.bos()), token_text(tokenizer.eos()));
-    let plain: Vec<Message> = messages.iter().map(|m| Message::new(&m.role, m.content.clone())).collect();
+    let plain: Vec<Message> = messages.iter().map(template_message).collect();
+    let tools = tools.map(|tools| Value::Array(tools.to_vec()));
     let text = match (&model.chat_template, model.harmony) {
-        (Some(template), None) => chat::render(template, &plain, &bos, &eos, true).map_err(template_error)?,
+        (Some(template), None) => {
+            let options = TemplateOptions { tools, ..TemplateOptions::default() };
+            chat::render_with_options(template, &plain, &bos, &eos, true, &options).map_err(template_error)?
+        }
         (None, None) => {
             return Err(ApiError::invalid(
                 "messages",
@@ -63,7 +93,8 @@ fn chat_tokens(
         }
         (template, Some(_)) => {
             let effort = effort.unwrap_or(ReasoningEffort::Medium);
-            let options = TemplateOptions { reasoning_effort: Some(effort.as_str().to_string()), now: None };
+            let options =
+                TemplateOptions { reasoning_effort: Some(effort.as_str().to_string()), now: None, tools };
             let from_template =
                 template.as_deref().map(|t| chat::render_with_options(t, &plain, &bos, &eos, true, &options));
             match from_template {

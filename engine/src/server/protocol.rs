@@ -31,6 +31,8 @@ pub struct ChatMessage {
     pub content: String,
     /// The reasoning an assistant message carries back (`reasoning_content` or `reasoning`).
     pub reasoning: Option<String>,
+    /// An assistant message's `tool_calls`, as given (each checked for a function's name).
+    pub tool_calls: Option<Vec<Value>>,
 }
 
 /// A completions prompt: text, or token ids.
@@ -71,6 +73,13 @@ pub struct GenerationRequest {
     /// vLLM's and llama-server's extension: generate past the end-of-sequence (and harmony's
     /// stop) tokens, to `max_tokens` (for benchmarks).
     pub ignore_eos: bool,
+}
+
+impl GenerationRequest {
+    /// The tools the prompt offers the model: `tools`, unless `tool_choice` is "none".
+    pub fn prompt_tools(&self) -> Option<&[Value]> {
+        if self.tool_choice.as_deref() == Some("none") { None } else { self.tools.as_deref() }
+    }
 }
 
 /// Reads and checks a body sent to `endpoint`.
@@ -318,7 +327,22 @@ fn messages(value: &Value) -> Result<Vec<ChatMessage>, ApiError> {
                 return Err(ApiError::invalid(&field("reasoning_content"), "reasoning must be a string"));
             }
         };
-        messages.push(ChatMessage { role, content, reasoning });
+        let tool_calls = match message.get("tool_calls") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(calls)) => {
+                for (j, call) in calls.iter().enumerate() {
+                    if call.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).is_none() {
+                        return Err(ApiError::invalid(
+                            &format!("messages[{i}].tool_calls[{j}].function.name"),
+                            "each tool call needs its function's name",
+                        ));
+                    }
+                }
+                (!calls.is_empty()).then(|| calls.clone())
+            }
+            Some(_) => return Err(ApiError::invalid(&field("tool_calls"), "tool_calls must be an array")),
+        };
+        messages.push(ChatMessage { role, content, reasoning, tool_calls });
     }
     Ok(messages)
 }

@@ -73,8 +73,10 @@ async fn tokenize_body(
         }
         input => {
             let (model, input, effort) = (model.clone(), input.clone(), request.reasoning_effort);
-            let tokens =
-                tokio::task::spawn_blocking(move || super::prompt::prompt_tokens(&model, &input, effort));
+            let tools = request.prompt_tools().map(<[Value]>::to_vec);
+            let tokens = tokio::task::spawn_blocking(move || {
+                super::prompt::prompt_tokens(&model, &input, effort, tools.as_deref())
+            });
             match tokens.await.map_err(|e| ApiError::internal(e.to_string()))? {
                 Ok(tokens) => tokens,
                 // Counting tokens is the point: a prompt too long to run still gets its count.
