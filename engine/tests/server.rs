@@ -155,6 +155,25 @@ fn the_same_seed_gives_the_same_text_and_n_gives_several_choices() {
 }
 
 #[test]
+fn n_choices_share_the_prompt_s_pages() {
+    // A prompt of several KV pages: choices 1 and 2 find choice 0's full pages in the prefix
+    // cache. Greedy, all three give the text of the prompt alone.
+    let prompt = "The history of the city begins in the third century before our era, when a small \
+                  tribe of fishermen settled on an island in the river and built the first bridge.";
+    let expected = text_of(&alone(&text_prompt(prompt), 6));
+    let body = json!({"prompt": prompt, "max_tokens": 6, "temperature": 0, "n": 3});
+    let (status, response) = server().post("/v1/completions", &body);
+    assert_eq!(status, 200, "{response}");
+    let texts: Vec<&str> =
+        response["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, [expected.as_str(); 3]);
+    let page = engine::model::PAGE_SIZE;
+    let full_pages = (text_prompt(prompt).len() - 1) / page * page;
+    assert!(full_pages >= 2 * page);
+    assert_eq!(response["usage"]["prompt_tokens_details"]["cached_tokens"], full_pages, "{response}");
+}
+
+#[test]
 fn logprobs_come_with_the_chosen_token_and_its_alternatives() {
     let body = chat_body(json!({"logprobs": true, "top_logprobs": 3, "max_tokens": 5}));
     let (_, response) = server().post("/v1/chat/completions", &body);

@@ -108,7 +108,7 @@ fn thirty_two_streaming_clients_with_random_lengths_and_cancellations() {
             })
             .collect(),
     );
-    let server = Arc::new(TestServer::start(options(), CLIENTS, 1024));
+    let server = Arc::new(TestServer::start(options(), CLIENTS, 512));
     let start = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {

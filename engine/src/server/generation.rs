@@ -64,6 +64,22 @@ impl Drop for Admitted {
     }
 }
 
+/// The choices after the first, held back until the first has computed the prompt.
+struct Later {
+    shared: Arc<Shared>,
+    submissions: Vec<Submission>,
+}
+
+impl Later {
+    /// Sends what is held back (at the first event of choice 0; after that, nothing is left).
+    fn submit(&mut self) -> Result<(), ApiError> {
+        while let Some(submission) = self.submissions.pop() {
+            self.shared.submit(submission)?;
+        }
+        Ok(())
+    }
+}
+
 /// A request's state while its choices come back.
 struct Choice {
     mapper: ReplyMapper,
@@ -128,6 +144,7 @@ async fn generate(
     // max_tokens is cut to the room left, and the choice ends with finish_reason "length".
     let room = model.ctx_size - tokens.len();
     let max_tokens = request.max_tokens.map_or(room, |asked| asked.min(room));
+    let mut later = Vec::with_capacity(request.n);
     for choice in 0..request.n {
         let mut sampler = request.sampler.clone();
         sampler.seed = base_seed.wrapping_add(choice as u64);
@@ -140,9 +157,15 @@ async fn generate(
             cancel: cancel.clone(),
             logprobs: request.logprobs,
         };
-        shared.submit(Submission { request: engine_request, choice, events: sender.clone(), arrived })?;
+        later.push(Submission { request: engine_request, choice, events: sender.clone(), arrived });
     }
     drop(sender);
+    // Choice 0 first; the others once it has computed the prompt (its first event), so that
+    // they find its full pages in the prefix cache instead of computing the prompt again.
+    later.reverse();
+    let first = later.pop().expect("n is at least 1");
+    shared.submit(first)?;
+    let mut later = Later { shared: shared.clone(), submissions: later };
     let prompt_text = if request.echo { model.tokenizer.decode(&tokens, true) } else { String::new() };
     let created =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -169,13 +192,13 @@ async fn generate(
     };
     if context.request.stream {
         let (out, body) = mpsc::channel::<Event>(64);
-        tokio::spawn(stream(context, choices, receiver, out, (guard, admitted)));
+        tokio::spawn(stream(context, choices, receiver, later, out, (guard, admitted)));
         let body = tokio_stream::wrappers::ReceiverStream::new(body);
         let events = tokio_stream::StreamExt::map(body, Ok::<Event, Infallible>);
         let keep_alive = KeepAlive::new().interval(shared.options.keep_alive);
         Ok(Sse::new(events).keep_alive(keep_alive).into_response())
     } else {
-        let response = whole(&context, choices, receiver).await;
+        let response = whole(&context, choices, receiver, &mut later).await;
         drop((guard, admitted));
         response
     }
@@ -274,8 +297,10 @@ async fn whole(
     context: &Context,
     mut choices: Vec<Choice>,
     mut receiver: mpsc::UnboundedReceiver<(usize, SequenceEvent)>,
+    later: &mut Later,
 ) -> Result<Response, ApiError> {
     while let Some((index, event)) = receiver.recv().await {
+        later.submit()?;
         let choice = &mut choices[index];
         for delta in apply(context, choice, event)? {
             choice.gathered.add(delta);
@@ -389,6 +414,7 @@ async fn stream(
     context: Context,
     mut choices: Vec<Choice>,
     mut receiver: mpsc::UnboundedReceiver<(usize, SequenceEvent)>,
+    mut later: Later,
     out: mpsc::Sender<Event>,
     _held: (CancelOnDrop, Admitted),
 ) {
@@ -406,6 +432,10 @@ async fn stream(
         }
     }
     while let Some((index, event)) = receiver.recv().await {
+        if let Err(error) = later.submit() {
+            let _ = send(Event::default().data(error.body().to_string())).await;
+            return;
+        }
         let choice = &mut choices[index];
         let seen = choice.logprobs.len();
         let deltas = match apply(&context, choice, event) {

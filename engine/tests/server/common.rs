@@ -1,7 +1,8 @@
 //! What the server tests share: the default model (SmolLM2-135M-Instruct, fetched once) loaded
-//! once with exact numerics, servers started in this process on loopback ports, a small HTTP
-//! client, a reader of server-sent events, and the reference: greedy tokens of a prompt run
-//! alone through the one-sequence cache, with no server and no batcher.
+//! once with exact numerics, servers started in this process on loopback ports (over that model,
+//! or over any model and backend a test builds: `TestServer::start_with`), a small HTTP client,
+//! a reader of server-sent events, and the reference: greedy tokens of a prompt run alone through
+//! the one-sequence cache, with no server and no batcher.
 
 // Shared by several test binaries; each uses a part of it.
 #![allow(dead_code)]
@@ -91,7 +92,9 @@ impl TestServer {
         });
         let http = std::thread::spawn(move || server.run().unwrap());
         let test = TestServer { url, shutdown, key, threads: vec![engine, http] };
-        for _ in 0..200 {
+        // The engine thread builds its KV pool first (hundreds of MB for many pages).
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
             if test.get("/health").0 == 200 {
                 return test;
             }
