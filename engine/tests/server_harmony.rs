@@ -325,6 +325,50 @@ fn a_harmony_prompt_is_gpt_oss_s_template_with_the_reasoning_effort() {
     server.stop();
 }
 
+#[test]
+fn health_is_503_while_the_model_loads_then_200() {
+    let (server, engine_side) = engine::server::start(options()).unwrap();
+    let url = format!("http://{}", server.local_addr().unwrap());
+    let shutdown = server.shutdown_handle();
+    let http = std::thread::spawn(move || server.run().unwrap());
+    let get = |path: &str| {
+        let mut response = TestServer::agent().get(format!("{url}{path}")).call().unwrap();
+        (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+    };
+    let (status, body) = get("/health");
+    assert_eq!(status, 503, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("loading"), "{error}");
+    let (status, _) = common::post_to(&url, None, "/v1/completions", &json!({"prompt": "hi"}));
+    assert_eq!(status, 503, "generation waits for the model too");
+    // The model is ready: the engine thread starts serving.
+    let engine = std::thread::spawn(move || {
+        let tokenizer = harmony_tokenizer();
+        let backend = Scripted {
+            reply: Vec::new(),
+            n_pages: HARMONY_CTX / engine::model::PAGE_SIZE,
+            progress: HashMap::new(),
+        };
+        let info = ModelInfo {
+            tokenizer: tokenizer.clone(),
+            chat_template: None,
+            harmony: SpecialTokens::from_tokenizer(&tokenizer),
+            ctx_size: HARMONY_CTX,
+            n_vocab: N_VOCAB,
+            max_seqs: 4,
+        };
+        engine_side.run(info, batcher(Box::new(backend), &tokenizer, 4, HARMONY_CTX)).unwrap();
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while get("/health").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    shutdown.shutdown();
+    http.join().unwrap();
+    engine.join().unwrap();
+}
+
 /// The text of a `/tokenize` answer (o200k_harmony ids).
 fn tokenized_text(server: &TestServer, body: &Value) -> String {
     let (status, tokens) = server.post("/tokenize", body);
