@@ -21,11 +21,19 @@ use serde::Serialize;
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant message's reasoning, as templates that render it read it (gpt-oss's:
+    /// `message.thinking`, into the analysis channel); absent from the template's view when None.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
+    /// An assistant message's tool calls (OpenAI's shape, arguments parsed to JSON where they
+    /// are JSON); absent when None.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
 }
 
 impl Message {
     pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Message { role: role.to_string(), content: content.into() }
+        Message { role: role.to_string(), content: content.into(), thinking: None, tool_calls: None }
     }
 }
 
@@ -113,7 +121,10 @@ fn render_here(
     add_generation_prompt: bool,
     options: &TemplateOptions,
 ) -> Result<String, ChatError> {
-    let text_bytes: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum::<usize>()
+    let text_bytes: usize = messages
+        .iter()
+        .map(|m| m.role.len() + m.content.len() + m.thinking.as_ref().map_or(0, String::len))
+        .sum::<usize>()
         + bos_token.len()
         + eos_token.len();
     let fuel = (FUEL_BASE
@@ -138,10 +149,15 @@ fn render_here(
         });
         strftime(&format, seconds)
     });
+    env.add_filter("tojson", tojson);
     env.add_template("chat", template).map_err(|e| ChatError::Template(e.to_string()))?;
-    let extra = match &options.reasoning_effort {
+    let effort = match &options.reasoning_effort {
         Some(effort) => context! { reasoning_effort => effort },
         None => context! {},
+    };
+    let extra = match &options.tools {
+        Some(tools) => context! { tools => Value::from_serialize(tools), ..effort },
+        None => effort,
     };
     let mut out = Bounded { bytes: Vec::new(), limit, full: false };
     let rendered = env.get_template("chat").and_then(|t| {
@@ -162,6 +178,47 @@ fn render_here(
         Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(ChatError::OutOfFuel(fuel)),
         Err(_) if out.full => Err(ChatError::PromptTooLarge(limit)),
         Err(e) => Err(ChatError::Template(e.to_string())),
+    }
+}
+
+/// Jinja's `tojson` as Hugging Face's chat templates get it: Python's `json.dumps(value,
+/// ensure_ascii=False)`, with its ", " and ": " separators (gpt-oss's template writes tool-call
+/// arguments and tool results through it). minijinja has its own only with a feature this build
+/// leaves off, and that one writes compact, HTML-escaped JSON.
+fn tojson(value: Value) -> Result<String, minijinja::Error> {
+    let json = serde_json::to_value(&value)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let mut out = String::new();
+    python_json(&json, &mut out);
+    Ok(out)
+}
+
+fn python_json(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value as Json;
+    match value {
+        Json::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_json(item, out);
+            }
+            out.push(']');
+        }
+        Json::Object(map) => {
+            out.push('{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&Json::String(key.clone()).to_string());
+                out.push_str(": ");
+                python_json(item, out);
+            }
+            out.push('}');
+        }
+        scalar => out.push_str(&scalar.to_string()),
     }
 }
 
@@ -247,6 +304,9 @@ pub struct TemplateOptions {
     pub reasoning_effort: Option<String>,
     /// The Unix time `strftime_now` formats (UTC); `None`: now.
     pub now: Option<i64>,
+    /// The functions the model may call (OpenAI's `tools`), as templates read `tools`; left
+    /// undefined when `None`.
+    pub tools: Option<serde_json::Value>,
 }
 
 /// C's strftime for a Unix time in UTC, for the conversions chat templates use: %Y %y %m %d %e
@@ -316,6 +376,23 @@ pub fn strftime(format: &str, seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tojson_writes_what_pythons_json_dumps_writes() {
+        // json.dumps(x, ensure_ascii=False) for the same values, as Hugging Face's templates get it.
+        let template =
+            "{{ messages[0].tool_calls|tojson }} {{ messages[0].content|tojson }} {{ tools|tojson }}";
+        let mut message = Message::new("assistant", "caf\u{e9} \"quoted\"\n");
+        message.tool_calls = Some(serde_json::json!([{"a": [1, 2.5, null, true]}]));
+        let options =
+            TemplateOptions { tools: Some(serde_json::json!({"k": "<&>"})), ..TemplateOptions::default() };
+        let text = render_with_options(template, &[message], "", "", false, &options).unwrap();
+        assert_eq!(text, r#"[{"a": [1, 2.5, null, true]}] "café \"quoted\"\n" {"k": "<&>"}"#);
+        // Tools and reasoning are absent from a template's view unless given.
+        let probe =
+            "{{ tools is defined }} {{ 'thinking' in messages[0] }} {{ 'tool_calls' in messages[0] }}";
+        assert_eq!(render(probe, &[Message::new("user", "hi")], "", "", false).unwrap(), "False False False");
+    }
 
     #[test]
     fn chatml_renders_as_written() {

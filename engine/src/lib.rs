@@ -15,6 +15,7 @@ pub mod perplexity;
 pub mod provenance;
 pub mod sampler;
 pub mod scheduler;
+pub mod server;
 pub mod synth;
 pub mod throughput;
 pub mod tokenizer;

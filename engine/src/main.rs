@@ -137,6 +137,17 @@ enum Command {
         #[command(flatten)]
         batch: BatchArgs,
     },
+    /// Serve the model over HTTP with OpenAI's API: /v1/chat/completions, /v1/completions
+    /// (whole or streamed), /v1/models, /tokenize, /detokenize, /health and Prometheus /metrics;
+    /// requests run together through the batching scheduler.
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        batch: BatchArgs,
+        #[command(flatten)]
+        server: ServeArgs,
+    },
     /// Write a GGUF with the real shapes of a known model and random weights, for speed tests
     /// (presets: llama-3.1-8b [Q4_K, Q6_K output, 4.66 GB], qwen2.5-0.5b [Q8_0], gpt2-124m [F16],
     /// gpt2-xl [F16, 3.1 GB], gpt2-xl-q8_0 [Q8_0, 1.66 GB], gpt-oss-20b [MXFP4 experts, Q8_0, 12.1 GB], tiny-llama and tiny-gpt-oss [for tests]).
@@ -250,6 +261,39 @@ struct BatchArgs {
     /// Do not share the pages of identical prompt prefixes between sequences.
     #[arg(long)]
     no_prefix_caching: bool,
+}
+
+/// The HTTP side of `engine serve`.
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    #[arg(long, env = "ENGINE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Read the accepted keys from this file, one per line (with or beside --api-key).
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// The model's name in /v1/models and in requests' `model` field; default: the file's name
+    /// without .gguf.
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Requests that may wait beyond the --max-seqs running ones; more get 429 and Retry-After.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Largest request body in bytes; larger ones get 413.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+    /// Seconds that requests in flight get to finish after SIGTERM before they are cancelled.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_grace: f64,
+    /// Seconds between keep-alive comments on a stream that is waiting.
+    #[arg(long, default_value_t = 10.0)]
+    keep_alive: f64,
 }
 
 #[derive(Args, Clone)]
@@ -460,6 +504,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Serve { model, batch, server } => run_serve(model, batch, server),
         Command::Verify { model } => {
             let hash = provenance::sha256_file(&model, &|_, _| {})?;
             println!("{hash}  {}", model.display());
@@ -532,12 +577,11 @@ fn model_path(path: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-fn load(args: &ModelArgs) -> Result<Loaded> {
-    let path = model_path(args.model.as_deref())?;
-    let start = Instant::now();
+/// Checks the file against --trusted-hashes and logs the load to --audit-log, when asked.
+fn check_provenance(args: &ModelArgs, path: &Path) -> Result<()> {
     if args.trusted_hashes.is_some() || args.audit_log.is_some() {
         let record = provenance::check_model_file(
-            &path,
+            path,
             args.trusted_hashes.as_deref(),
             args.allow_untrusted,
             args.audit_log.as_deref(),
@@ -550,6 +594,13 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
             );
         }
     }
+    Ok(())
+}
+
+fn load(args: &ModelArgs) -> Result<Loaded> {
+    let path = model_path(args.model.as_deref())?;
+    let start = Instant::now();
+    check_provenance(args, &path)?;
     let file = GgufFile::open(&path)?;
     let tokenizer =
         Tokenizer::from_gguf(&file).with_context(|| format!("the tokenizer of {}", path.display()))?;
@@ -615,8 +666,6 @@ struct ThroughputArgs {
 /// `engine bench --concurrency`: the model loads once with a KV pool, then each concurrency runs
 /// its requests through a fresh scheduler (see `engine::throughput`).
 fn run_throughput(args: &ModelArgs, batch: &BatchArgs, workload: &ThroughputArgs) -> Result<()> {
-    use engine::batching::{BatchBackend, CpuBatch};
-    use engine::cuda::{BatchLimits, GpuBatch, KvMemory};
     if workload.input_len == 0 || workload.output_len == 0 {
         bail!("--input-len and --output-len must be at least 1");
     }
@@ -631,41 +680,10 @@ fn run_throughput(args: &ModelArgs, batch: &BatchArgs, workload: &ThroughputArgs
         });
     }
     let max_context = workload.input_len + workload.output_len;
-    let kv_memory = match &batch.kv_memory {
-        Some(text) => Some(text.parse::<KvMemory>().map_err(anyhow::Error::msg)?),
-        None => None,
-    };
     let path = model_path(args.model.as_deref())?;
     let file = GgufFile::open(&path)?;
-    let progress = |_: usize, _: usize| {};
-    let use_gpu = match args.backend {
-        Backend::Cpu => false,
-        Backend::Cuda => true,
-        Backend::Auto => host::Gpu::new(0).is_ok(),
-    };
-    let cpu_model;
-    let mut backend: Box<dyn BatchBackend> = if use_gpu {
-        let limits = BatchLimits {
-            max_context,
-            max_seqs: batch.max_seqs,
-            max_batch_tokens: batch.max_batch_tokens,
-            kv_memory: kv_memory.unwrap_or(KvMemory::Fraction(0.9)),
-        };
-        let mut gpu_batch = GpuBatch::load(host::Gpu::new(0)?, &file, limits, &progress)?;
-        gpu_batch.model_mut().set_integer_activations(args.numerics == NumericsArg::LlamaCpp);
-        eprintln!("GPU memory: {}", gpu_batch.model().ledger());
-        Box::new(gpu_batch)
-    } else {
-        cpu_model = load_cpu(&file, args, &progress)?;
-        let bytes = match kv_memory {
-            Some(KvMemory::Bytes(bytes)) => bytes,
-            Some(KvMemory::Fraction(_)) => {
-                bail!("--kv-memory as a fraction is for the GPU; give GiB on the CPU")
-            }
-            None => 2 << 30,
-        };
-        Box::new(CpuBatch::new(&cpu_model, CpuBatch::pages_in(&cpu_model, bytes)))
-    };
+    let mut cpu_model = None;
+    let (mut backend, use_gpu) = batch_backend(args, batch, max_context, &file, &mut cpu_model)?;
     let n_pages = backend.n_pages();
     eprintln!(
         "model: {} on the {}; KV pool: {n_pages} pages of {} positions",
@@ -731,6 +749,52 @@ fn run_throughput(args: &ModelArgs, batch: &BatchArgs, workload: &ThroughputArgs
         println!("{}", serde_json::to_string_pretty(&reports)?);
     }
     Ok(())
+}
+
+/// The batched backend `args` and `batch` ask for, its KV pool sized for sequences of up to
+/// `max_context` positions: the GPU's when chosen (or, with `auto`, when there is one), else the
+/// CPU's over a model loaded into `cpu_model`. Also whether it is the GPU's.
+fn batch_backend<'m>(
+    args: &ModelArgs,
+    batch: &BatchArgs,
+    max_context: usize,
+    file: &GgufFile,
+    cpu_model: &'m mut Option<Model>,
+) -> Result<(Box<dyn engine::batching::BatchBackend + 'm>, bool)> {
+    use engine::batching::CpuBatch;
+    use engine::cuda::{BatchLimits, GpuBatch, KvMemory};
+    let kv_memory = match &batch.kv_memory {
+        Some(text) => Some(text.parse::<KvMemory>().map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let progress = |_: usize, _: usize| {};
+    let use_gpu = match args.backend {
+        Backend::Cpu => false,
+        Backend::Cuda => true,
+        Backend::Auto => host::Gpu::new(0).is_ok(),
+    };
+    if use_gpu {
+        let limits = BatchLimits {
+            max_context,
+            max_seqs: batch.max_seqs,
+            max_batch_tokens: batch.max_batch_tokens,
+            kv_memory: kv_memory.unwrap_or(KvMemory::Fraction(0.9)),
+        };
+        let mut gpu_batch = GpuBatch::load(host::Gpu::new(0)?, file, limits, &progress)?;
+        gpu_batch.model_mut().set_integer_activations(args.numerics == NumericsArg::LlamaCpp);
+        eprintln!("GPU memory: {}", gpu_batch.model().ledger());
+        return Ok((Box::new(gpu_batch), true));
+    }
+    let bytes = match kv_memory {
+        Some(KvMemory::Bytes(bytes)) => bytes,
+        Some(KvMemory::Fraction(_)) => {
+            bail!("--kv-memory as a fraction is for the GPU; give GiB on the CPU")
+        }
+        None => 2 << 30,
+    };
+    let model = cpu_model.insert(load_cpu(file, args, &progress)?);
+    let n_pages = CpuBatch::pages_in(model, bytes);
+    Ok((Box::new(CpuBatch::new(model, n_pages)), false))
 }
 
 fn load_cpu(file: &GgufFile, args: &ModelArgs, progress: &dyn Fn(usize, usize)) -> Result<Model> {
@@ -935,8 +999,10 @@ fn harmony_prompt(
 ) -> Result<String> {
     let effort = harmony::ReasoningEffort::from(args.reasoning_effort);
     if let Some(template) = template {
-        let options =
-            chat::TemplateOptions { reasoning_effort: Some(effort.as_str().to_string()), now: None };
+        let options = chat::TemplateOptions {
+            reasoning_effort: Some(effort.as_str().to_string()),
+            ..Default::default()
+        };
         match chat::render_with_options(template, messages, bos, eos, true, &options) {
             Ok(prompt) => return Ok(prompt),
             Err(e) => {
@@ -1018,5 +1084,116 @@ fn show_value(value: &Value, full: bool) -> String {
         other => format!("{other:?}")
             .split_once('(')
             .map_or(String::new(), |(_, v)| v.trim_end_matches(')').to_string()),
+    }
+}
+
+fn positive_seconds(seconds: f64, flag: &str) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(seconds)
+        .map_err(|_| anyhow::anyhow!("{flag} {seconds}: expected seconds, 0 or more"))
+}
+
+/// `engine serve`: the server listens at once (/health says 503) while the engine thread loads
+/// the model, then serves until SIGTERM or Ctrl-C (see `engine::server`).
+fn run_serve(model: ModelArgs, batch: BatchArgs, args: ServeArgs) -> Result<()> {
+    let mut api_keys: Vec<String> = args.api_key.iter().cloned().collect();
+    if let Some(file) = &args.api_key_file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let keys: Vec<String> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+        if keys.is_empty() {
+            bail!("--api-key-file {}: no keys in it", file.display());
+        }
+        api_keys.extend(keys);
+    }
+    let file_name = match &model.model {
+        Some(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        None => default_model::GGUF_NAME.to_string(),
+    };
+    let model_name =
+        args.model_name.unwrap_or_else(|| file_name.strip_suffix(".gguf").unwrap_or(&file_name).to_string());
+    let options = engine::server::ServerOptions {
+        host: args.host,
+        port: args.port,
+        api_keys,
+        model_name,
+        max_queue: args.max_queue,
+        max_body_bytes: args.max_body_bytes,
+        shutdown_grace: positive_seconds(args.shutdown_grace, "--shutdown-grace")?,
+        keep_alive: positive_seconds(args.keep_alive, "--keep-alive")?
+            .max(std::time::Duration::from_millis(100)),
+    };
+    let (server, engine_side) = engine::server::start(options)?;
+    eprintln!("listening on http://{}", server.local_addr()?);
+    let engine = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || serve_engine(&model, &batch, engine_side))?;
+    let result = server.run();
+    let _ = engine.join();
+    result?;
+    eprintln!("server stopped");
+    Ok(())
+}
+
+/// The engine thread of `engine serve`: loads the model, builds the batcher, serves.
+fn serve_engine(args: &ModelArgs, batch: &BatchArgs, side: engine::server::EngineSide) {
+    let prepared = (|| -> Result<_> {
+        let path = model_path(args.model.as_deref())?;
+        check_provenance(args, &path)?;
+        let file = GgufFile::open(&path)?;
+        let tokenizer =
+            Tokenizer::from_gguf(&file).with_context(|| format!("the tokenizer of {}", path.display()))?;
+        let trained = engine::model::ModelConfig::from_gguf(&file)?.n_ctx_train;
+        let ctx_size = args.ctx_size.unwrap_or(trained.min(4096));
+        if ctx_size < 2 {
+            bail!("--ctx-size must be at least 2");
+        }
+        let chat_template = file.get_str_opt("tokenizer.chat_template")?.map(str::to_string);
+        Ok((path, file, tokenizer, ctx_size, chat_template))
+    })();
+    let (path, file, tokenizer, ctx_size, chat_template) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => return side.fail_with(format!("{e:#}")),
+    };
+    let mut cpu_model = None;
+    let (backend, use_gpu) = match batch_backend(args, batch, ctx_size, &file, &mut cpu_model) {
+        Ok(backend) => backend,
+        Err(e) => return side.fail_with(format!("{e:#}")),
+    };
+    let n_vocab = backend.n_vocab();
+    eprintln!(
+        "model: {} on the {}; context {ctx_size}; KV pool: {} pages of {} positions",
+        path.display(),
+        if use_gpu { "GPU" } else { "CPU" },
+        backend.n_pages(),
+        engine::model::PAGE_SIZE
+    );
+    let config = engine::scheduler::SchedulerConfig {
+        page_size: engine::model::PAGE_SIZE,
+        n_pages: 0,
+        max_seqs: batch.max_seqs,
+        max_batch_tokens: batch.max_batch_tokens,
+        max_context: ctx_size,
+        prefix_caching: !batch.no_prefix_caching,
+    };
+    let tokenizer = std::sync::Arc::new(tokenizer);
+    let batcher = match engine::batching::Batcher::new(
+        config,
+        backend,
+        engine::server::token_text(tokenizer.clone()),
+    ) {
+        Ok(batcher) => batcher,
+        Err(e) => return side.fail_with(e.to_string()),
+    };
+    let info = engine::server::ModelInfo {
+        harmony: harmony::SpecialTokens::from_tokenizer(&tokenizer),
+        tokenizer,
+        chat_template,
+        ctx_size,
+        n_vocab,
+        max_seqs: batch.max_seqs,
+    };
+    eprintln!("ready");
+    if let Err(e) = side.run(info, batcher) {
+        eprintln!("error: {e}");
     }
 }

@@ -11,8 +11,11 @@ const TEMPLATE: &str = include_str!("data/chat/gpt-oss-20b.jinja");
 const NOW: i64 = 1_751_115_723;
 
 fn template(messages: &[Message], effort: Option<ReasoningEffort>) -> String {
-    let options =
-        TemplateOptions { reasoning_effort: effort.map(|e| e.as_str().to_string()), now: Some(NOW) };
+    let options = TemplateOptions {
+        reasoning_effort: effort.map(|e| e.as_str().to_string()),
+        now: Some(NOW),
+        tools: None,
+    };
     chat::render_with_options(TEMPLATE, messages, "<|startoftext|>", "<|return|>", true, &options).unwrap()
 }
 
@@ -50,7 +53,7 @@ fn the_first_published_template_renders_the_docs_text_exactly() {
     // That revision writes the function-call line and no blank line after the instructions:
     // docs/format.md's system and developer messages character for character.
     let first = include_str!("data/chat/gpt-oss-20b-first.jinja");
-    let options = TemplateOptions { reasoning_effort: Some("high".into()), now: Some(NOW) };
+    let options = TemplateOptions { reasoning_effort: Some("high".into()), now: Some(NOW), tools: None };
     let messages = [
         Message::new("system", "Use a friendly tone."),
         Message::new("user", "What is the weather like in SF?"),

@@ -57,3 +57,8 @@ fn chat_template_inputs() {
 fn sampler_inputs() {
     replay("sampler", harness::sampler);
 }
+
+#[test]
+fn server_request_inputs() {
+    replay("server_request", harness::server_request);
+}

@@ -7,6 +7,7 @@ use engine::chat::{Message, render};
 use engine::gguf::GgufFile;
 use engine::model::ModelConfig;
 use engine::sampler::{Sampler, SamplerConfig};
+use engine::server::protocol::{Endpoint, parse_request};
 use engine::tokenizer::{GgufVocab, Tokenizer};
 
 /// The GGUF reader on arbitrary bytes: header, metadata, tensor infos; then every tensor's data
@@ -134,4 +135,25 @@ pub fn sampler(data: &[u8]) {
 
 fn f32_at(b: &[u8], i: usize) -> f32 {
     f32::from_le_bytes(b[i..i + 4].try_into().unwrap())
+}
+
+/// The server's request parser (`engine serve`'s bodies of `/v1/chat/completions` and
+/// `/v1/completions`) on arbitrary bytes, as both endpoints: it must return; a refusal must be a
+/// 4xx whose body is OpenAI's error object with a message.
+///
+/// Input: the request body.
+pub fn server_request(data: &[u8]) {
+    for endpoint in [Endpoint::Chat, Endpoint::Completions] {
+        match parse_request(data, endpoint) {
+            Ok(request) => {
+                assert!(request.n >= 1 && request.max_tokens != Some(0), "{request:?}");
+                std::hint::black_box(request);
+            }
+            Err(error) => {
+                assert!(error.status.is_client_error(), "{error:?}");
+                let body = error.body();
+                assert!(body["error"]["message"].is_string(), "{body}");
+            }
+        }
+    }
 }

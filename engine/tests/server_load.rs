@@ -1,0 +1,182 @@
+//! `engine serve` under load, on loopback: 32 client threads stream a few hundred short requests
+//! (random prompts, random lengths, chat and completions, some sampled with a seed) into one
+//! server over the default model, and close about one stream in five after a few events. Every
+//! request that was not closed must come back 200 with well-formed events (one id, the first
+//! chunk, deltas, one finish chunk, `[DONE]`, nothing after), greedy ones with the text the model
+//! gives alone; no request may get a 5xx (or a 429: the queue holds them all); and when the
+//! clients are done, no sequence runs or waits and no KV page is held. Bounded: 256 requests of
+//! at most 8 tokens, and the whole run must end within a time limit.
+
+#[path = "server/common.rs"]
+mod common;
+
+use common::{MODEL_NAME, TestServer, alone, chat_prompt, options, text_of, text_prompt};
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 32;
+const REQUESTS_PER_CLIENT: usize = 8;
+const MAX_TOKENS: usize = 8;
+const TIME_LIMIT: Duration = Duration::from_secs(600);
+
+const PROMPTS: [&str; 6] = [
+    "The capital of France is",
+    "Once upon a time",
+    "def fibonacci(n):",
+    "The three primary colours are",
+    "In 1969, the first",
+    "Water boils at",
+];
+
+/// One request's prompt and what the model gives for it alone (MAX_TOKENS greedy tokens).
+struct Reference {
+    chat: bool,
+    prompt: &'static str,
+    tokens: Vec<u32>,
+}
+
+impl Reference {
+    /// The text and finish reason of a greedy request for `max_tokens`.
+    fn expected(&self, max_tokens: usize) -> (String, &'static str) {
+        let eos = common::loaded().tokenizer.eos();
+        let head = &self.tokens[..max_tokens.min(self.tokens.len())];
+        let finish = if head.last() == eos.as_ref() { "stop" } else { "length" };
+        (text_of(head), finish)
+    }
+
+    fn body(&self, max_tokens: usize, sampled: Option<u64>) -> (&'static str, Value) {
+        let mut body = if self.chat {
+            json!({"model": MODEL_NAME, "messages": [{"role": "user", "content": self.prompt}]})
+        } else {
+            json!({"model": MODEL_NAME, "prompt": self.prompt})
+        };
+        body["max_tokens"] = json!(max_tokens);
+        body["stream"] = json!(true);
+        match sampled {
+            Some(seed) => {
+                body["temperature"] = json!(0.8);
+                body["seed"] = json!(seed);
+            }
+            None => body["temperature"] = json!(0),
+        }
+        (if self.chat { "/v1/chat/completions" } else { "/v1/completions" }, body)
+    }
+}
+
+/// What one client saw of one request.
+enum Outcome {
+    Completed,
+    Cancelled,
+}
+
+/// Reads a whole stream and checks its shape; the text and the finish reason.
+fn read_stream(chat: bool, events: common::Events) -> (String, String) {
+    let chunks = events.all();
+    assert!(chunks.len() >= 2, "a first chunk and a finish chunk at least: {chunks:?}");
+    let id = &chunks[0]["id"];
+    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    assert!(chunks.iter().all(|c| &c["id"] == id && c["object"] == object), "{chunks:?}");
+    if chat {
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    }
+    let finishes: Vec<&Value> =
+        chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
+    assert_eq!(finishes.len(), 1, "one finish chunk: {chunks:?}");
+    assert!(!chunks.last().unwrap()["choices"][0]["finish_reason"].is_null(), "the finish chunk is last");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| {
+            let choice = &c["choices"][0];
+            if chat { choice["delta"]["content"].as_str() } else { choice["text"].as_str() }
+        })
+        .collect();
+    (text, finishes[0].as_str().unwrap().to_string())
+}
+
+#[test]
+fn thirty_two_streaming_clients_with_random_lengths_and_cancellations() {
+    let references: Arc<Vec<Reference>> = Arc::new(
+        PROMPTS
+            .iter()
+            .enumerate()
+            .map(|(i, &prompt)| {
+                let chat = i % 2 == 1;
+                let tokens = if chat { chat_prompt(&[("user", prompt)]) } else { text_prompt(prompt) };
+                Reference { chat, prompt, tokens: alone(&tokens, MAX_TOKENS) }
+            })
+            .collect(),
+    );
+    let server = Arc::new(TestServer::start(options(), CLIENTS, 512));
+    let start = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (server, references) = (server.clone(), references.clone());
+            std::thread::spawn(move || {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(client as u64);
+                let mut outcomes = Vec::new();
+                for _ in 0..REQUESTS_PER_CLIENT {
+                    let reference = &references[rng.random_range(0..references.len())];
+                    let max_tokens = rng.random_range(1..=MAX_TOKENS);
+                    let sampled = rng.random_bool(0.25).then(|| rng.random::<u64>());
+                    let cancel_after = rng.random_bool(0.2).then(|| rng.random_range(1..=3));
+                    let (path, body) = reference.body(max_tokens, sampled);
+                    let (status, mut events) = server.stream(path, &body);
+                    assert_eq!(status, 200, "{body}");
+                    if let Some(after) = cancel_after {
+                        for _ in 0..after {
+                            events.next_data();
+                        }
+                        drop(events);
+                        outcomes.push(Outcome::Cancelled);
+                        continue;
+                    }
+                    let (text, finish) = read_stream(reference.chat, events);
+                    if sampled.is_none() {
+                        let (expected, expected_finish) = reference.expected(max_tokens);
+                        assert_eq!(
+                            (text.as_str(), finish.as_str()),
+                            (expected.as_str(), expected_finish),
+                            "{body}"
+                        );
+                    } else {
+                        assert!(finish == "stop" || finish == "length", "{finish}");
+                    }
+                    outcomes.push(Outcome::Completed);
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut completed = 0;
+    let mut cancelled = 0;
+    for client in clients {
+        for outcome in client.join().expect("a client failed (see its panic above)") {
+            match outcome {
+                Outcome::Completed => completed += 1,
+                Outcome::Cancelled => cancelled += 1,
+            }
+        }
+    }
+    let took = start.elapsed();
+    eprintln!("load: {completed} completed, {cancelled} cancelled by their clients, in {took:.1?}");
+    assert_eq!(completed + cancelled, CLIENTS * REQUESTS_PER_CLIENT);
+    assert!(cancelled > 0 && completed > cancelled, "random cancellations happened");
+    assert!(took < TIME_LIMIT, "the run took {took:?}");
+    server.wait_until_idle();
+    assert_eq!(server.metric("engine_requests_running"), 0.0);
+    assert_eq!(server.metric("engine_kv_cache_usage_ratio"), 0.0, "no KV page is held");
+    // Every completed request ended in the engine (a stream closed before its sequence was
+    // admitted never reaches it).
+    let (_, metrics) = server.get("/metrics");
+    let finished: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("engine_request_success_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!((completed..=completed + cancelled).contains(&(finished as usize)), "{metrics}");
+    // And the server still answers.
+    let (status, _) = server.post("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 1}));
+    assert_eq!(status, 200);
+}
