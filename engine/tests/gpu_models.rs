@@ -351,7 +351,19 @@ fn check_batched(gguf: &str, integer: bool) {
         eprintln!("{gguf}: batched step {i} GPU vs CPU {error:.2e} (8-bit activations: {integer})");
         // The last step is one decode token: the decode graph, whose MXFP4 experts always meet
         // 8-bit activations (gpt-oss), which the exact CPU path does not round; 2e-2 there.
-        let bound = if i == steps.len() - 1 { 2e-2 } else { 1e-2 };
+        // With 8-bit activations, a step of more than the integer row products' rows takes
+        // the f16 GEMM for its dense quantized matrices while the CPU quantizes the activations
+        // to 8 bits: the two numerics differ by 1.4-2e-2 on these fixtures (see
+        // `quantized_llama_with_integer_activations_matches_the_cpu`), so 3e-2 there.
+        let rows: usize = step.iter().map(|w| w.tokens.len()).sum();
+        let mixed = integer && rows > host::matmul::mma_rows::mma_rows_range().1;
+        let bound = if mixed {
+            3e-2
+        } else if i == steps.len() - 1 {
+            2e-2
+        } else {
+            1e-2
+        };
         assert!(error < bound, "{gguf}: step {i}: GPU vs CPU {error:.2e}");
         assert_same_greedy(&actual, &expected, n_vocab, &format!("{gguf} step {i}"));
     }
