@@ -228,18 +228,16 @@ impl Architecture for GptOss {
             gpu.route_experts(&ids, k, &mut routing)?;
             if let Some((h_q8, act_q8)) = &mut few_rows {
                 gpu.quantize_q8(&s.h, h_q8)?;
-                let (gate_up_bias, down_bias) = (Some(&e.gate_up_bias), Some(&e.down_bias));
-                if mma {
-                    gpu.mma_rows_experts(&e.gate_up, &routing, h_q8, false, gate_up_bias, &mut gate_up)?;
-                } else {
-                    gpu.gemv_rows_experts(&e.gate_up, &routing, h_q8, false, gate_up_bias, &mut gate_up)?;
-                }
+                let experts = |w, x, per_assignment, bias, y: &mut CudaSlice<f32>| {
+                    if mma {
+                        gpu.mma_rows_experts(w, &routing, x, per_assignment, bias, y)
+                    } else {
+                        gpu.gemv_rows_experts(w, &routing, x, per_assignment, bias, y)
+                    }
+                };
+                experts(&e.gate_up, h_q8, false, Some(&e.gate_up_bias), &mut gate_up)?;
                 gpu.swiglu_oai(&gate_up, ff, SWIGLU_ALPHA, SWIGLU_LIMIT, None, Some(act_q8))?;
-                if mma {
-                    gpu.mma_rows_experts(&e.down, &routing, act_q8, true, down_bias, &mut out)?;
-                } else {
-                    gpu.gemv_rows_experts(&e.down, &routing, act_q8, true, down_bias, &mut out)?;
-                }
+                experts(&e.down, act_q8, true, Some(&e.down_bias), &mut out)?;
             } else {
                 gpu.gemm_experts(&e.gate_up, &routing, &s.h, false, Some(&e.gate_up_bias), &mut gate_up)?;
                 gpu.swiglu_oai(&gate_up, ff, SWIGLU_ALPHA, SWIGLU_LIMIT, Some(&mut act), None)?;

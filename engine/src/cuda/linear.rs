@@ -140,19 +140,19 @@ impl Linear {
             (m, 0..m.n_out, self.biases.get(part))
         };
         // A decode step of several sequences, where the decode step reads 8-bit activations:
-        // up to 64 rows on the integer tensor cores (each weight read once for the batch), a few
-        // through the multi-row GEMV (each row the sums a decode step gives it). Many rows (a
-        // prompt) through the GEMM.
+        // a few rows through the multi-row GEMV (each row the sums a decode step gives it), some
+        // more on the integer tensor cores (each weight read once for the batch; the row ranges
+        // in host/src/matmul/mma_rows.rs). Many rows (a prompt) through the GEMM.
         let q8 = uses_q8(matrix, context.integer_activations);
-        if q8 && takes_mma_rows(n) && matrix.has_mma_rows() {
+        let mma = q8 && takes_mma_rows(n) && matrix.has_mma_rows();
+        if mma || (q8 && n <= gemv_rows_limit() && matrix.has_gemv_rows()) {
             let mut x8 = context.gpu.q8_activations(n * matrix.n_in)?;
             context.gpu.quantize_q8(x, &mut x8)?;
-            return context.gpu.mma_rows(matrix, rows, &x8, n, bias, y);
-        }
-        if q8 && n <= gemv_rows_limit() && matrix.has_gemv_rows() {
-            let mut q8 = context.gpu.q8_activations(n * matrix.n_in)?;
-            context.gpu.quantize_q8(x, &mut q8)?;
-            return context.gpu.gemv_rows(matrix, rows, &q8, n, bias, y);
+            return if mma {
+                context.gpu.mma_rows(matrix, rows, &x8, n, bias, y)
+            } else {
+                context.gpu.gemv_rows(matrix, rows, &x8, n, bias, y)
+            };
         }
         // An f32 router (gpt-oss: 32 rows): a block per weight row over groups of 8 rows of X,
         // in f32 as the decode step computes it (the GEMM would round X to f16, and a flipped
