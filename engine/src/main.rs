@@ -128,9 +128,10 @@ enum Command {
         /// Generated tokens per request (with --concurrency).
         #[arg(long, default_value_t = 1000)]
         output_len: usize,
-        /// Requests per concurrency (default: four times the concurrency).
-        #[arg(long)]
-        num_requests: Option<usize>,
+        /// Requests per concurrency: a count, or `Kx` for K times the concurrency (default 4x;
+        /// `1x` is one wave, as llama-batched-bench runs).
+        #[arg(long, default_value = "4x")]
+        num_requests: String,
         /// Output format of the throughput table: a markdown table or a JSON array.
         #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
@@ -659,8 +660,23 @@ struct ThroughputArgs {
     concurrency: Vec<String>,
     input_len: usize,
     output_len: usize,
-    num_requests: Option<usize>,
+    num_requests: String,
     output: OutputFormat,
+}
+
+/// How many requests a concurrency level runs: `--num-requests N` or `Kx` (K times the level).
+fn requests_for(num_requests: &str, concurrency: usize) -> Result<usize> {
+    let text = num_requests.trim();
+    let parsed = match text.strip_suffix('x') {
+        Some(factor) => factor.trim().parse::<usize>().ok().map(|k| k * concurrency),
+        None => text.parse::<usize>().ok(),
+    };
+    match parsed {
+        Some(n) if n > 0 => Ok(n),
+        _ => bail!(
+            "--num-requests {text:?}: expected a positive count or a multiple of the concurrency such as 4x"
+        ),
+    }
 }
 
 /// `engine bench --concurrency`: the model loads once with a KV pool, then each concurrency runs
@@ -679,6 +695,7 @@ fn run_throughput(args: &ModelArgs, batch: &BatchArgs, workload: &ThroughputArgs
             },
         });
     }
+    requests_for(&workload.num_requests, 1)?;
     let max_context = workload.input_len + workload.output_len;
     let path = model_path(args.model.as_deref())?;
     let file = GgufFile::open(&path)?;
@@ -700,7 +717,7 @@ fn run_throughput(args: &ModelArgs, batch: &BatchArgs, workload: &ThroughputArgs
     }
     for level in levels {
         let concurrency = level.unwrap_or(batch.max_seqs);
-        let num_requests = workload.num_requests.unwrap_or(4 * concurrency);
+        let num_requests = requests_for(&workload.num_requests, concurrency)?;
         let config = engine::scheduler::SchedulerConfig {
             page_size: engine::model::PAGE_SIZE,
             n_pages,

@@ -228,6 +228,20 @@ pub unsafe fn shared_load_f32(address: u32) -> f32 {
     v
 }
 
+/// Two f32 at an 8-byte aligned shared address.
+#[inline(always)]
+pub unsafe fn shared_load_f32x2(address: u32) -> [f32; 2] {
+    let (a, b): (f32, f32);
+    unsafe {
+        asm!(
+            "ld.shared.v2.f32 {{{a}, {b}}}, [{p}];",
+            a = out(reg32) a, b = out(reg32) b, p = in(reg32) address,
+            options(pure, readonly, nostack),
+        );
+    }
+    [a, b]
+}
+
 /// Four f32 at a 16-byte aligned shared address.
 #[inline(always)]
 pub unsafe fn shared_load_f32x4(address: u32) -> [f32; 4] {
@@ -324,6 +338,19 @@ pub unsafe fn copy_async_16(shared: u32, global: *const u8, valid: bool) {
     unsafe {
         asm!(
             "cp.async.cg.shared.global [{s}], [{g}], 16, {n};",
+            s = in(reg32) shared, g = in(reg64) global, n = in(reg32) bytes,
+            options(nostack),
+        );
+    }
+}
+
+/// [`copy_async_16`] for 4 bytes (`cp.async.ca`, through L1), both addresses 4-byte aligned.
+#[inline(always)]
+pub unsafe fn copy_async_4(shared: u32, global: *const u8, valid: bool) {
+    let bytes: u32 = if valid { 4 } else { 0 };
+    unsafe {
+        asm!(
+            "cp.async.ca.shared.global [{s}], [{g}], 4, {n};",
             s = in(reg32) shared, g = in(reg64) global, n = in(reg32) bytes,
             options(nostack),
         );

@@ -15,20 +15,24 @@
 //! lane g * 4 + t), B = the block's 32 activations of 8 rows. The order of the 32 values inside
 //! the mma is free as long as A and B agree: lane t takes the values its format stores together
 //! (Q4_K, Q8_0: values 4t..4t+4 and 16 + 4t..; MXFP4: 8t..8t+8, one word of nibbles).
-//! Launch: grid (ceil(rows / 16), experts), 128 threads (4 warps), 8 KiB of dynamic shared
-//! memory (SHARED_BYTES). Block r takes weight rows 16 r..16 r + 16; warp w a contiguous quarter
-//! of the blocks of K, 8 blocks' loads at a time; each warp keeps f32 sums for 16 rows x 32
-//! tokens (4 per lane per 8 tokens); the warps' sums meet in shared memory and are added in
-//! warp order (the result does not depend on timing). More tokens go in passes of 32.
+//! Launch: grid (ceil(rows / 16), experts), 128 threads (4 warps), SHARED_BYTES (42.25 KiB) of
+//! dynamic shared memory. Block r takes weight rows 16 r..16 r + 16; warp w a contiguous quarter
+//! of the blocks of K, 8 blocks at a time: per step it copies its tokens' 8 blocks of X and their
+//! scales into its own area of shared memory (`cp.async`) while its weights load into registers,
+//! then multiplies from shared memory; each warp keeps f32 sums for 16 rows x 32 tokens (4 per
+//! lane per 8 tokens); the warps' sums meet in shared memory and are added in warp order (the
+//! result does not depend on timing). More tokens go in passes of 32.
 //! Cost: weights once from DRAM per pass (16 rows x 16 or 32 bytes per warp and block of K);
-//! activations 32 bytes per token per block from L2 for every 16 weight rows; per mma about 12
-//! f32 operations of scaling.
+//! activations 32 bytes per token per block from L2 for every 16 weight rows, one round trip per
+//! step of 8 blocks; per mma two shared loads of X, one or two of scales and about 12 f32
+//! operations of scaling.
 
 use super::dequant::e8m0_half;
 use super::gemv_mxfp4::{TABLE_HIGH, TABLE_LOW};
 use crate::device::{
-    block_idx, block_idx_y, byte_permute, dynamic_shared_address, f16_to_f32, lane_idx, mma_16x8x32_i8,
-    shared_load_f32, shared_store_f32, sync_threads, thread_idx, warp_idx,
+    block_idx, block_idx_y, byte_permute, copy_async_4, copy_async_16, copy_async_commit, copy_async_wait,
+    dynamic_shared_address, f16_to_f32, lane_idx, mma_16x8x32_i8, shared_load_f32, shared_load_f32x2,
+    shared_load_u32, shared_store_f32, shared_store_u32, sync_threads, sync_warp, thread_idx, warp_idx,
 };
 use crate::unroll;
 
@@ -44,11 +48,6 @@ pub const WARPS: usize = 4;
 /// Blocks of K whose weights a warp loads before multiplying them.
 const UNITS: usize = 8;
 pub const THREADS: usize = 32 * WARPS;
-/// The warps' partial sums: [WARPS][TOKENS][ROWS] f32.
-pub const SHARED_BYTES: usize = 4 * WARPS * TOKENS * ROWS;
-
-/// No token (a column past the chunk's tokens).
-const NONE: u32 = u32::MAX;
 
 /// One weight format's block of 32 for the two rows (g, g + 8) a lane holds.
 trait Format: Copy {
@@ -201,13 +200,31 @@ impl Format for Mxfp4 {
     }
 }
 
+/// Bytes of one token's staged activations in a warp's area: UNITS blocks of 32, padded by 16
+/// so that the eight tokens of a B fragment fall in different banks (272 bytes = 68 words: token
+/// g's word t at bank 4 g + t).
+const X_STRIDE: usize = 32 * UNITS + 16;
+/// A warp's staging area: TOKENS rows of X (X_STRIDE bytes each), then the activations' scales
+/// xd and sums xs, each as [UNITS][TOKENS] f32.
+const WARP_BYTES: usize = TOKENS * X_STRIDE + 2 * 4 * UNITS * TOKENS;
+/// The pass's X and Y row tables ([TOKENS] u32 each) follow the warps' areas.
+const TABLES: usize = WARPS * WARP_BYTES;
+/// Dynamic shared memory of every kernel here; the warps' partial sums ([WARPS][TOKENS][ROWS]
+/// f32, 8 KiB) reuse the staging areas once the K loop is done.
+pub const SHARED_BYTES: usize = TABLES + 2 * 4 * TOKENS;
+const _: () = assert!(4 * WARPS * TOKENS * ROWS <= TABLES);
+
 /// The block's product: weight rows `row0..row0 + 16` (of `n_out`, row r stored at Y column
 /// r), the `count` tokens whose X row and Y row `token(j)` gives, `y_stride`
 /// floats per Y row; xq [.., n_in] i8, xd and xs [.., n_in / 32] f32 (xs read only for formats
 /// with mins); bias per weight row or null.
+/// Per step of UNITS blocks of K a warp starts the asynchronous copies of its tokens' 32-byte
+/// blocks and their scales into its own staging area, loads its weights into registers, waits
+/// for the copies, then runs the mma of every (block, fragment) pair from shared memory: one
+/// round trip to memory per step instead of one per mma.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn product<F: Format, const FRAGMENTS: usize>(
+unsafe fn product<F: Format>(
     format: F,
     (row0, n_out): (usize, usize),
     n_in: usize,
@@ -222,84 +239,117 @@ unsafe fn product<F: Format, const FRAGMENTS: usize>(
     let blocks = n_in / 32;
     let clamp = |r: usize| if r < n_out { r } else { row0 };
     let rows = [clamp(row0 + g), clamp(row0 + g + 8)];
-    let partial = dynamic_shared_address();
+    let base = dynamic_shared_address();
+    let x_area = base + (warp * WARP_BYTES) as u32;
+    let d_area = x_area + (TOKENS * X_STRIDE) as u32;
+    let s_area = d_area + (4 * UNITS * TOKENS) as u32;
+    let (x_table, y_table) = (base + TABLES as u32, base + (TABLES + 4 * TOKENS) as u32);
+    // This warp's blocks of K: a contiguous share, UNITS at a time.
+    let share = blocks.div_ceil(WARPS);
+    let (start, end) = ((warp * share).min(blocks), ((warp + 1) * share).min(blocks));
+    let offsets = F::x_offsets(t);
+    // What this lane copies per step: 16 bytes (`piece`) of tokens lane / 16 + 2 i, and the
+    // scales of block lane % 8 of tokens lane / 8 + 4 i.
+    let piece = lane % 16;
+    let scale_unit = lane % 8;
     let mut first = 0;
     while first < count {
-        let n = (count - first).min(8 * FRAGMENTS);
-        // X rows of this lane's B columns (token 8 f + g) and of its sums (tokens 8 f + 2 t + e).
-        let mut b_rows = [NONE; 8];
-        let mut s_rows = [[NONE; 2]; 8];
-        unroll!([0, 1, 2, 3, 4, 5, 6, 7], |f| {
-            if f < FRAGMENTS && 8 * f + g < n {
-                b_rows[f] = token(first + 8 * f + g).0 as u32;
+        let n = (count - first).min(TOKENS);
+        if first > 0 {
+            sync_threads(); // the previous pass's partial sums and tables are read
+        }
+        if thread_idx() < n {
+            let (x_row, y_row) = token(first + thread_idx());
+            unsafe {
+                shared_store_u32(x_table + 4 * thread_idx() as u32, x_row as u32);
+                shared_store_u32(y_table + 4 * thread_idx() as u32, y_row as u32);
             }
-            unroll!([0, 1], |e| {
-                if f < FRAGMENTS && 8 * f + 2 * t + e < n {
-                    s_rows[f][e] = token(first + 8 * f + 2 * t + e).0 as u32;
-                }
-            });
-        });
-        let mut acc = [[0.0f32; 4]; 8];
-        // This warp's blocks of K: a contiguous share, UNITS at a time, every load of a step
-        // issued before its products (UNITS x 256 bytes of Q4_K per warp in flight).
-        let share = blocks.div_ceil(WARPS);
-        let (start, end) = ((warp * share).min(blocks), ((warp + 1) * share).min(blocks));
-        let offsets = F::x_offsets(t);
+        }
+        sync_threads();
+        let mut acc = [[0.0f32; 4]; FRAGMENTS];
         let mut b0 = start;
         while b0 < end {
+            let units = (end - b0).min(UNITS);
+            unroll!([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], |i| {
+                let j = lane / 16 + 2 * i;
+                if j < n && piece / 2 < units {
+                    unsafe {
+                        let r = shared_load_u32(x_table + 4 * j as u32) as usize;
+                        let source = xq.add(r * n_in + 32 * b0 + 16 * piece);
+                        copy_async_16(x_area + (j * X_STRIDE + 16 * piece) as u32, source, true);
+                    }
+                }
+            });
+            unroll!([0, 1, 2, 3, 4, 5, 6, 7], |i| {
+                let j = lane / 8 + 4 * i;
+                if j < n && scale_unit < units {
+                    unsafe {
+                        let r = shared_load_u32(x_table + 4 * j as u32) as usize;
+                        let at = r * blocks + b0 + scale_unit;
+                        let to = 4 * (scale_unit * TOKENS + j) as u32;
+                        copy_async_4(d_area + to, xd.add(at) as *const u8, true);
+                        if F::MINS {
+                            copy_async_4(s_area + to, xs.add(at) as *const u8, true);
+                        }
+                    }
+                }
+            });
+            copy_async_commit();
             let mut raw = [F::Raw::default(); UNITS];
             unroll!([0, 1, 2, 3, 4, 5, 6, 7], |u| {
-                if u < UNITS && b0 + u < end {
+                if u < UNITS && u < units {
                     raw[u] = unsafe { format.load(rows, b0 + u, t) };
                 }
             });
+            copy_async_wait::<0>();
+            sync_warp();
             unroll!([0, 1, 2, 3, 4, 5, 6, 7], |u| {
-                if u < UNITS && b0 + u < end {
-                    let b = b0 + u;
+                if u < UNITS && u < units {
                     let (a, scale, min) = F::fragment(raw[u]);
                     unroll!([0, 1, 2, 3, 4, 5, 6, 7], |f| {
                         if f < FRAGMENTS && 8 * f < n {
-                            let mut x = [0u32; 2];
-                            if b_rows[f] != NONE {
-                                let block = unsafe { xq.add(b_rows[f] as usize * n_in + 32 * b) };
-                                unroll!([0, 1], |i| {
-                                    x[i] = unsafe { *(block.add(offsets[i]) as *const u32) }
-                                });
-                            }
+                            let at = x_area + ((8 * f + g) * X_STRIDE + 32 * u) as u32;
+                            let x = unsafe {
+                                [
+                                    shared_load_u32(at + offsets[0] as u32),
+                                    shared_load_u32(at + offsets[1] as u32),
+                                ]
+                            };
                             let dot = if F::UNSIGNED {
                                 mma_16x8x32_i8::<true>(a, x)
                             } else {
                                 mma_16x8x32_i8::<false>(a, x)
                             };
+                            // Columns past the pass's tokens sum stale bytes; they are never stored.
+                            let scales = 4 * (u * TOKENS + 8 * f + 2 * t) as u32;
+                            let d = unsafe { shared_load_f32x2(d_area + scales) };
+                            let sums = if F::MINS {
+                                unsafe { shared_load_f32x2(s_area + scales) }
+                            } else {
+                                [0.0; 2]
+                            };
                             unroll!([0, 1], |e| {
-                                if s_rows[f][e] != NONE {
-                                    let at = s_rows[f][e] as usize * blocks + b;
-                                    let d = unsafe { *xd.add(at) };
-                                    unroll!([0, 1], |h| {
-                                        let value = scale[h] * d * dot[2 * h + e] as f32;
-                                        acc[f][2 * h + e] += if F::MINS {
-                                            value - min[h] * unsafe { *xs.add(at) }
-                                        } else {
-                                            value
-                                        };
-                                    });
-                                }
+                                unroll!([0, 1], |h| {
+                                    let value = scale[h] * d[e] * dot[2 * h + e] as f32;
+                                    acc[f][2 * h + e] +=
+                                        if F::MINS { value - min[h] * sums[e] } else { value };
+                                });
                             });
                         }
                     });
                 }
             });
+            sync_warp(); // every lane has read the step's staged bytes before the next copies land
             b0 += UNITS;
         }
-        // The warps' sums in shared memory as [warp][token][row], then added in warp order.
-        if first > 0 {
-            sync_threads(); // the previous chunk's sums are read
-        }
+        // The warps' sums in shared memory as [warp][token][row] (over the staging areas, once
+        // every warp is done with them), then added in warp order.
+        sync_threads();
         unroll!([0, 1, 2, 3, 4, 5, 6, 7], |f| {
             if f < FRAGMENTS {
                 unroll!([0, 1, 2, 3], |i| {
                     let (r, j) = (g + 8 * (i / 2), 8 * f + 2 * t + i % 2);
-                    let at = partial + 4 * ((warp * TOKENS + j) * ROWS + r) as u32;
+                    let at = base + 4 * ((warp * TOKENS + j) * ROWS + r) as u32;
                     unsafe { shared_store_f32(at, acc[f][i]) };
                 });
             }
@@ -311,15 +361,15 @@ unsafe fn product<F: Format, const FRAGMENTS: usize>(
             if row0 + r < n_out {
                 let mut sum = 0.0f32;
                 for w in 0..WARPS {
-                    sum += unsafe { shared_load_f32(partial + 4 * ((w * TOKENS + j) * ROWS + r) as u32) };
+                    sum += unsafe { shared_load_f32(base + 4 * ((w * TOKENS + j) * ROWS + r) as u32) };
                 }
                 let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(row0 + r) } };
-                let y_row = token(first + j).1;
+                let y_row = unsafe { shared_load_u32(y_table + 4 * j as u32) } as usize;
                 unsafe { *y.add(y_row * y_stride + row0 + r) = sum + b };
             }
             o += THREADS;
         }
-        first += 8 * FRAGMENTS;
+        first += TOKENS;
     }
 }
 
@@ -343,7 +393,7 @@ macro_rules! dense_kernel {
             let (n_in, n_out) = (n_in as usize, n_out as usize);
             let format = $format { $($field,)* n_in };
             unsafe {
-                product::<_, FRAGMENTS>(
+                product(
                     format,
                     (ROWS * block_idx(), n_out),
                     n_in,
@@ -397,7 +447,7 @@ pub unsafe extern "ptx-kernel" fn mma_rows_mxfp4_experts(
         (a / x_div, a)
     };
     unsafe {
-        product::<_, FRAGMENTS>(
+        product(
             format,
             (ROWS * block_idx(), rows),
             n_in,

@@ -15,18 +15,20 @@ use crate::{Gpu, Result, expect_len, shape_error, to_u32};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use std::ops::Range;
 
-/// Weight rows per block, threads per block and dynamic shared memory of the kernels.
+/// Weight rows per block, threads per block and dynamic shared memory of the kernels (the
+/// warps' staging areas for 32 tokens x 8 blocks of X and their scales, and the row tables).
 const ROWS: usize = 16;
 const THREADS: u32 = 128;
-const SHARED_BYTES: u32 = 4 * 4 * 32 * 16;
+const SHARED_BYTES: u32 = 4 * (32 * (8 * 32 + 16) + 2 * 4 * 8 * 32) + 2 * 4 * 32;
 
 /// Fewest and most activation rows of a dense product taken by [`Gpu::mma_rows`] by default
-/// (below: the multi-row GEMV; above: the f16 GEMM, whose time is flat to 64 rows and which the
-/// integer rows pass at about 12 on Llama-3.1-8B's Q4_K shapes on the H200); `ENGINE_MMA_ROWS=
+/// (below: the multi-row GEMV; above: the f16 GEMM, whose time is flat to 64 rows: with X staged
+/// in shared memory the integer rows beat it to 32 rows on Llama-3.1-8B's Q4_K shapes, decode
+/// steps of 16 and 32 sequences 1.65x and 1.36x faster, and lose at 64); `ENGINE_MMA_ROWS=
 /// min,max` sets others (`0,0`: never). Experts: every step of up to DEFAULT_EXPERT_TOKENS tokens
 /// (`ENGINE_MMA_EXPERT_TOKENS`), where they beat both the multi-row GEMV and the expert GEMM
 /// from 16 tokens on and match them below. Measurements: benches/NOTES.md.
-const DEFAULT_ROWS: (usize, usize) = (5, 12);
+const DEFAULT_ROWS: (usize, usize) = (5, 32);
 const DEFAULT_EXPERT_TOKENS: usize = 64;
 
 /// The range of rows for which [`Gpu::mma_rows`] is used.
