@@ -28,7 +28,7 @@ const SHARED_BYTES: u32 = 4 * (32 * (8 * 32 + 16) + 2 * 4 * 8 * 32) + 2 * 4 * 32
 /// min,max` sets others (`0,0`: never). Experts: every step of up to DEFAULT_EXPERT_TOKENS tokens
 /// (`ENGINE_MMA_EXPERT_TOKENS`), where they beat both the multi-row GEMV and the expert GEMM
 /// from 16 tokens on and match them below. Measurements: benches/NOTES.md.
-const DEFAULT_ROWS: (usize, usize) = (5, 32);
+const DEFAULT_ROWS: (usize, usize) = (3, 32);
 const DEFAULT_EXPERT_TOKENS: usize = 64;
 
 /// The range of rows for which [`Gpu::mma_rows`] is used.
