@@ -195,6 +195,11 @@ impl GpuBatch {
             starts: gpu.upload(if starts.is_empty() { &[0u32][..] } else { &starts })?,
         };
         let context = Context { gpu, integer_activations: model.integer_activations };
+        // A step of a few rows is a chain of short kernels, as a decode step is: launched with
+        // dependent launch (each kernel's blocks scheduled while its predecessor runs; every
+        // kernel of the sm_90 module waits for it first, host/src/pdl.rs). Prompt-sized steps
+        // keep it off (the prompt pass's GEMMs ran 4% slower with it).
+        let _dependent = DependentLaunch::new(gpu, n <= DEPENDENT_LAUNCH_ROWS);
         let mut hidden = gpu.alloc::<f32>(n * d)?;
         model.architecture.prefill(context, &mut model.kv, &batch, &mut hidden)?;
 
@@ -221,6 +226,25 @@ impl GpuBatch {
         let mut logits = gpu.alloc::<f32>(m * n_vocab)?;
         model.architecture.output().prefill(context, &rows, m, &mut logits)?;
         pick(gpu, &logits, m, n_vocab, picks)
+    }
+}
+
+/// Most rows of a step launched with dependent launch.
+const DEPENDENT_LAUNCH_ROWS: usize = 64;
+
+/// Dependent launch on for as long as this lives (off again on every path out of the step).
+struct DependentLaunch<'a>(&'a Gpu);
+
+impl<'a> DependentLaunch<'a> {
+    fn new(gpu: &'a Gpu, on: bool) -> Self {
+        gpu.set_dependent_launch(on);
+        DependentLaunch(gpu)
+    }
+}
+
+impl Drop for DependentLaunch<'_> {
+    fn drop(&mut self) {
+        self.0.set_dependent_launch(false);
     }
 }
 
