@@ -5,9 +5,8 @@
 # Usage: benches/batching-versus-llama-cpp.sh MODEL.gguf [ENGINE]
 #   ENGINE         the engine binary (default: .gpu/bin/engine if present, else target/release/engine)
 #   CONCURRENCY    comma-separated sequence counts (default 1,8,32,64)
-#   IN, OUT        prompt and generated tokens per sequence (default 1000 and 256, the issue's)
-#   LLAMA_BATCHED  a built llama-batched-bench; otherwise llama.cpp is built (CUDA, sm_90) from
-#                  LLAMA_SRC (default .llama/llamacpp-src.tar.gz) into LLAMA_BUILD (/tmp/llama-build)
+#   INPUT_LEN, OUTPUT_LEN  prompt and generated tokens per sequence (default 1000 and 256)
+#   LLAMA_BATCHED  a built llama-batched-bench; otherwise it is built (benches/llama-cpp.sh)
 #
 # Definitions. llama-batched-bench runs one wave of B sequences: all prompts (not shared), then
 # OUT decode steps of B tokens; S_TG = B*OUT / decode time, and B*OUT / total time is its output
@@ -21,21 +20,9 @@ engine=${2:-}
 if [ -z "$engine" ]; then
   if [ -x .gpu/bin/engine ]; then engine=.gpu/bin/engine; else engine=target/release/engine; fi
 fi
-levels=${CONCURRENCY:-1,8,32,64} in=${IN:-1000} out=${OUT:-256}
-if [ -z "${LLAMA_BATCHED:-}" ]; then
-  build=${LLAMA_BUILD:-/tmp/llama-build}
-  src=${LLAMA_SRC:-.llama/llamacpp-src.tar.gz}
-  if [ ! -x "$build/llama.cpp/build/bin/llama-batched-bench" ]; then
-    echo "building llama.cpp (CUDA, sm_90) in $build ..." >&2
-    mkdir -p "$build" && tar xzf "$src" -C "$build"
-    (cd "$build/llama.cpp" &&
-      cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF \
-        -DCMAKE_BUILD_TYPE=Release >/dev/null &&
-      cmake --build build -j"$(nproc)" --target llama-batched-bench >/dev/null)
-  fi
-  LLAMA_BATCHED=$build/llama.cpp/build/bin/llama-batched-bench
-fi
+levels=${CONCURRENCY:-1,8,32,64} in=${INPUT_LEN:-1000} out=${OUTPUT_LEN:-256}
+source "$(dirname "$0")/llama-cpp.sh"
+LLAMA_BATCHED=${LLAMA_BATCHED:-$(llama_tool llama-batched-bench)}
 largest=$(tr ',' '\n' <<<"$levels" | sort -n | tail -1)
 context=$((largest * (in + out) + 256))
 llama_jsonl=$(mktemp) llama_log=$(mktemp)

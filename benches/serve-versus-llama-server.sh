@@ -29,19 +29,8 @@ ctx=${CTX:-$((input_len + output_len + 64))}
 out=${OUT:-/tmp/serve-bench}
 mkdir -p "$out"
 
-if [ -z "${LLAMA_SERVER:-}" ]; then
-  build=${LLAMA_BUILD:-/tmp/llama-build}
-  src=${LLAMA_SRC:-.llama/llamacpp-src.tar.gz}
-  if [ ! -x "$build/llama.cpp/build/bin/llama-server" ]; then
-    echo "building llama.cpp's llama-server (CUDA, sm_90) in $build ..." >&2
-    mkdir -p "$build" && tar xzf "$src" -C "$build"
-    (cd "$build/llama.cpp" &&
-      cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null &&
-      cmake --build build -j"$(nproc)" --target llama-server >/dev/null)
-  fi
-  LLAMA_SERVER=$build/llama.cpp/build/bin/llama-server
-fi
+source "$(dirname "$0")/llama-cpp.sh"
+LLAMA_SERVER=${LLAMA_SERVER:-$(llama_tool llama-server)}
 
 # Waits until $1/health answers 200 (both servers answer 503 while loading).
 wait_healthy() {

@@ -17,19 +17,8 @@ if [ -z "$engine" ]; then
   if [ -x .gpu/bin/engine ]; then engine=.gpu/bin/engine; else engine=target/release/engine; fi
 fi
 pp=${PP:-512} tg=${TG:-128} reps=${REPS:-5}
-if [ -z "${LLAMA_BENCH:-}" ]; then
-  build=${LLAMA_BUILD:-/tmp/llama-build}
-  src=${LLAMA_SRC:-.llama/llamacpp-src.tar.gz}
-  if [ ! -x "$build/llama.cpp/build/bin/llama-bench" ]; then
-    echo "building llama.cpp (CUDA, sm_90) in $build ..." >&2
-    mkdir -p "$build" && tar xzf "$src" -C "$build"
-    (cd "$build/llama.cpp" &&
-      cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null &&
-      cmake --build build -j"$(nproc)" --target llama-bench >/dev/null)
-  fi
-  LLAMA_BENCH=$build/llama.cpp/build/bin/llama-bench
-fi
+source "$(dirname "$0")/llama-cpp.sh"
+LLAMA_BENCH=${LLAMA_BENCH:-$(llama_tool llama-bench)}
 llama_json=$(mktemp)
 "$LLAMA_BENCH" -m "$model" -p "$pp" -n "$tg" -r "$reps" -fa 1 -ngl 99 -o json >"$llama_json"
 engine_out=$("$engine" bench -m "$model" -p "$pp" -n "$tg" -r "$reps")
