@@ -134,22 +134,32 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
         pool.run(&|part, parts| {
             let rows = threads::split(n_out, part, parts);
             let mut tile: [&[Q8Block]; integer_dot::TILE] = [&[]; integer_dot::TILE];
-            let mut values = [0.0f32; integer_dot::TILE];
+            let mut values = [[0.0f32; integer_dot::TILE]; integer_dot::ROWS];
+            let mut weight_rows: [&[u8]; integer_dot::ROWS] = [&[]; integer_dot::ROWS];
             for chunk in (rows.start..rows.end).step_by(ROWS_PER_CHUNK) {
-                let chunk_rows = chunk..(chunk + ROWS_PER_CHUNK).min(rows.end);
+                let chunk_end = (chunk + ROWS_PER_CHUNK).min(rows.end);
                 for first in (0..n_tokens).step_by(integer_dot::TILE) {
                     let count = integer_dot::TILE.min(n_tokens - first);
                     for (t, slot) in tile[..count].iter_mut().enumerate() {
                         *slot = &activations[(first + t) * n_blocks..(first + t + 1) * n_blocks];
                     }
-                    for o in chunk_rows.clone() {
-                        let row = &bytes[o * row_bytes..(o + 1) * row_bytes];
-                        integer_dot::dot_tile(kernel, ty, row, &tile[..count], &mut values);
-                        let b = bias.map_or(0.0, |b| b[o]);
-                        for (t, value) in values[..count].iter().enumerate() {
-                            // SAFETY: row o belongs to this part only; the index is within out.
-                            unsafe { output.write((first + t) * n_out + o, value + b) };
+                    // One token: four rows at a time; more: two rows x the tile's tokens.
+                    let group = if count == 1 { 4 } else { 2 };
+                    let mut o = chunk;
+                    while o < chunk_end {
+                        let n_rows = if o + group <= chunk_end { group } else { 1 };
+                        for (r, slot) in weight_rows[..n_rows].iter_mut().enumerate() {
+                            *slot = &bytes[(o + r) * row_bytes..(o + r + 1) * row_bytes];
                         }
+                        integer_dot::dot_tile(kernel, ty, &weight_rows[..n_rows], &tile[..count], &mut values);
+                        for (r, row_values) in values[..n_rows].iter().enumerate() {
+                            let b = bias.map_or(0.0, |b| b[o + r]);
+                            for (t, value) in row_values[..count].iter().enumerate() {
+                                // SAFETY: row o + r belongs to this part only; the index is within out.
+                                unsafe { output.write((first + t) * n_out + o + r, value + b) };
+                            }
+                        }
+                        o += n_rows;
                     }
                 }
             }

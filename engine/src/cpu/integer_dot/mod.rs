@@ -19,8 +19,11 @@ use crate::gguf::GgmlType;
 use half::f16;
 use std::sync::OnceLock;
 
-/// Tokens per tile: four accumulators per row stay in registers beside the decoded block.
+/// Tokens per tile, and weight rows per tile: a decode step (one token) takes four rows at a
+/// time, a prompt two rows x four tokens, so that four to eight independent accumulators hide
+/// the FMA latency and each decoded weight block meets every token of the tile.
 pub const TILE: usize = 4;
+pub const ROWS: usize = 4;
 
 /// An activation block: scale, sum term (d * sum(q) rounded to f16, for Q4_1/Q5_1) and 32
 /// quantized values.
@@ -116,18 +119,32 @@ fn finish_block(block: &mut Q8Block, amax: f32, sum: i32) {
     block.s = f16::from_f32(d * sum as f32).to_f32();
 }
 
-/// out[t] = sum over blocks of weight `row` (type `ty`) . activations[t], for t < activations.len()
-/// (at most [`TILE`]); each activation row holds row's blocks' worth of [`Q8Block`]s.
-pub fn dot_tile(kernel: Kernel, ty: GgmlType, row: &[u8], activations: &[&[Q8Block]], out: &mut [f32]) {
-    assert!(activations.len() <= TILE && out.len() >= activations.len());
-    let n_blocks = row.len() / ty.block_bytes();
+/// out[r][t] = sum over blocks of weight row `rows[r]` (type `ty`) . activations[t], for up to
+/// [`ROWS`] rows of equal length and [`TILE`] tokens; each activation row holds the weight rows'
+/// blocks' worth of [`Q8Block`]s.
+pub fn dot_tile(
+    kernel: Kernel,
+    ty: GgmlType,
+    rows: &[&[u8]],
+    activations: &[&[Q8Block]],
+    out: &mut [[f32; TILE]],
+) {
+    assert!(activations.len() <= TILE && !activations.is_empty());
+    assert!(rows.len() <= ROWS && !rows.is_empty() && out.len() >= rows.len());
+    let row_bytes = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == row_bytes), "weight rows of different lengths");
+    let n_blocks = row_bytes / ty.block_bytes();
     assert!(activations.iter().all(|a| a.len() >= n_blocks), "activation rows shorter than the weight row");
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => x86::avx2::dot_tile(ty, row, activations, out),
+        Kernel::Avx2 => x86::avx2::dot_tile(ty, rows, activations, out),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => x86::avx512_vnni::dot_tile(ty, row, activations, out),
-        _ => dot_tile_scalar(ty, row, activations, out),
+        Kernel::Avx512Vnni => x86::avx512_vnni::dot_tile(ty, rows, activations, out),
+        _ => {
+            for (row, out) in rows.iter().zip(out) {
+                dot_tile_scalar(ty, row, activations, out);
+            }
+        }
     }
 }
 

@@ -73,26 +73,36 @@ proptest! {
         scales in proptest::collection::vec(0.001f32..2.0, 5),
         x in proptest::collection::vec(-4.0f32..4.0, 4 * 32 * 9),
         n_tokens in 1usize..=TILE,
+        n_rows in 1usize..=ROWS,
     ) {
         let rows: Vec<Vec<Q8Block>> = x.chunks_exact(32 * 9).map(quantized).collect();
         let activations: Vec<&[Q8Block]> = rows.iter().take(n_tokens).map(|r| r.as_slice()).collect();
         for ty in TYPES {
-            let row = weight_row(ty, 9, &bytes, &scales);
-            let mut reference = [0.0f32; TILE];
-            dot_tile_scalar(ty, &row, &activations, &mut reference);
+            let weights: Vec<Vec<u8>> =
+                (0..n_rows).map(|r| weight_row(ty, 9, &bytes[r..], &scales[r % 2..])).collect();
+            let rows: Vec<&[u8]> = weights.iter().map(|w| w.as_slice()).collect();
+            let mut reference = [[0.0f32; TILE]; ROWS];
+            for (r, row) in rows.iter().enumerate() {
+                dot_tile_scalar(ty, row, &activations, &mut reference[r]);
+            }
             // The size of the terms bounds what reordering their f32 sum can change.
-            let mut q = [0i32; 32];
-            let magnitude: f32 = row.chunks_exact(ty.block_bytes()).enumerate().map(|(k, block)| {
-                let (d, m) = weight_block(ty, block, &mut q);
-                let w: f32 = q.iter().map(|v| v.unsigned_abs() as f32).sum();
-                (d.abs() * w * 127.0 + m.abs() * 127.0 * 32.0) * activations.iter().map(|a| a[k].d).fold(0.0, f32::max)
-            }).sum();
+            let magnitude = |row: &[u8]| -> f32 {
+                let mut q = [0i32; 32];
+                row.chunks_exact(ty.block_bytes()).enumerate().map(|(k, block)| {
+                    let (d, m) = weight_block(ty, block, &mut q);
+                    let w: f32 = q.iter().map(|v| v.unsigned_abs() as f32).sum();
+                    let x = activations.iter().map(|a| a[k].d).fold(0.0, f32::max);
+                    (d.abs() * w * 127.0 + m.abs() * 127.0 * 32.0) * x
+                }).sum()
+            };
             for kernel in simd_kernels() {
-                let mut got = [0.0f32; TILE];
-                dot_tile(kernel, ty, &row, &activations, &mut got);
-                for t in 0..n_tokens {
-                    prop_assert!((got[t] - reference[t]).abs() <= magnitude * 1e-6 + 1e-30,
-                        "{} {:?} token {}: {} vs {}", ty, kernel, t, got[t], reference[t]);
+                let mut got = [[0.0f32; TILE]; ROWS];
+                dot_tile(kernel, ty, &rows, &activations, &mut got);
+                for r in 0..n_rows {
+                    for t in 0..n_tokens {
+                        prop_assert!((got[r][t] - reference[r][t]).abs() <= magnitude(rows[r]) * 1e-6 + 1e-30,
+                            "{} {:?} row {} token {}: {} vs {}", ty, kernel, r, t, got[r][t], reference[r][t]);
+                    }
                 }
             }
         }

@@ -180,66 +180,102 @@ macro_rules! kernels {
             _mm_cvtsi128_si32(_mm_add_epi32(half, _mm_shuffle_epi32(half, 0b10_11_00_01)))
         }
 
+        /// R weight rows against T tokens: each weight block decoded once per tile, each
+        /// activation block loaded once per tile, R x T independent accumulators.
         #[target_feature(enable = $features)]
-        unsafe fn tile<const TY: u8, const T: usize>(
-            row: &[u8],
+        unsafe fn tile<const TY: u8, const R: usize, const T: usize>(
+            rows: &[&[u8]],
             block_bytes: usize,
             activations: &[&[Q8Block]],
-            out: &mut [f32],
+            out: &mut [[f32; TILE]],
         ) {
-            let n_blocks = row.len() / block_bytes;
-            let rows: [&[Q8Block]; T] = std::array::from_fn(|t| &activations[t][..n_blocks]);
-            let mut accumulators = [_mm256_setzero_ps(); T];
-            let mut minimums = [0.0f32; T];
+            let n_blocks = rows[0].len() / block_bytes;
+            let mut row_pointers = [std::ptr::null::<u8>(); R];
+            for r in 0..R {
+                row_pointers[r] = rows[r].as_ptr();
+            }
+            let mut token_pointers = [std::ptr::null::<Q8Block>(); T];
+            for t in 0..T {
+                token_pointers[t] = activations[t].as_ptr();
+            }
+            let mut accumulators = [[_mm256_setzero_ps(); T]; R];
+            let mut minimums = [[0.0f32; T]; R];
             for k in 0..n_blocks {
-                // SAFETY: block k lies within `row`; each activation row holds n_blocks blocks.
-                unsafe {
-                    let (w, d, m) = decode::<TY>(row.as_ptr().add(k * block_bytes));
+                let mut x = [_mm256_setzero_si256(); T];
+                let (mut x_scale, mut x_sum) = ([0.0f32; T], [0.0f32; T]);
+                for t in 0..T {
+                    // SAFETY: each activation row holds n_blocks blocks (checked by the caller).
+                    unsafe {
+                        let a = &*token_pointers[t].add(k);
+                        x[t] = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
+                        x_scale[t] = a.d;
+                        x_sum[t] = a.s;
+                    }
+                }
+                for r in 0..R {
+                    // SAFETY: block k lies within each row (all rows have n_blocks blocks).
+                    let (w, d, m) = unsafe { decode::<TY>(row_pointers[r].add(k * block_bytes)) };
+                    let magnitude = if signed(TY) { _mm256_sign_epi8(w, w) } else { w };
                     for t in 0..T {
-                        let a = rows[t].get_unchecked(k);
-                        let x = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
-                        let lanes = _mm256_cvtepi32_ps(block_lanes::<TY>(w, x));
-                        accumulators[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), lanes, accumulators[t]);
+                        let signed_x = if signed(TY) { _mm256_sign_epi8(x[t], w) } else { x[t] };
+                        let lanes = _mm256_cvtepi32_ps(unsigned_dot(magnitude, signed_x));
+                        accumulators[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x_scale[t]), lanes, accumulators[r][t]);
                         if !signed(TY) {
-                            minimums[t] += m * a.s;
+                            minimums[r][t] += m * x_sum[t];
                         }
                     }
                 }
             }
-            for t in 0..T {
-                out[t] = sum_f32(accumulators[t]) + minimums[t];
+            for r in 0..R {
+                for t in 0..T {
+                    out[r][t] = sum_f32(accumulators[r][t]) + minimums[r][t];
+                }
             }
         }
 
         #[target_feature(enable = $features)]
-        unsafe fn tile_of<const T: usize>(ty: GgmlType, row: &[u8], activations: &[&[Q8Block]], out: &mut [f32]) {
+        unsafe fn tile_of<const R: usize, const T: usize>(
+            ty: GgmlType,
+            rows: &[&[u8]],
+            activations: &[&[Q8Block]],
+            out: &mut [[f32; TILE]],
+        ) {
             let bytes = ty.block_bytes();
             // SAFETY: the caller checked the sizes; the features are enabled here.
             unsafe {
                 match ty {
-                    GgmlType::Q4_0 => tile::<Q4_0, T>(row, bytes, activations, out),
-                    GgmlType::Q4_1 => tile::<Q4_1, T>(row, bytes, activations, out),
-                    GgmlType::Q5_0 => tile::<Q5_0, T>(row, bytes, activations, out),
-                    GgmlType::Q5_1 => tile::<Q5_1, T>(row, bytes, activations, out),
-                    GgmlType::Q8_0 => tile::<Q8_0, T>(row, bytes, activations, out),
-                    GgmlType::Mxfp4 => tile::<MXFP4, T>(row, bytes, activations, out),
+                    GgmlType::Q4_0 => tile::<Q4_0, R, T>(rows, bytes, activations, out),
+                    GgmlType::Q4_1 => tile::<Q4_1, R, T>(rows, bytes, activations, out),
+                    GgmlType::Q5_0 => tile::<Q5_0, R, T>(rows, bytes, activations, out),
+                    GgmlType::Q5_1 => tile::<Q5_1, R, T>(rows, bytes, activations, out),
+                    GgmlType::Q8_0 => tile::<Q8_0, R, T>(rows, bytes, activations, out),
+                    GgmlType::Mxfp4 => tile::<MXFP4, R, T>(rows, bytes, activations, out),
                     _ => unreachable!("{ty} has no integer kernel"),
                 }
             }
         }
 
-        /// See `integer_dot::dot_tile`; the caller checked the sizes and the features.
-        pub fn dot_tile(ty: GgmlType, row: &[u8], activations: &[&[Q8Block]], out: &mut [f32]) {
+        /// See `integer_dot::dot_tile`; the caller checked the sizes. Shapes other than
+        /// 4 rows x 1 token and 2 rows x 2-4 tokens go a row at a time.
+        pub fn dot_tile(ty: GgmlType, rows: &[&[u8]], activations: &[&[Q8Block]], out: &mut [[f32; TILE]]) {
             assert!(supported());
             // SAFETY: the features are present (asserted) and the sizes were checked by the caller.
             unsafe {
-                match activations.len() {
-                    1 => tile_of::<1>(ty, row, activations, out),
-                    2 => tile_of::<2>(ty, row, activations, out),
-                    3 => tile_of::<3>(ty, row, activations, out),
-                    _ => {
-                        const _: () = assert!(TILE == 4);
-                        tile_of::<4>(ty, row, activations, out)
+                match (rows.len(), activations.len()) {
+                    (4, 1) => return tile_of::<4, 1>(ty, rows, activations, out),
+                    (2, 2) => return tile_of::<2, 2>(ty, rows, activations, out),
+                    (2, 3) => return tile_of::<2, 3>(ty, rows, activations, out),
+                    (2, 4) => return tile_of::<2, 4>(ty, rows, activations, out),
+                    _ => {}
+                }
+                for (r, row) in rows.iter().enumerate() {
+                    let one = std::slice::from_ref(row);
+                    let out = &mut out[r..r + 1];
+                    match activations.len() {
+                        1 => tile_of::<1, 1>(ty, one, activations, out),
+                        2 => tile_of::<1, 2>(ty, one, activations, out),
+                        3 => tile_of::<1, 3>(ty, one, activations, out),
+                        _ => tile_of::<1, 4>(ty, one, activations, out),
                     }
                 }
             }
