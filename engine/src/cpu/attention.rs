@@ -23,10 +23,15 @@ pub fn causal_attention(
     let kv_stride = n_head_kv * head_dim;
     assert!(keys.len() >= (start + n_tokens) * kv_stride);
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let mut scores = Vec::new();
-    for t in 0..n_tokens {
-        let position = start + t;
-        for h in 0..n_head {
+    // The (token, head) pairs are independent: split them over the pool's threads (the numbers
+    // do not depend on the split).
+    let output = super::threads::SharedOutput(out.as_mut_ptr());
+    super::threads::pool().run(&|part, parts| {
+        let mut scores = Vec::new();
+        let mut accumulator = vec![0.0f64; head_dim];
+        for pair in super::threads::split(n_tokens * n_head, part, parts) {
+            let (t, h) = (pair / n_head, pair % n_head);
+            let position = start + t;
             let kv_head = h / group;
             let query = &q[(t * n_head + h) * head_dim..][..head_dim];
             scores.clear();
@@ -41,16 +46,21 @@ pub fn causal_attention(
                 *s = (*s - max).exp();
                 total += *s;
             }
-            let output = &mut out[(t * n_head + h) * head_dim..][..head_dim];
-            for (d, o) in output.iter_mut().enumerate() {
-                let mut acc = 0.0f64;
-                for (p, &w) in scores.iter().enumerate() {
-                    acc += w * values[p * kv_stride + kv_head * head_dim + d] as f64;
+            // Position by position (each value row read once, in order); every output element
+            // still sums its terms in position order.
+            accumulator.fill(0.0);
+            for (p, &w) in scores.iter().enumerate() {
+                let value = &values[p * kv_stride + kv_head * head_dim..][..head_dim];
+                for (a, &v) in accumulator.iter_mut().zip(value) {
+                    *a += w * v as f64;
                 }
-                *o = (acc / total) as f32;
+            }
+            for (d, &a) in accumulator.iter().enumerate() {
+                // SAFETY: pair (t, h) belongs to this part only; the index is within out.
+                unsafe { output.write((t * n_head + h) * head_dim + d, (a / total) as f32) };
             }
         }
-    }
+    });
 }
 
 /// The general form of causal attention that the GPU's paged kernels compute.
