@@ -1,5 +1,9 @@
-//! The CPU backend's one thread pool: N - 1 persistent workers plus the calling thread, each
-//! taking part `i` of N of a job (the caller splits rows evenly with [`split`]). A decode step of
+//! The CPU backend's one thread pool: N - 1 persistent workers plus the calling thread share the
+//! N parts of a job (the caller splits rows evenly with [`split`]), each part claimed from an
+//! atomic counter by whichever thread comes first. On an idle machine each thread takes one part;
+//! when a worker is not scheduled (more threads than free cores, e.g. beside a build), the
+//! calling thread takes its part too instead of waiting for it, and the job closes: a worker that
+//! arrives after that sees the job closed and leaves it alone. A decode step of
 //! a small model is a few hundred jobs of tens of microseconds each, so starting a job must cost
 //! well under a microsecond: workers spin on a generation counter for a short while after each
 //! job, then sleep on a condition variable (so that an idle engine, or a machine with more
@@ -9,7 +13,7 @@
 //! A job started while another runs (a second thread calling in, as tests do, or a job inside a
 //! job) runs all its parts on the calling thread: the parts are the same, so are the results.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 
@@ -20,11 +24,15 @@ const SPINS: usize = 20_000;
 type Job<'a> = dyn Fn(usize, usize) + Sync + 'a;
 
 struct Shared {
-    /// Bumped once per job; a worker runs a job when it sees a new value.
+    /// Bumped once per job; a worker looks for parts when it sees a new value.
     generation: AtomicUsize,
-    /// Workers still running the current job.
-    remaining: AtomicUsize,
-    /// The current job, valid while `remaining` > 0 for this generation.
+    /// The next unclaimed part of the current job.
+    next_part: AtomicUsize,
+    /// Whether the current job still takes helpers.
+    open: AtomicBool,
+    /// Workers inside the current job.
+    active: AtomicUsize,
+    /// The current job, valid while it is open or a worker is inside it.
     job: Mutex<Option<JobPointer>>,
     sleeping: Mutex<usize>,
     wake: Condvar,
@@ -33,7 +41,7 @@ struct Shared {
 
 #[derive(Clone, Copy)]
 struct JobPointer(*const Job<'static>);
-// SAFETY: the pointee is Sync and outlives every use (run waits for all workers before returning).
+// SAFETY: the pointee is Sync and outlives every use (run waits for the workers inside the job).
 unsafe impl Send for JobPointer {}
 
 pub struct Pool {
@@ -74,7 +82,9 @@ impl Pool {
         let n_threads = n_threads.max(1);
         let shared = Arc::new(Shared {
             generation: AtomicUsize::new(0),
-            remaining: AtomicUsize::new(0),
+            next_part: AtomicUsize::new(0),
+            open: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
             job: Mutex::new(None),
             sleeping: Mutex::new(0),
             wake: Condvar::new(),
@@ -84,7 +94,7 @@ impl Pool {
             let shared = shared.clone();
             thread::Builder::new()
                 .name(format!("engine-cpu-{index}"))
-                .spawn(move || worker(&shared, index))
+                .spawn(move || worker(&shared))
                 .expect("spawning a CPU worker thread");
         }
         Pool { shared, busy: Mutex::new(()) }
@@ -94,8 +104,8 @@ impl Pool {
         self.shared.n_threads
     }
 
-    /// Runs `job(part, parts)` for every part in 0..parts, parts = the pool's threads, and returns
-    /// when all are done. The calling thread runs part 0.
+    /// Runs `job(part, parts)` once for every part in 0..parts, parts = the pool's threads, and
+    /// returns when all are done; which thread runs which part is not fixed.
     pub fn run(&self, job: &(dyn Fn(usize, usize) + Sync)) {
         let n = self.shared.n_threads;
         let Ok(_guard) = (if n > 1 { self.busy.try_lock() } else { Err(std::sync::TryLockError::WouldBlock) })
@@ -110,17 +120,20 @@ impl Pool {
         // every worker has finished with the pointer.
         let pointer: *const Job<'static> = unsafe { std::mem::transmute(job as *const Job<'_>) };
         *shared.job.lock().expect("pool lock") = Some(JobPointer(pointer));
-        shared.remaining.store(n - 1, Ordering::Release);
-        shared.generation.fetch_add(1, Ordering::Release);
+        shared.next_part.store(0, Ordering::SeqCst);
+        shared.open.store(true, Ordering::SeqCst);
+        shared.generation.fetch_add(1, Ordering::SeqCst);
         {
             let sleeping = shared.sleeping.lock().expect("pool lock");
             if *sleeping > 0 {
                 shared.wake.notify_all();
             }
         }
-        job(0, n);
+        take_parts(shared, job);
+        // Every part is claimed; close the job, then wait for the workers inside it.
+        shared.open.store(false, Ordering::SeqCst);
         let mut spins = 0usize;
-        while shared.remaining.load(Ordering::Acquire) > 0 {
+        while shared.active.load(Ordering::SeqCst) > 0 {
             spins += 1;
             if spins < SPINS {
                 std::hint::spin_loop();
@@ -132,7 +145,19 @@ impl Pool {
     }
 }
 
-fn worker(shared: &Shared, index: usize) {
+/// Runs unclaimed parts of the current job until none is left.
+fn take_parts(shared: &Shared, job: &Job<'_>) {
+    let n = shared.n_threads;
+    loop {
+        let part = shared.next_part.fetch_add(1, Ordering::SeqCst);
+        if part >= n {
+            return;
+        }
+        job(part, n);
+    }
+}
+
+fn worker(shared: &Shared) {
     let mut seen = 0usize;
     loop {
         let mut spins = 0usize;
@@ -154,10 +179,17 @@ fn worker(shared: &Shared, index: usize) {
             *sleeping -= 1;
         };
         seen = generation;
-        let job = shared.job.lock().expect("pool lock").expect("a job is published before its generation");
-        // SAFETY: `run` keeps the job alive until `remaining` reaches zero, which needs us.
-        unsafe { (*job.0)(index, shared.n_threads) };
-        shared.remaining.fetch_sub(1, Ordering::Release);
+        // Announce ourselves before looking: once `run` has closed the job and seen no worker
+        // inside, it may end, and a worker that comes later must see the job closed.
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        if shared.open.load(Ordering::SeqCst) {
+            let job = *shared.job.lock().expect("pool lock");
+            if let Some(job) = job {
+                // SAFETY: `run` keeps the job alive while it is open or we are inside it.
+                take_parts(shared, unsafe { &*job.0 });
+            }
+        }
+        shared.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
