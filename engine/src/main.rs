@@ -561,7 +561,12 @@ fn run_cpu_bench(
     println!("|---|---|---|---|");
     if prompt_tokens > 0 {
         let runs = &report.prefill_runs;
-        println!("| pp{prompt_tokens} | {:.1} | {:.1} | {} |", report.prefill_tps(), spread(runs), runs.len());
+        println!(
+            "| pp{prompt_tokens} | {:.1} | {:.1} | {} |",
+            report.prefill_tps(),
+            spread(runs),
+            runs.len()
+        );
     }
     if gen_tokens > 0 {
         let runs = &report.decode_runs;

@@ -123,7 +123,10 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
                 let tokens = threads::split(n_tokens, part, parts);
                 // SAFETY: each part quantizes its own tokens' blocks.
                 let mine = unsafe {
-                    std::slice::from_raw_parts_mut(blocks.get().add(tokens.start * n_blocks), tokens.len() * n_blocks)
+                    std::slice::from_raw_parts_mut(
+                        blocks.get().add(tokens.start * n_blocks),
+                        tokens.len() * n_blocks,
+                    )
                 };
                 integer_dot::quantize(kernel, &x[tokens.start * n_in..tokens.end * n_in], mine);
             });
@@ -151,7 +154,13 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
                         for (r, slot) in weight_rows[..n_rows].iter_mut().enumerate() {
                             *slot = &bytes[(o + r) * row_bytes..(o + r + 1) * row_bytes];
                         }
-                        integer_dot::dot_tile(kernel, ty, &weight_rows[..n_rows], &tile[..count], &mut values);
+                        integer_dot::dot_tile(
+                            kernel,
+                            ty,
+                            &weight_rows[..n_rows],
+                            &tile[..count],
+                            &mut values,
+                        );
                         for (r, row_values) in values[..n_rows].iter().enumerate() {
                             let b = bias.map_or(0.0, |b| b[o + r]);
                             for (t, value) in row_values[..count].iter().enumerate() {

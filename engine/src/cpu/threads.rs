@@ -65,7 +65,8 @@ pub fn pool() -> &'static Pool {
     GLOBAL.get_or_init(|| {
         let from_env = std::env::var("ENGINE_THREADS").ok().and_then(|v| v.parse().ok());
         let requested = from_env.unwrap_or(REQUESTED.load(Ordering::Relaxed));
-        let n = if requested > 0 { requested } else { thread::available_parallelism().map_or(1, |n| n.get()) };
+        let n =
+            if requested > 0 { requested } else { thread::available_parallelism().map_or(1, |n| n.get()) };
         Pool::new(n)
     })
 }
@@ -108,7 +109,8 @@ impl Pool {
     /// returns when all are done; which thread runs which part is not fixed.
     pub fn run(&self, job: &(dyn Fn(usize, usize) + Sync)) {
         let n = self.shared.n_threads;
-        let Ok(_guard) = (if n > 1 { self.busy.try_lock() } else { Err(std::sync::TryLockError::WouldBlock) })
+        let Ok(_guard) =
+            (if n > 1 { self.busy.try_lock() } else { Err(std::sync::TryLockError::WouldBlock) })
         else {
             for part in 0..n {
                 job(part, n);

@@ -453,7 +453,9 @@ impl GgufFile {
             if last > first {
                 // SAFETY: DONTNEED on a read-only file mapping only drops pages; later reads see
                 // the file's bytes again, which are the same bytes.
-                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+                };
             }
         }
     }

@@ -137,7 +137,11 @@ macro_rules! kernels {
                         let values = _mm256_or_si256(nibbles(p.add(6)), fifth_bits(p.add(2)));
                         (_mm256_sub_epi8(values, _mm256_set1_epi8(16)), f16_at(p), 0.0)
                     }
-                    Q5_1 => (_mm256_or_si256(nibbles(p.add(8)), fifth_bits(p.add(4))), f16_at(p), f16_at(p.add(2))),
+                    Q5_1 => (
+                        _mm256_or_si256(nibbles(p.add(8)), fifth_bits(p.add(4))),
+                        f16_at(p),
+                        f16_at(p.add(2)),
+                    ),
                     Q8_0 => (_mm256_loadu_si256(p.add(2) as *const __m256i), f16_at(p), 0.0),
                     _ => {
                         let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(
@@ -219,7 +223,8 @@ macro_rules! kernels {
                     for t in 0..T {
                         let signed_x = if signed(TY) { _mm256_sign_epi8(x[t], w) } else { x[t] };
                         let lanes = _mm256_cvtepi32_ps(unsigned_dot(magnitude, signed_x));
-                        accumulators[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x_scale[t]), lanes, accumulators[r][t]);
+                        accumulators[r][t] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(d * x_scale[t]), lanes, accumulators[r][t]);
                         if !signed(TY) {
                             minimums[r][t] += m * x_sum[t];
                         }
@@ -282,7 +287,11 @@ macro_rules! kernels {
         }
 
         #[target_feature(enable = $features)]
-        unsafe fn block_dots_of<const TY: u8>(row: &[u8], block_bytes: usize, activations: &[Q8Block]) -> Vec<i32> {
+        unsafe fn block_dots_of<const TY: u8>(
+            row: &[u8],
+            block_bytes: usize,
+            activations: &[Q8Block],
+        ) -> Vec<i32> {
             (0..row.len() / block_bytes)
                 .map(|k| {
                     // SAFETY: block k lies within `row`.
