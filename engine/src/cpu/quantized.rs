@@ -146,8 +146,10 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
                     for (t, slot) in tile[..count].iter_mut().enumerate() {
                         *slot = &activations[(first + t) * n_blocks..(first + t + 1) * n_blocks];
                     }
-                    // One token: four rows at a time; more: two rows x the tile's tokens.
-                    let group = if count == 1 { 4 } else { 2 };
+                    // One token: four rows at a time; more: two (or four) rows x the tile's tokens.
+                    // With AVX-512's 32 vector registers, 4 rows x 4 tokens (16 accumulators).
+                    let wide = count == 4 && kernel == integer_dot::Kernel::Avx512Vnni;
+                    let group = if count == 1 || wide { 4 } else { 2 };
                     let mut o = chunk;
                     while o < chunk_end {
                         let n_rows = if o + group <= chunk_end { group } else { 1 };

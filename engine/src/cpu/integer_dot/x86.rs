@@ -261,7 +261,7 @@ macro_rules! kernels {
         }
 
         /// See `integer_dot::dot_tile`; the caller checked the sizes. Shapes other than
-        /// 4 rows x 1 token and 2 rows x 2-4 tokens go a row at a time.
+        /// 4 rows x 1 or 4 tokens and 2 rows x 2-4 tokens go a row at a time.
         pub fn dot_tile(ty: GgmlType, rows: &[&[u8]], activations: &[&[Q8Block]], out: &mut [[f32; TILE]]) {
             assert!(supported());
             // SAFETY: the features are present (asserted) and the sizes were checked by the caller.
@@ -271,6 +271,7 @@ macro_rules! kernels {
                     (2, 2) => return tile_of::<2, 2>(ty, rows, activations, out),
                     (2, 3) => return tile_of::<2, 3>(ty, rows, activations, out),
                     (2, 4) => return tile_of::<2, 4>(ty, rows, activations, out),
+                    (4, 4) => return tile_of::<4, 4>(ty, rows, activations, out),
                     _ => {}
                 }
                 for (r, row) in rows.iter().enumerate() {
