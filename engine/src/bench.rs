@@ -34,7 +34,8 @@ impl BenchReport {
     }
 }
 
-fn median(values: &[f64]) -> f64 {
+/// The middle value (the upper one of an even count).
+pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[sorted.len() / 2]

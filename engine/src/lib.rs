@@ -3,6 +3,7 @@
 
 pub mod batching;
 pub mod bench;
+pub mod bench_cpu;
 pub mod chat;
 pub mod cpu;
 pub mod cuda;

@@ -103,10 +103,14 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
-    /// Measure prefill and decode speed on the GPU, as llama-bench does (pp and tg tests).
+    /// Measure prefill and decode speed on the GPU (or with --backend cpu on the CPU), as
+    /// llama-bench does (pp and tg tests).
     Bench {
         #[command(flatten)]
         model: ModelArgs,
+        /// CPU threads (llama-bench -t; with --backend cpu). Default: one per core.
+        #[arg(long, short = 't')]
+        threads: Option<usize>,
         /// Prompt tokens processed in one forward pass (llama-bench -p).
         #[arg(long, short = 'p', default_value_t = 512)]
         prompt_tokens: usize,
@@ -450,6 +454,14 @@ fn run(cli: Cli) -> Result<()> {
             let workload = ThroughputArgs { concurrency, input_len, output_len, num_requests, output };
             run_throughput(&model, &batch, &workload)
         }
+        Command::Bench { model, prompt_tokens, gen_tokens, repeats, threads, .. }
+            if model.backend == Backend::Cpu =>
+        {
+            if repeats == 0 {
+                bail!("--repeats must be at least 1");
+            }
+            run_cpu_bench(model, prompt_tokens, gen_tokens, repeats, threads)
+        }
         Command::Bench { mut model, prompt_tokens, gen_tokens, repeats, .. } => {
             if repeats == 0 {
                 bail!("--repeats must be at least 1");
@@ -512,6 +524,56 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `engine bench --backend cpu`: the pp/tg table of the GPU bench, for the CPU backend.
+fn run_cpu_bench(
+    mut model: ModelArgs,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    repeats: usize,
+    threads: Option<usize>,
+) -> Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        engine::cpu::threads::set_threads(n);
+    }
+    if model.ctx_size.is_none() {
+        model.ctx_size = Some(prompt_tokens.max(gen_tokens).max(1));
+    }
+    let loaded = load(&model)?;
+    let Runner::Cpu(cpu_model) = &loaded.runner else { bail!("the model did not load on the CPU") };
+    let pool_threads = engine::cpu::threads::pool().n_threads();
+    let report = engine::bench_cpu::run(cpu_model, prompt_tokens, gen_tokens, repeats)?;
+    let spread = |runs: &[f64]| {
+        let mean = runs.iter().sum::<f64>() / runs.len().max(1) as f64;
+        let var = runs.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / runs.len().max(1) as f64;
+        var.sqrt()
+    };
+    println!("model: {}", model_path(model.model.as_deref())?.display());
+    println!(
+        "CPU: {pool_threads} threads, kernel {:?}, numerics {:?}",
+        engine::cpu::integer_dot::kernel(),
+        cpu_model.numerics()
+    );
+    println!("| test | tok/s | ± | runs |");
+    println!("|---|---|---|---|");
+    if prompt_tokens > 0 {
+        let runs = &report.prefill_runs;
+        println!(
+            "| pp{prompt_tokens} | {:.1} | {:.1} | {} |",
+            report.prefill_tps(),
+            spread(runs),
+            runs.len()
+        );
+    }
+    if gen_tokens > 0 {
+        let runs = &report.decode_runs;
+        println!("| tg{gen_tokens} | {:.1} | {:.1} | {} |", report.decode_tps(), spread(runs), runs.len());
+    }
+    Ok(())
 }
 
 enum Runner {

@@ -23,10 +23,15 @@ pub fn causal_attention(
     let kv_stride = n_head_kv * head_dim;
     assert!(keys.len() >= (start + n_tokens) * kv_stride);
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let mut scores = Vec::new();
-    for t in 0..n_tokens {
-        let position = start + t;
-        for h in 0..n_head {
+    // The (token, head) pairs are independent: split them over the pool's threads (the numbers
+    // do not depend on the split).
+    let output = super::threads::SharedOutput(out.as_mut_ptr());
+    super::threads::pool().run(&|part, parts| {
+        let mut scores = Vec::new();
+        let mut accumulator = vec![0.0f64; head_dim];
+        for pair in super::threads::split(n_tokens * n_head, part, parts) {
+            let (t, h) = (pair / n_head, pair % n_head);
+            let position = start + t;
             let kv_head = h / group;
             let query = &q[(t * n_head + h) * head_dim..][..head_dim];
             scores.clear();
@@ -41,16 +46,21 @@ pub fn causal_attention(
                 *s = (*s - max).exp();
                 total += *s;
             }
-            let output = &mut out[(t * n_head + h) * head_dim..][..head_dim];
-            for (d, o) in output.iter_mut().enumerate() {
-                let mut acc = 0.0f64;
-                for (p, &w) in scores.iter().enumerate() {
-                    acc += w * values[p * kv_stride + kv_head * head_dim + d] as f64;
+            // Position by position (each value row read once, in order); every output element
+            // still sums its terms in position order.
+            accumulator.fill(0.0);
+            for (p, &w) in scores.iter().enumerate() {
+                let value = &values[p * kv_stride + kv_head * head_dim..][..head_dim];
+                for (a, &v) in accumulator.iter_mut().zip(value) {
+                    *a += w * v as f64;
                 }
-                *o = (acc / total) as f32;
+            }
+            for (d, &a) in accumulator.iter().enumerate() {
+                // SAFETY: pair (t, h) belongs to this part only; the index is within out.
+                unsafe { output.write((t * n_head + h) * head_dim + d, (a / total) as f32) };
             }
         }
-    }
+    });
 }
 
 /// The general form of causal attention that the GPU's paged kernels compute.
@@ -172,16 +182,22 @@ pub fn causal_attention_f16(
     head_dim: usize,
 ) {
     let n_tokens = q.len() / (n_head * head_dim);
+    assert_eq!(out.len(), q.len());
     let group = n_head / n_head_kv;
     let kv_stride = n_head_kv * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut accumulator = vec![0.0f32; head_dim];
-    for t in 0..n_tokens {
-        let position = start + t;
-        for h in 0..n_head {
+    // The (token, head) pairs are independent: split them over the pool's threads.
+    let output = super::threads::SharedOutput(out.as_mut_ptr());
+    super::threads::pool().run(&|part, parts| {
+        let mut accumulator = vec![0.0f32; head_dim];
+        let mut query = vec![0.0f32; head_dim];
+        for pair in super::threads::split(n_tokens * n_head, part, parts) {
+            let (t, h) = (pair / n_head, pair % n_head);
+            let position = start + t;
             let kv_head = h / group;
-            let query: Vec<f32> =
-                q[(t * n_head + h) * head_dim..][..head_dim].iter().map(|&v| round_f16(v)).collect();
+            for (r, &v) in query.iter_mut().zip(&q[(t * n_head + h) * head_dim..][..head_dim]) {
+                *r = round_f16(v);
+            }
             accumulator.fill(0.0);
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
             for p in 0..=position {
@@ -191,22 +207,90 @@ pub fn causal_attention_f16(
                 let (rescale, weight) = if s > max {
                     let rescale = (max - s).exp();
                     max = s;
-                    for a in accumulator.iter_mut() {
-                        *a = round_f16(*a * rescale);
-                    }
+                    scale_rounding_to_f16(&mut accumulator, rescale);
                     (rescale, 1.0)
                 } else {
                     (1.0, (s - max).exp())
                 };
-                for (a, &v) in accumulator.iter_mut().zip(value) {
-                    *a = round_f16(*a + v * weight);
-                }
+                add_rounding_to_f16(&mut accumulator, value, weight);
                 sum = sum * rescale + weight;
             }
             let inverse = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-            for (o, a) in out[(t * n_head + h) * head_dim..][..head_dim].iter_mut().zip(&accumulator) {
-                *o = a * inverse;
+            for (d, a) in accumulator.iter().enumerate() {
+                // SAFETY: pair (t, h) belongs to this part only; the index is within out.
+                unsafe { output.write((t * n_head + h) * head_dim + d, a * inverse) };
             }
+        }
+    });
+}
+
+/// a = round_f16(a * factor) for every a. F16C's conversions round to nearest even, as
+/// [`round_f16`] does, so both forms give the same bits.
+fn scale_rounding_to_f16(accumulator: &mut [f32], factor: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx") && is_x86_feature_detected!("f16c") {
+        // SAFETY: AVX and F16C are present.
+        return unsafe { f16c::scale(accumulator, factor) };
+    }
+    for a in accumulator.iter_mut() {
+        *a = round_f16(*a * factor);
+    }
+}
+
+/// a = round_f16(a + v * weight) for every a and its v (a product, then a sum, both in f32).
+fn add_rounding_to_f16(accumulator: &mut [f32], value: &[f32], weight: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx") && is_x86_feature_detected!("f16c") {
+        // SAFETY: AVX and F16C are present.
+        return unsafe { f16c::add_scaled(accumulator, value, weight) };
+    }
+    for (a, &v) in accumulator.iter_mut().zip(value) {
+        *a = round_f16(*a + v * weight);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use super::round_f16;
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx,f16c")]
+    fn round(x: __m256) -> __m256 {
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+    }
+
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn scale(accumulator: &mut [f32], factor: f32) {
+        let whole = accumulator.len() / 8 * 8;
+        let f = _mm256_set1_ps(factor);
+        for i in (0..whole).step_by(8) {
+            // SAFETY: i + 8 <= len.
+            unsafe {
+                let p = accumulator.as_mut_ptr().add(i);
+                _mm256_storeu_ps(p, round(_mm256_mul_ps(_mm256_loadu_ps(p), f)));
+            }
+        }
+        for a in &mut accumulator[whole..] {
+            *a = round_f16(*a * factor);
+        }
+    }
+
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn add_scaled(accumulator: &mut [f32], value: &[f32], weight: f32) {
+        assert!(value.len() >= accumulator.len());
+        let whole = accumulator.len() / 8 * 8;
+        let w = _mm256_set1_ps(weight);
+        for i in (0..whole).step_by(8) {
+            // SAFETY: i + 8 <= len <= value.len().
+            unsafe {
+                let p = accumulator.as_mut_ptr().add(i);
+                let v = _mm256_loadu_ps(value.as_ptr().add(i));
+                _mm256_storeu_ps(p, round(_mm256_add_ps(_mm256_loadu_ps(p), _mm256_mul_ps(v, w))));
+            }
+        }
+        for (a, &v) in accumulator[whole..].iter_mut().zip(&value[whole..]) {
+            *a = round_f16(*a + v * weight);
         }
     }
 }
@@ -214,6 +298,25 @@ pub fn causal_attention_f16(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn the_f16c_rounding_steps_match_the_scalar_ones(
+            values in proptest::collection::vec((-70000.0f32..70000.0, -3.0f32..3.0), 1..40),
+            factor in 0.0f32..1.0,
+            weight in 0.0f32..1.0,
+        ) {
+            let (accumulator, value): (Vec<f32>, Vec<f32>) = values.into_iter().unzip();
+            let mut scaled = accumulator.clone();
+            scale_rounding_to_f16(&mut scaled, factor);
+            let mut added = accumulator.clone();
+            add_rounding_to_f16(&mut added, &value, weight);
+            for i in 0..accumulator.len() {
+                proptest::prop_assert_eq!(scaled[i].to_bits(), round_f16(accumulator[i] * factor).to_bits());
+                proptest::prop_assert_eq!(added[i].to_bits(), round_f16(accumulator[i] + value[i] * weight).to_bits());
+            }
+        }
+    }
 
     #[test]
     fn first_position_attends_only_to_itself() {

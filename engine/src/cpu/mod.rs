@@ -6,9 +6,11 @@
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod integer_dot;
 pub mod matmul;
 pub mod moe;
 pub mod norm;
 pub mod quantized;
 pub mod rope;
 pub mod softmax;
+pub mod threads;

@@ -10,12 +10,13 @@
 //! and gives the same numbers llama.cpp gives, which is what makes greedy continuations comparable:
 //! the alternative, f32 activations against dequantized weights, is more exact but differs from
 //! llama.cpp by about the activation rounding, enough to flip near-ties between the top two tokens.
-//! Other types (K-quants) are dequantized a row at a time and use f32 activations.
+//! Other types (K-quants) are dequantized a row at a time and use f32 activations. The block
+//! kernels are in `integer_dot/` (scalar, AVX2, AVX-512 VNNI), the threads in `threads.rs`.
 
+use super::integer_dot::{self, Q8Block};
 use super::matmul::dot;
+use super::threads::{self, SharedOutput};
 use crate::gguf::{GgmlType, dequantize};
-use half::f16;
-use rayon::prelude::*;
 
 /// A weight matrix [n_out, n_in], f32 or in its stored block format.
 pub enum Matrix {
@@ -59,87 +60,29 @@ impl Matrix {
     }
 }
 
-/// Activation blocks: scale, sum term (d * sum(q), Q8_1 only) and 32 quantized values.
-struct Q8Block {
-    d: f32,
-    s: f32,
-    q: [i8; 32],
+/// Weight rows a part of a job takes at a time: their blocks stay in cache while every tile of
+/// tokens passes over them (64 rows of a 4096-wide Q8_0 matrix: 280 KB).
+const ROWS_PER_CHUNK: usize = 64;
+
+thread_local! {
+    /// The calling thread's quantized activations, kept between calls (no allocation per token).
+    static ACTIVATIONS: std::cell::RefCell<Vec<Q8Block>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The activation blocks of the rows of `x` (for the reference form in `matvec_k_q8_1`).
 fn quantize_q8(x: &[f32]) -> Vec<Q8Block> {
-    x.chunks_exact(32)
-        .map(|block| {
-            let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            let mut q = [0i8; 32];
-            let mut sum = 0i32;
-            for (qi, &v) in q.iter_mut().zip(block) {
-                *qi = (v * id).round_ties_even() as i8;
-                sum += *qi as i32;
-            }
-            let d16 = f16::from_f32(d).to_f32();
-            Q8Block { d: d16, s: f16::from_f32(d * sum as f32).to_f32(), q }
-        })
-        .collect()
+    let mut blocks = vec![Q8Block::ZERO; x.len() / 32];
+    integer_dot::quantize_scalar(x, &mut blocks);
+    blocks
 }
 
 fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+    integer_dot::f16_at(bytes, at)
 }
 
-/// The 32 weight values of a block as small integers (before scaling) and its (d, m) scales.
-fn weight_block(ty: GgmlType, b: &[u8], q: &mut [i32; 32]) -> (f32, f32) {
-    match ty {
-        GgmlType::Q8_0 => {
-            for (qi, &v) in q.iter_mut().zip(&b[2..34]) {
-                *qi = v as i8 as i32;
-            }
-            (f16_at(b, 0), 0.0)
-        }
-        GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let has_min = ty == GgmlType::Q4_1;
-            let qs = if has_min { &b[4..20] } else { &b[2..18] };
-            let offset = if has_min { 0 } else { 8 };
-            for j in 0..16 {
-                q[j] = (qs[j] & 0x0F) as i32 - offset;
-                q[j + 16] = (qs[j] >> 4) as i32 - offset;
-            }
-            (f16_at(b, 0), if has_min { f16_at(b, 2) } else { 0.0 })
-        }
-        GgmlType::Q5_0 | GgmlType::Q5_1 => {
-            let has_min = ty == GgmlType::Q5_1;
-            let rest = if has_min { &b[4..] } else { &b[2..] };
-            let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-            let offset = if has_min { 0 } else { 16 };
-            for (i, qi) in q.iter_mut().enumerate() {
-                let low = if i < 16 { rest[4 + i] & 0x0F } else { rest[4 + i - 16] >> 4 };
-                *qi = (low as u32 | (((qh >> i) & 1) << 4)) as i32 - offset;
-            }
-            (f16_at(b, 0), if has_min { f16_at(b, 2) } else { 0.0 })
-        }
-        GgmlType::Mxfp4 => {
-            // E2M1 doubled as integers, scale 2^(e - 128).
-            const VALUES: [i32; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
-            for j in 0..16 {
-                q[j] = VALUES[(b[1 + j] & 0x0F) as usize];
-                q[j + 16] = VALUES[(b[1 + j] >> 4) as usize];
-            }
-            (crate::gguf::e8m0_half(b[0]), 0.0)
-        }
-        _ => unreachable!("weight_block is only called for the Q8 family"),
-    }
-}
-
-/// Whether `ty` goes through the integer path.
-fn integer_path(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Mxfp4
-    )
-}
-
-/// out[t, :] = W x[t, :] (+ bias), W [n_out, n_in] as `weight`.
+/// out[t, :] = W x[t, :] (+ bias), W [n_out, n_in] as `weight`. Rows of W are split evenly over
+/// the pool's threads; each thread walks its rows in chunks, and each chunk meets the tokens a
+/// tile at a time ([`integer_dot::TILE`]), so a prompt reads each weight block once per tile.
 pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32], n_in: usize, n_out: usize) {
     let (ty, bytes) = match weight {
         Matrix::F32(w) => return super::matmul::matmul(x, w, bias, out, n_in, n_out),
@@ -149,41 +92,102 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
     assert_eq!(out.len(), n_tokens * n_out);
     let row_bytes = n_in / ty.block_size() * ty.block_bytes();
     assert_eq!(bytes.len(), row_bytes * n_out, "weight is not [{n_out}, {n_in}] of {ty}");
-    let mut transposed = vec![0.0f32; n_out * n_tokens];
-    if integer_path(ty) {
-        let activations: Vec<Vec<Q8Block>> = x.chunks_exact(n_in).map(quantize_q8).collect();
-        transposed.par_chunks_mut(n_tokens).with_min_len(64).enumerate().for_each(|(o, column)| {
-            let row = &bytes[o * row_bytes..(o + 1) * row_bytes];
-            let mut q = [0i32; 32];
-            let b = bias.map_or(0.0, |b| b[o]);
-            // Decode each weight block once, then use it for every token.
-            let mut sums = vec![0.0f32; n_tokens];
-            for (k, block) in row.chunks_exact(ty.block_bytes()).enumerate() {
-                let (d_w, m_w) = weight_block(ty, block, &mut q);
-                for (sum, act) in sums.iter_mut().zip(&activations) {
-                    let a = &act[k];
-                    let dot: i32 = q.iter().zip(&a.q).map(|(&w, &x)| w * x as i32).sum();
-                    *sum += d_w * a.d * dot as f32 + m_w * a.s;
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n_out);
+    }
+    let pool = threads::pool();
+    let output = SharedOutput(out.as_mut_ptr());
+    if !integer_dot::supported(ty) {
+        // K-quants: a row dequantized at a time, against f32 activations.
+        pool.run(&|part, parts| {
+            for o in threads::split(n_out, part, parts) {
+                let row = dequantize(ty, &bytes[o * row_bytes..(o + 1) * row_bytes], n_in)
+                    .expect("row size checked");
+                let b = bias.map_or(0.0, |b| b[o]);
+                for t in 0..n_tokens {
+                    let value = dot(&row, &x[t * n_in..(t + 1) * n_in]) + b;
+                    // SAFETY: row o belongs to this part only; t * n_out + o < out.len().
+                    unsafe { output.write(t * n_out + o, value) };
                 }
             }
-            for (value, sum) in column.iter_mut().zip(sums) {
-                *value = sum + b;
-            }
         });
-    } else {
-        transposed.par_chunks_mut(n_tokens).with_min_len(64).enumerate().for_each(|(o, column)| {
-            let row =
-                dequantize(ty, &bytes[o * row_bytes..(o + 1) * row_bytes], n_in).expect("row size checked");
-            let b = bias.map_or(0.0, |b| b[o]);
-            for (t, value) in column.iter_mut().enumerate() {
-                *value = dot(&row, &x[t * n_in..(t + 1) * n_in]) + b;
-            }
-        });
+        return;
     }
-    for (o, column) in transposed.chunks(n_tokens).enumerate() {
-        for (t, &value) in column.iter().enumerate() {
-            out[t * n_out + o] = value;
+    let kernel = integer_dot::kernel();
+    let n_blocks = n_in / 32;
+    ACTIVATIONS.with_borrow_mut(|activations| {
+        activations.resize(n_tokens * n_blocks, Q8Block::ZERO);
+        if n_tokens >= 8 {
+            let blocks = SharedBlocks(activations.as_mut_ptr());
+            pool.run(&|part, parts| {
+                let tokens = threads::split(n_tokens, part, parts);
+                // SAFETY: each part quantizes its own tokens' blocks.
+                let mine = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        blocks.get().add(tokens.start * n_blocks),
+                        tokens.len() * n_blocks,
+                    )
+                };
+                integer_dot::quantize(kernel, &x[tokens.start * n_in..tokens.end * n_in], mine);
+            });
+        } else {
+            integer_dot::quantize(kernel, x, activations);
         }
+        let activations = &activations[..];
+        pool.run(&|part, parts| {
+            let rows = threads::split(n_out, part, parts);
+            let mut tile: [&[Q8Block]; integer_dot::TILE] = [&[]; integer_dot::TILE];
+            let mut values = [[0.0f32; integer_dot::TILE]; integer_dot::ROWS];
+            let mut weight_rows: [&[u8]; integer_dot::ROWS] = [&[]; integer_dot::ROWS];
+            for chunk in (rows.start..rows.end).step_by(ROWS_PER_CHUNK) {
+                let chunk_end = (chunk + ROWS_PER_CHUNK).min(rows.end);
+                for first in (0..n_tokens).step_by(integer_dot::TILE) {
+                    let count = integer_dot::TILE.min(n_tokens - first);
+                    for (t, slot) in tile[..count].iter_mut().enumerate() {
+                        *slot = &activations[(first + t) * n_blocks..(first + t + 1) * n_blocks];
+                    }
+                    // One token: four rows at a time; more: two (or four) rows x the tile's tokens.
+                    // With AVX-512's 32 vector registers, 4 rows x 4 tokens (16 accumulators).
+                    let wide = count == 4 && kernel == integer_dot::Kernel::Avx512Vnni;
+                    let group = if count == 1 || wide { 4 } else { 2 };
+                    let mut o = chunk;
+                    while o < chunk_end {
+                        let n_rows = if o + group <= chunk_end { group } else { 1 };
+                        for (r, slot) in weight_rows[..n_rows].iter_mut().enumerate() {
+                            *slot = &bytes[(o + r) * row_bytes..(o + r + 1) * row_bytes];
+                        }
+                        integer_dot::dot_tile(
+                            kernel,
+                            ty,
+                            &weight_rows[..n_rows],
+                            &tile[..count],
+                            &mut values,
+                        );
+                        for (r, row_values) in values[..n_rows].iter().enumerate() {
+                            let b = bias.map_or(0.0, |b| b[o + r]);
+                            for (t, value) in row_values[..count].iter().enumerate() {
+                                // SAFETY: row o + r belongs to this part only; the index is within out.
+                                unsafe { output.write((first + t) * n_out + o + r, value + b) };
+                            }
+                        }
+                        o += n_rows;
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// Activation blocks written by several parts of a job, each its own tokens.
+#[derive(Clone, Copy)]
+struct SharedBlocks(*mut Q8Block);
+// SAFETY: every part writes only its own tokens' blocks.
+unsafe impl Send for SharedBlocks {}
+unsafe impl Sync for SharedBlocks {}
+
+impl SharedBlocks {
+    fn get(&self) -> *mut Q8Block {
+        self.0
     }
 }
 
@@ -250,6 +254,7 @@ pub fn matvec_k_q8_1(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::f16;
 
     /// A Q4_1 block with scale d, min m and the given nibbles.
     fn q4_1_block(d: f32, m: f32, nibbles: &[u8; 32]) -> Vec<u8> {

@@ -6,19 +6,50 @@ pub use crate::model::{RopeConfig, RopeLayout, YarnConfig};
 
 /// Rotates x [positions.len(), n_heads, head_dim] in place.
 pub fn rope(x: &mut [f32], positions: &[u32], n_heads: usize, config: &RopeConfig) {
-    let head_dim = config.head_dim;
-    let half = config.rope_dim / 2;
-    assert_eq!(x.len(), positions.len() * n_heads * head_dim);
-    for (token, &position) in x.chunks_exact_mut(n_heads * head_dim).zip(positions) {
-        for head in token.chunks_exact_mut(head_dim) {
+    rope_with(x, &RopeTable::new(positions, config), n_heads);
+}
+
+/// The rotation of every (position, pair) of a forward pass: (sin, cos, magnitude) in f64,
+/// computed once and shared by every head and layer (the angles cost a `powf` and a `sin_cos`
+/// each, more than the rotation). The same values [`rope`] computes, so the same results.
+pub struct RopeTable {
+    values: Vec<(f64, f64, f64)>,
+    half: usize,
+    head_dim: usize,
+    layout: RopeLayout,
+}
+
+impl RopeTable {
+    pub fn new(positions: &[u32], config: &RopeConfig) -> RopeTable {
+        let half = config.rope_dim / 2;
+        let mut values = Vec::with_capacity(positions.len() * half);
+        for &position in positions {
             for i in 0..half {
                 let (angle, magnitude) = config.angle(position, i);
-                let (first, second) = match config.layout {
+                let (sin, cos) = angle.sin_cos();
+                values.push((sin, cos, magnitude));
+            }
+        }
+        RopeTable { values, half, head_dim: config.head_dim, layout: config.layout }
+    }
+}
+
+/// [`rope`] with the angles of `table` (made for these rows' positions).
+pub fn rope_with(x: &mut [f32], table: &RopeTable, n_heads: usize) {
+    let (head_dim, half) = (table.head_dim, table.half);
+    if half == 0 {
+        return;
+    }
+    let n_rows = table.values.len() / half;
+    assert_eq!(x.len(), n_rows * n_heads * head_dim);
+    for (token, angles) in x.chunks_exact_mut(n_heads * head_dim).zip(table.values.chunks_exact(half)) {
+        for head in token.chunks_exact_mut(head_dim) {
+            for (i, &(sin, cos, magnitude)) in angles.iter().enumerate() {
+                let (first, second) = match table.layout {
                     RopeLayout::Interleaved => (2 * i, 2 * i + 1),
                     RopeLayout::Neox => (i, i + half),
                 };
                 let (a, b) = (head[first] as f64, head[second] as f64);
-                let (sin, cos) = angle.sin_cos();
                 head[first] = ((a * cos - b * sin) * magnitude) as f32;
                 head[second] = ((a * sin + b * cos) * magnitude) as f32;
             }

@@ -438,6 +438,28 @@ impl GgufFile {
         &self.bytes.as_slice()[start..start + info.n_bytes as usize]
     }
 
+    /// Drops the mapped pages wholly inside `info`'s bytes from this process's memory, for a
+    /// caller that has copied (or converted) the tensor, so that its weights are not resident
+    /// twice. Reading the bytes again faults them back in from the file, so every slice stays
+    /// valid. A file held in memory ([`GgufFile::parse`]) keeps its bytes.
+    pub fn release_tensor_pages(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        if let Bytes::Mapped(map) = &self.bytes {
+            // Whole 4 KiB pages only; where pages are larger the call fails and nothing changes.
+            const PAGE: usize = 4096;
+            let start = (self.data_offset + info.offset) as usize;
+            let end = start + info.n_bytes as usize;
+            let (first, last) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+            if last > first {
+                // SAFETY: DONTNEED on a read-only file mapping only drops pages; later reads see
+                // the file's bytes again, which are the same bytes.
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+                };
+            }
+        }
+    }
+
     /// A tensor dequantized to f32.
     pub fn tensor_f32(&self, info: &TensorInfo) -> Result<Vec<f32>, GgufError> {
         dequantize(info.ty, self.tensor_data(info), info.n_elements as usize)

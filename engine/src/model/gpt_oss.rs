@@ -185,6 +185,7 @@ impl GptOss {
         let (d, n) = (c.n_embd, layout.n_rows());
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         let positions = &layout.positions;
+        let rope_table = rope::RopeTable::new(positions, &c.rope);
 
         let mut x: Vec<f32> =
             layout.tokens.iter().flat_map(|&t| self.token_embd.row_f32(d, t as usize)).collect();
@@ -197,8 +198,8 @@ impl GptOss {
             matmul(&h, &layer.wq, Some(&layer.bq), &mut q, d, q_dim);
             matmul(&h, &layer.wk, Some(&layer.bk), &mut k, d, kv_dim);
             matmul(&h, &layer.wv, Some(&layer.bv), &mut v, d, kv_dim);
-            rope::rope(&mut q, positions, c.n_head, &c.rope);
-            rope::rope(&mut k, positions, c.n_head_kv, &c.rope);
+            rope::rope_with(&mut q, &rope_table, c.n_head);
+            rope::rope_with(&mut k, &rope_table, c.n_head_kv);
             layout.write(pool, i, &k, &v);
             let options = AttentionOptions {
                 n_head: c.n_head,

@@ -113,7 +113,7 @@ impl Llama {
         let rope_config = c.rope.as_ref().expect("the Llama family uses RoPE");
         let (d, n) = (c.n_embd, layout.n_rows());
         let (q_dim, kv_dim) = (c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        let positions = &layout.positions;
+        let rope_table = rope::RopeTable::new(&layout.positions, rope_config);
 
         let mut x: Vec<f32> =
             layout.tokens.iter().flat_map(|&t| self.token_embd.row_f32(d, t as usize)).collect();
@@ -127,8 +127,8 @@ impl Llama {
             matmul(&h, &layer.wq, layer.bq.as_deref(), &mut q, d, q_dim);
             matmul(&h, &layer.wk, layer.bk.as_deref(), &mut k, d, kv_dim);
             matmul(&h, &layer.wv, layer.bv.as_deref(), &mut v, d, kv_dim);
-            rope::rope(&mut q, positions, c.n_head, rope_config);
-            rope::rope(&mut k, positions, c.n_head_kv, rope_config);
+            rope::rope_with(&mut q, &rope_table, c.n_head);
+            rope::rope_with(&mut k, &rope_table, c.n_head_kv);
             layout.write(pool, i, &k, &v);
             let attention = match self.numerics {
                 Numerics::Exact => attention::causal_attention,

@@ -47,7 +47,7 @@ pub fn load_matrix(
     if info.dims != expected {
         return Err(WeightError::Shape { name: name.to_string(), actual: info.dims.clone(), expected });
     }
-    Ok(match info.ty {
+    let matrix = match info.ty {
         _ if numerics == Numerics::Exact => Matrix::F32(
             file.tensor_f32(info).map_err(|source| WeightError::Gguf { name: name.to_string(), source })?,
         ),
@@ -55,7 +55,9 @@ pub fn load_matrix(
             file.tensor_f32(info).map_err(|source| WeightError::Gguf { name: name.to_string(), source })?,
         ),
         ty => Matrix::Blocks { ty, bytes: file.tensor_data(info).to_vec() },
-    })
+    };
+    file.release_tensor_pages(info);
+    Ok(matrix)
 }
 
 /// Like [`load_matrix`], but a missing tensor is `None`.
@@ -90,7 +92,7 @@ pub fn load_experts(
     }
     let as_f32 =
         numerics == Numerics::Exact || matches!(info.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16);
-    Ok(if as_f32 {
+    let experts = if as_f32 {
         let values =
             file.tensor_f32(info).map_err(|source| WeightError::Gguf { name: name.to_string(), source })?;
         values.chunks_exact(n_in * n_out).map(|m| Matrix::F32(m.to_vec())).collect()
@@ -100,5 +102,7 @@ pub fn load_experts(
             .chunks_exact(bytes.len() / n_expert)
             .map(|m| Matrix::Blocks { ty: info.ty, bytes: m.to_vec() })
             .collect()
-    })
+    };
+    file.release_tensor_pages(info);
+    Ok(experts)
 }
