@@ -118,16 +118,11 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
     ACTIVATIONS.with_borrow_mut(|activations| {
         activations.resize(n_tokens * n_blocks, Q8Block::ZERO);
         if n_tokens >= 8 {
-            let blocks = SharedBlocks(activations.as_mut_ptr());
+            let blocks = SharedOutput(activations.as_mut_ptr());
             pool.run(&|part, parts| {
                 let tokens = threads::split(n_tokens, part, parts);
                 // SAFETY: each part quantizes its own tokens' blocks.
-                let mine = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        blocks.get().add(tokens.start * n_blocks),
-                        tokens.len() * n_blocks,
-                    )
-                };
+                let mine = unsafe { blocks.part(tokens.start * n_blocks, tokens.len() * n_blocks) };
                 integer_dot::quantize(kernel, &x[tokens.start * n_in..tokens.end * n_in], mine);
             });
         } else {
@@ -176,19 +171,6 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
             }
         });
     });
-}
-
-/// Activation blocks written by several parts of a job, each its own tokens.
-#[derive(Clone, Copy)]
-struct SharedBlocks(*mut Q8Block);
-// SAFETY: every part writes only its own tokens' blocks.
-unsafe impl Send for SharedBlocks {}
-unsafe impl Sync for SharedBlocks {}
-
-impl SharedBlocks {
-    fn get(&self) -> *mut Q8Block {
-        self.0
-    }
 }
 
 /// y = W x (+ bias) for K-quant weights (Q4_K, Q6_K) in the GPU's integer form

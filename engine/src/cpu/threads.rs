@@ -195,22 +195,38 @@ fn worker(shared: &Shared) {
     }
 }
 
-/// A raw pointer to write disjoint parts of one output from several parts of a job.
-#[derive(Clone, Copy)]
-pub struct SharedOutput(pub *mut f32);
+/// A raw pointer to write disjoint parts of one output from several parts of a job (f32 outputs,
+/// or the quantized activation blocks of a product).
+pub struct SharedOutput<T = f32>(pub *mut T);
+impl<T> Clone for SharedOutput<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedOutput<T> {}
 // SAFETY: every user writes only the indices of its own part.
-unsafe impl Send for SharedOutput {}
-unsafe impl Sync for SharedOutput {}
+unsafe impl<T> Send for SharedOutput<T> {}
+unsafe impl<T> Sync for SharedOutput<T> {}
 
-impl SharedOutput {
+impl<T> SharedOutput<T> {
     /// Writes `value` at `index`.
     ///
     /// # Safety
     /// `index` is within the output, and no other part writes or reads it during the job.
     #[inline]
-    pub unsafe fn write(&self, index: usize, value: f32) {
+    pub unsafe fn write(&self, index: usize, value: T) {
         // SAFETY: as the caller promises.
         unsafe { *self.0.add(index) = value };
+    }
+
+    /// The `len` elements from `start`, for this part alone.
+    ///
+    /// # Safety
+    /// `start..start + len` is within the output, and no other part touches it during the job.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn part(&self, start: usize, len: usize) -> &mut [T] {
+        // SAFETY: as the caller promises.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
 }
 
