@@ -41,6 +41,25 @@ pub fn median(values: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
 }
 
+/// The population standard deviation (0 for no values), the ± of the tables.
+pub fn standard_deviation(values: &[f64]) -> f64 {
+    let count = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / count;
+    (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / count).sqrt()
+}
+
+/// Prints llama-bench's table of the pp and tg tests (a test of 0 tokens is left out): each
+/// test's median tokens/s, the spread of its repeats and their count.
+pub fn print_table(prompt_tokens: usize, prefill: (f64, &[f64]), gen_tokens: usize, decode: (f64, &[f64])) {
+    println!("| test | tok/s | ± | runs |");
+    println!("|---|---|---|---|");
+    for (name, tokens, (tps, runs)) in [("pp", prompt_tokens, prefill), ("tg", gen_tokens, decode)] {
+        if tokens > 0 {
+            println!("| {name}{tokens} | {tps:.1} | {:.1} | {} |", standard_deviation(runs), runs.len());
+        }
+    }
+}
+
 /// Seconds `f` takes on the GPU's stream, between two events.
 fn timed(stream: &Arc<CudaStream>, f: impl FnOnce() -> Result<(), CudaError>) -> Result<f64, CudaError> {
     let event = || stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(host::Error::from);

@@ -454,18 +454,13 @@ fn run(cli: Cli) -> Result<()> {
             let workload = ThroughputArgs { concurrency, input_len, output_len, num_requests, output };
             run_throughput(&model, &batch, &workload)
         }
+        Command::Bench { repeats: 0, .. } => bail!("--repeats must be at least 1"),
         Command::Bench { model, prompt_tokens, gen_tokens, repeats, threads, .. }
             if model.backend == Backend::Cpu =>
         {
-            if repeats == 0 {
-                bail!("--repeats must be at least 1");
-            }
             run_cpu_bench(model, prompt_tokens, gen_tokens, repeats, threads)
         }
         Command::Bench { mut model, prompt_tokens, gen_tokens, repeats, .. } => {
-            if repeats == 0 {
-                bail!("--repeats must be at least 1");
-            }
             if model.backend == Backend::Auto {
                 model.backend = Backend::Cuda;
             }
@@ -482,31 +477,14 @@ fn run(cli: Cli) -> Result<()> {
             let ledger = gpu_model.ledger();
             let report = engine::bench::run(gpu_model, prompt_tokens, gen_tokens, repeats)?;
             let gb = |b: usize| b as f64 / 1e9;
-            let spread = |runs: &[f64]| {
-                let mean = runs.iter().sum::<f64>() / runs.len().max(1) as f64;
-                let var = runs.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / runs.len().max(1) as f64;
-                var.sqrt()
-            };
             println!("model: {}", model_path(model.model.as_deref())?.display());
             println!("GPU memory: {ledger}");
-            println!("| test | tok/s | ± | runs |");
-            println!("|---|---|---|---|");
-            if prompt_tokens > 0 {
-                println!(
-                    "| pp{prompt_tokens} | {:.1} | {:.1} | {} |",
-                    report.prefill_tps,
-                    spread(&report.prefill_runs),
-                    report.prefill_runs.len()
-                );
-            }
-            if gen_tokens > 0 {
-                println!(
-                    "| tg{gen_tokens} | {:.1} | {:.1} | {} |",
-                    report.decode_tps,
-                    spread(&report.decode_runs),
-                    report.decode_runs.len()
-                );
-            }
+            engine::bench::print_table(
+                prompt_tokens,
+                (report.prefill_tps, &report.prefill_runs),
+                gen_tokens,
+                (report.decode_tps, &report.decode_runs),
+            );
             println!(
                 "weights read per decode step: {:.3} GB; copy bandwidth {:.0} GB/s; decode floor {:.0} tok/s; \
                  decode at {:.1}% of the floor",
@@ -547,32 +525,18 @@ fn run_cpu_bench(
     let Runner::Cpu(cpu_model) = &loaded.runner else { bail!("the model did not load on the CPU") };
     let pool_threads = engine::cpu::threads::pool().n_threads();
     let report = engine::bench_cpu::run(cpu_model, prompt_tokens, gen_tokens, repeats)?;
-    let spread = |runs: &[f64]| {
-        let mean = runs.iter().sum::<f64>() / runs.len().max(1) as f64;
-        let var = runs.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / runs.len().max(1) as f64;
-        var.sqrt()
-    };
     println!("model: {}", model_path(model.model.as_deref())?.display());
     println!(
         "CPU: {pool_threads} threads, kernel {:?}, numerics {:?}",
         engine::cpu::integer_dot::kernel(),
         cpu_model.numerics()
     );
-    println!("| test | tok/s | ± | runs |");
-    println!("|---|---|---|---|");
-    if prompt_tokens > 0 {
-        let runs = &report.prefill_runs;
-        println!(
-            "| pp{prompt_tokens} | {:.1} | {:.1} | {} |",
-            report.prefill_tps(),
-            spread(runs),
-            runs.len()
-        );
-    }
-    if gen_tokens > 0 {
-        let runs = &report.decode_runs;
-        println!("| tg{gen_tokens} | {:.1} | {:.1} | {} |", report.decode_tps(), spread(runs), runs.len());
-    }
+    engine::bench::print_table(
+        prompt_tokens,
+        (report.prefill_tps(), &report.prefill_runs),
+        gen_tokens,
+        (report.decode_tps(), &report.decode_runs),
+    );
     Ok(())
 }
 

@@ -168,7 +168,7 @@ pub struct Gpu {
     sm_count: usize,
     /// The sm_90 module is loaded: kernels may be launched with programmatic dependent launch.
     dependent_launch_available: bool,
-    /// Kernels are launched with programmatic dependent launch now (see `set_dependent_launch`).
+    /// Kernels are launched with programmatic dependent launch now (see `dependent_launch`).
     dependent_launch: std::sync::atomic::AtomicBool,
     /// The f16 (or bf16) copy of X that `gemm` converts its input into.
     gemm_x: Mutex<Option<CudaSlice<u16>>>,
@@ -283,14 +283,15 @@ impl Gpu {
         self.functions.get(name).unwrap_or_else(|| panic!("kernel {name} is not in KERNELS"))
     }
 
-    /// Launches kernels from now on with programmatic dependent launch (each kernel's blocks are
-    /// scheduled during the previous kernel and wait there; see `pdl.rs`), where the device has it
-    /// (sm_90 and later, unless `ENGINE_PDL=0`); returns whether it is on. Worth it for chains of
+    /// Launches kernels with programmatic dependent launch (each kernel's blocks are scheduled
+    /// during the previous kernel and wait there; see `pdl.rs`) for as long as the returned guard
+    /// lives, where `on` asks for it and the device has it (sm_90 and later, unless
+    /// `ENGINE_PDL=0`); off again when the guard drops, on every path out. Worth it for chains of
     /// short kernels such as the decode step; the prompt pass's large GEMMs ran 4% slower with it.
-    pub fn set_dependent_launch(&self, on: bool) -> bool {
+    pub fn dependent_launch(&self, on: bool) -> DependentLaunch<'_> {
         let on = on && self.dependent_launch_available;
         self.dependent_launch.store(on, std::sync::atomic::Ordering::Relaxed);
-        on
+        DependentLaunch(self)
     }
 
     /// Launches `name` with the given arguments (device pointers and scalars, in the kernel's order).
@@ -369,6 +370,15 @@ fn elementwise_config(n: usize) -> LaunchConfig {
     const THREADS: u32 = 256;
     let blocks = n.div_ceil(8 * THREADS as usize).clamp(1, 132 * 16) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Dependent launch on while this lives (`Gpu::dependent_launch`).
+pub struct DependentLaunch<'a>(&'a Gpu);
+
+impl Drop for DependentLaunch<'_> {
+    fn drop(&mut self) {
+        self.0.dependent_launch.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ impl GpuBatch {
         // dependent launch (each kernel's blocks scheduled while its predecessor runs; every
         // kernel of the sm_90 module waits for it first, host/src/pdl.rs). Prompt-sized steps
         // keep it off (the prompt pass's GEMMs ran 4% slower with it).
-        let _dependent = DependentLaunch::new(gpu, n <= DEPENDENT_LAUNCH_ROWS);
+        let _dependent = gpu.dependent_launch(n <= DEPENDENT_LAUNCH_ROWS);
         let mut hidden = gpu.alloc::<f32>(n * d)?;
         model.architecture.prefill(context, &mut model.kv, &batch, &mut hidden)?;
 
@@ -231,22 +231,6 @@ impl GpuBatch {
 
 /// Most rows of a step launched with dependent launch.
 const DEPENDENT_LAUNCH_ROWS: usize = 64;
-
-/// Dependent launch on for as long as this lives (off again on every path out of the step).
-struct DependentLaunch<'a>(&'a Gpu);
-
-impl<'a> DependentLaunch<'a> {
-    fn new(gpu: &'a Gpu, on: bool) -> Self {
-        gpu.set_dependent_launch(on);
-        DependentLaunch(gpu)
-    }
-}
-
-impl Drop for DependentLaunch<'_> {
-    fn drop(&mut self) {
-        self.0.set_dependent_launch(false);
-    }
-}
 
 /// Each row's token chosen on the device where `picks` asks (one id copied back per row), and
 /// the logits copied back for the rest.

@@ -103,13 +103,12 @@ impl GpuModel {
 
     /// Queues every kernel of one decode step, with dependent launch on while it does.
     fn enqueue_step(&mut self) -> Result<(), CudaError> {
-        self.gpu.set_dependent_launch(true);
+        let _dependent = self.gpu.dependent_launch(true);
         let context = Context { gpu: &self.gpu, integer_activations: self.integer_activations };
         let enqueued = self.architecture.decode(context, &mut self.kv, &mut self.step).and_then(|()| {
             let output = self.architecture.output();
             output.decode(context, &self.step.hidden, &mut self.step.logits)
         });
-        self.gpu.set_dependent_launch(false);
         Ok(enqueued?)
     }
 }
