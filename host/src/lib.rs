@@ -373,6 +373,7 @@ fn elementwise_config(n: usize) -> LaunchConfig {
 }
 
 /// Dependent launch on while this lives (`Gpu::dependent_launch`).
+#[must_use = "dependent launch goes off again as soon as the guard drops"]
 pub struct DependentLaunch<'a>(&'a Gpu);
 
 impl Drop for DependentLaunch<'_> {
