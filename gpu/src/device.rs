@@ -258,6 +258,16 @@ pub unsafe fn shared_load_f32x4(address: u32) -> [f32; 4] {
 }
 
 /// One 32-bit word at a 4-byte aligned shared address.
+/// One byte at a shared address, zero-extended.
+#[inline(always)]
+pub unsafe fn shared_load_u8(address: u32) -> u32 {
+    let v: u32;
+    unsafe {
+        asm!("ld.shared.u8 {v}, [{a}];", v = out(reg32) v, a = in(reg32) address, options(pure, readonly, nostack))
+    };
+    v
+}
+
 #[inline(always)]
 pub unsafe fn shared_load_u32(address: u32) -> u32 {
     let v: u32;
@@ -348,6 +358,19 @@ pub unsafe fn copy_async_16(shared: u32, global: *const u8, valid: bool) {
 #[inline(always)]
 pub unsafe fn copy_async_4(shared: u32, global: *const u8, valid: bool) {
     let bytes: u32 = if valid { 4 } else { 0 };
+    unsafe {
+        asm!(
+            "cp.async.ca.shared.global [{s}], [{g}], 4, {n};",
+            s = in(reg32) shared, g = in(reg64) global, n = in(reg32) bytes,
+            options(nostack),
+        );
+    }
+}
+
+/// [`copy_async_4`] of the first `bytes` (0 to 4) bytes of an aligned word, the rest of the
+/// 4 zero-filled: nothing past them is read (an unaligned run of bytes copied word by word).
+#[inline(always)]
+pub unsafe fn copy_async_4_prefix(shared: u32, global: *const u8, bytes: u32) {
     unsafe {
         asm!(
             "cp.async.ca.shared.global [{s}], [{g}], 4, {n};",

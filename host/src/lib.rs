@@ -200,10 +200,10 @@ impl Gpu {
         for &name in KERNELS {
             functions.insert(name, module.load_function(name)?);
         }
-        // The GEMV kernels keep x in shared memory, the attention and GEMM kernels tiles: allow
+        // The GEMV kernels keep x in shared memory, the attention, GEMM and mma kernels tiles: allow
         // them more than the default 48 KiB.
         for (name, function) in &functions {
-            if name.starts_with("gemv_") || name.starts_with("attention_") || name.starts_with("gemm_") {
+            if ["gemv_", "attention_", "gemm_", "mma_"].iter().any(|prefix| name.starts_with(prefix)) {
                 function.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     matmul::GEMV_SHARED_LIMIT as i32,

@@ -30,7 +30,7 @@
 use super::dequant::e8m0_half;
 use super::gemv_mxfp4::{TABLE_HIGH, TABLE_LOW};
 use crate::device::{
-    block_idx, block_idx_y, byte_permute, copy_async_4, copy_async_16, copy_async_commit, copy_async_wait,
+    block_idx, byte_permute, copy_async_4, copy_async_16, copy_async_commit, copy_async_wait,
     dynamic_shared_address, f16_to_f32, lane_idx, mma_16x8x32_i8, shared_load_f32, shared_load_f32x2,
     shared_load_u32, shared_store_f32, shared_store_u32, sync_threads, sync_warp, thread_idx, warp_idx,
 };
@@ -160,7 +160,7 @@ struct Mxfp4 {
 
 /// Four nibbles (the low 16 bits of `w`) as signed bytes of the doubled E2M1 values.
 #[inline(always)]
-fn e2m1_bytes(w: u32) -> u32 {
+pub(super) fn e2m1_bytes(w: u32) -> u32 {
     // The magnitudes, and the magnitudes of the non-negative values (prmt's sign mode turns a
     // selector with bit 3 set into the selected byte's sign, 0: the table's bytes are positive);
     // v = 2 positive - magnitude byte by byte, offset by 128 so that no byte borrows.
@@ -411,51 +411,3 @@ macro_rules! dense_kernel {
 dense_kernel!(mma_rows_q4_k, Q4K { quants: *const u8, heads: *const u8 }, xs);
 dense_kernel!(mma_rows_q8_0, Q8 { quants: *const u8, scales: *const u16 }, _xs);
 dense_kernel!(mma_rows_mxfp4, Mxfp4 { quants: *const u8, exponents: *const u8 }, _xs);
-
-/// The experts' product (moe.rs's routing): block (r, e) takes rows 16 r.. of expert e's `rows`
-/// and the assignments `order[offsets[e]..offsets[e + 1]]`; assignment a reads X row a / x_div
-/// (x_div = k: one X row per token; 1: one per assignment) and writes Y row a [rows].
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn mma_rows_mxfp4_experts(
-    quants: *const u8,
-    exponents: *const u8,
-    bias: *const f32,
-    offsets: *const u32,
-    order: *const u32,
-    xq: *const u8,
-    xd: *const f32,
-    y: *mut f32,
-    n_in: u32,
-    rows: u32,
-    x_div: u32,
-) {
-    let (n_in, rows, x_div, expert) = (n_in as usize, rows as usize, x_div as usize, block_idx_y());
-    let (start, end) = unsafe { (*offsets.add(expert) as usize, *offsets.add(expert + 1) as usize) };
-    if start == end {
-        return;
-    }
-    let blocks = n_in / 32;
-    let format = Mxfp4 {
-        quants: unsafe { quants.add(16 * expert * rows * blocks) },
-        exponents: unsafe { exponents.add(expert * rows * blocks) },
-        n_in,
-    };
-    let bias = if bias.is_null() { bias } else { unsafe { bias.add(expert * rows) } };
-    let token = |j: usize| {
-        let a = unsafe { *order.add(start + j) } as usize;
-        (a / x_div, a)
-    };
-    unsafe {
-        product(
-            format,
-            (ROWS * block_idx(), rows),
-            n_in,
-            (end - start, token),
-            xq,
-            (xd, core::ptr::null()),
-            bias,
-            (y, rows),
-        )
-    };
-}

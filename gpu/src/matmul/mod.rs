@@ -1,6 +1,7 @@
 //! Matrix kernels. `gemv`, `gemv_k`: matrix-vector products for decode, one warp per output row;
 //! `gemv_rows`: the integer GEMVs over several activation rows per weight read (batched decode);
-//! `mma_rows`: up to 64 activation rows on the integer tensor cores (batched decode);
+//! `mma_rows`: up to 64 activation rows on the integer tensor cores (batched decode), and
+//! `mma_experts` the MXFP4 experts' product of such a step;
 //! `gemm`: matrix products on the tensor cores for prefill, with `dequant` turning blocks of
 //! quantized weights into f16; `kquant`: decoding of the 256-value super-block formats.
 pub mod dequant;
@@ -10,6 +11,7 @@ pub mod gemv_k;
 pub mod gemv_mxfp4;
 pub mod gemv_rows;
 pub mod kquant;
+pub mod mma_experts;
 pub mod mma_rows;
 pub mod quantize;
 

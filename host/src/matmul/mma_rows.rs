@@ -7,7 +7,8 @@
 //! sum over blocks runs in another order than the batch-1 GEMV's, so rows agree with it to about
 //! 1e-6, not bit for bit.
 //!
-//! Formats: Q4_K, Q8_0 and MXFP4 (dense and as experts); others go through the GEMVs or GEMMs.
+//! Formats: Q4_K, Q8_0 and MXFP4 (dense; MXFP4 also as experts, with its own kernel in
+//! `gpu/src/matmul/mma_experts.rs`); others go through the GEMVs or GEMMs.
 
 use super::{GpuMatrix, Q8Activations, Storage, WeightFormat};
 use crate::moe::ExpertRouting;
@@ -20,6 +21,12 @@ use std::ops::Range;
 const ROWS: usize = 16;
 const THREADS: u32 = 128;
 const SHARED_BYTES: u32 = 4 * (32 * (8 * 32 + 16) + 2 * 4 * 8 * 32) + 2 * 4 * 32;
+/// The experts' kernel (`gpu/src/matmul/mma_experts.rs`): 64 weight rows per block, and a ring of
+/// three stages, each of 64 rows x 8 blocks of weights (144 bytes a row), their exponent words
+/// (16 bytes a row), 16 tokens x 8 blocks of X (272 bytes a token) and their scales, then the
+/// pass's two row tables.
+const EXPERT_ROWS: usize = 64;
+const EXPERT_SHARED_BYTES: u32 = 3 * (64 * 144 + 64 * 16 + 16 * 272 + 4 * 8 * 16) + 2 * 4 * 16;
 
 /// Fewest and most activation rows of a dense product taken by [`Gpu::mma_rows`] by default
 /// (below: the multi-row GEMV; above: the f16 GEMM, whose time is flat to 64 rows: with X staged
@@ -177,12 +184,12 @@ impl Gpu {
         let (y, _y) = y.device_ptr_mut(stream);
         let config = LaunchConfig {
             grid_dim: (
-                to_u32(KERNEL, "row blocks", rows.div_ceil(ROWS))?,
+                to_u32(KERNEL, "row blocks", rows.div_ceil(EXPERT_ROWS))?,
                 to_u32(KERNEL, "experts", routing.n_expert)?,
                 1,
             ),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: SHARED_BYTES,
+            shared_mem_bytes: EXPERT_SHARED_BYTES,
         };
         let (n_in, rows) = (n_in as u32, rows as u32);
         let x_div = if x_per_assignment { 1u32 } else { k as u32 };
