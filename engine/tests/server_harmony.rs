@@ -262,6 +262,46 @@ fn commentary_to_a_function_is_a_tool_call_whole_and_streamed() {
 }
 
 #[test]
+fn a_stop_string_is_never_returned_in_content_or_reasoning() {
+    let server = scripted_server(REASONING_THEN_ANSWER.to_vec());
+    // (stop, content, reasoning): in the answer; in the reasoning; ending inside a token
+    // (" Provide"); a stop that never comes.
+    let cases = [
+        ("= 4", "2 + 2 ", REASONING),
+        ("Simple", "", "User asks: \"What is 2 + 2?\" "),
+        ("arithmetic. Prov", "", "User asks: \"What is 2 + 2?\" Simple "),
+        ("zzz", ANSWER, REASONING),
+    ];
+    for (stop, content, reasoning) in cases {
+        let mut body = chat(false);
+        body["stop"] = json!([stop]);
+        let (status, response) = server.post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{response}");
+        let choice = &response["choices"][0];
+        assert_eq!(choice["message"]["content"], content, "stop {stop:?}: {choice}");
+        assert_eq!(choice["message"]["reasoning_content"].as_str().unwrap_or(""), reasoning, "stop {stop:?}");
+        assert_eq!(choice["finish_reason"], "stop");
+        body["stream"] = json!(true);
+        let (_, events) = server.stream("/v1/chat/completions", &body);
+        let streamed = gather_stream(&events.all());
+        assert_eq!(
+            (streamed.0.as_str(), streamed.1.as_str(), streamed.3.as_str()),
+            (content, reasoning, "stop"),
+            "stop {stop:?}, streamed"
+        );
+    }
+    // In a tool call's arguments.
+    server.stop();
+    let server = scripted_server(tool_call_reply());
+    let mut body = chat(false);
+    body["stop"] = json!(["Francisco"]);
+    let (_, response) = server.post("/v1/chat/completions", &body);
+    let message = &response["choices"][0]["message"];
+    assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"location\":\"San ", "{message}");
+    server.stop();
+}
+
+#[test]
 fn a_reply_that_breaks_the_framing_comes_back_as_text() {
     // No channel, no message marker: what a confused model might write.
     let mut reply = bpe().encode_with_special_tokens("Hello there, no framing at all.");
