@@ -238,6 +238,10 @@ fn bad_requests_are_refused_with_the_field_named() {
         (chat_body(json!({"stream": "yes"})), "stream"),
         (chat_body(json!({"reasoning_effort": "max"})), "reasoning_effort"),
         (chat_body(json!({"ignore_eos": "yes"})), "ignore_eos"),
+        // A forced tool call cannot be enforced, so it is refused rather than ignored.
+        (chat_body(json!({"tool_choice": "required"})), "tool_choice"),
+        (chat_body(json!({"tool_choice": {"type": "function", "function": {"name": "f"}}})), "tool_choice"),
+        (chat_body(json!({"tool_choice": 7})), "tool_choice"),
     ];
     for (body, param) in cases {
         let (status, error) = post("/v1/chat/completions", &body.to_string());
