@@ -123,6 +123,12 @@ impl BatchBackend for Scripted {
 
 /// A server whose every reply is `reply` (token ids), with gpt-oss's chat template.
 fn scripted_server(reply: Vec<u32>) -> TestServer {
+    scripted_server_with(reply, Some(include_str!("data/chat/gpt-oss-20b.jinja").to_string()))
+}
+
+/// A server whose every reply is `reply`, with `chat_template` (None: the engine's harmony
+/// renderer writes the prompts).
+fn scripted_server_with(reply: Vec<u32>, chat_template: Option<String>) -> TestServer {
     TestServer::start_with(options(), move || {
         let tokenizer = harmony_tokenizer();
         let special = SpecialTokens::from_tokenizer(&tokenizer).expect("harmony's special tokens");
@@ -131,7 +137,7 @@ fn scripted_server(reply: Vec<u32>) -> TestServer {
             Scripted { reply, n_pages: 4 * HARMONY_CTX / engine::model::PAGE_SIZE, progress: HashMap::new() };
         let info = ModelInfo {
             tokenizer: tokenizer.clone(),
-            chat_template: Some(include_str!("data/chat/gpt-oss-20b.jinja").to_string()),
+            chat_template,
             harmony: Some(special),
             ctx_size: HARMONY_CTX,
             n_vocab: N_VOCAB,
@@ -454,6 +460,12 @@ fn tools_and_reasoning_sent_back_are_rendered_into_the_prompt() {
         "{text}"
     );
     assert!(text.ends_with("<|start|>assistant"), "{text}");
+    // A file without the template: the engine's renderer writes the same prompt, nothing
+    // dropped (apart from the current date, which the template takes from the clock too).
+    let no_template = scripted_server_with(Vec::new(), None);
+    let ours = tokenized_text(&no_template, &json!({"messages": messages, "tools": tools}));
+    assert_eq!(ours, text);
+    no_template.stop();
     // tool_choice "none": the tools are not offered.
     let none = tokenized_text(
         &server,
