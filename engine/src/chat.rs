@@ -193,7 +193,7 @@ fn tojson(value: Value) -> Result<String, minijinja::Error> {
     Ok(out)
 }
 
-fn python_json(value: &serde_json::Value, out: &mut String) {
+pub(crate) fn python_json(value: &serde_json::Value, out: &mut String) {
     use serde_json::Value as Json;
     match value {
         Json::Array(items) => {

@@ -20,6 +20,8 @@ use crate::generate::Utf8Stream;
 use crate::tokenizer::Tokenizer;
 use std::io::Write;
 
+pub mod tools;
+
 pub const START: &str = "<|start|>";
 pub const END: &str = "<|end|>";
 pub const MESSAGE: &str = "<|message|>";
@@ -75,18 +77,32 @@ impl SystemContent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HarmonyError {
-    #[error("harmony: {0} messages are not supported (no tools are defined)")]
-    UnsupportedRole(String),
+    #[error("harmony: a tool message (messages[{0}]) must follow an assistant message with tool_calls")]
+    ToolResultWithoutCall(usize),
     #[error("harmony: an assistant message's content holds channel tags; pass the final text only")]
     ChannelTagsInContent,
+    #[error(
+        "harmony: an assistant message with tool calls (messages[{0}]) has both content and reasoning; the analysis message is one or the other"
+    )]
+    ContentAndReasoningWithToolCalls(usize),
 }
 
 /// The prompt for the assistant's next turn, as gpt-oss's chat template (its revision of
-/// 2025-08-08, `engine/tests/data/chat/`) writes it with no tools: the system
-/// message; a developer message from a first `system` or `developer` message; user turns; and
-/// earlier assistant turns as their final message (`content` is the final text, reasoning
-/// already dropped). Later `system`/`developer` messages are left out, as the template does.
-pub fn render_prompt(messages: &[Message], system: &SystemContent) -> Result<String, HarmonyError> {
+/// 2025-08-08, `engine/tests/data/chat/`) writes it: the system message; a developer message
+/// from a first `system` or `developer` message and the `tools` (the `functions` namespace,
+/// [`tools`]); user turns; earlier assistant turns as their final message (reasoning dropped);
+/// an assistant turn with tool calls as its reasoning on the analysis channel (unless a later
+/// assistant turn answered) then each call as `commentary` to `functions.NAME`, ended by
+/// `<|call|>`; and each tool result as a message from `functions.NAME` to the assistant.
+/// Later `system`/`developer` messages are left out, as the template does. Where the template
+/// writes only an assistant message's first tool call, this writes every one, and the tool
+/// results after it take the calls' names in order.
+pub fn render_prompt(
+    messages: &[Message],
+    system: &SystemContent,
+    tools: Option<&[serde_json::Value]>,
+) -> Result<String, HarmonyError> {
+    let tools = tools.filter(|t| !t.is_empty());
     let mut out = String::new();
     out += START;
     out += "system";
@@ -98,25 +114,41 @@ pub fn render_prompt(messages: &[Message], system: &SystemContent) -> Result<Str
     out += &system.current_date;
     out += "\n\nReasoning: ";
     out += system.reasoning_effort.as_str();
-    // The docs add "\nCalls to these tools must go to the commentary channel: 'functions'." when
-    // functions are defined; with none (the engine defines none) the template leaves it out.
     out += "\n\n# Valid channels: analysis, commentary, final. Channel must be included for every message.";
+    if tools.is_some() {
+        out += "\nCalls to these tools must go to the commentary channel: 'functions'.";
+    }
     out += END;
     let (instructions, turns) = match messages.first() {
         Some(m) if m.role == "system" || m.role == "developer" => (m.content.as_str(), &messages[1..]),
         _ => ("", messages),
     };
-    if !instructions.is_empty() {
+    let first_turn = messages.len() - turns.len();
+    if !instructions.is_empty() || tools.is_some() {
         out += START;
         out += "developer";
         out += MESSAGE;
-        out += "# Instructions\n\n";
-        out += instructions;
-        // The template's current revision ends the instructions with a blank line.
-        out += "\n\n";
+        if !instructions.is_empty() {
+            out += "# Instructions\n\n";
+            out += instructions;
+            // The template's current revision ends the instructions with a blank line.
+            out += "\n\n";
+        }
+        if let Some(tools) = tools {
+            out += "# Tools\n\n";
+            out += &tools::namespace(tools);
+        }
         out += END;
     }
-    for m in turns {
+    let tagged = |text: &str| {
+        [CHANNEL.to_string() + "analysis" + MESSAGE, CHANNEL.to_string() + "final" + MESSAGE]
+            .iter()
+            .any(|tag| text.contains(tag.as_str()))
+    };
+    // The names of the last assistant turn's calls, and how many results have answered them.
+    let mut calls: Vec<String> = Vec::new();
+    let mut answered = 0;
+    for (i, m) in turns.iter().enumerate() {
         match m.role.as_str() {
             "user" => {
                 out += START;
@@ -126,19 +158,76 @@ pub fn render_prompt(messages: &[Message], system: &SystemContent) -> Result<Str
                 out += END;
             }
             "assistant" => {
-                let tagged = |channel: &str| format!("{CHANNEL}{channel}{MESSAGE}");
-                if m.content.contains(&tagged("analysis")) || m.content.contains(&tagged("final")) {
+                let thinking = m.thinking.as_deref().unwrap_or_default();
+                if tagged(&m.content) || tagged(thinking) {
                     return Err(HarmonyError::ChannelTagsInContent);
                 }
-                out += START;
-                out += "assistant";
-                out += CHANNEL;
-                out += "final";
-                out += MESSAGE;
-                out += &m.content;
-                out += END;
+                let tool_calls = m.tool_calls.as_ref().and_then(|c| c.as_array()).filter(|c| !c.is_empty());
+                let Some(tool_calls) = tool_calls else {
+                    out += START;
+                    out += "assistant";
+                    out += CHANNEL;
+                    out += "final";
+                    out += MESSAGE;
+                    out += &m.content;
+                    out += END;
+                    calls.clear();
+                    continue;
+                };
+                if !m.content.is_empty() && !thinking.is_empty() {
+                    return Err(HarmonyError::ContentAndReasoningWithToolCalls(first_turn + i));
+                }
+                // The reasoning that led to the calls stays unless a later turn answered.
+                let answered_later = turns[i + 1..]
+                    .iter()
+                    .any(|later| later.role == "assistant" && later.tool_calls.is_none());
+                let analysis = if m.content.is_empty() { thinking } else { &m.content };
+                if !analysis.is_empty() && !answered_later {
+                    out += START;
+                    out += "assistant";
+                    out += CHANNEL;
+                    out += "analysis";
+                    out += MESSAGE;
+                    out += analysis;
+                    out += END;
+                }
+                calls.clear();
+                answered = 0;
+                for call in tool_calls {
+                    let function = call.get("function").unwrap_or(call);
+                    let name = function.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+                    let content_type =
+                        function.get("content_type").and_then(|t| t.as_str()).unwrap_or("json");
+                    out += START;
+                    out += "assistant to=functions.";
+                    out += name;
+                    out += CHANNEL;
+                    out += "commentary ";
+                    out += content_type;
+                    out += MESSAGE;
+                    crate::chat::python_json(
+                        function.get("arguments").unwrap_or(&serde_json::Value::Null),
+                        &mut out,
+                    );
+                    out += CALL;
+                    calls.push(name.to_string());
+                }
             }
-            "tool" => return Err(HarmonyError::UnsupportedRole(m.role.clone())),
+            "tool" => {
+                let Some(name) = calls.get(answered).or(calls.last()) else {
+                    return Err(HarmonyError::ToolResultWithoutCall(first_turn + i));
+                };
+                out += START;
+                out += "functions.";
+                out += name;
+                out += " to=assistant";
+                out += CHANNEL;
+                out += "commentary";
+                out += MESSAGE;
+                crate::chat::python_json(&serde_json::Value::String(m.content.clone()), &mut out);
+                out += END;
+                answered += 1;
+            }
             _ => {}
         }
     }
@@ -759,6 +848,7 @@ mod tests {
         let prompt = render_prompt(
             &[Message::new("system", "Use a friendly tone."), Message::new("user", "What is 2 + 2?")],
             &system,
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -772,6 +862,7 @@ mod tests {
         let error = render_prompt(
             &[Message::new("assistant", "<|channel|>analysis<|message|>x")],
             &SystemContent::new("2025-06-28", ReasoningEffort::Low),
+            None,
         );
         assert!(matches!(error, Err(HarmonyError::ChannelTagsInContent)));
     }

@@ -1054,7 +1054,7 @@ fn harmony_prompt(
         }
     }
     let system = harmony::SystemContent::new(harmony::today(), effort);
-    Ok(harmony::render_prompt(messages, &system)?)
+    Ok(harmony::render_prompt(messages, &system, None)?)
 }
 
 fn write_npy(path: &Path, data: &[f32], rows: usize, cols: usize) -> Result<()> {

@@ -21,7 +21,7 @@ fn template(messages: &[Message], effort: Option<ReasoningEffort>) -> String {
 
 fn ours(messages: &[Message], effort: Option<ReasoningEffort>) -> String {
     let system = SystemContent::new("2025-06-28", effort.unwrap_or_default());
-    harmony::render_prompt(messages, &system).unwrap()
+    harmony::render_prompt(messages, &system, None).unwrap()
 }
 
 #[test]
@@ -108,6 +108,70 @@ fn our_renderer_writes_what_the_template_writes() {
 }
 
 #[test]
+fn our_renderer_writes_tools_calls_and_results_as_the_template_does() {
+    let tools = serde_json::json!([
+        {"type": "function", "function": {
+            "name": "get_current_weather",
+            "description": "Gets the current weather in the provided location.",
+            "parameters": {"type": "object", "properties": {
+                "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+                "format": {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"},
+                "days": {"type": "integer", "default": 3},
+                "tags": {"type": "array", "items": {"type": "string"}, "nullable": true},
+                "exact": {"type": "boolean"},
+            }, "required": ["location"]},
+        }},
+        {"type": "function", "function": {"name": "get_time", "description": "Gets the time."}},
+    ]);
+    let tools = tools.as_array().unwrap();
+    let mut call = Message::new("assistant", "");
+    call.thinking = Some("Need to use function get_current_weather.".into());
+    call.tool_calls = Some(serde_json::json!([{"id": "call_1", "type": "function",
+        "function": {"name": "get_current_weather", "arguments": {"location": "San Francisco"}}}]));
+    let result = Message::new("tool", "{\"sunny\": true, \"temperature\": 20}");
+    let conversations: Vec<Vec<Message>> = vec![
+        vec![Message::new("user", "What is the weather like in SF?")],
+        vec![Message::new("user", "What is the weather like in SF?"), call.clone(), result.clone()],
+        // The reasoning before a call is dropped once a later turn has answered.
+        vec![
+            Message::new("system", "Be brief."),
+            Message::new("user", "What is the weather like in SF?"),
+            call.clone(),
+            result.clone(),
+            Message::new("assistant", "Sunny, 20 degrees."),
+            Message::new("user", "Thanks"),
+        ],
+    ];
+    for messages in &conversations {
+        let options = TemplateOptions {
+            reasoning_effort: None,
+            now: Some(NOW),
+            tools: Some(serde_json::Value::Array(tools.clone())),
+        };
+        let theirs = chat::render_with_options(TEMPLATE, messages, "", "", true, &options).unwrap();
+        let system = SystemContent::new("2025-06-28", ReasoningEffort::Medium);
+        let ours = harmony::render_prompt(messages, &system, Some(tools)).unwrap();
+        assert_eq!(ours, theirs, "{messages:?}");
+    }
+    let text = harmony::render_prompt(
+        &conversations[1],
+        &SystemContent::new("2025-06-28", ReasoningEffort::Medium),
+        Some(tools),
+    )
+    .unwrap();
+    assert!(text.contains("type get_time = () => any;"), "{text}");
+    assert!(text.contains("<|channel|>analysis<|message|>Need to use function get_current_weather.<|end|>"));
+    assert!(
+        text.contains("<|start|>functions.get_current_weather to=assistant<|channel|>commentary<|message|>")
+    );
+    // A tool result with no call before it is refused, not dropped.
+    let orphan = [Message::new("user", "Hi"), result];
+    let error =
+        harmony::render_prompt(&orphan, &SystemContent::new("2025-06-28", ReasoningEffort::Medium), None);
+    assert!(matches!(error, Err(harmony::HarmonyError::ToolResultWithoutCall(1))), "{error:?}");
+}
+
+#[test]
 fn the_template_refuses_channel_tags_in_content() {
     let messages = [
         Message::new("user", "Hi"),
@@ -118,7 +182,7 @@ fn the_template_refuses_channel_tags_in_content() {
     let error = chat::render_with_options(TEMPLATE, &messages, "", "", true, &options).unwrap_err();
     assert!(error.to_string().contains("thinking"), "{error}");
     assert!(
-        harmony::render_prompt(&messages, &SystemContent::new("2025-06-28", ReasoningEffort::Medium))
+        harmony::render_prompt(&messages, &SystemContent::new("2025-06-28", ReasoningEffort::Medium), None)
             .is_err()
     );
 }

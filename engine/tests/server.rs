@@ -238,6 +238,10 @@ fn bad_requests_are_refused_with_the_field_named() {
         (chat_body(json!({"stream": "yes"})), "stream"),
         (chat_body(json!({"reasoning_effort": "max"})), "reasoning_effort"),
         (chat_body(json!({"ignore_eos": "yes"})), "ignore_eos"),
+        // A forced tool call cannot be enforced, so it is refused rather than ignored.
+        (chat_body(json!({"tool_choice": "required"})), "tool_choice"),
+        (chat_body(json!({"tool_choice": {"type": "function", "function": {"name": "f"}}})), "tool_choice"),
+        (chat_body(json!({"tool_choice": 7})), "tool_choice"),
     ];
     for (body, param) in cases {
         let (status, error) = post("/v1/chat/completions", &body.to_string());
@@ -427,6 +431,57 @@ fn a_stream_that_waits_gets_keep_alive_comments_then_its_tokens() {
     let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
     assert_eq!(text, expected);
     drop(first);
+    s.wait_until_idle();
+    s.stop();
+}
+
+/// Polls `/metrics` until `name` reads `value`; false if it did not within `seconds`.
+fn reaches(s: &TestServer, name: &str, value: f64, seconds: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if s.metric(name) == value {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn a_client_that_goes_away_while_its_request_waits_is_cancelled_before_it_runs() {
+    // One running sequence, generating to the end of the context; the requests after it wait.
+    let s = TestServer::start(options(), 1, 64);
+    let long = json!({"prompt": "Once upon a time", "max_tokens": CTX, "ignore_eos": true, "stream": true});
+    let (_, mut running) = s.stream("/v1/completions", &long);
+    for _ in 0..3 {
+        assert!(running.next_data().is_some());
+    }
+    let first_tokens = s.metric("engine_time_to_first_token_seconds_count");
+    // A streamed request that waits: its role chunk comes at once, then nothing until it runs.
+    let queued = json!({"prompt": "The capital of France is", "max_tokens": 50, "stream": true});
+    let (status, mut waiting) = s.stream("/v1/completions", &queued);
+    assert_eq!(status, 200);
+    assert!(waiting.next_data().is_some(), "the first chunk comes at once");
+    assert!(reaches(&s, "engine_requests_waiting", 1.0, 10), "the second request waits");
+    drop(waiting);
+    assert!(reaches(&s, "engine_requests_waiting", 0.0, 10), "the stream that went away still waits");
+    assert_eq!(s.metric("engine_requests_running"), 1.0, "the first request still runs");
+    // A whole (not streamed) request whose client closes the connection while it waits.
+    let address = s.url.trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&address).unwrap();
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 50}).to_string();
+    use std::io::Write;
+    write!(socket, "POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    assert!(reaches(&s, "engine_requests_waiting", 1.0, 10), "the third request waits");
+    drop(socket);
+    assert!(reaches(&s, "engine_requests_waiting", 0.0, 10), "the request that went away still waits");
+    assert_eq!(s.metric("engine_requests_running"), 1.0, "the first request still runs");
+    assert_eq!(
+        s.metric("engine_time_to_first_token_seconds_count"),
+        first_tokens,
+        "neither request that went away computed its prompt"
+    );
+    drop(running);
     s.wait_until_idle();
     s.stop();
 }

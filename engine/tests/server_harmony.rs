@@ -123,6 +123,12 @@ impl BatchBackend for Scripted {
 
 /// A server whose every reply is `reply` (token ids), with gpt-oss's chat template.
 fn scripted_server(reply: Vec<u32>) -> TestServer {
+    scripted_server_with(reply, Some(include_str!("data/chat/gpt-oss-20b.jinja").to_string()))
+}
+
+/// A server whose every reply is `reply`, with `chat_template` (None: the engine's harmony
+/// renderer writes the prompts).
+fn scripted_server_with(reply: Vec<u32>, chat_template: Option<String>) -> TestServer {
     TestServer::start_with(options(), move || {
         let tokenizer = harmony_tokenizer();
         let special = SpecialTokens::from_tokenizer(&tokenizer).expect("harmony's special tokens");
@@ -131,7 +137,7 @@ fn scripted_server(reply: Vec<u32>) -> TestServer {
             Scripted { reply, n_pages: 4 * HARMONY_CTX / engine::model::PAGE_SIZE, progress: HashMap::new() };
         let info = ModelInfo {
             tokenizer: tokenizer.clone(),
-            chat_template: Some(include_str!("data/chat/gpt-oss-20b.jinja").to_string()),
+            chat_template,
             harmony: Some(special),
             ctx_size: HARMONY_CTX,
             n_vocab: N_VOCAB,
@@ -258,6 +264,46 @@ fn commentary_to_a_function_is_a_tool_call_whole_and_streamed() {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].1, "get_current_weather");
     assert_eq!(serde_json::from_str::<Value>(&calls[0].2).unwrap(), json!({"location": "San Francisco"}));
+    server.stop();
+}
+
+#[test]
+fn a_stop_string_is_never_returned_in_content_or_reasoning() {
+    let server = scripted_server(REASONING_THEN_ANSWER.to_vec());
+    // (stop, content, reasoning): in the answer; in the reasoning; ending inside a token
+    // (" Provide"); a stop that never comes.
+    let cases = [
+        ("= 4", "2 + 2 ", REASONING),
+        ("Simple", "", "User asks: \"What is 2 + 2?\" "),
+        ("arithmetic. Prov", "", "User asks: \"What is 2 + 2?\" Simple "),
+        ("zzz", ANSWER, REASONING),
+    ];
+    for (stop, content, reasoning) in cases {
+        let mut body = chat(false);
+        body["stop"] = json!([stop]);
+        let (status, response) = server.post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{response}");
+        let choice = &response["choices"][0];
+        assert_eq!(choice["message"]["content"], content, "stop {stop:?}: {choice}");
+        assert_eq!(choice["message"]["reasoning_content"].as_str().unwrap_or(""), reasoning, "stop {stop:?}");
+        assert_eq!(choice["finish_reason"], "stop");
+        body["stream"] = json!(true);
+        let (_, events) = server.stream("/v1/chat/completions", &body);
+        let streamed = gather_stream(&events.all());
+        assert_eq!(
+            (streamed.0.as_str(), streamed.1.as_str(), streamed.3.as_str()),
+            (content, reasoning, "stop"),
+            "stop {stop:?}, streamed"
+        );
+    }
+    // In a tool call's arguments.
+    server.stop();
+    let server = scripted_server(tool_call_reply());
+    let mut body = chat(false);
+    body["stop"] = json!(["Francisco"]);
+    let (_, response) = server.post("/v1/chat/completions", &body);
+    let message = &response["choices"][0]["message"];
+    assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"location\":\"San ", "{message}");
     server.stop();
 }
 
@@ -414,6 +460,12 @@ fn tools_and_reasoning_sent_back_are_rendered_into_the_prompt() {
         "{text}"
     );
     assert!(text.ends_with("<|start|>assistant"), "{text}");
+    // A file without the template: the engine's renderer writes the same prompt, nothing
+    // dropped (apart from the current date, which the template takes from the clock too).
+    let no_template = scripted_server_with(Vec::new(), None);
+    let ours = tokenized_text(&no_template, &json!({"messages": messages, "tools": tools}));
+    assert_eq!(ours, text);
+    no_template.stop();
     // tool_choice "none": the tools are not offered.
     let none = tokenized_text(
         &server,

@@ -1,11 +1,14 @@
 //! `engine serve` under load, on loopback: 32 client threads stream a few hundred short requests
 //! (random prompts, random lengths, chat and completions, some sampled with a seed) into one
-//! server over the default model, and close about one stream in five after a few events. Every
-//! request that was not closed must come back 200 with well-formed events (one id, the first
-//! chunk, deltas, one finish chunk, `[DONE]`, nothing after), greedy ones with the text the model
-//! gives alone; no request may get a 5xx (or a 429: the queue holds them all); and when the
-//! clients are done, no sequence runs or waits and no KV page is held. Bounded: 256 requests of
-//! at most 8 tokens, and the whole run must end within a time limit.
+//! server over the default model that runs at most 8 sequences on a KV pool too small for them
+//! all, so requests queue and running sequences are preempted and recomputed. About one stream
+//! in five is closed after a few events, and about one whole (not streamed) request in ten is
+//! closed while it waits or runs. Every request that was not closed must come back 200 with
+//! well-formed events (one id, the first chunk, deltas, one finish chunk, `[DONE]`, nothing
+//! after), greedy ones with the text the model gives alone, preempted or not; no request may get
+//! a 5xx (or a 429: the queue holds them all); and when the clients are done, no sequence runs
+//! or waits and no KV page is held. Bounded: 160 requests of at most 8 tokens, and the whole run
+//! must end within a time limit.
 
 #[path = "server/common.rs"]
 mod common;
@@ -17,16 +20,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 32;
-const REQUESTS_PER_CLIENT: usize = 8;
+/// Sequences the server runs at once: the other clients' requests wait.
+const MAX_SEQS: usize = 8;
+/// The context: the pool must hold one sequence of it, and these prompts are short.
+const CONTEXT: usize = 128;
+/// KV pages (16 positions each): one context's worth, fewer than 8 sequences' prompts and
+/// tokens need, so decodes run out of pages and preempt.
+const N_PAGES: usize = CONTEXT / engine::model::PAGE_SIZE;
+const REQUESTS_PER_CLIENT: usize = 5;
 const MAX_TOKENS: usize = 8;
 const TIME_LIMIT: Duration = Duration::from_secs(600);
 
+/// Even ones go to completions, odd ones to chat. The longer ones end a few positions before a
+/// page boundary (13 and 12 tokens; 43 and 41 in SmolLM2's chat template), so that their
+/// decodes need a new page.
 const PROMPTS: [&str; 6] = [
+    "The quick brown fox jumps over the lazy dog, and then it",
+    "Tell me a short story about a brave little robot and its dog",
+    "Once upon a time in a land far away there lived a",
+    "Write a haiku about the sea at night, please",
     "The capital of France is",
-    "Once upon a time",
-    "def fibonacci(n):",
-    "The three primary colours are",
-    "In 1969, the first",
     "Water boils at",
 ];
 
@@ -69,6 +82,26 @@ impl Reference {
 enum Outcome {
     Completed,
     Cancelled,
+    /// A whole request whose client closed the connection before the answer.
+    Abandoned,
+}
+
+/// Sends a whole (not streamed) request on a raw connection and closes it after `after`,
+/// without reading the answer.
+fn abandon(server: &TestServer, path: &str, body: &Value, after: Duration) {
+    use std::io::Write;
+    let address = server.url.trim_start_matches("http://");
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    let mut body = body.clone();
+    body["stream"] = json!(false);
+    let body = body.to_string();
+    write!(
+        socket,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(after);
 }
 
 /// Reads a whole stream and checks its shape; the text and the finish reason.
@@ -108,8 +141,33 @@ fn thirty_two_streaming_clients_with_random_lengths_and_cancellations() {
             })
             .collect(),
     );
-    let server = Arc::new(TestServer::start(options(), CLIENTS, 512));
+    let server = Arc::new(TestServer::start_with(options(), || {
+        let loaded = common::loaded();
+        let backend = engine::batching::CpuBatch::new(&loaded.model, N_PAGES);
+        let info = engine::server::ModelInfo {
+            tokenizer: loaded.tokenizer.clone(),
+            chat_template: loaded.chat_template.clone(),
+            harmony: None,
+            ctx_size: CONTEXT,
+            n_vocab: loaded.model.config().n_vocab,
+            max_seqs: MAX_SEQS,
+        };
+        (info, common::batcher(Box::new(backend), &loaded.tokenizer, MAX_SEQS, CONTEXT))
+    }));
     let start = Instant::now();
+    // The most requests seen waiting at once, sampled while the clients run.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (server, done) = (server.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut most_waiting: f64 = 0.0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most_waiting = most_waiting.max(server.metric("engine_requests_waiting"));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            most_waiting
+        })
+    };
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
             let (server, references) = (server.clone(), references.clone());
@@ -121,7 +179,13 @@ fn thirty_two_streaming_clients_with_random_lengths_and_cancellations() {
                     let max_tokens = rng.random_range(1..=MAX_TOKENS);
                     let sampled = rng.random_bool(0.25).then(|| rng.random::<u64>());
                     let cancel_after = rng.random_bool(0.2).then(|| rng.random_range(1..=3));
+                    let abandon_after = rng.random_bool(0.1).then(|| rng.random_range(0..100));
                     let (path, body) = reference.body(max_tokens, sampled);
+                    if let Some(milliseconds) = abandon_after {
+                        abandon(&server, path, &body, Duration::from_millis(milliseconds));
+                        outcomes.push(Outcome::Abandoned);
+                        continue;
+                    }
                     let (status, mut events) = server.stream(path, &body);
                     assert_eq!(status, 200, "{body}");
                     if let Some(after) = cancel_after {
@@ -149,23 +213,32 @@ fn thirty_two_streaming_clients_with_random_lengths_and_cancellations() {
             })
         })
         .collect();
-    let mut completed = 0;
-    let mut cancelled = 0;
+    let (mut completed, mut cancelled, mut abandoned) = (0, 0, 0);
     for client in clients {
         for outcome in client.join().expect("a client failed (see its panic above)") {
             match outcome {
                 Outcome::Completed => completed += 1,
                 Outcome::Cancelled => cancelled += 1,
+                Outcome::Abandoned => abandoned += 1,
             }
         }
     }
     let took = start.elapsed();
-    eprintln!("load: {completed} completed, {cancelled} cancelled by their clients, in {took:.1?}");
-    assert_eq!(completed + cancelled, CLIENTS * REQUESTS_PER_CLIENT);
-    assert!(cancelled > 0 && completed > cancelled, "random cancellations happened");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most_waiting = watcher.join().unwrap();
+    let preemptions = server.metric("engine_preemptions_total");
+    eprintln!(
+        "load: {completed} completed, {cancelled} streams and {abandoned} whole requests closed by their clients, \
+         at most {most_waiting} waiting, {preemptions} preemptions, in {took:.1?}"
+    );
+    assert_eq!(completed + cancelled + abandoned, CLIENTS * REQUESTS_PER_CLIENT);
+    assert!(cancelled > 0 && abandoned > 0 && completed > cancelled, "random cancellations happened");
+    assert!(most_waiting > 0.0, "requests queued behind the running ones");
+    assert!(preemptions > 0.0, "the KV pool ran out and sequences were preempted");
     assert!(took < TIME_LIMIT, "the run took {took:?}");
     server.wait_until_idle();
     assert_eq!(server.metric("engine_requests_running"), 0.0);
+    assert_eq!(server.metric("engine_requests_waiting"), 0.0);
     assert_eq!(server.metric("engine_kv_cache_usage_ratio"), 0.0, "no KV page is held");
     // Every completed request ended in the engine (a stream closed before its sequence was
     // admitted never reaches it).
@@ -175,7 +248,7 @@ fn thirty_two_streaming_clients_with_random_lengths_and_cancellations() {
         .filter(|l| l.starts_with("engine_request_success_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!((completed..=completed + cancelled).contains(&(finished as usize)), "{metrics}");
+    assert!((completed..=completed + cancelled + abandoned).contains(&(finished as usize)), "{metrics}");
     // And the server still answers.
     let (status, _) = server.post("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 1}));
     assert_eq!(status, 200);

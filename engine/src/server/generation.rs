@@ -409,7 +409,9 @@ fn delta_json(delta: Delta) -> Value {
 }
 
 /// Forwards a streamed request's events to its body until every choice has finished, or the
-/// client has gone (a send fails): then `_held` drops, which cancels the sequences.
+/// client has gone: then `_held` drops, which cancels the sequences. A client that goes away
+/// while its request waits in the queue or computes its prompt sends nothing to fail on, so the
+/// wait for the next event also watches the body: hyper drops it when the connection closes.
 async fn stream(
     context: Context,
     mut choices: Vec<Choice>,
@@ -431,7 +433,12 @@ async fn stream(
             return;
         }
     }
-    while let Some((index, event)) = receiver.recv().await {
+    loop {
+        let next = tokio::select! {
+            next = receiver.recv() => next,
+            () = out.closed() => return,
+        };
+        let Some((index, event)) = next else { break };
         if let Err(error) = later.submit() {
             let _ = send(Event::default().data(error.body().to_string())).await;
             return;

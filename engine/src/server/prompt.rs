@@ -3,7 +3,7 @@
 //! fails), a completions prompt through the tokenizer, token ids as given. The template sees the
 //! request's `tools` and each assistant message's reasoning (as `thinking`) and `tool_calls`
 //! (arguments parsed from their JSON text, as templates index them); the engine's own harmony
-//! renderer takes neither. The prompt must fit
+//! renderer writes them too (tools, reasoning, tool calls and results). The prompt must fit
 //! the context with room for one generated token: a longer one is refused, never cut.
 
 use super::ModelInfo;
@@ -79,10 +79,10 @@ fn chat_tokens(
     let token_text = |id: Option<u32>| id.and_then(|t| tokenizer.id_to_token(t)).unwrap_or_default();
     let (bos, eos) = (token_text(tokenizer.bos()), token_text(tokenizer.eos()));
     let plain: Vec<Message> = messages.iter().map(template_message).collect();
-    let tools = tools.map(|tools| Value::Array(tools.to_vec()));
+    let template_tools = tools.map(|tools| Value::Array(tools.to_vec()));
     let text = match (&model.chat_template, model.harmony) {
         (Some(template), None) => {
-            let options = TemplateOptions { tools, ..TemplateOptions::default() };
+            let options = TemplateOptions { tools: template_tools, ..TemplateOptions::default() };
             chat::render_with_options(template, &plain, &bos, &eos, true, &options).map_err(template_error)?
         }
         (None, None) => {
@@ -93,15 +93,18 @@ fn chat_tokens(
         }
         (template, Some(_)) => {
             let effort = effort.unwrap_or(ReasoningEffort::Medium);
-            let options =
-                TemplateOptions { reasoning_effort: Some(effort.as_str().to_string()), now: None, tools };
+            let options = TemplateOptions {
+                reasoning_effort: Some(effort.as_str().to_string()),
+                now: None,
+                tools: template_tools,
+            };
             let from_template =
                 template.as_deref().map(|t| chat::render_with_options(t, &plain, &bos, &eos, true, &options));
             match from_template {
                 Some(Ok(text)) => text,
                 _ => {
                     let system = harmony::SystemContent::new(harmony::today(), effort);
-                    harmony::render_prompt(&plain, &system)
+                    harmony::render_prompt(&plain, &system, tools)
                         .map_err(|e| ApiError::invalid("messages", e.to_string()))?
                 }
             }

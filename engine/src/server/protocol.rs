@@ -66,7 +66,9 @@ pub struct GenerationRequest {
     pub reasoning_effort: Option<ReasoningEffort>,
     /// `tools` as given (for templates that render them); None when absent or empty.
     pub tools: Option<Vec<Value>>,
-    /// `tool_choice`: "none" turns tool calls off.
+    /// `tool_choice`: "none" turns tool calls off, "auto" (the default) leaves them to the
+    /// model. Forcing a call ("required", a named function) is refused: nothing here can
+    /// constrain what the model writes.
     pub tool_choice: Option<String>,
     /// Completions: the prompt's text comes back before the completion.
     pub echo: bool,
@@ -202,8 +204,19 @@ pub fn parse_request(body: &[u8], endpoint: Endpoint) -> Result<GenerationReques
     };
     let tool_choice = match fields.get("tool_choice") {
         None => None,
-        Some(Value::String(s)) if ["none", "auto", "required"].contains(&s.as_str()) => Some(s.clone()),
-        Some(Value::Object(_)) => Some("required".to_string()),
+        Some(Value::String(s)) if ["none", "auto"].contains(&s.as_str()) => Some(s.clone()),
+        Some(Value::String(s)) if s == "required" => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "tool_choice \"required\" is not supported (the engine cannot force a tool call); use \"auto\" or \"none\"",
+            ));
+        }
+        Some(Value::Object(choice)) if choice.get("function").and_then(|f| f.get("name")).is_some() => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "tool_choice naming a function is not supported (the engine cannot force a tool call); use \"auto\" or \"none\"",
+            ));
+        }
         Some(_) => {
             return Err(ApiError::invalid(
                 "tool_choice",

@@ -5,8 +5,15 @@
 //! streamed and the whole responses, and the tests feed it recorded token streams. A reply that
 //! breaks the harmony framing (text with no `<|message|>`, ended by the token budget or by a
 //! stop token) comes back as content, as written.
+//!
+//! Stop strings are the batcher's: it matches them on the reply's whole text (headers included)
+//! and releases text only once it cannot begin a stop string. The harmony parser reads exactly
+//! the text the batcher released, so the stop text, and what follows it, is never returned, in
+//! content, reasoning or a tool call's arguments alike.
 
+use crate::generate::Utf8Stream;
 use crate::harmony::{self, SpecialTokens};
+use std::collections::VecDeque;
 
 /// A piece of a reply, in the order it was generated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,9 +46,19 @@ enum Kind {
     Plain,
     Harmony {
         parser: Box<harmony::Parser>,
+        /// The reply's text decoded as the batcher decodes it (control tokens have none), so
+        /// that what it released can be counted off against it.
+        decoded: Utf8Stream,
+        /// Tokens not yet given to the parser, each with its decoded text: they wait until the
+        /// batcher has released that text.
+        pending: VecDeque<(u32, String)>,
+        /// Bytes of text the batcher released that the parser has not read yet.
+        released: usize,
+        /// The last token with text, to give the parser the decoder's last bytes at the end.
+        last_text_token: Option<u32>,
         target: Target,
-        /// The raw text of the tokens since the last message began, for a reply that never
-        /// opens one.
+        /// The text the parser read since the last message began, for a reply that never opens
+        /// one.
         unframed: Vec<u8>,
         /// Whether a message has begun (a header ended with `<|message|>`).
         framed: bool,
@@ -63,6 +80,10 @@ impl ReplyMapper {
     pub fn harmony(tokens: SpecialTokens, call_prefix: &str) -> Self {
         let kind = Kind::Harmony {
             parser: Box::new(harmony::Parser::new(tokens)),
+            decoded: Utf8Stream::default(),
+            pending: VecDeque::new(),
+            released: 0,
+            last_text_token: None,
             target: Target::Content,
             unframed: Vec::new(),
             framed: false,
@@ -75,28 +96,70 @@ impl ReplyMapper {
         self.tool_calls
     }
 
-    /// Takes token `token` whose text is `bytes` (the vocabulary's); `text` is the batcher's
-    /// text for it (stop strings applied), which plain replies return as it is.
+    /// Takes token `token` whose text is `bytes` (the vocabulary's; none for a control token);
+    /// `text` is what the batcher released with it (stop strings applied), which plain replies
+    /// return as it is and harmony replies read through the parser.
     pub fn push(&mut self, token: u32, bytes: &[u8], text: &str) -> Vec<Delta> {
-        match &mut self.kind {
-            Kind::Plain => Self::content(text),
-            Kind::Harmony { parser, unframed, .. } => {
-                unframed.extend_from_slice(bytes);
-                let events = parser.push(token, bytes);
-                self.harmony_events(events)
-            }
+        let Kind::Harmony { decoded, pending, released, last_text_token, .. } = &mut self.kind else {
+            return Self::content(text);
+        };
+        pending.push_back((token, decoded.push(bytes)));
+        if !bytes.is_empty() {
+            *last_text_token = Some(token);
         }
+        *released += text.len();
+        let events = self.read_released();
+        self.harmony_events(events)
     }
 
-    /// The reply ended; `held` is the batcher's held-back text.
+    /// The reply ended; `held` is the batcher's held-back text (none after a stop string). What
+    /// the batcher never released (a stop string and what came with it) is dropped.
     pub fn finish(&mut self, held: &str) -> Vec<Delta> {
-        match &mut self.kind {
-            Kind::Plain => Self::content(held),
-            Kind::Harmony { parser, .. } => {
-                let events = parser.finish();
-                self.harmony_events(events)
-            }
+        let Kind::Harmony { decoded, pending, released, last_text_token, .. } = &mut self.kind else {
+            return Self::content(held);
+        };
+        let rest = decoded.finish();
+        if let Some(token) = *last_text_token
+            && !rest.is_empty()
+        {
+            pending.push_back((token, rest));
         }
+        *released += held.len();
+        let mut events = self.read_released();
+        if let Kind::Harmony { parser, pending, .. } = &mut self.kind {
+            pending.clear();
+            events.extend(parser.finish());
+        }
+        self.harmony_events(events)
+    }
+
+    /// Gives the parser the pending tokens whose text the batcher has released (a token cut by
+    /// a stop string: the released part of its text); its events.
+    fn read_released(&mut self) -> Vec<harmony::Event> {
+        let Kind::Harmony { parser, pending, released, unframed, .. } = &mut self.kind else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        let mut read = |token: u32, text: &str| {
+            unframed.extend_from_slice(text.as_bytes());
+            events.extend(parser.push(token, text.as_bytes()));
+        };
+        while let Some((token, text)) = pending.front_mut() {
+            if text.len() > *released {
+                if *released > 0 {
+                    // The batcher's text is a prefix of the decoded text, so this is a character
+                    // boundary; the rest waits (and is dropped if a stop string ended the reply).
+                    let head: String = text.drain(..*released).collect();
+                    *released = 0;
+                    read(*token, &head);
+                }
+                break;
+            }
+            *released -= text.len();
+            read(*token, text);
+            pending.pop_front();
+        }
+        events
     }
 
     fn content(text: &str) -> Vec<Delta> {
