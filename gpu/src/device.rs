@@ -357,14 +357,7 @@ pub unsafe fn copy_async_16(shared: u32, global: *const u8, valid: bool) {
 /// [`copy_async_16`] for 4 bytes (`cp.async.ca`, through L1), both addresses 4-byte aligned.
 #[inline(always)]
 pub unsafe fn copy_async_4(shared: u32, global: *const u8, valid: bool) {
-    let bytes: u32 = if valid { 4 } else { 0 };
-    unsafe {
-        asm!(
-            "cp.async.ca.shared.global [{s}], [{g}], 4, {n};",
-            s = in(reg32) shared, g = in(reg64) global, n = in(reg32) bytes,
-            options(nostack),
-        );
-    }
+    unsafe { copy_async_4_prefix(shared, global, if valid { 4 } else { 0 }) }
 }
 
 /// [`copy_async_4`] of the first `bytes` (0 to 4) bytes of an aligned word, the rest of the

@@ -19,7 +19,7 @@
 //! 4-byte words that hold its UNITS exponent bytes (the row's bytes start anywhere in a word),
 //! the pass's tokens' UNITS blocks of X (272 bytes per token, as mma_rows.rs) and their scales.
 //! Launch: grid (ceil(rows / 64), experts), 128 threads (4 warps, warp w rows 16 w.. of the
-//! block's 64), SHARED_BYTES of dynamic shared memory (~44 KiB: five blocks per SM).
+//! block's 64), SHARED_BYTES of dynamic shared memory (~44 KiB: four blocks per SM).
 //! Cost: weights once from DRAM per pass of 16 tokens, X once from L2 per 64 rows; per block of
 //! K per warp two shared loads of A, two of exponents, per 8 tokens two of X, one of scales and
 //! one mma. One barrier per step.
@@ -27,9 +27,9 @@
 use super::dequant::e8m0_half;
 use super::mma_rows::e2m1_bytes;
 use crate::device::{
-    block_idx, block_idx_y, copy_async_4_prefix, copy_async_16, copy_async_commit, copy_async_wait,
-    dynamic_shared_address, fma, lane_idx, mma_16x8x32_i8, shared_load_f32x2, shared_load_u8,
-    shared_load_u32, shared_store_u32, sync_threads, thread_idx, warp_idx,
+    block_idx, block_idx_y, copy_async_4, copy_async_4_prefix, copy_async_16, copy_async_commit,
+    copy_async_wait, dynamic_shared_address, fma, lane_idx, mma_16x8x32_i8, shared_load_f32x2,
+    shared_load_u8, shared_load_u32, shared_store_u32, sync_threads, thread_idx, warp_idx,
 };
 use crate::unroll;
 
@@ -42,7 +42,7 @@ const UNITS: usize = 8;
 /// Stages in the ring: STAGES - 1 in flight while one is multiplied.
 const STAGES: usize = 3;
 /// Tokens per pass over the weights: FRAGMENTS mma columns of 8 (at 64 tokens of 4 experts of 32
-/// an expert has 8 on average; 16 leaves the shared memory for five blocks per SM).
+/// an expert has 8 on average; 16 leaves the shared memory for four blocks per SM).
 const FRAGMENTS: usize = 2;
 const TOKENS: usize = 8 * FRAGMENTS;
 
@@ -93,7 +93,7 @@ struct Copies {
 impl Copies {
     /// Starts the copies of step `step` (blocks of K UNITS step..) into stage `step % STAGES`.
     /// Not inlined: inlined, the copies' addresses stay live through the multiply loop (196
-    /// registers, two blocks per SM; called, 64).
+    /// registers, two blocks per SM; called, 56).
     #[inline(never)]
     unsafe fn issue(&self, base: u32, step: usize) {
         let tid = thread_idx();
@@ -122,9 +122,12 @@ impl Copies {
                 let first = unsafe { self.exponents.add((self.row0 + row) * self.blocks + b0) } as usize;
                 let (start, end) = ((first & !3) + 4 * word, first + units);
                 let bytes = if self.row0 + row < self.rows && start < end { (end - start).min(4) } else { 0 };
-                let source = if bytes > 0 { start as *const u8 } else { self.exponents };
                 unsafe {
-                    copy_async_4_prefix(e_area + (row * E_STRIDE + 4 * word) as u32, source, bytes as u32)
+                    copy_async_4_prefix(
+                        e_area + (row * E_STRIDE + 4 * word) as u32,
+                        start as *const u8,
+                        bytes as u32,
+                    )
                 };
             }
         });
@@ -146,7 +149,7 @@ impl Copies {
                 let valid = unit < units;
                 let at = if valid { self.d_row * self.blocks + b0 + unit } else { 0 };
                 let to = d_area + 4 * (unit * TOKENS + j) as u32;
-                unsafe { copy_async_4_prefix(to, self.xd.add(at) as *const u8, if valid { 4 } else { 0 }) };
+                unsafe { copy_async_4(to, self.xd.add(at) as *const u8, valid) };
             }
         });
     }
