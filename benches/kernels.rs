@@ -14,9 +14,9 @@
 //! `Gpu::gemm` launches first; cuBLAS's f16 GEMM (f16 X and W, f32 Y, f32 sums) at the same shapes
 //! is the yardstick, when libcublas can be loaded.
 //! Rows of a batched decode step (`KERNELS=rows` runs only these): the multi-row GEMV
-//! (`Gpu::gemv_rows`, with the quantization of X), the integer tensor-core rows (`Gpu::mma_rows`)
-//! and the GEMM at T = 1 to 64 rows, Llama-3.1-8B's
-//! Q4_K shapes; bytes are the weights once (what a step must read), so "of copy" says how near
+//! (`Gpu::gemv_rows`, with the quantization of X), the integer tensor-core rows (`Gpu::mma_rows`:
+//! the streamed kernel for 33 to 64 rows, `ENGINE_MMA_STREAM_ROWS` to move that) and the GEMM at
+//! T = 1 to 128 rows, Llama-3.1-8B's Q4_K shapes and gpt-oss-20b's Q8_0 q and o; bytes are the weights once (what a step must read), so "of copy" says how near
 //! the product comes to reading its weights at the copy rate.
 
 use cudarc::driver::sys::CUevent_flags;
@@ -607,8 +607,15 @@ fn attention_gpt_oss(gpu: &Gpu, table: &Table) -> Result<()> {
 
 /// The multi-row GEMV against the GEMM for the few rows of a batched decode step.
 fn rows(gpu: &Gpu, table: &Table) -> Result<()> {
-    let format = WeightFormat::Q4K;
-    for (n_in, n_out) in [(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {
+    // Llama-3.1-8B's Q4_K shapes, then gpt-oss-20b's Q8_0 attention (q and o).
+    let shapes = [
+        (WeightFormat::Q4K, 4096usize, 4096usize),
+        (WeightFormat::Q4K, 4096, 14336),
+        (WeightFormat::Q4K, 14336, 4096),
+        (WeightFormat::Q8_0, 2880, 4096),
+        (WeightFormat::Q8_0, 4096, 2880),
+    ];
+    for (format, n_in, n_out) in shapes {
         let (block, block_bytes) = format.block();
         let bytes = random_blocks(format, n_in / block * n_out * block_bytes, n_in * n_out / block);
         let copies = (256usize << 20).div_ceil(bytes.len()).max(2);
@@ -616,7 +623,7 @@ fn rows(gpu: &Gpu, table: &Table) -> Result<()> {
             (0..copies).map(|_| gpu.upload_matrix(format, &bytes, n_in, n_out)).collect::<Result<_>>()?;
         let mut next = 0;
         let moved = matrices[0].size();
-        for t in [1usize, 2, 4, 8, 16, 32, 64] {
+        for t in [1usize, 2, 4, 8, 16, 32, 48, 64, 128] {
             let x = gpu.upload(&random(t * n_in, 11))?;
             let mut y = gpu.alloc::<f32>(t * n_out)?;
             let mut q8 = gpu.q8_activations(t * n_in)?;
@@ -626,18 +633,18 @@ fn rows(gpu: &Gpu, table: &Table) -> Result<()> {
                 gpu.quantize_q8(&x, &mut q8)?;
                 gpu.gemv_rows(&matrices[next], 0..n_out, &q8, t, None, &mut y)
             })?;
-            table.row("quantize+gemv_rows Q4K", &shape, moved, ms);
+            table.row(&format!("quantize+gemv_rows {format:?}"), &shape, moved, ms);
             let ms = time_batched(gpu, || {
                 next = (next + 1) % copies;
                 gpu.quantize_q8(&x, &mut q8)?;
                 gpu.mma_rows(&matrices[next], 0..n_out, &q8, t, None, &mut y)
             })?;
-            table.row("quantize+mma_rows Q4K", &shape, moved, ms);
+            table.row(&format!("quantize+mma_rows {format:?}"), &shape, moved, ms);
             let ms = time_batched(gpu, || {
                 next = (next + 1) % copies;
                 gpu.gemm(&matrices[next], 0..n_out, &x, t, None, &mut y)
             })?;
-            table.row("gemm Q4K", &shape, moved, ms);
+            table.row(&format!("gemm {format:?}"), &shape, moved, ms);
         }
     }
     // gpt-oss-20b's experts for a decode step of T sequences: 4 of 32 experts per token (drawn

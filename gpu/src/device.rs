@@ -84,6 +84,14 @@ pub fn sync_threads() {
     unsafe { nvptx::_syncthreads() }
 }
 
+/// `bar.sync ID, threads`: a barrier for the `threads` threads (whole warps) that name barrier
+/// `ID` (1 to 15; 0 is [`sync_threads`]'s), so that groups of warps in a block wait only for each
+/// other. The id is a constant so that ptxas reserves only the barriers used.
+#[inline(always)]
+pub fn sync_named<const ID: u32>(threads: u32) {
+    unsafe { asm!("bar.sync {id}, {n};", id = const ID, n = in(reg32) threads, options(nostack)) }
+}
+
 /// Programmatic dependent launch: the point where this kernel starts to need what the previous
 /// kernel wrote (and may start to write what it read). In the sm_80 module this is a PTX comment;
 /// the host's sm_90 variant (host/src/pdl.rs) puts `griddepcontrol.wait` and the trigger for the

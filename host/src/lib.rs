@@ -85,6 +85,8 @@ pub const KERNELS: &[&str] = &[
     "mma_rows_q8_0",
     "mma_rows_mxfp4",
     "mma_rows_mxfp4_experts",
+    "mma_stream_q4_k",
+    "mma_stream_q8_0",
     "moe_route",
     "moe_top_k",
     "swiglu_oai_q8_1",

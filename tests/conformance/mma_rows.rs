@@ -1,4 +1,5 @@
-//! gpu/src/matmul/mma_rows.rs (up to 64 activation rows on the integer tensor cores) against the
+//! gpu/src/matmul/mma_rows.rs and mma_stream.rs (activation rows on the integer tensor cores: 16
+//! weight rows a block for up to 32 tokens a pass, 64 a block for 33 to 64 tokens) against the
 //! batch-1 integer GEMVs of gemv.rs, gemv_k.rs, gemv_mxfp4.rs and moe.rs, which
 //! tests/conformance/gemv.rs and moe.rs hold to the CPU. The block sums are the same integers;
 //! the sum over blocks runs in another order, so each row must match the batch-1 product of that
@@ -39,8 +40,10 @@ proptest! {
 
     #[test]
     #[ignore = "needs an NVIDIA GPU"]
-    fn tensor_core_rows_match_the_batch_1_gemv_row_by_row(format in prop::sample::select(vec![WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Mxfp4]), n in prop_oneof![1usize..=16, 17usize..=70], units in prop_oneof![1usize..=3, 4usize..=24], n_out in prop_oneof![1usize..=40, 41usize..=700], part in 0usize..3, with_bias: bool, seed: u64) {
-        let n_in = 256 * units;
+    fn tensor_core_rows_match_the_batch_1_gemv_row_by_row(format in prop::sample::select(vec![WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Mxfp4]), n in prop_oneof![1usize..=16, 17usize..=32, 33usize..=64, 65usize..=140], units in prop_oneof![1usize..=3, 4usize..=24], short_q8_rows: bool, n_out in prop_oneof![1usize..=40, 41usize..=700], part in 0usize..3, with_bias: bool, seed: u64) {
+        // Q8_0 rows of 2 to 18 blocks of 64 too: the streamed kernel's last stage then holds 2
+        // blocks of 4, and a matrix of 2 blocks leaves its second group no stage.
+        let n_in = if format == WeightFormat::Q8_0 && short_q8_rows { 64 * units.min(9) } else { 256 * units };
         let bytes = random_matrix(format, n_in, n_out, seed);
         let x = random_values(seed ^ 9, n * n_in, 2.0);
         let bias = with_bias.then(|| random_values(seed ^ 10, n_out, 1.0));
@@ -97,6 +100,32 @@ proptest! {
                 let check = near(&y[(token * k + a) * rows..(token * k + a + 1) * rows], &alone[a * rows..(a + 1) * rows], scale);
                 prop_assert!(check.is_ok(), "token {} of {}, ids {:?}: {}", token, t, &ids[token * k..(token + 1) * k], check.unwrap_err());
             }
+        }
+    }
+}
+
+/// The streamed kernel (gpu/src/matmul/mma_stream.rs) on a matrix of more 64-row blocks than two
+/// groups a block fit in one wave, so that it runs one group of warps a block (the property test's
+/// matrices take two), against the batch-1 GEMV.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn streamed_rows_of_a_tall_matrix_match_the_batch_1_gemv() {
+    let gpu = gpu();
+    for (format, n_in, n_out, n) in
+        [(WeightFormat::Q4K, 512, 40_000, 48), (WeightFormat::Q8_0, 320, 40_000, 64)]
+    {
+        let matrix = gpu.upload_matrix(format, &random_matrix(format, n_in, n_out, 5), n_in, n_out).unwrap();
+        let x = random_values(6, n * n_in, 2.0);
+        let mut y = poisoned(n * n_out);
+        gpu.mma_rows(&matrix, 0..n_out, &quantized(&x), n, None, &mut y).unwrap();
+        let y = gpu.download(&y).unwrap();
+        for t in [0, n / 2, n - 1] {
+            let mut alone = poisoned(n_out);
+            gpu.gemv_q8(&matrix, &quantized(&x[t * n_in..(t + 1) * n_in]), None, &mut alone).unwrap();
+            let alone = gpu.download(&alone).unwrap();
+            let scale = alone.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let check = near(&y[t * n_out..(t + 1) * n_out], &alone, scale);
+            assert!(check.is_ok(), "{format:?} {n_out}x{n_in}, row {t} of {n}: {}", check.unwrap_err());
         }
     }
 }

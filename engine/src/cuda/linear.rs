@@ -144,7 +144,7 @@ impl Linear {
         // more on the integer tensor cores (each weight read once for the batch; the row ranges
         // in host/src/matmul/mma_rows.rs). Many rows (a prompt) through the GEMM.
         let q8 = uses_q8(matrix, context.integer_activations);
-        let mma = q8 && takes_mma_rows(n) && matrix.has_mma_rows();
+        let mma = q8 && takes_mma_rows(matrix, n);
         if mma || (q8 && n <= gemv_rows_limit() && matrix.has_gemv_rows()) {
             let mut x8 = context.gpu.q8_activations(n * matrix.n_in)?;
             context.gpu.quantize_q8(x, &mut x8)?;

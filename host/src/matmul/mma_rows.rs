@@ -8,7 +8,10 @@
 //! 1e-6, not bit for bit.
 //!
 //! Formats: Q4_K, Q8_0 and MXFP4 (dense; MXFP4 also as experts, with its own kernel in
-//! `gpu/src/matmul/mma_experts.rs`); others go through the GEMVs or GEMMs.
+//! `gpu/src/matmul/mma_experts.rs`); others go through the GEMVs or GEMMs. Dense Q4_K and Q8_0
+//! products of 33 to 64 rows take `gpu/src/matmul/mma_stream.rs` (64 weight rows a block, the
+//! weights streamed once for all 64 tokens), the rest `mma_rows.rs` (16 rows a block, K split
+//! across its warps, 32 tokens a pass).
 
 use super::{GpuMatrix, Q8Activations, Storage, WeightFormat};
 use crate::moe::ExpertRouting;
@@ -41,19 +44,39 @@ const DEFAULT_EXPERT_TOKENS: usize = 64;
 /// The range of rows for which [`Gpu::mma_rows`] is used.
 pub fn mma_rows_range() -> (usize, usize) {
     static RANGE: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
-    *RANGE.get_or_init(|| {
-        let parsed = std::env::var("ENGINE_MMA_ROWS").ok().and_then(|v| {
-            let (low, high) = v.split_once(',')?;
-            Some((low.trim().parse().ok()?, high.trim().parse().ok()?))
-        });
-        parsed.unwrap_or(DEFAULT_ROWS)
-    })
+    *RANGE.get_or_init(|| parse_range("ENGINE_MMA_ROWS").unwrap_or(DEFAULT_ROWS))
 }
 
-/// Whether a dense product of `n` rows takes the tensor-core integer kernels.
-pub fn takes_mma_rows(n: usize) -> bool {
+/// Fewest and most activation rows of a dense product taken by the streamed kernel
+/// (`gpu/src/matmul/mma_stream.rs`: 64 weight rows a block, all 64 tokens' sums in one pass over
+/// the weights) by default; `ENGINE_MMA_STREAM_ROWS=min,max` sets others (`0,0`: never). Where
+/// both ranges hold, the streamed kernel is taken. Measurements: benches/NOTES.md.
+const DEFAULT_STREAM_ROWS: (usize, usize) = (33, 64);
+
+/// Weight rows per block of the streamed kernel, and each group of four warps' shared memory
+/// (a ring of three stages of 4 blocks of K: 64 rows of quants padded by 16 bytes, their scale
+/// words, 64 tokens x 144 bytes of X, their scales (and Q4_K's sums) as f32).
+const STREAM_ROWS: usize = 64;
+const STREAM_GROUP_BYTES_Q4K: u32 = 3 * (64 * 80 + 64 * 12 + 64 * 144 + 2 * 4 * 4 * 64);
+const STREAM_GROUP_BYTES_Q8: u32 = 3 * (64 * 144 + 64 * 8 + 64 * 144 + 4 * 4 * 64);
+
+/// The range of rows for which the streamed kernel is used.
+pub fn mma_stream_range() -> (usize, usize) {
+    static RANGE: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *RANGE.get_or_init(|| parse_range("ENGINE_MMA_STREAM_ROWS").unwrap_or(DEFAULT_STREAM_ROWS))
+}
+
+fn parse_range(variable: &str) -> Option<(usize, usize)> {
+    let value = std::env::var(variable).ok()?;
+    let (low, high) = value.split_once(',')?;
+    Some((low.trim().parse().ok()?, high.trim().parse().ok()?))
+}
+
+/// Whether a dense product of `n` rows with `w` takes the tensor-core integer kernels
+/// ([`Gpu::mma_rows`]).
+pub fn takes_mma_rows(w: &GpuMatrix, n: usize) -> bool {
     let (low, high) = mma_rows_range();
-    n >= low && n <= high
+    w.has_mma_rows() && ((n >= low && n <= high) || w.takes_mma_stream(n))
 }
 
 /// Whether the experts of a step of `n` tokens take [`Gpu::mma_rows_experts`].
@@ -72,6 +95,18 @@ impl GpuMatrix {
     /// Whether [`Gpu::mma_rows`] takes this matrix.
     pub fn has_mma_rows(&self) -> bool {
         matches!(self.format, WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Mxfp4)
+    }
+
+    /// Whether a product of `n` rows takes the streamed kernel: Q4_K, and Q8_0 with an even number
+    /// of blocks a row (its stage's four scales are copied as two aligned words).
+    pub fn takes_mma_stream(&self, n: usize) -> bool {
+        let (low, high) = mma_stream_range();
+        let format = match self.format {
+            WeightFormat::Q4K => true,
+            WeightFormat::Q8_0 => (self.n_in / 32).is_multiple_of(2),
+            _ => false,
+        };
+        format && n >= low && n <= high
     }
 }
 
@@ -110,10 +145,15 @@ impl Gpu {
         let (xq, _xq) = x.q.device_ptr(stream);
         let (xd, _xd) = x.d.device_ptr(stream);
         let (xs, _xs) = x.s.device_ptr(stream);
-        let config = LaunchConfig {
-            grid_dim: (to_u32(KERNEL, "row blocks", rows.len().div_ceil(ROWS))?, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: SHARED_BYTES,
+        let stream_kernel = w.takes_mma_stream(n);
+        let config = if stream_kernel {
+            self.stream_launch(w.format, rows.len())?
+        } else {
+            LaunchConfig {
+                grid_dim: (to_u32(KERNEL, "row blocks", rows.len().div_ceil(ROWS))?, 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: SHARED_BYTES,
+            }
         };
         let (r, k) = (rows.start as u64, n_in as u64);
         let (n_in32, n_rows, t) = (n_in as u32, rows.len() as u32, n as u32);
@@ -140,8 +180,38 @@ impl Gpu {
                 ));
             }
         };
+        let name = match (stream_kernel, name) {
+            (true, "mma_rows_q4_k") => "mma_stream_q4_k",
+            (true, "mma_rows_q8_0") => "mma_stream_q8_0",
+            _ => name,
+        };
         let args: [&dyn crate::Arg; 10] = [&first, &second, &bias, &xq, &xd, &xs, &y, &n_in32, &n_rows, &t];
         self.launch(name, config, &args)
+    }
+
+    /// The streamed kernel's launch for `rows` weight rows: blocks of 64 rows, one group of four
+    /// warps each, or two (each a half of K, with its own ring) where that still fits the blocks
+    /// in one wave, so that a matrix of few 64-row blocks keeps more warps per SM busy
+    /// (`ENGINE_MMA_STREAM_GROUPS=1|2` sets it).
+    fn stream_launch(&self, format: WeightFormat, rows: usize) -> Result<LaunchConfig> {
+        let group_bytes =
+            if format == WeightFormat::Q4K { STREAM_GROUP_BYTES_Q4K } else { STREAM_GROUP_BYTES_Q8 };
+        let blocks = rows.div_ceil(STREAM_ROWS);
+        static GROUPS: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+        let forced = *GROUPS.get_or_init(|| {
+            std::env::var("ENGINE_MMA_STREAM_GROUPS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|g| (1..=2).contains(g))
+        });
+        // Blocks of two groups an SM holds (228 KiB of shared memory, 1 KiB kept per block).
+        let per_sm = (228 * 1024 / (2 * group_bytes as usize + 1024)).max(1);
+        let groups = forced.unwrap_or(if blocks <= per_sm * self.sm_count() { 2 } else { 1 });
+        Ok(LaunchConfig {
+            grid_dim: (to_u32("mma_stream", "row blocks", blocks)?, 1, 1),
+            block_dim: (THREADS * groups, 1, 1),
+            shared_mem_bytes: groups * group_bytes,
+        })
     }
 
     /// Y[a, :] = W[e] X[row of a, :] (+ bias[e]) for every assignment a of every expert e, as
