@@ -233,6 +233,7 @@ fn the_analysis_channel_is_reasoning_and_the_final_channel_is_content() {
     );
     assert!(chunks.len() > 4, "the reply streams in pieces: {chunks:?}");
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], REASONING_THEN_ANSWER.len());
+    assert_eq!((server.finished("stop"), server.finished("tool_calls")), (2.0, 0.0));
     server.stop();
 }
 
@@ -264,6 +265,9 @@ fn commentary_to_a_function_is_a_tool_call_whole_and_streamed() {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].1, "get_current_weather");
     assert_eq!(serde_json::from_str::<Value>(&calls[0].2).unwrap(), json!({"location": "San Francisco"}));
+    // `/metrics` counts both under the finish reason the responses gave.
+    assert_eq!(server.finished("tool_calls"), 2.0);
+    assert_eq!(server.finished("stop"), 0.0);
     server.stop();
 }
 

@@ -7,10 +7,11 @@
 
 use super::engine_loop::{SequenceEvent, Submission};
 use super::error::ApiError;
+use super::metrics::finish_reason;
 use super::protocol::{Endpoint, GenerationRequest, parse_request};
 use super::reply::{Delta, Gathered, ReplyMapper};
 use super::{ModelInfo, Shared, prompt};
-use crate::batching::{FinishReason, Request, TokenLogprobs, Usage};
+use crate::batching::{Request, TokenLogprobs, Usage};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -217,15 +218,12 @@ fn apply(context: &Context, choice: &mut Choice, event: SequenceEvent) -> Result
             }
             Ok(choice.mapper.push(token, bytes, &text))
         }
-        SequenceEvent::Finished { reason, text, usage } => {
+        SequenceEvent::Finished { reason, text, usage, count } => {
             let deltas = choice.mapper.finish(&text);
             choice.usage = usage;
-            choice.finish = Some(match reason {
-                FinishReason::EndOfSequence if choice.mapper.tool_calls() > 0 => "tool_calls",
-                FinishReason::EndOfSequence | FinishReason::Stop => "stop",
-                FinishReason::Length | FinishReason::ContextFull => "length",
-                FinishReason::Cancelled => "abort",
-            });
+            let finish = finish_reason(reason, choice.mapper.tool_calls());
+            count.record(finish);
+            choice.finish = Some(finish);
             Ok(deltas)
         }
         SequenceEvent::Failed { message, client_error: true } => Err(ApiError::invalid("messages", message)),

@@ -83,7 +83,7 @@ pub struct Shared {
     options: ServerOptions,
     model: OnceLock<Arc<ModelInfo>>,
     submit: Mutex<Option<mpsc::Sender<Submission>>>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Requests inside a generation handler (for the 429).
     in_flight: AtomicUsize,
     /// Unix time the server started (for `/v1/models`).
@@ -158,7 +158,7 @@ pub fn start(options: ServerOptions) -> Result<(Server, EngineSide), ServerError
     let started =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let shared = Arc::new(Shared {
-        metrics: Metrics::new(&options.model_name),
+        metrics: Arc::new(Metrics::new(&options.model_name)),
         options,
         model: OnceLock::new(),
         submit: Mutex::new(Some(sender)),

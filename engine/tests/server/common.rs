@@ -179,6 +179,17 @@ impl TestServer {
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
     }
 
+    /// `engine_request_success_total` for one finish reason.
+    pub fn finished(&self, finish_reason: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        let label = format!(",finish_reason=\"{finish_reason}\"}} ");
+        text.lines()
+            .find(|l| l.starts_with("engine_request_success_total{") && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no finish_reason {finish_reason} in /metrics:\n{text}"))
+    }
+
     /// Waits until no sequence runs or waits and no KV page is held.
     pub fn wait_until_idle(&self) {
         for _ in 0..500 {
