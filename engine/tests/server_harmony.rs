@@ -416,8 +416,16 @@ fn health_is_503_while_the_model_loads_then_200() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     shutdown.shutdown();
-    http.join().unwrap();
+    assert_eq!(http.join().unwrap(), engine::server::Stopped::AfterServing);
     engine.join().unwrap();
+
+    // Shut down before the model is ready: the server says so, and nothing waits for the engine.
+    let (server, engine_side) = engine::server::start(options()).unwrap();
+    let shutdown = server.shutdown_handle();
+    let http = std::thread::spawn(move || server.run().unwrap());
+    shutdown.shutdown();
+    assert_eq!(http.join().unwrap(), engine::server::Stopped::WhileLoading);
+    drop(engine_side);
 }
 
 /// The text of a `/tokenize` answer (o200k_harmony ids).

@@ -2,7 +2,8 @@
 //! stopped with SIGTERM, as a service manager runs it. The tiny gpt-oss fixture served end to end
 //! from its own GGUF (its tokenizer, harmony's special tokens and gpt-oss's chat template): chat
 //! on random weights must come back well-formed, with the token counts of the model run alone
-//! here.
+//! here; and a shut-down while the model is still loading (a model path that never finishes
+//! opening: a FIFO with no writer) must exit at once with status 0.
 
 #![cfg(unix)]
 
@@ -264,4 +265,22 @@ fn the_binary_serves_chat_on_the_tiny_gpt_oss_fixture() {
 
     let status = server.terminate(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sigterm_while_the_model_loads_exits_at_once_with_status_0() {
+    let dir = std::env::temp_dir().join(format!("engine-serve-loading-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("never-written.gguf");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo");
+    // Opening a FIFO for reading waits for a writer: the model loads for as long as we like.
+    let server = Process::start(&["-m", &fifo.display().to_string(), "--backend", "cpu"]);
+    let (status, body) = server.get("/health");
+    assert_eq!(status, 503, "still loading: {body}");
+    let log = server.log.clone();
+    let status = server.terminate(Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status.code(), Some(0), "{}", log.lock().unwrap());
+    assert!(log.lock().unwrap().contains("while the model was loading"), "{}", log.lock().unwrap());
 }

@@ -11,6 +11,8 @@
 //! call [`EngineSide::run`]). Until the model is ready, `/health` answers 503. Shut-down
 //! (SIGTERM, Ctrl-C or a [`ShutdownHandle`]): the listener closes, requests in flight get
 //! `shutdown_grace` to finish, then the rest are cancelled; the engine thread ends when idle.
+//! Shut down while the model still loads, there is nothing to finish: [`Server::run`] says so
+//! ([`Stopped::WhileLoading`]), and the binary exits without waiting for the load.
 
 mod engine_loop;
 mod error;
@@ -126,6 +128,16 @@ pub struct EngineSide {
     inbox: mpsc::Receiver<Submission>,
 }
 
+/// How a [`Server`] that was shut down ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The model had loaded: the engine thread ends once it is idle (join it).
+    AfterServing,
+    /// Shut down before the model was ready: no request ran, and the engine thread may go on
+    /// loading for minutes (a large file, a slow disk); nothing needs to wait for it.
+    WhileLoading,
+}
+
 /// Stops a running [`Server`] as SIGTERM does.
 #[derive(Clone)]
 pub struct ShutdownHandle(Arc<Shared>);
@@ -205,15 +217,17 @@ impl Server {
     }
 
     /// Serves until shut down (SIGTERM, Ctrl-C, a [`ShutdownHandle`], or the engine failing).
-    pub fn run(self) -> Result<(), ServerError> {
+    pub fn run(self) -> Result<Stopped, ServerError> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let shared = self.shared.clone();
         runtime.block_on(serve(self.shared, self.listener))?;
-        // Nothing more is submitted; the engine thread ends when it is idle.
+        // Nothing more is submitted; the engine thread ends when it is idle. (A model that
+        // becomes ready after this finds the channel closed and ends at once.)
         shared.submit.lock().unwrap_or_else(|p| p.into_inner()).take();
         match shared.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(error) => Err(error),
-            None => Ok(()),
+            None if shared.model.get().is_some() => Ok(Stopped::AfterServing),
+            None => Ok(Stopped::WhileLoading),
         }
     }
 }

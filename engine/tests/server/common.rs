@@ -90,7 +90,9 @@ impl TestServer {
             let (info, batcher) = build();
             engine_side.run(info, batcher).unwrap();
         });
-        let http = std::thread::spawn(move || server.run().unwrap());
+        let http = std::thread::spawn(move || {
+            server.run().unwrap();
+        });
         let test = TestServer { url, shutdown, key, threads: vec![engine, http] };
         // The engine thread builds its KV pool first (hundreds of MB for many pages).
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
