@@ -287,7 +287,9 @@ struct ServeArgs {
     /// without .gguf.
     #[arg(long)]
     model_name: Option<String>,
-    /// Requests that may wait beyond the --max-seqs running ones; more get 429 and Retry-After.
+    /// Sequences that may wait beyond the --max-seqs running ones; a request takes one per
+    /// choice (`n`), and one that would go over gets 429 and Retry-After (one whose n alone is
+    /// over --max-seqs plus --max-queue gets 400).
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
     /// Largest request body in bytes; larger ones get 413.

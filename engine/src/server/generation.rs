@@ -56,12 +56,15 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Holds a place in the admission count while a request is in the server.
-struct Admitted(Arc<Shared>);
+/// Holds a request's places in the admission count (one per sequence) while it is in the server.
+struct Admitted {
+    shared: Arc<Shared>,
+    sequences: usize,
+}
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.shared.in_flight.fetch_sub(self.sequences, Ordering::Relaxed);
     }
 }
 
@@ -114,12 +117,22 @@ async fn generate(
     {
         return Err(ApiError::model_not_found(name, &shared.options.model_name));
     }
+    // Admission counts sequences, not requests: a request with n choices takes n places.
     let capacity = model.max_seqs + shared.options.max_queue;
-    if shared.in_flight.fetch_add(1, Ordering::Relaxed) >= capacity {
-        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    if request.n > capacity {
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "n is {}, more than the {capacity} sequences the server holds at once (--max-seqs plus --max-queue)",
+                request.n
+            ),
+        ));
+    }
+    if shared.in_flight.fetch_add(request.n, Ordering::Relaxed) + request.n > capacity {
+        shared.in_flight.fetch_sub(request.n, Ordering::Relaxed);
         return Err(ApiError::overloaded(capacity));
     }
-    let admitted = Admitted(shared.clone());
+    let admitted = Admitted { shared: shared.clone(), sequences: request.n };
     let arrived = Instant::now();
     let tokens = {
         let (model, input, effort) = (model.clone(), request.input.clone(), request.reasoning_effort);

@@ -47,7 +47,8 @@ pub struct ServerOptions {
     pub api_keys: Vec<String>,
     /// The name `/v1/models` lists and requests must use (when they name one).
     pub model_name: String,
-    /// Requests that may wait beyond the `max_seqs` running ones; more are refused with 429.
+    /// Sequences that may wait beyond the `max_seqs` running ones (a request with `n` choices
+    /// is `n` sequences); a request that would go over is refused with 429.
     pub max_queue: usize,
     pub max_body_bytes: usize,
     /// After a shut-down signal, how long requests in flight may take to finish.
@@ -86,7 +87,7 @@ pub struct Shared {
     model: OnceLock<Arc<ModelInfo>>,
     submit: Mutex<Option<mpsc::Sender<Submission>>>,
     metrics: Arc<Metrics>,
-    /// Requests inside a generation handler (for the 429).
+    /// Sequences of the requests inside a generation handler (for the 429).
     in_flight: AtomicUsize,
     /// Unix time the server started (for `/v1/models`).
     started: u64,
