@@ -1,27 +1,25 @@
 //! `engine serve` for harmony models (gpt-oss), end to end over HTTP on loopback. A random model
 //! never writes harmony's channels, tool calls or reasoning, so the replies here are recorded
 //! harmony token streams (o200k_harmony ids, as tiktoken-rs spells them) played back by a
-//! scripted backend under the real batcher, engine loop and handlers: the mapping to `content`,
-//! `reasoning_content` / `reasoning` and `tool_calls`, whole and streamed, is the one the server
-//! uses for a real gpt-oss. The tiny gpt-oss fixture (`tests/fixtures/gptoss.gguf`, a random
-//! GptOssForCausalLM with a small vocabulary of gpt-oss's kind: byte-level BPE and harmony's
-//! special tokens) is served for real: greedy completions give the tokens the model gives alone.
-//! (`server_process.rs` serves it with the real binary, chat included.)
+//! scripted backend (`common::Scripted`) under the real batcher, engine loop and handlers: the
+//! mapping to `content`, `reasoning_content` / `reasoning` and `tool_calls`, whole and streamed,
+//! is the one the server uses for a real gpt-oss. The tiny gpt-oss fixture
+//! (`tests/fixtures/gptoss.gguf`, a random GptOssForCausalLM with a small vocabulary of gpt-oss's
+//! kind: byte-level BPE and harmony's special tokens) is served for real: greedy completions give
+//! the tokens the model gives alone. (`server_process.rs` serves it with the real binary, chat
+//! included.)
 
 #[path = "server/common.rs"]
 mod common;
 
-use common::{CTX, MODEL_NAME, TestServer, batcher, options};
-use engine::batching::{BatchBackend, CpuBatch, Pick, Picked};
-use engine::generate::BackendError;
+use common::{CTX, MODEL_NAME, Scripted, TestServer, batcher, options};
+use engine::batching::CpuBatch;
 use engine::gguf::GgufFile;
 use engine::harmony::SpecialTokens;
 use engine::model::{Model, Numerics};
-use engine::scheduler::{SequenceId, Work};
 use engine::server::ModelInfo;
 use engine::tokenizer::{GgufVocab, Tokenizer};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 /// o200k_harmony's size (ranks, then special and reserved tokens).
@@ -91,37 +89,6 @@ fn harmony_tokenizer() -> Arc<Tokenizer> {
         .clone()
 }
 
-/// A backend that answers every sequence's k-th step with the k-th token of `reply` (a one-hot
-/// row of logits), then `<|return|>`.
-struct Scripted {
-    reply: Vec<u32>,
-    n_pages: usize,
-    progress: HashMap<SequenceId, usize>,
-}
-
-impl BatchBackend for Scripted {
-    fn n_vocab(&self) -> usize {
-        N_VOCAB
-    }
-
-    fn n_pages(&self) -> usize {
-        self.n_pages
-    }
-
-    fn step(&mut self, work: &[Work], _picks: &[Pick]) -> Result<Vec<Picked>, BackendError> {
-        let mut picked = Vec::new();
-        for item in work.iter().filter(|w| w.wants_logits) {
-            let k = self.progress.entry(item.id).or_default();
-            let token = self.reply.get(*k).copied().unwrap_or(SpecialTokens::O200K_HARMONY.return_);
-            *k += 1;
-            let mut logits = vec![-30.0f32; N_VOCAB];
-            logits[token as usize] = 30.0;
-            picked.push(Picked::Logits(logits));
-        }
-        Ok(picked)
-    }
-}
-
 /// A server whose every reply is `reply` (token ids), with gpt-oss's chat template.
 fn scripted_server(reply: Vec<u32>) -> TestServer {
     scripted_server_with(reply, Some(include_str!("data/chat/gpt-oss-20b.jinja").to_string()))
@@ -134,8 +101,8 @@ fn scripted_server_with(reply: Vec<u32>, chat_template: Option<String>) -> TestS
         let tokenizer = harmony_tokenizer();
         let special = SpecialTokens::from_tokenizer(&tokenizer).expect("harmony's special tokens");
         assert_eq!(special, SpecialTokens::O200K_HARMONY);
-        let backend =
-            Scripted { reply, n_pages: 4 * HARMONY_CTX / engine::model::PAGE_SIZE, progress: HashMap::new() };
+        let n_pages = 4 * HARMONY_CTX / engine::model::PAGE_SIZE;
+        let backend = Scripted::new(reply, SpecialTokens::O200K_HARMONY.return_, N_VOCAB, n_pages);
         let info = ModelInfo {
             tokenizer: tokenizer.clone(),
             chat_template,
@@ -395,11 +362,8 @@ fn health_is_503_while_the_model_loads_then_200() {
     // The model is ready: the engine thread starts serving.
     let engine = std::thread::spawn(move || {
         let tokenizer = harmony_tokenizer();
-        let backend = Scripted {
-            reply: Vec::new(),
-            n_pages: HARMONY_CTX / engine::model::PAGE_SIZE,
-            progress: HashMap::new(),
-        };
+        let n_pages = HARMONY_CTX / engine::model::PAGE_SIZE;
+        let backend = Scripted::new(Vec::new(), SpecialTokens::O200K_HARMONY.return_, N_VOCAB, n_pages);
         let info = ModelInfo {
             tokenizer: tokenizer.clone(),
             chat_template: None,

@@ -185,10 +185,7 @@ async fn generate(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let choices = (0..request.n)
         .map(|_| Choice {
-            mapper: match model.harmony {
-                Some(special) if endpoint == Endpoint::Chat => ReplyMapper::harmony(special, &id),
-                _ => ReplyMapper::plain(),
-            },
+            mapper: reply_mapper(&model, endpoint, &request, &id),
             gathered: Gathered::default(),
             logprobs: Vec::new(),
             finish: None,
@@ -215,6 +212,21 @@ async fn generate(
         let response = whole(&context, choices, receiver, &mut later).await;
         drop((guard, admitted));
         response
+    }
+}
+
+/// How a choice's tokens become the reply: harmony's channels for gpt-oss's chats; `<tool_call>`
+/// tags read as tool calls when the chat offers tools and the model's template is one that asks
+/// for those tags (Qwen2.5's, Hermes'); else plain text.
+fn reply_mapper(model: &ModelInfo, endpoint: Endpoint, request: &GenerationRequest, id: &str) -> ReplyMapper {
+    if endpoint != Endpoint::Chat {
+        return ReplyMapper::plain();
+    }
+    let tagged = model.chat_template.as_deref().is_some_and(|t| t.contains("<tool_call>"));
+    match model.harmony {
+        Some(special) => ReplyMapper::harmony(special, id),
+        None if tagged && request.prompt_tools().is_some() => ReplyMapper::tool_tags(id),
+        None => ReplyMapper::plain(),
     }
 }
 

@@ -3,8 +3,9 @@
 //! thread (`engine_loop.rs`), which the handlers reach only through a request channel. The
 //! rooms: `protocol.rs` reads and checks request bodies, `prompt.rs` turns them into tokens,
 //! `generation.rs` runs the two generation endpoints (whole and streamed), `reply.rs` maps tokens
-//! to content, reasoning and tool calls, `routes.rs` holds the small endpoints and the key check,
-//! `metrics.rs` the Prometheus text, `error.rs` the OpenAI-shaped errors.
+//! to content, reasoning and tool calls (`tool_tags.rs` reads `<tool_call>` tags), `routes.rs`
+//! holds the small endpoints and the key check, `metrics.rs` the Prometheus text, `error.rs` the
+//! OpenAI-shaped errors.
 //!
 //! Start-up: [`start`] binds the port and returns the [`Server`] (run it on the main thread) and
 //! the [`EngineSide`] (move it to the thread that loads the model and builds the batcher, then
@@ -22,6 +23,7 @@ mod prompt;
 pub mod protocol;
 pub mod reply;
 mod routes;
+mod tool_tags;
 
 pub use error::ApiError;
 
