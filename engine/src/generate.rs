@@ -11,18 +11,30 @@ pub struct Utf8Stream {
 }
 
 impl Utf8Stream {
-    /// Adds bytes and returns the text that is now complete.
+    /// Adds bytes and returns the text that is now complete. An invalid sequence (not merely an
+    /// unfinished one) is emitted as one U+FFFD, and decoding goes on at the byte after it, as
+    /// `String::from_utf8_lossy` does over the whole text: the bytes after it may begin a
+    /// character that the next token finishes.
     pub fn push(&mut self, bytes: &[u8]) -> String {
         self.pending.extend_from_slice(bytes);
-        let valid = match std::str::from_utf8(&self.pending) {
-            Ok(_) => self.pending.len(),
-            // An invalid sequence (not merely an unfinished one) is emitted as U+FFFD.
-            Err(e) if e.error_len().is_some() => self.pending.len(),
-            Err(e) => e.valid_up_to(),
-        };
-        let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
-        self.pending.drain(..valid);
-        text
+        let mut text = String::new();
+        loop {
+            let (valid, invalid) = match std::str::from_utf8(&self.pending) {
+                Ok(_) => (self.pending.len(), None),
+                Err(e) => (e.valid_up_to(), e.error_len()),
+            };
+            text.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
+            match invalid {
+                Some(length) => {
+                    text.push(char::REPLACEMENT_CHARACTER);
+                    self.pending.drain(..valid + length);
+                }
+                None => {
+                    self.pending.drain(..valid);
+                    return text;
+                }
+            }
+        }
     }
 
     /// Whatever is left at the end (an unfinished character becomes U+FFFD).
@@ -216,6 +228,27 @@ mod tests {
         assert_eq!(stream.push(&[0xff, b'b']), "\u{fffd}b");
         assert_eq!(stream.push(&snowman[..2]), "");
         assert_eq!(stream.finish(), "\u{fffd}");
+    }
+
+    #[test]
+    fn streamed_text_is_the_whole_text_decoded_however_it_is_cut() {
+        // Invalid bytes before, between and inside characters: a lead byte cut off by another
+        // lead byte, a stray continuation byte, an unfinished character at the end.
+        let texts: [&[u8]; 4] = [
+            &[0xe4, 0xc8, 0xac, b'x'],
+            &[b'a', 0x80, 0xe2, 0x98, 0x83, 0xff, 0xf0, 0x9f, 0x98],
+            &[0xe2, 0x98, 0xc8, 0xac, 0xe2, 0x98, 0x83],
+            "naïve ☃".as_bytes(),
+        ];
+        for bytes in texts {
+            let expected = String::from_utf8_lossy(bytes);
+            for cut in 1..=bytes.len() {
+                let mut stream = Utf8Stream::default();
+                let mut text: String = bytes.chunks(cut).map(|piece| stream.push(piece)).collect();
+                text += &stream.finish();
+                assert_eq!(text, expected, "{bytes:x?} in pieces of {cut}");
+            }
+        }
     }
 
     #[test]

@@ -287,13 +287,16 @@ struct ServeArgs {
     /// without .gguf.
     #[arg(long)]
     model_name: Option<String>,
-    /// Requests that may wait beyond the --max-seqs running ones; more get 429 and Retry-After.
+    /// Sequences that may wait beyond the --max-seqs running ones; a request takes one per
+    /// choice (`n`), and one that would go over gets 429 and Retry-After (one whose n alone is
+    /// over --max-seqs plus --max-queue gets 400).
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
     /// Largest request body in bytes; larger ones get 413.
     #[arg(long, default_value_t = 8 << 20)]
     max_body_bytes: usize,
     /// Seconds that requests in flight get to finish after SIGTERM before they are cancelled.
+    /// SIGTERM while the model is still loading exits at once, with status 0.
     #[arg(long, default_value_t = 30.0)]
     shutdown_grace: f64,
     /// Seconds between keep-alive comments on a stream that is waiting.
@@ -1170,10 +1173,19 @@ fn run_serve(model: ModelArgs, batch: BatchArgs, args: ServeArgs) -> Result<()> 
     let engine = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || serve_engine(&model, &batch, engine_side))?;
-    let result = server.run();
-    let _ = engine.join();
-    result?;
-    eprintln!("server stopped");
+    match server.run() {
+        Ok(engine::server::Stopped::AfterServing) => {
+            let _ = engine.join();
+            eprintln!("server stopped");
+        }
+        // The engine thread is still loading (it may take minutes): returning ends it with the
+        // process, as the shut-down asked, instead of waiting for a model no one will use.
+        Ok(engine::server::Stopped::WhileLoading) => eprintln!("server stopped while the model was loading"),
+        Err(error) => {
+            let _ = engine.join();
+            return Err(error.into());
+        }
+    }
     Ok(())
 }
 

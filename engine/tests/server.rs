@@ -380,6 +380,41 @@ fn a_full_queue_is_429_with_retry_after() {
 }
 
 #[test]
+fn the_queue_counts_sequences_so_a_request_with_n_choices_takes_n_places() {
+    // Room for two sequences: one running, one waiting.
+    let s = TestServer::start(engine::server::ServerOptions { max_queue: 1, ..options() }, 1, 64);
+    let two = json!({"prompt": "Once", "max_tokens": 200, "n": 2, "stream": true});
+    let (status, mut events) = s.stream("/v1/completions", &two);
+    assert_eq!(status, 200);
+    assert!(events.next_data().is_some(), "the two choices are in");
+    // One request, but no place is left for its sequence.
+    let (status, retry, text) =
+        s.post_raw("/v1/completions", "{\"prompt\": \"Hi\", \"max_tokens\": 1}", None);
+    let (_, error) = error_of(status, &text);
+    assert_eq!(status, 429, "{error}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    // More choices than the server ever holds can never be admitted: a 400, not a 429.
+    let (status, _, text) =
+        s.post_raw("/v1/completions", "{\"prompt\": \"Hi\", \"max_tokens\": 1, \"n\": 3}", None);
+    let (_, error) = error_of(status, &text);
+    assert_eq!((status, error["param"].as_str()), (400, Some("n")), "{error}");
+    drop(events);
+    s.wait_until_idle();
+    // Both places come back: a request with two choices fits again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (status, text) = loop {
+        let (status, _, text) =
+            s.post_raw("/v1/completions", "{\"prompt\": \"Hi\", \"max_tokens\": 1, \"n\": 2}", None);
+        if status != 429 || std::time::Instant::now() > deadline {
+            break (status, text);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status, 200, "after the first went away: {text}");
+    s.stop();
+}
+
+#[test]
 fn a_client_that_goes_away_mid_stream_frees_its_sequence_and_pages() {
     let s = TestServer::start(options(), 4, 64);
     let (_, mut events) = s.stream(

@@ -1,26 +1,25 @@
 //! `engine serve` for harmony models (gpt-oss), end to end over HTTP on loopback. A random model
 //! never writes harmony's channels, tool calls or reasoning, so the replies here are recorded
 //! harmony token streams (o200k_harmony ids, as tiktoken-rs spells them) played back by a
-//! scripted backend under the real batcher, engine loop and handlers: the mapping to `content`,
-//! `reasoning_content` / `reasoning` and `tool_calls`, whole and streamed, is the one the server
-//! uses for a real gpt-oss. The tiny gpt-oss fixture (`tests/fixtures/gptoss.gguf`, a random
-//! GptOssForCausalLM with a made-up vocabulary) is served for real: greedy completions give the
-//! tokens the model gives alone.
+//! scripted backend (`common::Scripted`) under the real batcher, engine loop and handlers: the
+//! mapping to `content`, `reasoning_content` / `reasoning` and `tool_calls`, whole and streamed,
+//! is the one the server uses for a real gpt-oss. The tiny gpt-oss fixture
+//! (`tests/fixtures/gptoss.gguf`, a random GptOssForCausalLM with a small vocabulary of gpt-oss's
+//! kind: byte-level BPE and harmony's special tokens) is served for real: greedy completions give
+//! the tokens the model gives alone. (`server_process.rs` serves it with the real binary, chat
+//! included.)
 
 #[path = "server/common.rs"]
 mod common;
 
-use common::{CTX, MODEL_NAME, TestServer, batcher, options};
-use engine::batching::{BatchBackend, CpuBatch, Pick, Picked};
-use engine::generate::BackendError;
+use common::{CTX, MODEL_NAME, Scripted, TestServer, batcher, options};
+use engine::batching::CpuBatch;
 use engine::gguf::GgufFile;
 use engine::harmony::SpecialTokens;
 use engine::model::{Model, Numerics};
-use engine::scheduler::{SequenceId, Work};
 use engine::server::ModelInfo;
 use engine::tokenizer::{GgufVocab, Tokenizer};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 /// o200k_harmony's size (ranks, then special and reserved tokens).
@@ -90,37 +89,6 @@ fn harmony_tokenizer() -> Arc<Tokenizer> {
         .clone()
 }
 
-/// A backend that answers every sequence's k-th step with the k-th token of `reply` (a one-hot
-/// row of logits), then `<|return|>`.
-struct Scripted {
-    reply: Vec<u32>,
-    n_pages: usize,
-    progress: HashMap<SequenceId, usize>,
-}
-
-impl BatchBackend for Scripted {
-    fn n_vocab(&self) -> usize {
-        N_VOCAB
-    }
-
-    fn n_pages(&self) -> usize {
-        self.n_pages
-    }
-
-    fn step(&mut self, work: &[Work], _picks: &[Pick]) -> Result<Vec<Picked>, BackendError> {
-        let mut picked = Vec::new();
-        for item in work.iter().filter(|w| w.wants_logits) {
-            let k = self.progress.entry(item.id).or_default();
-            let token = self.reply.get(*k).copied().unwrap_or(SpecialTokens::O200K_HARMONY.return_);
-            *k += 1;
-            let mut logits = vec![-30.0f32; N_VOCAB];
-            logits[token as usize] = 30.0;
-            picked.push(Picked::Logits(logits));
-        }
-        Ok(picked)
-    }
-}
-
 /// A server whose every reply is `reply` (token ids), with gpt-oss's chat template.
 fn scripted_server(reply: Vec<u32>) -> TestServer {
     scripted_server_with(reply, Some(include_str!("data/chat/gpt-oss-20b.jinja").to_string()))
@@ -133,8 +101,8 @@ fn scripted_server_with(reply: Vec<u32>, chat_template: Option<String>) -> TestS
         let tokenizer = harmony_tokenizer();
         let special = SpecialTokens::from_tokenizer(&tokenizer).expect("harmony's special tokens");
         assert_eq!(special, SpecialTokens::O200K_HARMONY);
-        let backend =
-            Scripted { reply, n_pages: 4 * HARMONY_CTX / engine::model::PAGE_SIZE, progress: HashMap::new() };
+        let n_pages = 4 * HARMONY_CTX / engine::model::PAGE_SIZE;
+        let backend = Scripted::new(reply, SpecialTokens::O200K_HARMONY.return_, N_VOCAB, n_pages);
         let info = ModelInfo {
             tokenizer: tokenizer.clone(),
             chat_template,
@@ -233,6 +201,7 @@ fn the_analysis_channel_is_reasoning_and_the_final_channel_is_content() {
     );
     assert!(chunks.len() > 4, "the reply streams in pieces: {chunks:?}");
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], REASONING_THEN_ANSWER.len());
+    assert_eq!((server.finished("stop"), server.finished("tool_calls")), (2.0, 0.0));
     server.stop();
 }
 
@@ -264,6 +233,9 @@ fn commentary_to_a_function_is_a_tool_call_whole_and_streamed() {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].1, "get_current_weather");
     assert_eq!(serde_json::from_str::<Value>(&calls[0].2).unwrap(), json!({"location": "San Francisco"}));
+    // `/metrics` counts both under the finish reason the responses gave.
+    assert_eq!(server.finished("tool_calls"), 2.0);
+    assert_eq!(server.finished("stop"), 0.0);
     server.stop();
 }
 
@@ -390,11 +362,8 @@ fn health_is_503_while_the_model_loads_then_200() {
     // The model is ready: the engine thread starts serving.
     let engine = std::thread::spawn(move || {
         let tokenizer = harmony_tokenizer();
-        let backend = Scripted {
-            reply: Vec::new(),
-            n_pages: HARMONY_CTX / engine::model::PAGE_SIZE,
-            progress: HashMap::new(),
-        };
+        let n_pages = HARMONY_CTX / engine::model::PAGE_SIZE;
+        let backend = Scripted::new(Vec::new(), SpecialTokens::O200K_HARMONY.return_, N_VOCAB, n_pages);
         let info = ModelInfo {
             tokenizer: tokenizer.clone(),
             chat_template: None,
@@ -411,8 +380,16 @@ fn health_is_503_while_the_model_loads_then_200() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     shutdown.shutdown();
-    http.join().unwrap();
+    assert_eq!(http.join().unwrap(), engine::server::Stopped::AfterServing);
     engine.join().unwrap();
+
+    // Shut down before the model is ready: the server says so, and nothing waits for the engine.
+    let (server, engine_side) = engine::server::start(options()).unwrap();
+    let shutdown = server.shutdown_handle();
+    let http = std::thread::spawn(move || server.run().unwrap());
+    shutdown.shutdown();
+    assert_eq!(http.join().unwrap(), engine::server::Stopped::WhileLoading);
+    drop(engine_side);
 }
 
 /// The text of a `/tokenize` answer (o200k_harmony ids).
@@ -495,10 +472,7 @@ fn fixture() -> &'static Fixture {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
         let file = GgufFile::open(dir.join("gptoss.gguf")).unwrap();
         let model = Model::load(&file, Numerics::Exact, &|_, _| {}).unwrap();
-        // Its made-up vocabulary (t0, t1, ...) has no merges; none are needed to spell ids.
-        let mut vocab = GgufVocab::from_gguf(&file).unwrap();
-        vocab.merges.get_or_insert_with(Vec::new);
-        let tokenizer = Arc::new(Tokenizer::from_gguf_vocab(&vocab).unwrap());
+        let tokenizer = Arc::new(Tokenizer::from_gguf(&file).unwrap());
         let tokens =
             serde_json::from_str(&std::fs::read_to_string(dir.join("gptoss.tokens.json")).unwrap()).unwrap();
         Fixture { model, tokenizer, tokens }
@@ -514,7 +488,9 @@ fn fixture_alone(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
     loop {
         let token = engine::generate::argmax(&logits[logits.len() - n_vocab..]);
         tokens.push(token);
-        if Some(token) == fixture().tokenizer.eos() || tokens.len() == max_tokens {
+        // The server stops a harmony model at `<|return|>` (its EOS) and at `<|call|>`.
+        let harmony = SpecialTokens::from_tokenizer(&fixture().tokenizer).unwrap();
+        if harmony.stop_tokens().contains(&token) || tokens.len() == max_tokens {
             return tokens;
         }
         logits = model.forward(&[token], &mut cache).unwrap();
@@ -550,20 +526,17 @@ fn the_tiny_gpt_oss_fixture_is_served_end_to_end() {
         let (status, response) = thread.join().unwrap();
         assert_eq!(status, 200, "{response}");
         let expected = fixture_alone(prompt, 16);
-        let text: String = expected
+        // Its tokens are bytes (and merges of bytes): a character may take several of them.
+        let bytes: Vec<u8> = expected
             .iter()
             .filter(|&&t| !fixture.tokenizer.is_special(t))
-            .map(|&t| String::from_utf8_lossy(fixture.tokenizer.token_bytes(t).unwrap()).into_owned())
+            .flat_map(|&t| fixture.tokenizer.token_bytes(t).unwrap().to_vec())
             .collect();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         assert_eq!(response["choices"][0]["text"], text, "prompt {prompt:?}");
         assert_eq!(response["usage"]["completion_tokens"], expected.len());
         assert_eq!(response["choices"][0]["logprobs"]["tokens"].as_array().unwrap().len(), expected.len());
     }
-    // Its made-up vocabulary has no chat template and no harmony tokens: chat is a clear 400.
-    let (status, response) =
-        server.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hi"}]}));
-    assert_eq!(status, 400, "{response}");
-    assert_eq!(response["error"]["param"], "messages");
     server.wait_until_idle();
     server.stop();
 }

@@ -1,6 +1,7 @@
 //! Our tokenizers against llama.cpp's tokenizer test vectors (`tests/data/vocab/`, see its README):
 //! every input must encode to exactly the expected ids, with no BOS/EOS and special tokens not
-//! looked for (llama.cpp's `test-tokenizer-0` settings), and decode back to the input.
+//! looked for (llama.cpp's `test-tokenizer-0` settings), and decode back to the input. The tiny
+//! gpt-oss fixture's vocabulary is checked against ids recorded from llama.cpp's `llama-tokenize`.
 
 use std::path::PathBuf;
 
@@ -88,4 +89,40 @@ fn llama_spm_vectors() {
 #[test]
 fn phi3_vectors() {
     check_vocab("phi-3", TokenizerKind::SentencePiece);
+}
+
+/// The tiny gpt-oss fixture's vocabulary (`tests/fixtures/gptoss_vocab.py`: byte tokens, a few
+/// merges, harmony's special tokens; pre-tokenizer gpt-4o) encodes as llama.cpp does. The ids are
+/// llama.cpp's (0c1e570, CPU build): `llama-tokenize -m tests/fixtures/gptoss.gguf -p TEXT --ids`,
+/// which adds no BOS for this vocabulary and reads special tokens in the text.
+#[test]
+fn gpt_oss_fixture_vectors() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gptoss.gguf");
+    let vocab = read_gguf_vocab(&path).unwrap();
+    let tokenizer = Tokenizer::from_gguf_vocab(&vocab).unwrap();
+    let cases: [(&str, &[u32]); 3] = [
+        (
+            "Hello world, the analysis is final.",
+            &[
+                72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 44, 258, 32, 270, 32, 105, 115, 32, 272,
+                46,
+            ],
+        ),
+        (
+            " the user asked: naïve ☃?",
+            &[
+                258, 32, 281, 263, 115, 107, 101, 100, 58, 32, 110, 97, 195, 175, 118, 101, 32, 226, 152,
+                131, 63,
+            ],
+        ),
+        (
+            "<|start|>user<|message|>What is 2 + 2?<|end|><|start|>assistant",
+            &[296, 281, 298, 87, 104, 97, 116, 32, 105, 115, 32, 50, 32, 43, 32, 50, 63, 297, 296, 279],
+        ),
+    ];
+    for (text, expected) in cases {
+        let ids = tokenizer.encode(text, tokenizer.add_bos(), true).unwrap();
+        assert_eq!(ids, expected, "{text:?}");
+        assert_eq!(tokenizer.decode(&ids, false), text, "{text:?} decodes back");
+    }
 }

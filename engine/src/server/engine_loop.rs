@@ -6,7 +6,7 @@
 //! and frees its pages. The loop also keeps the scheduler's counts and the per-request timings
 //! for `/metrics`.
 
-use super::metrics::Metrics;
+use super::metrics::{FinishCount, Metrics};
 use crate::batching::{BatchError, Batcher, Event, FinishReason, Request, TokenLogprobs, Usage};
 use crate::scheduler::SequenceId;
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ pub struct Submission {
 }
 
 /// What the engine sends back about one sequence.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum SequenceEvent {
     Token {
         token: u32,
@@ -36,6 +36,8 @@ pub enum SequenceEvent {
         reason: FinishReason,
         text: String,
         usage: Usage,
+        /// Its count in `/metrics`, for the handler to record with the response's reason.
+        count: FinishCount,
     },
     /// The batcher refused the request (bad settings, too long) or the step failed.
     Failed {
@@ -60,7 +62,7 @@ struct Tracked {
 pub fn run(
     batcher: &mut Batcher<'_>,
     inbox: mpsc::Receiver<Submission>,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     abort: &AtomicBool,
 ) -> Result<(), BatchError> {
     let mut tracked: HashMap<SequenceId, Tracked> = HashMap::new();
@@ -135,8 +137,9 @@ pub fn run(
                 }
                 Event::Finished { id, reason, text, usage } => {
                     let Some(t) = tracked.remove(&id) else { continue };
-                    metrics.finished(reason, &usage, now - t.arrived, t.first_step.is_none());
-                    let _ = t.events.send((t.choice, SequenceEvent::Finished { reason, text, usage }));
+                    let count = metrics.finished(reason, &usage, now - t.arrived, t.first_step.is_none());
+                    // A reader that has gone drops the event, and with it the count counts itself.
+                    let _ = t.events.send((t.choice, SequenceEvent::Finished { reason, text, usage, count }));
                 }
             }
         }

@@ -97,7 +97,9 @@ impl ApiError {
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
-                format!("the server holds {limit} requests already; retry later"),
+                format!(
+                    "the server holds {limit} sequences already (a request takes one per choice, n); retry later"
+                ),
             )
         }
     }

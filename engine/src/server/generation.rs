@@ -7,10 +7,11 @@
 
 use super::engine_loop::{SequenceEvent, Submission};
 use super::error::ApiError;
+use super::metrics::finish_reason;
 use super::protocol::{Endpoint, GenerationRequest, parse_request};
 use super::reply::{Delta, Gathered, ReplyMapper};
 use super::{ModelInfo, Shared, prompt};
-use crate::batching::{FinishReason, Request, TokenLogprobs, Usage};
+use crate::batching::{Request, TokenLogprobs, Usage};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -55,12 +56,15 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Holds a place in the admission count while a request is in the server.
-struct Admitted(Arc<Shared>);
+/// Holds a request's places in the admission count (one per sequence) while it is in the server.
+struct Admitted {
+    shared: Arc<Shared>,
+    sequences: usize,
+}
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.shared.in_flight.fetch_sub(self.sequences, Ordering::Relaxed);
     }
 }
 
@@ -113,12 +117,22 @@ async fn generate(
     {
         return Err(ApiError::model_not_found(name, &shared.options.model_name));
     }
+    // Admission counts sequences, not requests: a request with n choices takes n places.
     let capacity = model.max_seqs + shared.options.max_queue;
-    if shared.in_flight.fetch_add(1, Ordering::Relaxed) >= capacity {
-        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    if request.n > capacity {
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "n is {}, more than the {capacity} sequences the server holds at once (--max-seqs plus --max-queue)",
+                request.n
+            ),
+        ));
+    }
+    if shared.in_flight.fetch_add(request.n, Ordering::Relaxed) + request.n > capacity {
+        shared.in_flight.fetch_sub(request.n, Ordering::Relaxed);
         return Err(ApiError::overloaded(capacity));
     }
-    let admitted = Admitted(shared.clone());
+    let admitted = Admitted { shared: shared.clone(), sequences: request.n };
     let arrived = Instant::now();
     let tokens = {
         let (model, input, effort) = (model.clone(), request.input.clone(), request.reasoning_effort);
@@ -171,10 +185,7 @@ async fn generate(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let choices = (0..request.n)
         .map(|_| Choice {
-            mapper: match model.harmony {
-                Some(special) if endpoint == Endpoint::Chat => ReplyMapper::harmony(special, &id),
-                _ => ReplyMapper::plain(),
-            },
+            mapper: reply_mapper(&model, endpoint, &request, &id),
             gathered: Gathered::default(),
             logprobs: Vec::new(),
             finish: None,
@@ -204,6 +215,21 @@ async fn generate(
     }
 }
 
+/// How a choice's tokens become the reply: harmony's channels for gpt-oss's chats; `<tool_call>`
+/// tags read as tool calls when the chat offers tools and the model's template is one that asks
+/// for those tags (Qwen2.5's, Hermes'); else plain text.
+fn reply_mapper(model: &ModelInfo, endpoint: Endpoint, request: &GenerationRequest, id: &str) -> ReplyMapper {
+    if endpoint != Endpoint::Chat {
+        return ReplyMapper::plain();
+    }
+    let tagged = model.chat_template.as_deref().is_some_and(|t| t.contains("<tool_call>"));
+    match model.harmony {
+        Some(special) => ReplyMapper::harmony(special, id),
+        None if tagged && request.prompt_tools().is_some() => ReplyMapper::tool_tags(id),
+        None => ReplyMapper::plain(),
+    }
+}
+
 /// Applies one engine event to its choice; the deltas it made, for a stream.
 fn apply(context: &Context, choice: &mut Choice, event: SequenceEvent) -> Result<Vec<Delta>, ApiError> {
     match event {
@@ -217,15 +243,12 @@ fn apply(context: &Context, choice: &mut Choice, event: SequenceEvent) -> Result
             }
             Ok(choice.mapper.push(token, bytes, &text))
         }
-        SequenceEvent::Finished { reason, text, usage } => {
+        SequenceEvent::Finished { reason, text, usage, count } => {
             let deltas = choice.mapper.finish(&text);
             choice.usage = usage;
-            choice.finish = Some(match reason {
-                FinishReason::EndOfSequence if choice.mapper.tool_calls() > 0 => "tool_calls",
-                FinishReason::EndOfSequence | FinishReason::Stop => "stop",
-                FinishReason::Length | FinishReason::ContextFull => "length",
-                FinishReason::Cancelled => "abort",
-            });
+            let finish = finish_reason(reason, choice.mapper.tool_calls());
+            count.record(finish);
+            choice.finish = Some(finish);
             Ok(deltas)
         }
         SequenceEvent::Failed { message, client_error: true } => Err(ApiError::invalid("messages", message)),

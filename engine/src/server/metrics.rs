@@ -3,12 +3,33 @@
 //! from the scheduler after every step; counters and histograms from the engine loop as
 //! requests produce tokens and finish. Written by hand: a handful of series do not need a
 //! metrics framework.
+//!
+//! `engine_request_success_total` is labelled with the `finish_reason` the response gives, and
+//! only the handler knows it (a reply that ends in tool calls says "tool_calls", which the
+//! engine cannot tell from "stop"). So each finished sequence's event carries a
+//! [`FinishCount`]: the handler records it with the response's reason; an event nobody reads
+//! (the client went away) counts itself with the engine's reason when it is dropped. Each
+//! sequence is counted once either way.
 
 use crate::batching::{FinishReason, Usage};
 use crate::scheduler::SchedulerStats;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The `finish_reason` values a response gives, in the order `/metrics` lists them.
+pub const FINISH_REASONS: [&str; 4] = ["stop", "length", "tool_calls", "abort"];
+
+/// The `finish_reason` of a sequence that ended for `reason`, having made `tool_calls` calls:
+/// what the response says and what `/metrics` counts.
+pub fn finish_reason(reason: FinishReason, tool_calls: usize) -> &'static str {
+    match reason {
+        FinishReason::EndOfSequence if tool_calls > 0 => "tool_calls",
+        FinishReason::EndOfSequence | FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::ContextFull => "length",
+        FinishReason::Cancelled => "abort",
+    }
+}
 
 /// Bucket bounds (seconds) of the latency histograms, vLLM's for TTFT stretched to cover the
 /// CPU's slower steps.
@@ -39,14 +60,15 @@ struct Values {
     scheduler: SchedulerStats,
     prompt_tokens: u64,
     generation_tokens: u64,
-    /// Finished requests by finish reason: stop, length, abort.
-    success: [u64; 3],
+    /// Finished sequences by finish reason, as [`FINISH_REASONS`] lists them.
+    success: [u64; FINISH_REASONS.len()],
     time_to_first_token: Histogram,
     inter_token_latency: Histogram,
     end_to_end: Histogram,
     queue_time: Histogram,
 }
 
+#[derive(Debug)]
 pub struct Metrics {
     model: String,
     values: Mutex<Values>,
@@ -79,21 +101,29 @@ impl Metrics {
         self.with(|v| v.inter_token_latency.observe(latency.as_secs_f64()));
     }
 
-    /// A sequence ended; `never_ran`: cancelled before its first token.
-    pub fn finished(&self, reason: FinishReason, usage: &Usage, elapsed: Duration, never_ran: bool) {
+    /// A sequence ended; `never_ran`: cancelled before its first token. Its finish reason is
+    /// counted through the [`FinishCount`] this returns, for its event to carry.
+    pub fn finished(
+        self: &Arc<Self>,
+        reason: FinishReason,
+        usage: &Usage,
+        elapsed: Duration,
+        never_ran: bool,
+    ) -> FinishCount {
         self.with(|v| {
             v.prompt_tokens += usage.prompt_tokens as u64;
             v.generation_tokens += usage.completion_tokens as u64;
-            let slot = match reason {
-                FinishReason::EndOfSequence | FinishReason::Stop => 0,
-                FinishReason::Length | FinishReason::ContextFull => 1,
-                FinishReason::Cancelled => 2,
-            };
-            v.success[slot] += 1;
             if !never_ran {
                 v.end_to_end.observe(elapsed.as_secs_f64());
             }
         });
+        FinishCount { metrics: Some(self.clone()), engine_reason: reason }
+    }
+
+    fn count_finish(&self, finish_reason: &str) {
+        if let Some(slot) = FINISH_REASONS.iter().position(|&r| r == finish_reason) {
+            self.with(|v| v.success[slot] += 1);
+        }
     }
 
     /// The text Prometheus scrapes.
@@ -129,7 +159,7 @@ impl Metrics {
         );
         let name = "engine_request_success_total";
         let _ = writeln!(out, "# HELP {name} Finished sequences by finish reason.\n# TYPE {name} counter");
-        for (reason, count) in ["stop", "length", "abort"].iter().zip(v.success) {
+        for (reason, count) in FINISH_REASONS.iter().zip(v.success) {
             let _ = writeln!(out, "{name}{{{label},finish_reason=\"{reason}\"}} {count}");
         }
         let histograms = [
@@ -156,6 +186,32 @@ impl Metrics {
             let _ = writeln!(out, "{name}_count{{{label}}} {}", h.count);
         }
         out
+    }
+}
+
+/// One finished sequence's count in `engine_request_success_total`; see the file's opening
+/// comment.
+#[derive(Debug)]
+pub struct FinishCount {
+    /// None once counted.
+    metrics: Option<Arc<Metrics>>,
+    engine_reason: FinishReason,
+}
+
+impl FinishCount {
+    /// Counts the sequence under `finish_reason`, the one its response gives.
+    pub fn record(mut self, finish_reason: &str) {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.count_finish(finish_reason);
+        }
+    }
+}
+
+impl Drop for FinishCount {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.count_finish(finish_reason(self.engine_reason, 0));
+        }
     }
 }
 

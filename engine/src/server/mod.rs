@@ -3,14 +3,17 @@
 //! thread (`engine_loop.rs`), which the handlers reach only through a request channel. The
 //! rooms: `protocol.rs` reads and checks request bodies, `prompt.rs` turns them into tokens,
 //! `generation.rs` runs the two generation endpoints (whole and streamed), `reply.rs` maps tokens
-//! to content, reasoning and tool calls, `routes.rs` holds the small endpoints and the key check,
-//! `metrics.rs` the Prometheus text, `error.rs` the OpenAI-shaped errors.
+//! to content, reasoning and tool calls (`tool_tags.rs` reads `<tool_call>` tags), `routes.rs`
+//! holds the small endpoints and the key check, `metrics.rs` the Prometheus text, `error.rs` the
+//! OpenAI-shaped errors.
 //!
 //! Start-up: [`start`] binds the port and returns the [`Server`] (run it on the main thread) and
 //! the [`EngineSide`] (move it to the thread that loads the model and builds the batcher, then
 //! call [`EngineSide::run`]). Until the model is ready, `/health` answers 503. Shut-down
 //! (SIGTERM, Ctrl-C or a [`ShutdownHandle`]): the listener closes, requests in flight get
 //! `shutdown_grace` to finish, then the rest are cancelled; the engine thread ends when idle.
+//! Shut down while the model still loads, there is nothing to finish: [`Server::run`] says so
+//! ([`Stopped::WhileLoading`]), and the binary exits without waiting for the load.
 
 mod engine_loop;
 mod error;
@@ -20,6 +23,7 @@ mod prompt;
 pub mod protocol;
 pub mod reply;
 mod routes;
+mod tool_tags;
 
 pub use error::ApiError;
 
@@ -45,7 +49,8 @@ pub struct ServerOptions {
     pub api_keys: Vec<String>,
     /// The name `/v1/models` lists and requests must use (when they name one).
     pub model_name: String,
-    /// Requests that may wait beyond the `max_seqs` running ones; more are refused with 429.
+    /// Sequences that may wait beyond the `max_seqs` running ones (a request with `n` choices
+    /// is `n` sequences); a request that would go over is refused with 429.
     pub max_queue: usize,
     pub max_body_bytes: usize,
     /// After a shut-down signal, how long requests in flight may take to finish.
@@ -83,8 +88,8 @@ pub struct Shared {
     options: ServerOptions,
     model: OnceLock<Arc<ModelInfo>>,
     submit: Mutex<Option<mpsc::Sender<Submission>>>,
-    metrics: Metrics,
-    /// Requests inside a generation handler (for the 429).
+    metrics: Arc<Metrics>,
+    /// Sequences of the requests inside a generation handler (for the 429).
     in_flight: AtomicUsize,
     /// Unix time the server started (for `/v1/models`).
     started: u64,
@@ -126,6 +131,16 @@ pub struct EngineSide {
     inbox: mpsc::Receiver<Submission>,
 }
 
+/// How a [`Server`] that was shut down ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The model had loaded: the engine thread ends once it is idle (join it).
+    AfterServing,
+    /// Shut down before the model was ready: no request ran, and the engine thread may go on
+    /// loading for minutes (a large file, a slow disk); nothing needs to wait for it.
+    WhileLoading,
+}
+
 /// Stops a running [`Server`] as SIGTERM does.
 #[derive(Clone)]
 pub struct ShutdownHandle(Arc<Shared>);
@@ -158,7 +173,7 @@ pub fn start(options: ServerOptions) -> Result<(Server, EngineSide), ServerError
     let started =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let shared = Arc::new(Shared {
-        metrics: Metrics::new(&options.model_name),
+        metrics: Arc::new(Metrics::new(&options.model_name)),
         options,
         model: OnceLock::new(),
         submit: Mutex::new(Some(sender)),
@@ -205,15 +220,17 @@ impl Server {
     }
 
     /// Serves until shut down (SIGTERM, Ctrl-C, a [`ShutdownHandle`], or the engine failing).
-    pub fn run(self) -> Result<(), ServerError> {
+    pub fn run(self) -> Result<Stopped, ServerError> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let shared = self.shared.clone();
         runtime.block_on(serve(self.shared, self.listener))?;
-        // Nothing more is submitted; the engine thread ends when it is idle.
+        // Nothing more is submitted; the engine thread ends when it is idle. (A model that
+        // becomes ready after this finds the channel closed and ends at once.)
         shared.submit.lock().unwrap_or_else(|p| p.into_inner()).take();
         match shared.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(error) => Err(error),
-            None => Ok(()),
+            None if shared.model.get().is_some() => Ok(Stopped::AfterServing),
+            None => Ok(Stopped::WhileLoading),
         }
     }
 }

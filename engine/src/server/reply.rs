@@ -1,4 +1,6 @@
 //! A choice's generated tokens turned into what the API returns: plain text for most models;
+//! for a chat with tools on a model whose template asks for `<tool_call>` tags (Qwen2.5,
+//! Hermes), the tagged calls as tool calls (`tool_tags.rs`);
 //! for harmony models (gpt-oss) the `analysis` channel as reasoning, `final` (and preambles,
 //! `commentary` with no recipient) as content, and `commentary` addressed to `functions.NAME`
 //! as a tool call whose arguments are the message's text. The same [`ReplyMapper`] serves the
@@ -11,6 +13,7 @@
 //! the text the batcher released, so the stop text, and what follows it, is never returned, in
 //! content, reasoning or a tool call's arguments alike.
 
+use super::tool_tags::{Piece, ToolTags};
 use crate::generate::Utf8Stream;
 use crate::harmony::{self, SpecialTokens};
 use std::collections::VecDeque;
@@ -44,6 +47,8 @@ enum Target {
 
 enum Kind {
     Plain,
+    /// Text with tool calls in `<tool_call>` tags.
+    Tagged(ToolTags),
     Harmony {
         parser: Box<harmony::Parser>,
         /// The reply's text decoded as the batcher decodes it (control tokens have none), so
@@ -77,6 +82,15 @@ impl ReplyMapper {
         ReplyMapper { kind: Kind::Plain, tool_calls: 0, call_prefix: String::new() }
     }
 
+    /// Tool calls in `<tool_call>` tags, named after the request id `call_prefix`.
+    pub fn tool_tags(call_prefix: &str) -> Self {
+        ReplyMapper {
+            kind: Kind::Tagged(ToolTags::default()),
+            tool_calls: 0,
+            call_prefix: call_prefix.to_string(),
+        }
+    }
+
     pub fn harmony(tokens: SpecialTokens, call_prefix: &str) -> Self {
         let kind = Kind::Harmony {
             parser: Box::new(harmony::Parser::new(tokens)),
@@ -98,10 +112,11 @@ impl ReplyMapper {
 
     /// Takes token `token` whose text is `bytes` (the vocabulary's; none for a control token);
     /// `text` is what the batcher released with it (stop strings applied), which plain replies
-    /// return as it is and harmony replies read through the parser.
+    /// return as it is, tagged ones read for `<tool_call>` tags and harmony replies read through
+    /// the parser.
     pub fn push(&mut self, token: u32, bytes: &[u8], text: &str) -> Vec<Delta> {
         let Kind::Harmony { decoded, pending, released, last_text_token, .. } = &mut self.kind else {
-            return Self::content(text);
+            return self.text(text, false);
         };
         pending.push_back((token, decoded.push(bytes)));
         if !bytes.is_empty() {
@@ -116,7 +131,7 @@ impl ReplyMapper {
     /// the batcher never released (a stop string and what came with it) is dropped.
     pub fn finish(&mut self, held: &str) -> Vec<Delta> {
         let Kind::Harmony { decoded, pending, released, last_text_token, .. } = &mut self.kind else {
-            return Self::content(held);
+            return self.text(held, true);
         };
         let rest = decoded.finish();
         if let Some(token) = *last_text_token
@@ -162,8 +177,29 @@ impl ReplyMapper {
         events
     }
 
-    fn content(text: &str) -> Vec<Delta> {
-        if text.is_empty() { Vec::new() } else { vec![Delta::Content(text.to_string())] }
+    /// Released text of a plain or tagged reply (`last`: the reply's end).
+    fn text(&mut self, text: &str, last: bool) -> Vec<Delta> {
+        let Kind::Tagged(tags) = &mut self.kind else {
+            return if text.is_empty() { Vec::new() } else { vec![Delta::Content(text.to_string())] };
+        };
+        let mut pieces = tags.push(text);
+        if last {
+            pieces.extend(tags.finish());
+        }
+        let mut deltas = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Content(text) => deltas.push(Delta::Content(text)),
+                Piece::Call { name, arguments } => {
+                    let index = self.tool_calls;
+                    self.tool_calls += 1;
+                    let id = format!("call_{}_{index}", self.call_prefix);
+                    deltas.push(Delta::ToolCall { index, id, name });
+                    deltas.push(Delta::ToolArguments { index, text: arguments });
+                }
+            }
+        }
+        deltas
     }
 
     fn harmony_events(&mut self, events: Vec<harmony::Event>) -> Vec<Delta> {

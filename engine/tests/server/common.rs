@@ -1,19 +1,22 @@
 //! What the server tests share: the default model (SmolLM2-135M-Instruct, fetched once) loaded
 //! once with exact numerics, servers started in this process on loopback ports (over that model,
-//! or over any model and backend a test builds: `TestServer::start_with`), a small HTTP client,
+//! or over any model and backend a test builds: `TestServer::start_with`; `Scripted` plays back
+//! recorded replies), a small HTTP client,
 //! a reader of server-sent events, and the reference: greedy tokens of a prompt run alone through
 //! the one-sequence cache, with no server and no batcher.
 
 // Shared by several test binaries; each uses a part of it.
 #![allow(dead_code)]
 
-use engine::batching::{BatchBackend, Batcher, CpuBatch};
+use engine::batching::{BatchBackend, Batcher, CpuBatch, Pick, Picked};
+use engine::generate::BackendError;
 use engine::gguf::GgufFile;
 use engine::model::{Model, Numerics};
-use engine::scheduler::SchedulerConfig;
+use engine::scheduler::{SchedulerConfig, SequenceId, Work};
 use engine::server::{ModelInfo, ServerOptions, ShutdownHandle};
 use engine::tokenizer::Tokenizer;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -90,7 +93,9 @@ impl TestServer {
             let (info, batcher) = build();
             engine_side.run(info, batcher).unwrap();
         });
-        let http = std::thread::spawn(move || server.run().unwrap());
+        let http = std::thread::spawn(move || {
+            server.run().unwrap();
+        });
         let test = TestServer { url, shutdown, key, threads: vec![engine, http] };
         // The engine thread builds its KV pool first (hundreds of MB for many pages).
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -179,6 +184,17 @@ impl TestServer {
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
     }
 
+    /// `engine_request_success_total` for one finish reason.
+    pub fn finished(&self, finish_reason: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        let label = format!(",finish_reason=\"{finish_reason}\"}} ");
+        text.lines()
+            .find(|l| l.starts_with("engine_request_success_total{") && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no finish_reason {finish_reason} in /metrics:\n{text}"))
+    }
+
     /// Waits until no sequence runs or waits and no KV page is held.
     pub fn wait_until_idle(&self) {
         for _ in 0..500 {
@@ -248,6 +264,46 @@ impl Events {
             }
             chunks.push(serde_json::from_str(&data).unwrap_or_else(|e| panic!("{e}: {data}")));
         }
+    }
+}
+
+/// A backend that answers every sequence's k-th step with the k-th token of `reply` (a one-hot
+/// row of logits), then `end`: recorded replies played back under the real batcher, engine loop
+/// and handlers.
+pub struct Scripted {
+    reply: Vec<u32>,
+    end: u32,
+    n_vocab: usize,
+    n_pages: usize,
+    progress: HashMap<SequenceId, usize>,
+}
+
+impl Scripted {
+    pub fn new(reply: Vec<u32>, end: u32, n_vocab: usize, n_pages: usize) -> Self {
+        Scripted { reply, end, n_vocab, n_pages, progress: HashMap::new() }
+    }
+}
+
+impl BatchBackend for Scripted {
+    fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+
+    fn n_pages(&self) -> usize {
+        self.n_pages
+    }
+
+    fn step(&mut self, work: &[Work], _picks: &[Pick]) -> Result<Vec<Picked>, BackendError> {
+        let mut picked = Vec::new();
+        for item in work.iter().filter(|w| w.wants_logits) {
+            let k = self.progress.entry(item.id).or_default();
+            let token = self.reply.get(*k).copied().unwrap_or(self.end);
+            *k += 1;
+            let mut logits = vec![-30.0f32; self.n_vocab];
+            logits[token as usize] = 30.0;
+            picked.push(Picked::Logits(logits));
+        }
+        Ok(picked)
     }
 }
 
