@@ -7,7 +7,7 @@
 //! well-formed events (one id, the first chunk, deltas, one finish chunk, `[DONE]`, nothing
 //! after), greedy ones with the text the model gives alone, preempted or not; no request may get
 //! a 5xx (or a 429: the queue holds them all); and when the clients are done, no sequence runs
-//! or waits and no KV page is held. Bounded: 160 requests of at most 8 tokens, and the whole run
+//! or waits and no KV page is held. Bounded: 256 requests of at most 8 tokens, and the whole run
 //! must end within a time limit.
 
 #[path = "server/common.rs"]
@@ -27,7 +27,7 @@ const CONTEXT: usize = 128;
 /// KV pages (16 positions each): one context's worth, fewer than 8 sequences' prompts and
 /// tokens need, so decodes run out of pages and preempt.
 const N_PAGES: usize = CONTEXT / engine::model::PAGE_SIZE;
-const REQUESTS_PER_CLIENT: usize = 5;
+const REQUESTS_PER_CLIENT: usize = 8;
 const MAX_TOKENS: usize = 8;
 const TIME_LIMIT: Duration = Duration::from_secs(600);
 
