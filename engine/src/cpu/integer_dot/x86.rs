@@ -204,7 +204,18 @@ macro_rules! kernels {
             }
             let mut accumulators = [[_mm256_setzero_ps(); T]; R];
             let mut minimums = [[0.0f32; T]; R];
+            // A decode step streams the matrix once, R rows at a time; the rows R further on
+            // (the next tile's, adjacent in the matrix) are fetched while these are dotted.
+            // A prefetch past the matrix's end (its last tile) does not fault.
+            let ahead = R * rows[0].len();
             for k in 0..n_blocks {
+                if T == 1 {
+                    for pointer in &row_pointers {
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            pointer.wrapping_add(ahead + k * block_bytes) as *const i8
+                        );
+                    }
+                }
                 let mut x = [_mm256_setzero_si256(); T];
                 let (mut x_scale, mut x_sum) = ([0.0f32; T], [0.0f32; T]);
                 for t in 0..T {
