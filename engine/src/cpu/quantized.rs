@@ -67,7 +67,15 @@ const ROWS_PER_CHUNK: usize = 64;
 thread_local! {
     /// The calling thread's quantized activations, kept between calls (no allocation per token).
     static ACTIVATIONS: std::cell::RefCell<Vec<Q8Block>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The calling thread's activations made unsigned, for repacked Q8_0 products.
+    static BIASED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's current chunk of Q8_0 rows in groups ([`integer_dot::repack_q8_0`]).
+    static REPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
+/// Tokens from which a Q8_0 product repacks its weight rows (a chunk at a time, in each part):
+/// the repacking costs about one pass over the chunk, which a prompt's tiles then share.
+const TOKENS_FOR_GROUPS: usize = 8;
 
 /// The activation blocks of the rows of `x` (for the reference form in `matvec_k_q8_1`).
 fn quantize_q8(x: &[f32]) -> Vec<Q8Block> {
@@ -115,61 +123,113 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
     }
     let kernel = integer_dot::kernel();
     let n_blocks = n_in / 32;
+    let groups =
+        ty == GgmlType::Q8_0 && integer_dot::has_q8_0_groups(kernel) && n_tokens >= TOKENS_FOR_GROUPS;
     ACTIVATIONS.with_borrow_mut(|activations| {
-        activations.resize(n_tokens * n_blocks, Q8Block::ZERO);
-        if n_tokens >= 8 {
-            let blocks = SharedOutput(activations.as_mut_ptr());
-            pool.run(&|part, parts| {
-                let tokens = threads::split(n_tokens, part, parts);
-                // SAFETY: each part quantizes its own tokens' blocks.
-                let mine = unsafe { blocks.part(tokens.start * n_blocks, tokens.len() * n_blocks) };
-                integer_dot::quantize(kernel, &x[tokens.start * n_in..tokens.end * n_in], mine);
-            });
-        } else {
-            integer_dot::quantize(kernel, x, activations);
-        }
-        let activations = &activations[..];
-        pool.run(&|part, parts| {
-            let rows = threads::split(n_out, part, parts);
-            let mut tile: [&[Q8Block]; integer_dot::TILE] = [&[]; integer_dot::TILE];
-            let mut values = [[0.0f32; integer_dot::TILE]; integer_dot::ROWS];
-            let mut weight_rows: [&[u8]; integer_dot::ROWS] = [&[]; integer_dot::ROWS];
-            for chunk in (rows.start..rows.end).step_by(ROWS_PER_CHUNK) {
-                let chunk_end = (chunk + ROWS_PER_CHUNK).min(rows.end);
-                for first in (0..n_tokens).step_by(integer_dot::TILE) {
-                    let count = integer_dot::TILE.min(n_tokens - first);
-                    for (t, slot) in tile[..count].iter_mut().enumerate() {
-                        *slot = &activations[(first + t) * n_blocks..(first + t + 1) * n_blocks];
+        BIASED.with_borrow_mut(|biased| {
+            activations.resize(n_tokens * n_blocks, Q8Block::ZERO);
+            biased.resize(if groups { n_tokens * n_in } else { 0 }, 0);
+            if n_tokens >= 8 {
+                let blocks = SharedOutput(activations.as_mut_ptr());
+                let biased = SharedOutput(biased.as_mut_ptr());
+                pool.run(&|part, parts| {
+                    let tokens = threads::split(n_tokens, part, parts);
+                    // SAFETY: each part quantizes its own tokens' blocks.
+                    let mine = unsafe { blocks.part(tokens.start * n_blocks, tokens.len() * n_blocks) };
+                    integer_dot::quantize(kernel, &x[tokens.start * n_in..tokens.end * n_in], mine);
+                    if groups {
+                        // SAFETY: each part writes its own tokens' values.
+                        let values = unsafe { biased.part(tokens.start * n_in, tokens.len() * n_in) };
+                        integer_dot::biased(mine, values);
                     }
-                    // One token: four rows at a time; more: two (or four) rows x the tile's tokens.
-                    // With AVX-512's 32 vector registers, 4 rows x 4 tokens (16 accumulators).
-                    let wide = count == 4 && kernel == integer_dot::Kernel::Avx512Vnni;
-                    let group = if count == 1 || wide { 4 } else { 2 };
-                    let mut o = chunk;
-                    while o < chunk_end {
-                        let n_rows = if o + group <= chunk_end { group } else { 1 };
-                        for (r, slot) in weight_rows[..n_rows].iter_mut().enumerate() {
-                            *slot = &bytes[(o + r) * row_bytes..(o + r + 1) * row_bytes];
+                });
+            } else {
+                integer_dot::quantize(kernel, x, activations);
+            }
+            let activations = &activations[..];
+            let biased = &biased[..];
+            pool.run(&|part, parts| {
+                REPACKED.with_borrow_mut(|repacked| {
+                    let rows = threads::split(n_out, part, parts);
+                    let mut tile: [&[Q8Block]; integer_dot::TILE] = [&[]; integer_dot::TILE];
+                    let mut tile_biased: [&[u8]; integer_dot::TILE] = [&[]; integer_dot::TILE];
+                    let mut values = [[0.0f32; integer_dot::TILE]; integer_dot::ROWS];
+                    let mut group_values = [[0.0f32; integer_dot::GROUP_ROWS]; integer_dot::TILE];
+                    let mut weight_rows: [&[u8]; integer_dot::ROWS] = [&[]; integer_dot::ROWS];
+                    let group_bytes = n_blocks * integer_dot::GROUP_BLOCK_BYTES;
+                    for chunk in (rows.start..rows.end).step_by(ROWS_PER_CHUNK) {
+                        let chunk_end = (chunk + ROWS_PER_CHUNK).min(rows.end);
+                        // Rows chunk..grouped_end go in repacked groups of eight, the rest as below.
+                        let grouped_end = if groups {
+                            chunk + (chunk_end - chunk) / integer_dot::GROUP_ROWS * integer_dot::GROUP_ROWS
+                        } else {
+                            chunk
+                        };
+                        repacked.clear();
+                        for start in (chunk..grouped_end).step_by(integer_dot::GROUP_ROWS) {
+                            let group_rows: Vec<&[u8]> = (start..start + integer_dot::GROUP_ROWS)
+                                .map(|o| &bytes[o * row_bytes..(o + 1) * row_bytes])
+                                .collect();
+                            integer_dot::repack_q8_0(&group_rows, repacked);
                         }
-                        integer_dot::dot_tile(
-                            kernel,
-                            ty,
-                            &weight_rows[..n_rows],
-                            &tile[..count],
-                            &mut values,
-                        );
-                        for (r, row_values) in values[..n_rows].iter().enumerate() {
-                            let b = bias.map_or(0.0, |b| b[o + r]);
-                            for (t, value) in row_values[..count].iter().enumerate() {
-                                // SAFETY: row o + r belongs to this part only; the index is within out.
-                                unsafe { output.write((first + t) * n_out + o + r, value + b) };
+                        for first in (0..n_tokens).step_by(integer_dot::TILE) {
+                            let count = integer_dot::TILE.min(n_tokens - first);
+                            for (t, slot) in tile[..count].iter_mut().enumerate() {
+                                *slot = &activations[(first + t) * n_blocks..(first + t + 1) * n_blocks];
+                            }
+                            if grouped_end > chunk {
+                                for (t, slot) in tile_biased[..count].iter_mut().enumerate() {
+                                    *slot = &biased[(first + t) * n_in..(first + t + 1) * n_in];
+                                }
+                            }
+                            for (g, group) in repacked.chunks_exact(group_bytes).enumerate() {
+                                let start = chunk + g * integer_dot::GROUP_ROWS;
+                                integer_dot::dot_group_q8_0(
+                                    kernel,
+                                    group,
+                                    &tile_biased[..count],
+                                    &tile[..count],
+                                    &mut group_values,
+                                );
+                                for (t, token_values) in group_values[..count].iter().enumerate() {
+                                    for (r, value) in token_values.iter().enumerate() {
+                                        let b = bias.map_or(0.0, |b| b[start + r]);
+                                        // SAFETY: row start + r belongs to this part only; the index is within out.
+                                        unsafe { output.write((first + t) * n_out + start + r, value + b) };
+                                    }
+                                }
+                            }
+                            // One token: four rows at a time; more: two (or four) rows x the tile's tokens.
+                            // With AVX-512's 32 vector registers, 4 rows x 4 tokens (16 accumulators).
+                            let wide = count == 4 && kernel == integer_dot::Kernel::Avx512Vnni;
+                            let group = if count == 1 || wide { 4 } else { 2 };
+                            let mut o = grouped_end;
+                            while o < chunk_end {
+                                let n_rows = if o + group <= chunk_end { group } else { 1 };
+                                for (r, slot) in weight_rows[..n_rows].iter_mut().enumerate() {
+                                    *slot = &bytes[(o + r) * row_bytes..(o + r + 1) * row_bytes];
+                                }
+                                integer_dot::dot_tile(
+                                    kernel,
+                                    ty,
+                                    &weight_rows[..n_rows],
+                                    &tile[..count],
+                                    &mut values,
+                                );
+                                for (r, row_values) in values[..n_rows].iter().enumerate() {
+                                    let b = bias.map_or(0.0, |b| b[o + r]);
+                                    for (t, value) in row_values[..count].iter().enumerate() {
+                                        // SAFETY: row o + r belongs to this part only; the index is within out.
+                                        unsafe { output.write((first + t) * n_out + o + r, value + b) };
+                                    }
+                                }
+                                o += n_rows;
                             }
                         }
-                        o += n_rows;
                     }
-                }
-            }
-        });
+                })
+            });
+        })
     });
 }
 

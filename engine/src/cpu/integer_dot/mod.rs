@@ -184,6 +184,75 @@ pub fn dot_tile_scalar(ty: GgmlType, row: &[u8], activations: &[&[Q8Block]], out
     out[..activations.len()].copy_from_slice(&sums[..activations.len()]);
 }
 
+/// Q8_0 rows a repacked group holds: one per i32 lane of a 256-bit register.
+pub const GROUP_ROWS: usize = 8;
+
+/// Bytes of one block of a repacked group: 8 f32 scales, 8 i32 corrections, 8 x 32 weights.
+pub const GROUP_BLOCK_BYTES: usize = 32 + 32 + 256;
+
+/// Whether `kernel` has the repacked Q8_0 product ([`dot_group_q8_0`]).
+pub fn has_q8_0_groups(kernel: Kernel) -> bool {
+    kernel == Kernel::Avx512Vnni
+}
+
+/// Repacks [`GROUP_ROWS`] Q8_0 rows so that one register's i32 lanes are the eight rows: per
+/// block, the rows' scales as f32, their corrections -128 sum(w) (see [`dot_group_q8_0`]),
+/// then the weights in eight steps of four values, each step the eight rows' four bytes.
+/// Appends to `out`.
+pub fn repack_q8_0(rows: &[&[u8]], out: &mut Vec<u8>) {
+    assert_eq!(rows.len(), GROUP_ROWS);
+    let n_blocks = rows[0].len() / 34;
+    assert!(rows.iter().all(|r| r.len() == n_blocks * 34), "Q8_0 rows of different lengths");
+    out.reserve(n_blocks * GROUP_BLOCK_BYTES);
+    for k in 0..n_blocks {
+        let blocks: Vec<&[u8]> = rows.iter().map(|r| &r[k * 34..(k + 1) * 34]).collect();
+        for block in &blocks {
+            out.extend_from_slice(&f16_at(block, 0).to_le_bytes());
+        }
+        for block in &blocks {
+            let sum: i32 = block[2..].iter().map(|&w| w as i8 as i32).sum();
+            out.extend_from_slice(&(-128 * sum).to_le_bytes());
+        }
+        for step in 0..8 {
+            for block in &blocks {
+                out.extend_from_slice(&block[2 + 4 * step..2 + 4 * step + 4]);
+            }
+        }
+    }
+}
+
+/// Activation values made unsigned for [`dot_group_q8_0`]: q + 128 (a flip of the top bit).
+pub fn biased(activations: &[Q8Block], out: &mut [u8]) {
+    assert_eq!(out.len(), activations.len() * 32);
+    for (bytes, block) in out.chunks_exact_mut(32).zip(activations) {
+        for (b, &q) in bytes.iter_mut().zip(&block.q) {
+            *b = q as u8 ^ 0x80;
+        }
+    }
+}
+
+/// out[t][r] = sum over blocks of row r of a repacked group ([`repack_q8_0`]) . activations[t],
+/// for up to [`TILE`] tokens, given each token's [`biased`] values too. Per block the lanes
+/// start at -128 sum(w) and `vpdpbusd` adds sum((x + 128) w), which leaves sum(x w) exactly;
+/// then d_w d_x dot is added to the row's sum in block order, the scalar reference's order and
+/// roundings (so the results are the scalar tile's, bit for bit; the tests check it).
+pub fn dot_group_q8_0(
+    kernel: Kernel,
+    group: &[u8],
+    biased: &[&[u8]],
+    activations: &[&[Q8Block]],
+    out: &mut [[f32; GROUP_ROWS]; TILE],
+) {
+    assert!(has_q8_0_groups(kernel), "{kernel:?} has no repacked Q8_0 product");
+    assert!(!activations.is_empty() && activations.len() <= TILE && biased.len() == activations.len());
+    let n_blocks = group.len() / GROUP_BLOCK_BYTES;
+    assert_eq!(group.len(), n_blocks * GROUP_BLOCK_BYTES);
+    assert!(activations.iter().all(|a| a.len() >= n_blocks), "activation rows shorter than the group");
+    assert!(biased.iter().all(|b| b.len() >= n_blocks * 32), "biased rows shorter than the group");
+    #[cfg(target_arch = "x86_64")]
+    x86::q8_0_groups::dot_group(group, n_blocks, biased, activations, out);
+}
+
 pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }

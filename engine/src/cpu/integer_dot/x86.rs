@@ -204,7 +204,18 @@ macro_rules! kernels {
             }
             let mut accumulators = [[_mm256_setzero_ps(); T]; R];
             let mut minimums = [[0.0f32; T]; R];
+            // A decode step streams the matrix once, R rows at a time; the rows R further on
+            // (the next tile's, adjacent in the matrix) are fetched while these are dotted.
+            // A prefetch past the matrix's end (its last tile) does not fault.
+            let ahead = R * rows[0].len();
             for k in 0..n_blocks {
+                if T == 1 {
+                    for pointer in &row_pointers {
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            pointer.wrapping_add(ahead + k * block_bytes) as *const i8
+                        );
+                    }
+                }
                 let mut x = [_mm256_setzero_si256(); T];
                 let (mut x_scale, mut x_sum) = ([0.0f32; T], [0.0f32; T]);
                 for t in 0..T {
@@ -341,4 +352,78 @@ pub mod avx512_vnni {
         w,
         x
     ));
+}
+
+/// The repacked Q8_0 product (`integer_dot::dot_group_q8_0`): eight rows in the eight i32 lanes
+/// of a register, so each `vpdpbusd` takes four values of each of eight rows against four
+/// values of one token (broadcast), and a block's dot needs no horizontal sum. Two integer
+/// accumulators per token (even and odd steps) keep eight `vpdpbusd` chains in flight.
+pub mod q8_0_groups {
+    use super::super::{GROUP_BLOCK_BYTES, GROUP_ROWS, Q8Block, TILE};
+    use std::arch::x86_64::*;
+
+    /// See `integer_dot::dot_group_q8_0`; the caller checked the sizes.
+    pub fn dot_group(
+        group: &[u8],
+        n_blocks: usize,
+        biased: &[&[u8]],
+        activations: &[&[Q8Block]],
+        out: &mut [[f32; GROUP_ROWS]; TILE],
+    ) {
+        assert!(super::has_avx512_vnni());
+        // SAFETY: the features are present (asserted); the caller checked the sizes.
+        unsafe {
+            match activations.len() {
+                1 => tile::<1>(group, n_blocks, biased, activations, out),
+                2 => tile::<2>(group, n_blocks, biased, activations, out),
+                3 => tile::<3>(group, n_blocks, biased, activations, out),
+                _ => tile::<4>(group, n_blocks, biased, activations, out),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    unsafe fn tile<const T: usize>(
+        group: &[u8],
+        n_blocks: usize,
+        biased: &[&[u8]],
+        activations: &[&[Q8Block]],
+        out: &mut [[f32; GROUP_ROWS]; TILE],
+    ) {
+        let values: [*const u8; T] = std::array::from_fn(|t| biased[t].as_ptr());
+        let blocks: [*const Q8Block; T] = std::array::from_fn(|t| activations[t].as_ptr());
+        let mut sums = [_mm256_setzero_ps(); T];
+        for k in 0..n_blocks {
+            // SAFETY: block k of the group lies within `group`; each token has n_blocks blocks
+            // and n_blocks * 32 biased values (checked by the caller).
+            unsafe {
+                let base = group.as_ptr().add(k * GROUP_BLOCK_BYTES);
+                let row_scales = _mm256_loadu_ps(base as *const f32);
+                let correction = _mm256_loadu_si256(base.add(32) as *const __m256i);
+                let mut even = [correction; T];
+                let mut odd = [_mm256_setzero_si256(); T];
+                for step in 0..8 {
+                    let w = _mm256_loadu_si256(base.add(64 + 32 * step) as *const __m256i);
+                    for t in 0..T {
+                        let x = (values[t].add(32 * k + 4 * step) as *const i32).read_unaligned();
+                        let x = _mm256_set1_epi32(x);
+                        if step % 2 == 0 {
+                            even[t] = _mm256_dpbusd_epi32(even[t], x, w);
+                        } else {
+                            odd[t] = _mm256_dpbusd_epi32(odd[t], x, w);
+                        }
+                    }
+                }
+                for t in 0..T {
+                    let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(even[t], odd[t]));
+                    let scale = _mm256_mul_ps(row_scales, _mm256_set1_ps((*blocks[t].add(k)).d));
+                    sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(scale, dot));
+                }
+            }
+        }
+        for t in 0..T {
+            // SAFETY: out[t] holds GROUP_ROWS f32.
+            unsafe { _mm256_storeu_ps(out[t].as_mut_ptr(), sums[t]) };
+        }
+    }
 }
