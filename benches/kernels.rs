@@ -14,8 +14,8 @@
 //! `Gpu::gemm` launches first; cuBLAS's f16 GEMM (f16 X and W, f32 Y, f32 sums) at the same shapes
 //! is the yardstick, when libcublas can be loaded.
 //! Rows of a batched decode step (`KERNELS=rows` runs only these): the multi-row GEMV
-//! (`Gpu::gemv_rows`, with the quantization of X), the integer tensor-core rows (`Gpu::mma_rows`:
-//! the streamed kernel for 33 to 64 rows, `ENGINE_MMA_STREAM_ROWS` to move that) and the GEMM at
+//! (`Gpu::gemv_rows`, with the quantization of X), the integer tensor-core rows (`Gpu::mma_rows`,
+//! and from 16 rows its streamed kernel, `Gpu::mma_rows_streamed`) and the GEMM at
 //! T = 1 to 128 rows, Llama-3.1-8B's Q4_K shapes and gpt-oss-20b's Q8_0 q and o; bytes are the weights once (what a step must read), so "of copy" says how near
 //! the product comes to reading its weights at the copy rate.
 
@@ -640,6 +640,14 @@ fn rows(gpu: &Gpu, table: &Table) -> Result<()> {
                 gpu.mma_rows(&matrices[next], 0..n_out, &q8, t, None, &mut y)
             })?;
             table.row(&format!("quantize+mma_rows {format:?}"), &shape, moved, ms);
+            if t >= 16 && matrices[0].has_mma_stream() {
+                let ms = time_batched(gpu, || {
+                    next = (next + 1) % copies;
+                    gpu.quantize_q8(&x, &mut q8)?;
+                    gpu.mma_rows_streamed(&matrices[next], 0..n_out, &q8, t, None, &mut y)
+                })?;
+                table.row(&format!("quantize+mma_stream {format:?}"), &shape, moved, ms);
+            }
             let ms = time_batched(gpu, || {
                 next = (next + 1) % copies;
                 gpu.gemm(&matrices[next], 0..n_out, &x, t, None, &mut y)

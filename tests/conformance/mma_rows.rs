@@ -1,5 +1,5 @@
 //! gpu/src/matmul/mma_rows.rs and mma_stream.rs (activation rows on the integer tensor cores: 16
-//! weight rows a block for up to 32 tokens a pass, 64 a block for 33 to 64 tokens) against the
+//! weight rows a block and 32 tokens a pass, or 64 rows a block and 64 tokens) against the
 //! batch-1 integer GEMVs of gemv.rs, gemv_k.rs, gemv_mxfp4.rs and moe.rs, which
 //! tests/conformance/gemv.rs and moe.rs hold to the CPU. The block sums are the same integers;
 //! the sum over blocks runs in another order, so each row must match the batch-1 product of that
@@ -58,6 +58,12 @@ proptest! {
         let mut y = poisoned(n * rows.len());
         gpu.mma_rows(&matrix, rows.clone(), &quantized(&x), n, bias_gpu.as_ref(), &mut y).unwrap();
         let y = gpu.download(&y).unwrap();
+        // The streamed kernel too, where it takes the format (whatever the default dispatch).
+        let streamed = matrix.has_mma_stream().then(|| {
+            let mut y = poisoned(n * rows.len());
+            gpu.mma_rows_streamed(&matrix, rows.clone(), &quantized(&x), n, bias_gpu.as_ref(), &mut y).unwrap();
+            gpu.download(&y).unwrap()
+        });
         let alone: Vec<Vec<f32>> = (0..n)
             .map(|t| {
                 let mut alone = poisoned(n_out);
@@ -69,6 +75,10 @@ proptest! {
         for (t, alone) in alone.iter().enumerate() {
             let check = near(&y[t * rows.len()..(t + 1) * rows.len()], &alone[rows.clone()], scale);
             prop_assert!(check.is_ok(), "{:?} {}x{} rows {:?}, row {} of {}: {}", format, n_out, n_in, rows, t, n, check.unwrap_err());
+            if let Some(streamed) = &streamed {
+                let check = near(&streamed[t * rows.len()..(t + 1) * rows.len()], &alone[rows.clone()], scale);
+                prop_assert!(check.is_ok(), "streamed {:?} {}x{} rows {:?}, row {} of {}: {}", format, n_out, n_in, rows, t, n, check.unwrap_err());
+            }
         }
     }
 
@@ -117,7 +127,7 @@ fn streamed_rows_of_a_tall_matrix_match_the_batch_1_gemv() {
         let matrix = gpu.upload_matrix(format, &random_matrix(format, n_in, n_out, 5), n_in, n_out).unwrap();
         let x = random_values(6, n * n_in, 2.0);
         let mut y = poisoned(n * n_out);
-        gpu.mma_rows(&matrix, 0..n_out, &quantized(&x), n, None, &mut y).unwrap();
+        gpu.mma_rows_streamed(&matrix, 0..n_out, &quantized(&x), n, None, &mut y).unwrap();
         let y = gpu.download(&y).unwrap();
         for t in [0, n / 2, n - 1] {
             let mut alone = poisoned(n_out);
@@ -148,4 +158,6 @@ fn tensor_core_rows_reject_bad_shapes() {
         .unwrap();
     let error = gpu.mma_rows(&q6, 0..n_out, &x, 3, None, &mut y).unwrap_err().to_string();
     assert!(error.contains("no tensor-core row product"), "{error}");
+    let error = gpu.mma_rows_streamed(&q6, 0..n_out, &x, 3, None, &mut y).unwrap_err().to_string();
+    assert!(error.contains("no streamed row product"), "{error}");
 }

@@ -9,9 +9,10 @@
 //!
 //! Formats: Q4_K, Q8_0 and MXFP4 (dense; MXFP4 also as experts, with its own kernel in
 //! `gpu/src/matmul/mma_experts.rs`); others go through the GEMVs or GEMMs. Dense Q4_K and Q8_0
-//! products of 33 to 64 rows take `gpu/src/matmul/mma_stream.rs` (64 weight rows a block, the
-//! weights streamed once for all 64 tokens), the rest `mma_rows.rs` (16 rows a block, K split
-//! across its warps, 32 tokens a pass).
+//! products can also take `gpu/src/matmul/mma_stream.rs` (64 weight rows a block, the weights
+//! streamed once for all 64 tokens; off by default until it beats the GEMM, see
+//! `DEFAULT_STREAM_ROWS`), the rest take `mma_rows.rs` (16 rows a block, K split across its
+//! warps, 32 tokens a pass).
 
 use super::{GpuMatrix, Q8Activations, Storage, WeightFormat};
 use crate::moe::ExpertRouting;
@@ -49,9 +50,11 @@ pub fn mma_rows_range() -> (usize, usize) {
 
 /// Fewest and most activation rows of a dense product taken by the streamed kernel
 /// (`gpu/src/matmul/mma_stream.rs`: 64 weight rows a block, all 64 tokens' sums in one pass over
-/// the weights) by default; `ENGINE_MMA_STREAM_ROWS=min,max` sets others (`0,0`: never). Where
-/// both ranges hold, the streamed kernel is taken. Measurements: benches/NOTES.md.
-const DEFAULT_STREAM_ROWS: (usize, usize) = (33, 64);
+/// the weights) by default: none, since its first version measured slower than both the f16
+/// GEMM and the two passes of the 16-row kernel (4096x4096 Q4_K at 64 rows on the H100: 0.093 ms
+/// against 0.048; benches/NOTES.md, 2026-12-06). `ENGINE_MMA_STREAM_ROWS=min,max` turns it on
+/// for those rows; where both ranges hold, the streamed kernel is taken.
+const DEFAULT_STREAM_ROWS: (usize, usize) = (0, 0);
 
 /// Weight rows per block of the streamed kernel, and each group of four warps' shared memory
 /// (a ring of three stages of 4 blocks of K: 64 rows of quants padded by 16 bytes, their scale
@@ -97,22 +100,27 @@ impl GpuMatrix {
         matches!(self.format, WeightFormat::Q8_0 | WeightFormat::Q4K | WeightFormat::Mxfp4)
     }
 
-    /// Whether a product of `n` rows takes the streamed kernel: Q4_K, and Q8_0 with an even number
+    /// Whether [`Gpu::mma_rows_streamed`] takes this matrix: Q4_K, and Q8_0 with an even number
     /// of blocks a row (its stage's four scales are copied as two aligned words).
-    pub fn takes_mma_stream(&self, n: usize) -> bool {
-        let (low, high) = mma_stream_range();
-        let format = match self.format {
+    pub fn has_mma_stream(&self) -> bool {
+        match self.format {
             WeightFormat::Q4K => true,
             WeightFormat::Q8_0 => (self.n_in / 32).is_multiple_of(2),
             _ => false,
-        };
-        format && n >= low && n <= high
+        }
+    }
+
+    /// Whether [`Gpu::mma_rows`] takes the streamed kernel for a product of `n` rows.
+    pub fn takes_mma_stream(&self, n: usize) -> bool {
+        let (low, high) = mma_stream_range();
+        self.has_mma_stream() && n >= low && n <= high
     }
 }
 
 impl Gpu {
     /// Y[t, :] = W[rows, :] X[t, :] (+ bias[rows]) for the `n` rows of X, given as 8-bit
     /// activations [n, n_in]; Y [n, rows.len()], bias (when given) [n_out].
+    /// Takes the streamed kernel where [`GpuMatrix::takes_mma_stream`] says so.
     pub fn mma_rows(
         &self,
         w: &GpuMatrix,
@@ -121,6 +129,39 @@ impl Gpu {
         n: usize,
         bias: Option<&CudaSlice<f32>>,
         y: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        self.mma_rows_with(w, rows, x, n, bias, y, w.takes_mma_stream(n))
+    }
+
+    /// [`Gpu::mma_rows`] on the streamed kernel (`gpu/src/matmul/mma_stream.rs`) whatever `n`
+    /// is: Q4_K, and Q8_0 with an even number of blocks a row.
+    pub fn mma_rows_streamed(
+        &self,
+        w: &GpuMatrix,
+        rows: Range<usize>,
+        x: &Q8Activations,
+        n: usize,
+        bias: Option<&CudaSlice<f32>>,
+        y: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        if !w.has_mma_stream() {
+            let message =
+                format!("{:?} weights of {} values a row have no streamed row product", w.format, w.n_in);
+            return Err(shape_error("mma_stream", message));
+        }
+        self.mma_rows_with(w, rows, x, n, bias, y, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mma_rows_with(
+        &self,
+        w: &GpuMatrix,
+        rows: Range<usize>,
+        x: &Q8Activations,
+        n: usize,
+        bias: Option<&CudaSlice<f32>>,
+        y: &mut impl DevicePtrMut<f32>,
+        stream_kernel: bool,
     ) -> Result<()> {
         const KERNEL: &str = "mma_rows";
         let (n_in, n_out) = (w.n_in, w.n_out);
@@ -145,7 +186,6 @@ impl Gpu {
         let (xq, _xq) = x.q.device_ptr(stream);
         let (xd, _xd) = x.d.device_ptr(stream);
         let (xs, _xs) = x.s.device_ptr(stream);
-        let stream_kernel = w.takes_mma_stream(n);
         let config = if stream_kernel {
             self.stream_launch(w.format, rows.len())?
         } else {
