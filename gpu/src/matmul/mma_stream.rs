@@ -1,4 +1,4 @@
-//! Dense matrix products of a batched decode step of 33 to 64 rows (more in passes of 64) on the
+//! Dense matrix products of a batched decode step of up to 64 rows (more in passes of 64) on the
 //! integer tensor cores, with the weights streamed through shared memory once for all the rows.
 //!
 //! Why: mma_rows.rs takes 32 tokens a pass, so a step of 64 sequences reads every weight twice,
@@ -21,8 +21,12 @@
 //! Launch: grid (ceil(rows / 64)), 128 x groups threads, groups x STAGES x stage bytes of dynamic
 //! shared memory (Q4_K 51,456 per group, Q8_0 59,904).
 //! Cost: per block of K per warp two shared loads of A and one or two of its scales, and per 8
-//! tokens two of X, one or two of scales, one mma and 8 to 12 f32 operations: bound by issue, not
-//! by the weight stream (about 22 instructions per mma).
+//! tokens two of X, one or two of scales, one mma and 8 to 12 f32 operations (about 22
+//! instructions per mma). Counted, that made it issue-bound at ~10 us for 4096x4096 at 64 rows;
+//! measured (H100, 2026-12-06) it takes 93 us, 10-15 cycles an instruction at 8-14 warps an SM:
+//! latency-bound, each mma waiting on its shared loads and feeding a chain of dependent FMAs. It
+//! is slower than the f16 GEMM there, so the host does not take it by default
+//! (host/src/matmul/mma_rows.rs `DEFAULT_STREAM_ROWS`); benches/NOTES.md has the figures.
 
 use crate::device::{
     block_dim, block_idx, copy_async_4_prefix, copy_async_16, copy_async_commit, copy_async_wait,
