@@ -198,6 +198,7 @@ impl Gpu {
         let (r, k) = (rows.start as u64, n_in as u64);
         let (n_in32, n_rows, t) = (n_in as u32, rows.len() as u32, n as u32);
         let (name, first, second) = match &w.storage {
+            // No streamed form (both callers take it only where `has_mma_stream` holds).
             Storage::Mxfp4 { quants, exponents } => {
                 let (q, _q) = quants.device_ptr(stream);
                 let (e, _e) = exponents.device_ptr(stream);
@@ -206,12 +207,14 @@ impl Gpu {
             Storage::Blocks { format: WeightFormat::Q8_0, quants, scales, .. } => {
                 let (q, _q) = quants.device_ptr(stream);
                 let (s, _s) = scales.device_ptr(stream);
-                ("mma_rows_q8_0", q + r * k, s + 2 * (r * k / 32))
+                let name = if stream_kernel { "mma_stream_q8_0" } else { "mma_rows_q8_0" };
+                (name, q + r * k, s + 2 * (r * k / 32))
             }
             Storage::Blocks { format: WeightFormat::Q4K, quants, scales, .. } => {
                 let (q, _q) = quants.device_ptr(stream);
                 let (s, _s) = scales.device_ptr(stream);
-                ("mma_rows_q4_k", q + r * k / 2, s + 20 * (r * k / 256))
+                let name = if stream_kernel { "mma_stream_q4_k" } else { "mma_rows_q4_k" };
+                (name, q + r * k / 2, s + 20 * (r * k / 256))
             }
             _ => {
                 return Err(shape_error(
@@ -219,11 +222,6 @@ impl Gpu {
                     format!("{:?} weights have no tensor-core row product", w.format),
                 ));
             }
-        };
-        let name = match (stream_kernel, name) {
-            (true, "mma_rows_q4_k") => "mma_stream_q4_k",
-            (true, "mma_rows_q8_0") => "mma_stream_q8_0",
-            _ => name,
         };
         let args: [&dyn crate::Arg; 10] = [&first, &second, &bias, &xq, &xd, &xs, &y, &n_in32, &n_rows, &t];
         self.launch(name, config, &args)
