@@ -47,6 +47,15 @@ pub trait BatchBackend {
     /// Runs every work item of a step in one pass; for each item with `wants_logits`, in order,
     /// its last token's logits or its chosen token, as `picks` (one per such item) asks.
     fn step(&mut self, work: &[Work], picks: &[Pick]) -> Result<Vec<Picked>, BackendError>;
+    /// Kernel profiling (`ENGINE_PROFILE=1` on the GPU): the last step's kernel times are kept
+    /// for [`BatchBackend::kernel_profile`] with `keep`, dropped without.
+    fn profile_step(&mut self, _keep: bool) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// The kernel times kept since the last call, as markdown tables; None without profiling.
+    fn kernel_profile(&mut self) -> Result<Option<String>, BackendError> {
+        Ok(None)
+    }
 }
 
 /// The CPU backend's batched step: one pass of the model over every chunk.
@@ -220,6 +229,10 @@ impl<'a> Batcher<'a> {
         &self.scheduler
     }
 
+    pub fn backend_mut(&mut self) -> &mut (dyn BatchBackend + 'a) {
+        &mut *self.backend
+    }
+
     /// Queues a request; refused at once when it could never run (too long for the context or
     /// the pool, empty, or with invalid sampler settings).
     pub fn submit(&mut self, request: Request) -> Result<SequenceId, BatchError> {
@@ -375,5 +388,13 @@ impl<T: BatchBackend + ?Sized> BatchBackend for &mut T {
 
     fn step(&mut self, work: &[Work], picks: &[Pick]) -> Result<Vec<Picked>, BackendError> {
         (**self).step(work, picks)
+    }
+
+    fn profile_step(&mut self, keep: bool) -> Result<(), BackendError> {
+        (**self).profile_step(keep)
+    }
+
+    fn kernel_profile(&mut self) -> Result<Option<String>, BackendError> {
+        (**self).kernel_profile()
     }
 }

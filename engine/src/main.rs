@@ -770,6 +770,12 @@ fn run_throughput(args: &ModelArgs, batch: &BatchArgs, workload: &ThroughputArgs
         let report =
             engine::throughput::run(&mut *backend, config, run, &|done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
+        if let Some(profile) = backend.kernel_profile().map_err(|e| anyhow::anyhow!("{e}"))? {
+            eprintln!(
+                "ENGINE_PROFILE: kernels of the {} decode-only steps at concurrency {} (divide by the steps for one step's)\n{profile}",
+                report.decode_steps, report.concurrency
+            );
+        }
         if workload.output == OutputFormat::Table {
             let r = &report;
             println!(

@@ -36,6 +36,8 @@ pub struct ThroughputReport {
     pub kv_pages_total: usize,
     pub preemptions: u64,
     pub steps: u64,
+    /// Steps that held decode tokens only.
+    pub decode_steps: u64,
 }
 
 /// What to run: `concurrency` None means every request in flight at once (the pool and
@@ -81,6 +83,7 @@ pub fn run(
     let (mut running, mut done, mut generated) = (0usize, 0usize, 0usize);
     // Tokens and time of the steps of decode tokens only.
     let mut decode_only = (0usize, Duration::ZERO);
+    let mut decode_steps = 0u64;
     while done < num_requests {
         while running < in_flight && next < num_requests {
             batcher.submit(Request::new(prompts[next].clone(), SamplerConfig::greedy(), output_len))?;
@@ -92,7 +95,10 @@ pub fn run(
         if let (tokens, true) = batcher.last_step {
             decode_only.0 += tokens;
             decode_only.1 += step_start.elapsed();
+            decode_steps += 1;
         }
+        let decode_step = batcher.last_step.1;
+        batcher.backend_mut().profile_step(decode_step).map_err(BatchError::Backend)?;
         let now = start.elapsed();
         for event in events {
             match event {
@@ -132,5 +138,6 @@ pub fn run(
         kv_pages_total: stats.pages_total,
         preemptions: stats.preemptions,
         steps: batcher.steps,
+        decode_steps,
     })
 }

@@ -22,6 +22,7 @@ pub mod moe;
 pub mod norm;
 #[cfg(test)]
 mod pdl;
+mod profile;
 pub mod rope;
 pub mod sampling;
 pub mod softmax;
@@ -174,6 +175,8 @@ pub struct Gpu {
     dependent_launch: std::sync::atomic::AtomicBool,
     /// The f16 (or bf16) copy of X that `gemm` converts its input into.
     gemm_x: Mutex<Option<CudaSlice<u16>>>,
+    /// Kernel timing, with `ENGINE_PROFILE=1` (profile.rs).
+    profile: Option<Mutex<profile::KernelProfile>>,
 }
 
 impl Gpu {
@@ -225,6 +228,7 @@ impl Gpu {
             dependent_launch_available,
             dependent_launch: false.into(),
             gemm_x: Mutex::new(None),
+            profile: profile::KernelProfile::from_env().map(Mutex::new),
         })
     }
 
@@ -296,6 +300,24 @@ impl Gpu {
         DependentLaunch(self)
     }
 
+    /// With `ENGINE_PROFILE=1`: the launches since the last call, summed by kernel and by kernel
+    /// and grid (at most `lines` rows each), as markdown tables, after waiting for the stream;
+    /// None when profiling is off. Starts counting afresh.
+    pub fn kernel_profile(&self, lines: usize) -> Result<Option<String>> {
+        let Some(profile) = &self.profile else { return Ok(None) };
+        let mut profile = profile.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(Some(profile.report(lines)?))
+    }
+
+    /// With `ENGINE_PROFILE=1`: ends a span of launches (a step), keeping their times for the
+    /// next [`Gpu::kernel_profile`] or (`keep` false) dropping them.
+    pub fn kernel_profile_span(&self, keep: bool) -> Result<()> {
+        if let Some(profile) = &self.profile {
+            profile.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).settle(keep)?;
+        }
+        Ok(())
+    }
+
     /// Launches `name` with the given arguments (device pointers and scalars, in the kernel's order).
     /// With dependent launch on, the kernel's blocks may be scheduled during the previous kernel and
     /// wait in their prologue (`pdl.rs`).
@@ -320,6 +342,12 @@ impl Gpu {
             attrs: &mut attribute,
             numAttrs: u32::from(self.dependent_launch.load(std::sync::atomic::Ordering::Relaxed)),
         };
+        let mut profile =
+            self.profile.as_ref().map(|p| p.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let timing = match profile.as_mut() {
+            Some(profile) => profile.start(&self.context, &self.stream, name, &config)?,
+            None => None,
+        };
         // SAFETY: `params` holds one pointer per kernel parameter, each to a live value of the
         // parameter's type (the wrappers pass them in the kernel's order, checked by the
         // conformance tests); the function belongs to this context.
@@ -327,6 +355,9 @@ impl Gpu {
             sys::cuLaunchKernelEx(&launch, function.cu_function(), params.as_mut_ptr(), std::ptr::null_mut())
         }
         .result()?;
+        if let (Some(profile), Some(timing)) = (profile.as_mut(), timing) {
+            profile.finish(&self.context, &self.stream, timing)?;
+        }
         Ok(())
     }
 }

@@ -308,4 +308,12 @@ impl BatchBackend for GpuBatch {
     fn step(&mut self, work: &[Work], picks: &[Pick]) -> Result<Vec<Picked>, BackendError> {
         Ok(self.run(work, picks)?)
     }
+
+    fn profile_step(&mut self, keep: bool) -> Result<(), BackendError> {
+        Ok(self.model.gpu.kernel_profile_span(keep).map_err(CudaError::from)?)
+    }
+
+    fn kernel_profile(&mut self) -> Result<Option<String>, BackendError> {
+        Ok(self.model.gpu.kernel_profile(40).map_err(CudaError::from)?)
+    }
 }
