@@ -300,8 +300,10 @@ fn gpt2_refuses_a_context_longer_than_its_positions() {
 
 /// The batched step (`engine/src/cuda/batch.rs`) against the CPU's batched pass
 /// (`model/batch.rs`) on the same work: three sequences on scattered pages of one pool, a prompt
-/// chunk after a cached prefix beside a full prompt and a decode token; then a step of decode
-/// tokens only, and one of a single decode token (the graph path). Logits within 1e-2 of the
+/// chunk after a cached prefix beside a full prompt and a decode token; then steps of decode
+/// tokens only (batch_graphs.rs: 3 sequences padded to the ladder's 4, captured after an eager
+/// run; 2 sequences captured, then replayed; 3 again, replayed), and one of a single decode token
+/// (the one-sequence graph). Logits within 1e-2 of the
 /// CPU's exact numbers (the GEMMs round activations to f16), greedy picks equal where the CPU's
 /// top two are apart.
 ///
@@ -345,7 +347,10 @@ fn check_batched(gguf: &str, integer: bool) {
         vec![work(&[7, 2], 0, &a[..13]), work(&[11, 4], 0, &c[..17])],
         vec![work(&[11, 4], 17, &c[17..18]), work(&[7, 2], 13, &a[13..]), work(&[0, 9], 0, &b)],
         vec![work(&[11, 4], 18, &c[18..]), work(&[0, 9, 5], 30, &a[..1]), work(&[7, 2, 3], 20, &b[..1])],
-        vec![work(&[0, 9, 5], 31, &a[1..2])],
+        vec![work(&[11, 4], 19, &a[2..3]), work(&[7, 2, 3], 21, &b[1..2])],
+        vec![work(&[11, 4], 20, &a[3..4]), work(&[7, 2, 3], 22, &b[2..3])],
+        vec![work(&[11, 4], 21, &a[4..5]), work(&[7, 2, 3], 23, &b[3..4]), work(&[0, 9, 5], 31, &a[1..2])],
+        vec![work(&[0, 9, 5], 32, &a[2..3])],
     ];
     let logits = |picked: Vec<Picked>| -> Vec<f32> {
         picked

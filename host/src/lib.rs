@@ -175,6 +175,8 @@ pub struct Gpu {
     dependent_launch: std::sync::atomic::AtomicBool,
     /// The f16 (or bf16) copy of X that `gemm` converts its input into.
     gemm_x: Mutex<Option<CudaSlice<u16>>>,
+    /// Times `gemm_x` has been (re)allocated: a CUDA graph that captured a GEMM holds its address.
+    gemm_x_generation: std::sync::atomic::AtomicU64,
     /// Kernel timing, with `ENGINE_PROFILE=1` (profile.rs).
     profile: Option<Mutex<profile::KernelProfile>>,
 }
@@ -228,6 +230,7 @@ impl Gpu {
             dependent_launch_available,
             dependent_launch: false.into(),
             gemm_x: Mutex::new(None),
+            gemm_x_generation: 0.into(),
             profile: profile::KernelProfile::from_env().map(Mutex::new),
         })
     }

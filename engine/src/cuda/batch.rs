@@ -11,6 +11,7 @@
 //! into the block table, in batch order, before each step.
 
 use super::attention::KvCache;
+use super::batch_graphs::{self, DecodeGraphs};
 use super::model::{GpuModel, KvPlan};
 use super::prefill::{PromptBatch, PromptChunk};
 use super::{Context, CudaError};
@@ -21,7 +22,7 @@ use crate::model::{ModelConfig, ModelError};
 use crate::scheduler::Work;
 use host::attention::{NO_PAGE, PAGE_SIZE};
 use host::sampling::RowSampling;
-use host::{CudaSlice, Gpu};
+use host::{DevicePtr, Gpu};
 
 /// How much memory the KV pool takes.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -77,6 +78,8 @@ pub struct GpuBatch {
     n_pages: usize,
     /// Block-table width: pages of the longest sequence.
     max_pages: usize,
+    /// The captured decode steps (batch_graphs.rs), unless turned off.
+    graphs: Option<DecodeGraphs>,
 }
 
 impl GpuBatch {
@@ -91,7 +94,11 @@ impl GpuBatch {
         if !KvCache::paged_for(&config) {
             return Err(CudaError::Unsupported("batching a model whose head dim is not 64, 80, 96 or 128"));
         }
-        let step_bytes = step_bytes(&config, &limits);
+        let graphs = batch_graphs::wanted() && limits.max_seqs >= 2;
+        let mut step_bytes = step_bytes(&config, &limits);
+        if graphs {
+            step_bytes += DecodeGraphs::bytes(limits.max_seqs, config.n_vocab);
+        }
         let page_bytes = KvCache::page_bytes(&config);
         let weights = super::memory::weight_bytes(file);
         let n_pages = match limits.kv_memory {
@@ -103,10 +110,11 @@ impl GpuBatch {
             }
         };
         let max_pages = limits.max_context.div_ceil(PAGE_SIZE);
-        if n_pages < max_pages {
+        // The pool's last page is kept from the scheduler for the padding rows of the graphs.
+        if n_pages < max_pages + 1 {
             return Err(CudaError::Model(ModelError::ContextFull {
                 needed: limits.max_context,
-                capacity: n_pages * PAGE_SIZE,
+                capacity: n_pages.saturating_sub(1) * PAGE_SIZE,
             }));
         }
         let plan =
@@ -115,7 +123,12 @@ impl GpuBatch {
         if !model.can_prefill() {
             return Err(CudaError::Unsupported("batching a model with BF16 matrices (no GEMM form)"));
         }
-        Ok(GpuBatch { model, limits, n_pages, max_pages })
+        let graphs = if graphs {
+            Some(DecodeGraphs::new(&model.gpu, limits.max_seqs, config.n_vocab, (n_pages - 1) as u32)?)
+        } else {
+            None
+        };
+        Ok(GpuBatch { model, limits, n_pages: n_pages - 1, max_pages, graphs })
     }
 
     pub fn model(&self) -> &GpuModel {
@@ -149,6 +162,19 @@ impl GpuBatch {
                 return Err(ModelError::TokenOutOfRange { token, n_vocab }.into());
             }
             table[row * self.max_pages..][..w.pages.len()].copy_from_slice(&w.pages);
+        }
+        // A step of one token for each of several sequences replays the graph of its padded size.
+        let decode_only = work.iter().all(|w| w.tokens.len() == 1 && w.wants_logits);
+        if decode_only
+            && work.len() >= 2
+            && let Some(graphs) = &mut self.graphs
+            && let Some(size) = graphs.size_for(work.len())
+        {
+            let steps: Vec<(u32, u32)> =
+                order.iter().map(|&i| (work[i].tokens[0], work[i].start as u32)).collect();
+            graphs.run(&mut self.model, size, &steps, table, self.max_pages)?;
+            // Rows in work order: every item is one token, so `order` is the identity.
+            return pick(&self.model.gpu, &graphs.logits(work.len(), n_vocab), work.len(), n_vocab, picks);
         }
         let model = &mut self.model;
         let KvCache::Paged { cache, .. } = &mut model.kv else { unreachable!("GpuBatch::load makes a pool") };
@@ -230,13 +256,13 @@ impl GpuBatch {
 }
 
 /// Most rows of a step launched with dependent launch.
-const DEPENDENT_LAUNCH_ROWS: usize = 64;
+pub(super) const DEPENDENT_LAUNCH_ROWS: usize = 64;
 
 /// Each row's token chosen on the device where `picks` asks (one id copied back per row), and
 /// the logits copied back for the rest.
 fn pick(
     gpu: &Gpu,
-    logits: &CudaSlice<f32>,
+    logits: &impl DevicePtr<f32>,
     rows: usize,
     n_vocab: usize,
     picks: &[Pick],

@@ -9,7 +9,7 @@ use super::{Context, CudaError};
 use host::matmul::gemv_rows::gemv_rows_limit;
 use host::matmul::mma_rows::takes_mma_rows;
 use host::matmul::{GpuMatrix, Q8Activations, WeightFormat};
-use host::{CudaSlice, Gpu};
+use host::{CudaSlice, DevicePtr, DevicePtrMut, Gpu};
 
 /// One vector of activations and its 8-bit copy (the fused norm and activation kernels write
 /// both; a linear layer reads the one its weights take).
@@ -128,9 +128,9 @@ impl Linear {
         &self,
         context: Context,
         part: usize,
-        x: &CudaSlice<f32>,
+        x: &impl DevicePtr<f32>,
         n: usize,
-        y: &mut CudaSlice<f32>,
+        y: &mut impl DevicePtrMut<f32>,
     ) -> Result<(), host::Error> {
         let (matrix, rows, bias) = if let [one] = self.matrices.as_slice() {
             let start = self.parts[..part].iter().sum();
@@ -167,9 +167,9 @@ impl Linear {
     pub fn prefill(
         &self,
         context: Context,
-        x: &CudaSlice<f32>,
+        x: &impl DevicePtr<f32>,
         n: usize,
-        y: &mut CudaSlice<f32>,
+        y: &mut impl DevicePtrMut<f32>,
     ) -> Result<(), host::Error> {
         self.prefill_part(context, 0, x, n, y)
     }

@@ -23,6 +23,7 @@
 
 mod attention;
 mod batch;
+mod batch_graphs;
 mod decode;
 mod gpt2;
 mod gpt_oss;

@@ -26,7 +26,9 @@
 //! step; 16-bit W: the next copies sit between the k16 slices' products. Quantized W: each
 //! thread loads one block of 32 weights (raw bits) two steps ahead into registers and dequantizes
 //! it one step ahead into one of two f16 W tiles, interleaved with the products
-//! (`gemm_quantized`) or after them (`gemm_quantized_phased`).
+//! (`gemm_quantized`) or after them (`gemm_quantized_phased`). A tile of at most 64 tokens (the
+//! rows of a batched decode step) takes the phased loop on its first 64 rows in every quantized
+//! format: each warp's sub-tile 32 x 32, half the tensor-core work of a full tile.
 //! Cost: 2 T n_in n_out FLOPs; W read once per 128 tokens (from L2 for the other row tiles of a
 //! wave), X once per 128 outputs (from L2). Registers (ptxas, sm_90): 166 (16-bit), 167-168
 //! (phased), 246-255 (wide, f32), no spills; one block of 8 warps per SM.
@@ -459,9 +461,15 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
 ) {
     let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
     let (m0, n0) = (block_idx() * TILE_M, block_idx_y() * TILE_N);
+    let x_copy = TileCopy::new(x, t, n_in, m0);
+    // A tile of at most 64 tokens (a batched decode step's rows: the lm head of 33-64
+    // sequences) takes the phased loop on its first 64 rows, half the tensor-core work.
+    if t - m0 <= TILE_M / 2 {
+        unsafe { gemm_phased_tile::<_, 2>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
+        return;
+    }
     let x_ring = dynamic_shared_address();
     let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
-    let x_copy = TileCopy::new(x, t, n_in, m0);
     let steps = n_in.div_ceil(TILE_K);
     let fragments = Fragments::new::<WIDE, 4>();
     let mut acc: Accumulators = [[[0.0; 4]; 8]; 4];
@@ -540,7 +548,13 @@ unsafe fn gemm_quantized_phased<F: BlockWeights>(
     let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
     let (m0, n0) = (block_idx() * TILE_M, block_idx_y() * TILE_N);
     let x_copy = TileCopy::new(x, t, n_in, m0);
-    unsafe { gemm_phased_tile::<_, 4>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
+    // A tile of at most 64 tokens (a batched decode step of 33-64 sequences, or the last tile of
+    // a prompt) multiplies only its first 64 rows: half the tensor-core work.
+    if t - m0 <= TILE_M / 2 {
+        unsafe { gemm_phased_tile::<_, 2>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
+    } else {
+        unsafe { gemm_phased_tile::<_, 4>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
+    }
 }
 
 /// The block's tile of the phased product: X tiles from `x_copy`, tile row m (from m0) stored at

@@ -97,6 +97,7 @@ impl Gpu {
         if buffer.as_ref().is_none_or(|b| b.len() < elements) {
             *buffer = None; // freed in stream order, after the kernels that read it
             *buffer = Some(self.alloc::<u16>(elements)?);
+            self.gemm_x_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let count = to_u32("gemm", "elements of x", elements)?;
         {
@@ -106,6 +107,12 @@ impl Gpu {
             self.launch(converter, config, &[&x, &x16, &count])?;
         }
         Ok(buffer)
+    }
+
+    /// How many times the f16 copy of X that every GEMM reads has been allocated: a CUDA graph
+    /// that captured a GEMM is valid only while this stays what it was at the capture.
+    pub fn gemm_buffer_generation(&self) -> u64 {
+        self.gemm_x_generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// y[t, :] = W[rows, :] x[t, :] (+ bias[rows]) for the `n_tokens` rows of x [n_tokens, n_in];
