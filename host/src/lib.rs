@@ -121,6 +121,7 @@ pub const KERNELS: &[&str] = &[
     "embedding_q4_k",
     "embedding_q6_k",
     "convert_f32_to_f16",
+    "gemm_sum_splits",
     "convert_f32_to_bf16",
     "gemm_f32",
     "gemm_f16",
@@ -175,7 +176,9 @@ pub struct Gpu {
     dependent_launch: std::sync::atomic::AtomicBool,
     /// The f16 (or bf16) copy of X that `gemm` converts its input into.
     gemm_x: Mutex<Option<CudaSlice<u16>>>,
-    /// Times `gemm_x` has been (re)allocated: a CUDA graph that captured a GEMM holds its address.
+    /// The partial sums of a GEMM split along K in more than two (host/src/matmul/gemm.rs).
+    gemm_partials: Mutex<Option<CudaSlice<f32>>>,
+    /// Times `gemm_x` or `gemm_partials` has been (re)allocated: a CUDA graph that captured a GEMM holds its address.
     gemm_x_generation: std::sync::atomic::AtomicU64,
     /// Kernel timing, with `ENGINE_PROFILE=1` (profile.rs).
     profile: Option<Mutex<profile::KernelProfile>>,
@@ -230,6 +233,7 @@ impl Gpu {
             dependent_launch_available,
             dependent_launch: false.into(),
             gemm_x: Mutex::new(None),
+            gemm_partials: Mutex::new(None),
             gemm_x_generation: 0.into(),
             profile: profile::KernelProfile::from_env().map(Mutex::new),
         })

@@ -296,16 +296,29 @@ fn gemm_at_model_shapes() {
     // The phased quantized loop split along K: GPT-2 XL in Q8_0, Llama-3.1-8B's k (1024 rows).
     check(WeightFormat::Q8_0, 512, 1600, (0, 1600), true, 11);
     check(WeightFormat::Q4K, 512, 4096, (4096, 1024), true, 12);
+    // Rows of a batched decode step against few tiles: split along K in more than two, the
+    // partial sums added in split order (gemm_sum_splits): 4, 8 and 5 splits (45 K steps of 64,
+    // the last cut short at 2,880), 16-bit weights in 8 over a row range.
+    check(WeightFormat::Q4K, 64, 4096, (0, 4096), true, 13);
+    check(WeightFormat::Q4K, 48, 4096, (0, 1024), false, 14);
+    check(WeightFormat::Q8_0, 64, 2880, (0, 512), true, 15);
+    check(WeightFormat::F16, 37, 4096, (5, 500), true, 16);
 }
 
-/// The product split along K adds two halves into Y: the same Y every time (a + b = b + a), as the
+/// The product split along K adds two halves into Y (a + b = b + a) or sums more splits in
+/// order: the same Y every time, as the
 /// graph-against-eager and prompt-against-steps tests of the models expect.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn gemm_split_along_k_is_deterministic() {
-    let (t, n_in, n_out) = (512, 1600, 1600);
     let gpu = gpu();
-    for format in [WeightFormat::F16, WeightFormat::Q8_0] {
+    // In two (GPT-2 XL at 512 tokens: atomic adds) and in eight (64 rows against 1,024: partial
+    // sums added in order).
+    for (format, (t, n_in, n_out)) in [
+        (WeightFormat::F16, (512, 1600, 1600)),
+        (WeightFormat::Q8_0, (512, 1600, 1600)),
+        (WeightFormat::Q4K, (64, 4096, 1024)),
+    ] {
         let bytes = random_matrix(format, n_in, n_out, 11);
         let matrix = gpu.upload_matrix(format, &bytes, n_in, n_out).unwrap();
         let x = gpu.upload(&random_values(12, t * n_in, 2.0)).unwrap();

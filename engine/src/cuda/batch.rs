@@ -131,6 +131,18 @@ impl GpuBatch {
         Ok(GpuBatch { model, limits, n_pages: n_pages - 1, max_pages, graphs })
     }
 
+    /// Turns the CUDA graphs of batched decode steps (batch_graphs.rs) on or off (on by default
+    /// unless `ENGINE_BATCH_GRAPHS=0` or `ENGINE_PROFILE=1`).
+    pub fn set_decode_graphs(&mut self, on: bool) -> Result<(), CudaError> {
+        if !on {
+            self.graphs = None;
+        } else if self.graphs.is_none() && self.limits.max_seqs >= 2 {
+            let (gpu, n_vocab) = (&self.model.gpu, self.model.config.n_vocab);
+            self.graphs = Some(DecodeGraphs::new(gpu, self.limits.max_seqs, n_vocab, self.n_pages as u32)?);
+        }
+        Ok(())
+    }
+
     pub fn model(&self) -> &GpuModel {
         &self.model
     }

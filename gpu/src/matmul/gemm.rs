@@ -29,6 +29,9 @@
 //! (`gemm_quantized`) or after them (`gemm_quantized_phased`). A tile of at most 64 tokens (the
 //! rows of a batched decode step) takes the phased loop on its first 64 rows in every quantized
 //! format: each warp's sub-tile 32 x 32, half the tensor-core work of a full tile.
+//! Split along K (grid z): two splits add into Y atomically (in either order the same sums),
+//! more write partial sums that `gemm_sum_splits` adds in split order, so that products of few
+//! tiles (the rows of a batched decode step against a 1,024- or 4,096-row matrix) fill the GPU.
 //! Cost: 2 T n_in n_out FLOPs; W read once per 128 tokens (from L2 for the other row tiles of a
 //! wave), X once per 128 outputs (from L2). Registers (ptxas, sm_90): 166 (16-bit), 167-168
 //! (phased), 246-255 (wide, f32), no spills; one block of 8 warps per SM.
@@ -304,9 +307,10 @@ unsafe fn store_pair(
 ) {
     if let Some(row) = rows(row) {
         let out = unsafe { y.add(row * n_out + column) };
-        // Split along K (`gemm_half`, `gemm_phased_tile` with a grid of two in z): each half adds its sums into Y,
-        // which the host zeroed; a + b = b + a, so two halves give the same Y in either order.
-        let accumulate = grid_dim_z() > 1;
+        // Split in two along K (`gemm_half`, `gemm_phased_tile` with a grid of two in z): each
+        // half adds its sums into Y, which the host zeroed; a + b = b + a, so two halves give
+        // the same Y in either order. More splits write their own slices (`split_output`).
+        let accumulate = grid_dim_z() == 2;
         unroll!([0, 1], |e| {
             if column + e < n_out {
                 let b = if bias.is_null() { 0.0 } else { unsafe { *bias.add(column + e) } };
@@ -318,6 +322,15 @@ unsafe fn store_pair(
             }
         });
     }
+}
+
+/// Where this block's split of a product along K writes: with a grid of more than two splits in
+/// z, split z writes its own [t, n_out] slice of Y, which is then a buffer of partial sums that
+/// `gemm_sum_splits` adds up in split order (deterministic, where atomic adds of three or more
+/// splits would not be); otherwise Y itself.
+#[inline(always)]
+fn split_output(y: *mut f32, t: usize, n_out: usize) -> *mut f32 {
+    if grid_dim_z() > 2 { y.wrapping_add(block_idx_z() * t * n_out) } else { y }
 }
 
 /// Y = acc (+ bias) for the block's tile at (m0, n0), within n_out, tile row m stored at Y row
@@ -394,6 +407,7 @@ unsafe fn gemm_half<const BF16: bool, const WIDE: bool>(
     n_out: u32,
 ) {
     let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
+    let y = split_output(y, t, n_out);
     let (m0, n0) = (block_idx() * TILE_M, block_idx_y() * TILE_N);
     let x_ring = dynamic_shared_address();
     let w_ring = x_ring + STAGES as u32 * TILE_BYTES;
@@ -546,6 +560,7 @@ unsafe fn gemm_quantized_phased<F: BlockWeights>(
     n_out: u32,
 ) {
     let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
+    let y = split_output(y, t, n_out);
     let (m0, n0) = (block_idx() * TILE_M, block_idx_y() * TILE_N);
     let x_copy = TileCopy::new(x, t, n_in, m0);
     // A tile of at most 64 tokens (a batched decode step of 33-64 sequences, or the last tile of
@@ -968,6 +983,22 @@ pub unsafe extern "ptx-kernel" fn gemm_mxfp4(
 ) {
     let w = Mxfp4 { quants, exponents, n_in: n_in as usize };
     unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+}
+
+/// y[i] = the sum over s < splits of partials[s n + i], in split order: the splits of a product
+/// along K (`split_output`) added up. One thread per element and grid stride (coalesced).
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn gemm_sum_splits(partials: *const f32, y: *mut f32, splits: u32, n: u32) {
+    let (splits, n) = (splits as usize, n as usize);
+    let mut i = global_idx();
+    while i < n {
+        let mut sum = 0.0;
+        for s in 0..splits {
+            sum += unsafe { *partials.add(s * n + i) };
+        }
+        unsafe { *y.add(i) = sum };
+        i += grid_size();
+    }
 }
 
 /// out[i] = x[i] rounded to nearest-even f16 (`BF16`: bf16), eight values per thread and step

@@ -11,6 +11,23 @@ use crate::{Gpu, Result, elementwise_config, expect_len, shape_error, to_u32};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use std::ops::Range;
 
+/// Most splits of a product along K (`Gpu::split_k`): 8, or `ENGINE_GEMM_SPLITS` (2 gives the
+/// split in two only, as before 2026-12-07; for A/B runs).
+fn max_splits() -> usize {
+    static SPLITS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SPLITS.get_or_init(|| {
+        std::env::var("ENGINE_GEMM_SPLITS").ok().and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(8)
+    })
+}
+
+/// Where a product split along K writes: its launch shape (z splits), the address its kernel
+/// writes (Y, or the partial sums), and the partials buffer, locked until they are added up.
+struct Split<'a> {
+    config: LaunchConfig,
+    target: u64,
+    partials: Option<std::sync::MutexGuard<'a, Option<CudaSlice<f32>>>>,
+}
+
 /// Tokens and outputs per block, threads per block (gpu/src/matmul/gemm.rs).
 const TILE_M: usize = 128;
 const TILE_N: usize = 128;
@@ -65,22 +82,53 @@ pub fn gemm_config(
 }
 
 impl Gpu {
-    /// The grid of a product whose kernel takes a split (16-bit weights; Q8_0 and Q4_K, the
-    /// phased quantized loop) split in two along K (z = 2) when its tiles fill at most half the
-    /// GPU and a row holds at least 8 K steps: GPT-2 XL's 1600-row products at 512 tokens are 52
-    /// tiles of 128 x 128 on 132 SMs, one tile per SM at a time, so each SM's rate is what the
-    /// product gets; two half-length tiles per output tile run in about half the time. Y (its
-    /// `outputs` f32 at address y) is zeroed first; each half adds its sums (and the first the
-    /// bias), and as a + b = b + a the result does not depend on which half lands first.
-    fn split_k(&self, mut config: LaunchConfig, n_in: usize, y: u64, outputs: usize) -> Result<LaunchConfig> {
+    /// The split along K of a product whose kernel takes one (16-bit weights; Q8_0 and Q4_K, the
+    /// phased quantized loop): as many splits z as keep the tiles within one wave of the GPU
+    /// (z tiles <= SMs; one block per SM) with at least 8 K steps of 64 each, at most
+    /// `max_splits()`. GPT-2 XL's 1600-row products at 512 tokens are 52 tiles of 128 x 128 on 132
+    /// SMs: two half-length tiles per output tile run in about half the time; a batched decode
+    /// step of 64 rows against a 4,096-row matrix is 32 tiles (64 blocks split in two, half the
+    /// SMs idle), against the 8B's 1,024-row keys 8. Two splits add into Y, zeroed first (the
+    /// first adds the bias; a + b = b + a, so the order they land in does not matter); more write
+    /// partial sums into the kept buffer, which `finish_split` adds in split order into Y.
+    fn split_k(&self, mut config: LaunchConfig, n_in: usize, y: u64, outputs: usize) -> Result<Split<'_>> {
         let tiles = (config.grid_dim.0 * config.grid_dim.1) as usize;
-        if 2 * tiles <= self.sm_count() && n_in >= 8 * 64 {
+        let splits = (self.sm_count() / tiles).min(n_in.div_ceil(64) / 8).min(max_splits());
+        if splits <= 1 {
+            return Ok(Split { config, target: y, partials: None });
+        }
+        config.grid_dim.2 = splits as u32;
+        if splits == 2 {
             // SAFETY: y is the product's output, `outputs` f32 long (checked by gemm_config).
             unsafe { cudarc::driver::sys::cuMemsetD32Async(y, 0, outputs, self.stream().cu_stream()) }
                 .result()?;
-            config.grid_dim.2 = 2;
+            return Ok(Split { config, target: y, partials: None });
         }
-        Ok(config)
+        let mut buffer = self.gemm_partials.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if buffer.as_ref().is_none_or(|b| b.len() < splits * outputs) {
+            *buffer = None; // freed in stream order, after the kernels that read it
+            *buffer = Some(self.alloc::<f32>(splits * outputs)?);
+            self.gemm_x_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // The address outlives its borrow: the guard in `Split` keeps the buffer (and no other
+        // product can take it) until `finish_split` has queued the sum that reads it.
+        let target = {
+            let (target, _record) = buffer.as_mut().expect("allocated above").device_ptr_mut(self.stream());
+            target
+        };
+        Ok(Split { config, target, partials: Some(buffer) })
+    }
+
+    /// After the product's launch: the partial sums of a split in more than two added into Y
+    /// (`outputs` f32 at address y), in split order.
+    fn finish_split(&self, split: Split<'_>, y: u64, outputs: usize) -> Result<()> {
+        let Some(buffer) = split.partials else { return Ok(()) };
+        let splits = split.config.grid_dim.2;
+        let n = to_u32("gemm", "outputs", outputs)?;
+        // One element a thread (elementwise_config counts eight a thread): a block per 256.
+        self.launch("gemm_sum_splits", elementwise_config(8 * outputs), &[&split.target, &y, &splits, &n])?;
+        drop(buffer);
+        Ok(())
     }
 
     /// Rounds the `elements` f32 at device address `x` to f16 (bf16 with `bf16`) into the kept
@@ -160,14 +208,24 @@ impl Gpu {
             Storage::F16(m) => {
                 let (m, _m) = m.device_ptr(stream);
                 let m = m + 2 * r * n;
-                let config = self.split_k(config, n_in, y, n_tokens * rows.len())?;
-                self.launch("gemm_f16", config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
+                let split = self.split_k(config, n_in, y, n_tokens * rows.len())?;
+                self.launch(
+                    "gemm_f16",
+                    split.config,
+                    &[&x16, &m, &bias, &split.target, &t, &n_in32, &n_rows],
+                )?;
+                self.finish_split(split, y, n_tokens * rows.len())
             }
             Storage::Bf16(m) => {
                 let (m, _m) = m.device_ptr(stream);
                 let m = m + 2 * r * n;
-                let config = self.split_k(config, n_in, y, n_tokens * rows.len())?;
-                self.launch("gemm_bf16", config, &[&x16, &m, &bias, &y, &t, &n_in32, &n_rows])
+                let split = self.split_k(config, n_in, y, n_tokens * rows.len())?;
+                self.launch(
+                    "gemm_bf16",
+                    split.config,
+                    &[&x16, &m, &bias, &split.target, &t, &n_in32, &n_rows],
+                )?;
+                self.finish_split(split, y, n_tokens * rows.len())
             }
             Storage::Blocks { format, quants, scales, mins, sub } => {
                 let (q, _q) = quants.device_ptr(stream);
@@ -176,8 +234,14 @@ impl Gpu {
                 match (format, mins, sub) {
                     (WeightFormat::Q8_0, _, _) => {
                         let (q, s) = (q + r * n, s + 2 * blocks);
-                        let config = self.split_k(config, n_in, y, n_tokens * rows.len())?;
-                        self.launch("gemm_q8_0", config, &[&x16, &q, &s, &bias, &y, &t, &n_in32, &n_rows])
+                        let split = self.split_k(config, n_in, y, n_tokens * rows.len())?;
+                        let target = split.target;
+                        self.launch(
+                            "gemm_q8_0",
+                            split.config,
+                            &[&x16, &q, &s, &bias, &target, &t, &n_in32, &n_rows],
+                        )?;
+                        self.finish_split(split, y, n_tokens * rows.len())
                     }
                     (WeightFormat::Q4_0, _, _) => {
                         let (q, s) = (q + r * n / 2, s + 2 * blocks);
@@ -191,8 +255,14 @@ impl Gpu {
                     (WeightFormat::Q4K, _, _) => {
                         // 20 bytes of head per super-block of 256.
                         let (q, heads) = (q + r * n / 2, s + 20 * (r * n / 256));
-                        let config = self.split_k(config, n_in, y, n_tokens * rows.len())?;
-                        self.launch("gemm_q4_k", config, &[&x16, &q, &heads, &bias, &y, &t, &n_in32, &n_rows])
+                        let split = self.split_k(config, n_in, y, n_tokens * rows.len())?;
+                        let target = split.target;
+                        self.launch(
+                            "gemm_q4_k",
+                            split.config,
+                            &[&x16, &q, &heads, &bias, &target, &t, &n_in32, &n_rows],
+                        )?;
+                        self.finish_split(split, y, n_tokens * rows.len())
                     }
                     (WeightFormat::Q6K, _, Some(sub)) => {
                         let (sub, _sub) = sub.device_ptr(stream);
