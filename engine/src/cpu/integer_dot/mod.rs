@@ -187,70 +187,92 @@ pub fn dot_tile_scalar(ty: GgmlType, row: &[u8], activations: &[&[Q8Block]], out
 /// Q8_0 rows a repacked group holds: one per i32 lane of a 256-bit register.
 pub const GROUP_ROWS: usize = 8;
 
-/// Bytes of one block of a repacked group: 8 f32 scales, 8 i32 corrections, 8 x 32 weights.
-pub const GROUP_BLOCK_BYTES: usize = 32 + 32 + 256;
+/// Bytes of one block of a repacked group: the eight rows' f16 scales, then 8 x 32 weights; the
+/// same as the eight blocks take as stored (8 x 34), so a matrix repacked at load is no larger.
+pub const GROUP_BLOCK_BYTES: usize = 16 + 256;
 
-/// Whether `kernel` has the repacked Q8_0 product ([`dot_group_q8_0`]).
+/// Whether `kernel` has a fast repacked Q8_0 product ([`dot_group_q8_0`]; the others run its
+/// scalar reference, so matrices are repacked only for the kernels that have it).
 pub fn has_q8_0_groups(kernel: Kernel) -> bool {
     kernel == Kernel::Avx512Vnni
 }
 
 /// Repacks [`GROUP_ROWS`] Q8_0 rows so that one register's i32 lanes are the eight rows: per
-/// block, the rows' scales as f32, their corrections -128 sum(w) (see [`dot_group_q8_0`]),
-/// then the weights in eight steps of four values, each step the eight rows' four bytes.
-/// Appends to `out`.
+/// block, the rows' f16 scales, then the weights made unsigned (w + 128, a flip of the top bit)
+/// in eight steps of four values, each step the eight rows' four bytes. Appends to `out`.
 pub fn repack_q8_0(rows: &[&[u8]], out: &mut Vec<u8>) {
     assert_eq!(rows.len(), GROUP_ROWS);
     let n_blocks = rows[0].len() / 34;
     assert!(rows.iter().all(|r| r.len() == n_blocks * 34), "Q8_0 rows of different lengths");
     out.reserve(n_blocks * GROUP_BLOCK_BYTES);
     for k in 0..n_blocks {
-        let blocks: Vec<&[u8]> = rows.iter().map(|r| &r[k * 34..(k + 1) * 34]).collect();
+        let blocks: [&[u8]; GROUP_ROWS] = std::array::from_fn(|r| &rows[r][k * 34..(k + 1) * 34]);
         for block in &blocks {
-            out.extend_from_slice(&f16_at(block, 0).to_le_bytes());
-        }
-        for block in &blocks {
-            let sum: i32 = block[2..].iter().map(|&w| w as i8 as i32).sum();
-            out.extend_from_slice(&(-128 * sum).to_le_bytes());
+            out.extend_from_slice(&block[..2]);
         }
         for step in 0..8 {
             for block in &blocks {
-                out.extend_from_slice(&block[2 + 4 * step..2 + 4 * step + 4]);
+                out.extend(block[2 + 4 * step..2 + 4 * step + 4].iter().map(|&w| w ^ 0x80));
             }
         }
     }
 }
 
-/// Activation values made unsigned for [`dot_group_q8_0`]: q + 128 (a flip of the top bit).
-pub fn biased(activations: &[Q8Block], out: &mut [u8]) {
-    assert_eq!(out.len(), activations.len() * 32);
-    for (bytes, block) in out.chunks_exact_mut(32).zip(activations) {
-        for (b, &q) in bytes.iter_mut().zip(&block.q) {
-            *b = q as u8 ^ 0x80;
+/// Row `lane` of a repacked group as stored (the inverse of [`repack_q8_0`]), appended to `out`.
+pub fn group_row_q8_0(group: &[u8], lane: usize, out: &mut Vec<u8>) {
+    assert!(lane < GROUP_ROWS && group.len().is_multiple_of(GROUP_BLOCK_BYTES));
+    for block in group.chunks_exact(GROUP_BLOCK_BYTES) {
+        out.extend_from_slice(&block[2 * lane..2 * lane + 2]);
+        for step in 0..8 {
+            let at = 16 + 32 * step + 4 * lane;
+            out.extend(block[at..at + 4].iter().map(|&w| w ^ 0x80));
         }
     }
 }
 
+/// Each activation block's correction for [`dot_group_q8_0`]: -128 sum(q).
+pub fn corrections(activations: &[Q8Block], out: &mut [i32]) {
+    assert_eq!(out.len(), activations.len());
+    for (c, block) in out.iter_mut().zip(activations) {
+        *c = -128 * block.q.iter().map(|&q| q as i32).sum::<i32>();
+    }
+}
+
 /// out[t][r] = sum over blocks of row r of a repacked group ([`repack_q8_0`]) . activations[t],
-/// for up to [`TILE`] tokens, given each token's [`biased`] values too. Per block the lanes
-/// start at -128 sum(w) and `vpdpbusd` adds sum((x + 128) w), which leaves sum(x w) exactly;
-/// then d_w d_x dot is added to the row's sum in block order, the scalar reference's order and
-/// roundings (so the results are the scalar tile's, bit for bit; the tests check it).
+/// for up to [`TILE`] tokens, given each token's [`corrections`] too. Per block the lanes start
+/// at -128 sum(x) and `vpdpbusd` adds sum((w + 128) x), which leaves sum(w x) exactly; then
+/// d_w d_x dot is added to the row's sum in block order, the scalar reference's order and
+/// roundings (so the results are the scalar tile's, bit for bit; the tests check it). Kernels
+/// without the fast form ([`has_q8_0_groups`]) unpack each row and run the scalar tile.
 pub fn dot_group_q8_0(
     kernel: Kernel,
     group: &[u8],
-    biased: &[&[u8]],
+    corrections: &[&[i32]],
     activations: &[&[Q8Block]],
     out: &mut [[f32; GROUP_ROWS]; TILE],
 ) {
-    assert!(has_q8_0_groups(kernel), "{kernel:?} has no repacked Q8_0 product");
-    assert!(!activations.is_empty() && activations.len() <= TILE && biased.len() == activations.len());
+    assert!(!activations.is_empty() && activations.len() <= TILE && corrections.len() == activations.len());
     let n_blocks = group.len() / GROUP_BLOCK_BYTES;
     assert_eq!(group.len(), n_blocks * GROUP_BLOCK_BYTES);
     assert!(activations.iter().all(|a| a.len() >= n_blocks), "activation rows shorter than the group");
-    assert!(biased.iter().all(|b| b.len() >= n_blocks * 32), "biased rows shorter than the group");
+    assert!(corrections.iter().all(|c| c.len() >= n_blocks), "correction rows shorter than the group");
     #[cfg(target_arch = "x86_64")]
-    x86::q8_0_groups::dot_group(group, n_blocks, biased, activations, out);
+    if has_q8_0_groups(kernel) {
+        x86::q8_0_groups::dot_group(group, n_blocks, corrections, activations, out);
+        return;
+    }
+    let mut row = Vec::with_capacity(n_blocks * 34);
+    let mut values = [[0.0f32; TILE]; GROUP_ROWS];
+    for (lane, lane_values) in values.iter_mut().enumerate() {
+        row.clear();
+        group_row_q8_0(group, lane, &mut row);
+        dot_tile_scalar(GgmlType::Q8_0, &row, activations, lane_values);
+    }
+    for (t, token_out) in out[..activations.len()].iter_mut().enumerate() {
+        for (value, lane_values) in token_out.iter_mut().zip(&values) {
+            *value = lane_values[t];
+        }
+    }
 }
 
 pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {

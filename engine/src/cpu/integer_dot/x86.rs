@@ -355,9 +355,11 @@ pub mod avx512_vnni {
 }
 
 /// The repacked Q8_0 product (`integer_dot::dot_group_q8_0`): eight rows in the eight i32 lanes
-/// of a register, so each `vpdpbusd` takes four values of each of eight rows against four
-/// values of one token (broadcast), and a block's dot needs no horizontal sum. Two integer
-/// accumulators per token (even and odd steps) keep eight `vpdpbusd` chains in flight.
+/// of a register, so each `vpdpbusd` takes four unsigned values of each of eight rows against
+/// four values of one token (broadcast), and a block's dot needs no horizontal sum. Two integer
+/// accumulators per token (even and odd steps) keep the chains short. A group is read front to
+/// back, one stream, which the hardware prefetcher follows (a decode step is a pass over the
+/// matrix and nothing else).
 pub mod q8_0_groups {
     use super::super::{GROUP_BLOCK_BYTES, GROUP_ROWS, Q8Block, TILE};
     use std::arch::x86_64::*;
@@ -366,7 +368,7 @@ pub mod q8_0_groups {
     pub fn dot_group(
         group: &[u8],
         n_blocks: usize,
-        biased: &[&[u8]],
+        corrections: &[&[i32]],
         activations: &[&[Q8Block]],
         out: &mut [[f32; GROUP_ROWS]; TILE],
     ) {
@@ -374,10 +376,10 @@ pub mod q8_0_groups {
         // SAFETY: the features are present (asserted); the caller checked the sizes.
         unsafe {
             match activations.len() {
-                1 => tile::<1>(group, n_blocks, biased, activations, out),
-                2 => tile::<2>(group, n_blocks, biased, activations, out),
-                3 => tile::<3>(group, n_blocks, biased, activations, out),
-                _ => tile::<4>(group, n_blocks, biased, activations, out),
+                1 => tile::<1>(group, n_blocks, corrections, activations, out),
+                2 => tile::<2>(group, n_blocks, corrections, activations, out),
+                3 => tile::<3>(group, n_blocks, corrections, activations, out),
+                _ => tile::<4>(group, n_blocks, corrections, activations, out),
             }
         }
     }
@@ -386,31 +388,30 @@ pub mod q8_0_groups {
     unsafe fn tile<const T: usize>(
         group: &[u8],
         n_blocks: usize,
-        biased: &[&[u8]],
+        corrections: &[&[i32]],
         activations: &[&[Q8Block]],
         out: &mut [[f32; GROUP_ROWS]; TILE],
     ) {
-        let values: [*const u8; T] = std::array::from_fn(|t| biased[t].as_ptr());
+        let starts: [*const i32; T] = std::array::from_fn(|t| corrections[t].as_ptr());
         let blocks: [*const Q8Block; T] = std::array::from_fn(|t| activations[t].as_ptr());
         let mut sums = [_mm256_setzero_ps(); T];
         for k in 0..n_blocks {
             // SAFETY: block k of the group lies within `group`; each token has n_blocks blocks
-            // and n_blocks * 32 biased values (checked by the caller).
+            // and n_blocks corrections (checked by the caller).
             unsafe {
                 let base = group.as_ptr().add(k * GROUP_BLOCK_BYTES);
-                let row_scales = _mm256_loadu_ps(base as *const f32);
-                let correction = _mm256_loadu_si256(base.add(32) as *const __m256i);
-                let mut even = [correction; T];
+                let row_scales = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
+                let values: [*const i8; T] = std::array::from_fn(|t| (*blocks[t].add(k)).q.as_ptr());
+                let mut even: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(*starts[t].add(k)));
                 let mut odd = [_mm256_setzero_si256(); T];
                 for step in 0..8 {
-                    let w = _mm256_loadu_si256(base.add(64 + 32 * step) as *const __m256i);
+                    let w = _mm256_loadu_si256(base.add(16 + 32 * step) as *const __m256i);
                     for t in 0..T {
-                        let x = (values[t].add(32 * k + 4 * step) as *const i32).read_unaligned();
-                        let x = _mm256_set1_epi32(x);
+                        let x = _mm256_set1_epi32((values[t].add(4 * step) as *const i32).read_unaligned());
                         if step % 2 == 0 {
-                            even[t] = _mm256_dpbusd_epi32(even[t], x, w);
+                            even[t] = _mm256_dpbusd_epi32(even[t], w, x);
                         } else {
-                            odd[t] = _mm256_dpbusd_epi32(odd[t], x, w);
+                            odd[t] = _mm256_dpbusd_epi32(odd[t], w, x);
                         }
                     }
                 }
