@@ -204,15 +204,18 @@ pub fn repack_q8_0(rows: &[&[u8]], out: &mut Vec<u8>) {
     assert_eq!(rows.len(), GROUP_ROWS);
     let n_blocks = rows[0].len() / 34;
     assert!(rows.iter().all(|r| r.len() == n_blocks * 34), "Q8_0 rows of different lengths");
-    out.reserve(n_blocks * GROUP_BLOCK_BYTES);
-    for k in 0..n_blocks {
-        let blocks: [&[u8]; GROUP_ROWS] = std::array::from_fn(|r| &rows[r][k * 34..(k + 1) * 34]);
-        for block in &blocks {
-            out.extend_from_slice(&block[..2]);
-        }
-        for step in 0..8 {
-            for block in &blocks {
-                out.extend(block[2 + 4 * step..2 + 4 * step + 4].iter().map(|&w| w ^ 0x80));
+    let start = out.len();
+    out.resize(start + n_blocks * GROUP_BLOCK_BYTES, 0);
+    for (k, packed) in out[start..].chunks_exact_mut(GROUP_BLOCK_BYTES).enumerate() {
+        for (r, row) in rows.iter().enumerate() {
+            let block = &row[k * 34..(k + 1) * 34];
+            packed[2 * r..2 * r + 2].copy_from_slice(&block[..2]);
+            for step in 0..8 {
+                let at = 16 + 32 * step + 4 * r;
+                for (w, &stored) in packed[at..at + 4].iter_mut().zip(&block[2 + 4 * step..2 + 4 * step + 4])
+                {
+                    *w = stored ^ 0x80;
+                }
             }
         }
     }
