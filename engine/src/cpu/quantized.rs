@@ -128,6 +128,10 @@ impl Matrix {
 /// tokens passes over them (64 rows of a 4096-wide Q8_0 matrix: 280 KB).
 const ROWS_PER_CHUNK: usize = 64;
 
+/// Parts of a product per thread, claimed by whichever thread comes first: on a machine whose
+/// cores are shared (a VM, a build beside it) a thread that runs ahead takes more of them.
+const PARTS_PER_THREAD: usize = 4;
+
 thread_local! {
     /// The calling thread's quantized activations, kept between calls (no allocation per token).
     static ACTIVATIONS: std::cell::RefCell<Vec<Q8Block>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -146,8 +150,8 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
     integer_dot::f16_at(bytes, at)
 }
 
-/// out[t, :] = W x[t, :] (+ bias), W [n_out, n_in] as `weight`. Rows of W are split evenly over
-/// the pool's threads (whole groups of a repacked Q8_0 matrix); each thread walks its rows in
+/// out[t, :] = W x[t, :] (+ bias), W [n_out, n_in] as `weight`. Rows of W are split evenly into
+/// [`PARTS_PER_THREAD`] parts a thread (whole groups of a repacked Q8_0 matrix); each part walks its rows in
 /// chunks, and each chunk meets the tokens a tile at a time ([`integer_dot::TILE`]), so a prompt
 /// reads each weight block once per tile.
 pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32], n_in: usize, n_out: usize) {
@@ -224,7 +228,7 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
                 }
                 (tile, starts)
             };
-            pool.run(&|part, parts| {
+            pool.run_parts(pool.n_threads() * PARTS_PER_THREAD, &|part, parts| {
                 // Whole groups split over the parts, then the rows after the last group.
                 let groups = threads::split(grouped_rows / integer_dot::GROUP_ROWS, part, parts);
                 let group_bytes = integer_dot::GROUP_ROWS * row_bytes;
