@@ -18,17 +18,19 @@ use super::matmul::dot;
 use super::threads::{self, SharedOutput};
 use crate::gguf::{GgmlType, dequantize};
 
-/// A weight matrix [n_out, n_in], f32, in its stored block format, or Q8_0 repacked at load.
+/// A weight matrix [n_out, n_in], f32, in its stored block format, or repacked at load.
 pub enum Matrix {
     F32(Vec<f32>),
     Blocks {
         ty: GgmlType,
         bytes: Vec<u8>,
     },
-    /// Q8_0 rows in groups of [`integer_dot::GROUP_ROWS`] ([`integer_dot::repack_q8_0`]), the
-    /// last n_out % 8 rows as stored. A group takes the bytes its rows take as stored, so row r
-    /// of a group-aligned range starts where it would in the stored matrix.
-    Q8_0Groups {
+    /// Rows of `ty` (Q8_0, Q4_0, Q4_1) in groups of [`integer_dot::GROUP_ROWS`]
+    /// ([`integer_dot::repack`]), the last n_out % 8 rows as stored. A group takes the bytes its
+    /// rows take as stored, so row r of a group-aligned range starts where it would in the
+    /// stored matrix.
+    Groups {
+        ty: GgmlType,
         bytes: Vec<u8>,
     },
 }
@@ -38,27 +40,27 @@ impl Matrix {
         Matrix::F32(values)
     }
 
-    /// A matrix of rows of `n_in` elements in block format `ty` from its stored bytes: Q8_0 is
-    /// repacked into row groups where this machine's kernel has the grouped product, which
-    /// reads each group front to back (decode) and needs no repacking per product (prompts).
+    /// A matrix of rows of `n_in` elements in block format `ty` from its stored bytes: repacked
+    /// into row groups where this machine's kernel has the grouped product of `ty`, which reads
+    /// each group front to back (decode) and needs no repacking per product (prompts).
     pub fn from_blocks(ty: GgmlType, bytes: &[u8], n_in: usize) -> Self {
-        if ty != GgmlType::Q8_0 || !integer_dot::has_q8_0_groups(integer_dot::kernel()) {
+        if !integer_dot::has_groups(integer_dot::kernel(), ty) {
             return Matrix::Blocks { ty, bytes: bytes.to_vec() };
         }
-        let row_bytes = n_in / 32 * 34;
+        let row_bytes = n_in / ty.block_size() * ty.block_bytes();
         let n_out = bytes.len() / row_bytes;
         let group_bytes = integer_dot::GROUP_ROWS * row_bytes;
         let grouped = n_out / integer_dot::GROUP_ROWS * group_bytes;
         let mut packed = Vec::with_capacity(bytes.len());
         for group in bytes[..grouped].chunks_exact(group_bytes) {
             let rows: Vec<&[u8]> = group.chunks_exact(row_bytes).collect();
-            integer_dot::repack_q8_0(&rows, &mut packed);
+            integer_dot::repack(ty, &rows, &mut packed);
         }
         packed.extend_from_slice(&bytes[grouped..]);
-        Matrix::Q8_0Groups { bytes: packed }
+        Matrix::Groups { ty, bytes: packed }
     }
 
-    /// Row `i` in its stored block format (a Q8_0 row of a group unpacked).
+    /// Row `i` in its stored block format (a row of a group unpacked).
     fn stored_row(&self, n_in: usize, i: usize) -> (GgmlType, std::borrow::Cow<'_, [u8]>) {
         match self {
             Matrix::F32(_) => unreachable!("f32 rows have no block format"),
@@ -66,18 +68,18 @@ impl Matrix {
                 let row = n_in / ty.block_size() * ty.block_bytes();
                 (*ty, bytes[i * row..(i + 1) * row].into())
             }
-            Matrix::Q8_0Groups { bytes } => {
-                let row = n_in / 32 * 34;
+            Matrix::Groups { ty, bytes } => {
+                let row = n_in / ty.block_size() * ty.block_bytes();
                 let grouped = bytes.len() / row / integer_dot::GROUP_ROWS * integer_dot::GROUP_ROWS;
                 if i >= grouped {
-                    return (GgmlType::Q8_0, bytes[i * row..(i + 1) * row].into());
+                    return (*ty, bytes[i * row..(i + 1) * row].into());
                 }
                 let (g, lane) = (i / integer_dot::GROUP_ROWS, i % integer_dot::GROUP_ROWS);
                 let group =
                     &bytes[g * integer_dot::GROUP_ROWS * row..(g + 1) * integer_dot::GROUP_ROWS * row];
                 let mut out = Vec::with_capacity(row);
-                integer_dot::group_row_q8_0(group, lane, &mut out);
-                (GgmlType::Q8_0, out.into())
+                integer_dot::group_row(*ty, group, lane, &mut out);
+                (*ty, out.into())
             }
         }
     }
@@ -90,16 +92,16 @@ impl Matrix {
                 let row = n_in / ty.block_size() * ty.block_bytes();
                 Matrix::Blocks { ty: *ty, bytes: bytes[start * row..end * row].to_vec() }
             }
-            Matrix::Q8_0Groups { bytes } => {
-                let row = n_in / 32 * 34;
+            Matrix::Groups { ty, bytes } => {
+                let row = n_in / ty.block_size() * ty.block_bytes();
                 let n_out = bytes.len() / row;
                 let aligned = |i: usize| i.is_multiple_of(integer_dot::GROUP_ROWS) || i == n_out;
                 if aligned(start) && aligned(end) {
-                    return Matrix::Q8_0Groups { bytes: bytes[start * row..end * row].to_vec() };
+                    return Matrix::Groups { ty: *ty, bytes: bytes[start * row..end * row].to_vec() };
                 }
                 let stored: Vec<u8> =
                     (start..end).flat_map(|i| self.stored_row(n_in, i).1.into_owned()).collect();
-                Matrix::from_blocks(GgmlType::Q8_0, &stored, n_in)
+                Matrix::from_blocks(*ty, &stored, n_in)
             }
         }
     }
@@ -119,7 +121,7 @@ impl Matrix {
     pub fn size(&self) -> usize {
         match self {
             Matrix::F32(v) => v.len() * 4,
-            Matrix::Blocks { bytes, .. } | Matrix::Q8_0Groups { bytes } => bytes.len(),
+            Matrix::Blocks { bytes, .. } | Matrix::Groups { bytes, .. } => bytes.len(),
         }
     }
 }
@@ -135,7 +137,7 @@ const PARTS_PER_THREAD: usize = 4;
 thread_local! {
     /// The calling thread's quantized activations, kept between calls (no allocation per token).
     static ACTIVATIONS: std::cell::RefCell<Vec<Q8Block>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// The calling thread's activation corrections, for repacked Q8_0 products.
+    /// The calling thread's activation corrections, for repacked products.
     static CORRECTIONS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -158,8 +160,8 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
     let (ty, bytes, grouped_rows) = match weight {
         Matrix::F32(w) => return super::matmul::matmul(x, w, bias, out, n_in, n_out),
         Matrix::Blocks { ty, bytes } => (*ty, bytes, 0),
-        Matrix::Q8_0Groups { bytes } => {
-            (GgmlType::Q8_0, bytes, n_out / integer_dot::GROUP_ROWS * integer_dot::GROUP_ROWS)
+        Matrix::Groups { ty, bytes } => {
+            (*ty, bytes, n_out / integer_dot::GROUP_ROWS * integer_dot::GROUP_ROWS)
         }
     };
     let n_tokens = x.len() / n_in;
@@ -205,13 +207,13 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
                     integer_dot::quantize(kernel, &x[tokens.start * n_in..tokens.end * n_in], mine);
                     if grouped {
                         // SAFETY: each part writes its own tokens' corrections.
-                        integer_dot::corrections(mine, unsafe { starts.part(range.start, range.len()) });
+                        integer_dot::corrections(ty, mine, unsafe { starts.part(range.start, range.len()) });
                     }
                 });
             } else {
                 integer_dot::quantize(kernel, x, activations);
                 if grouped {
-                    integer_dot::corrections(activations, corrections);
+                    integer_dot::corrections(ty, activations, corrections);
                 }
             }
             let activations = &activations[..];
@@ -241,8 +243,9 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
                         let (tile, starts) = token_range(first, count);
                         for g in chunk..chunk_end {
                             let group = &bytes[g * group_bytes..(g + 1) * group_bytes];
-                            integer_dot::dot_group_q8_0(
+                            integer_dot::dot_group(
                                 kernel,
+                                ty,
                                 group,
                                 &starts[..count],
                                 &tile[..count],
@@ -392,11 +395,12 @@ mod tests {
         assert_eq!(out[0], expected);
     }
 
-    /// A Q8_0 matrix repacked at load against the same bytes as stored (the row tiles): the
-    /// same products bit for bit at every token count (one to a prompt's, tiles of 1-4) and with
-    /// rows after the last group; the same rows, embedding rows and sub-matrices.
+    /// Q8_0, Q4_0 and Q4_1 matrices repacked at load against the same bytes as stored: the
+    /// grouped rows' products equal the scalar reference's bit for bit at every token count (one
+    /// to a prompt's, tiles of 1-4), the rows after the last group (row tiles) agree to f32
+    /// rounding; the same rows, embedding rows and sub-matrices.
     #[test]
-    fn repacked_q8_0_matrices_agree_with_the_stored_rows() {
+    fn repacked_matrices_agree_with_the_stored_rows() {
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         let mut next = || {
             state ^= state << 13;
@@ -404,55 +408,62 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let (n_in, n_out) = (96, 8 * 5 + 3);
-        let mut bytes: Vec<u8> = (0..n_out * n_in / 32 * 34).map(|_| next() as u8).collect();
-        for block in bytes.chunks_exact_mut(34) {
-            let scale = 0.001 + (block[2] as f32) / 256.0;
-            block[..2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
-        }
-        let stored = Matrix::Blocks { ty: GgmlType::Q8_0, bytes: bytes.clone() };
-        let repacked = Matrix::from_blocks(GgmlType::Q8_0, &bytes, n_in);
-        if integer_dot::has_q8_0_groups(integer_dot::kernel()) {
-            assert!(matches!(repacked, Matrix::Q8_0Groups { .. }), "this machine repacks Q8_0");
-        }
-        assert_eq!(repacked.size(), stored.size());
-        let bias: Vec<f32> = (0..n_out).map(|o| o as f32 * 0.01).collect();
-        let row_bytes = n_in / 32 * 34;
-        for n_tokens in [1, 2, 3, 4, 5, 8, 13] {
-            let x: Vec<f32> = (0..n_tokens * n_in).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
-            let mut got = vec![0.0f32; n_tokens * n_out];
-            matmul(&x, &repacked, Some(&bias), &mut got, n_in, n_out);
-            for t in 0..n_tokens {
-                let activations = quantize_q8(&x[t * n_in..(t + 1) * n_in]);
-                for o in 0..n_out {
-                    let mut value = [0.0f32; 1];
-                    integer_dot::dot_tile_scalar(
-                        GgmlType::Q8_0,
-                        &bytes[o * row_bytes..(o + 1) * row_bytes],
-                        &[&activations],
-                        &mut value,
-                    );
-                    let (want, got) = (value[0] + bias[o], got[t * n_out + o]);
-                    if matches!(repacked, Matrix::Q8_0Groups { .. }) && o < n_out / 8 * 8 {
-                        // The grouped product is the scalar reference's, bit for bit.
-                        assert_eq!(got.to_bits(), want.to_bits(), "{n_tokens} tokens: token {t} row {o}");
-                    } else {
-                        // Row tiles sum their blocks in eight lanes.
-                        assert!(
-                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                            "token {t} row {o}: {got} vs {want}"
-                        );
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+            let (n_in, n_out) = (96, 8 * 5 + 3);
+            let row_bytes = n_in / 32 * ty.block_bytes();
+            let mut bytes: Vec<u8> = (0..n_out * row_bytes).map(|_| next() as u8).collect();
+            for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+                let scale = 0.001 + (block[5] as f32) / 256.0;
+                block[..2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
+                if ty == GgmlType::Q4_1 {
+                    block[2..4].copy_from_slice(&f16::from_f32(-0.5 * scale).to_le_bytes());
+                }
+            }
+            let stored = Matrix::Blocks { ty, bytes: bytes.clone() };
+            let repacked = Matrix::from_blocks(ty, &bytes, n_in);
+            let grouped = matches!(repacked, Matrix::Groups { .. });
+            if integer_dot::has_groups(integer_dot::kernel(), ty) {
+                assert!(grouped, "this machine repacks {ty}");
+            }
+            assert_eq!(repacked.size(), stored.size());
+            let bias: Vec<f32> = (0..n_out).map(|o| o as f32 * 0.01).collect();
+            for n_tokens in [1, 2, 3, 4, 5, 8, 13] {
+                let x: Vec<f32> =
+                    (0..n_tokens * n_in).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+                let mut got = vec![0.0f32; n_tokens * n_out];
+                matmul(&x, &repacked, Some(&bias), &mut got, n_in, n_out);
+                for t in 0..n_tokens {
+                    let activations = quantize_q8(&x[t * n_in..(t + 1) * n_in]);
+                    for o in 0..n_out {
+                        let mut value = [0.0f32; 1];
+                        let row = &bytes[o * row_bytes..(o + 1) * row_bytes];
+                        integer_dot::dot_tile_scalar(ty, row, &[&activations], &mut value);
+                        let (want, got) = (value[0] + bias[o], got[t * n_out + o]);
+                        if grouped && o < n_out / 8 * 8 {
+                            // The grouped product is the scalar reference's, bit for bit.
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{ty} {n_tokens} tokens: token {t} row {o}"
+                            );
+                        } else {
+                            // Row tiles sum their blocks in eight lanes.
+                            assert!(
+                                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                                "{ty} token {t} row {o}: {got} vs {want}"
+                            );
+                        }
                     }
                 }
             }
-        }
-        for i in [0, 7, 8, 39, 40, 42] {
-            assert_eq!(repacked.row_f32(n_in, i), stored.row_f32(n_in, i), "row {i}");
-        }
-        for (start, end) in [(8, 24), (16, 43), (3, 20), (0, 43)] {
-            let (a, b) = (repacked.rows(n_in, start, end), stored.rows(n_in, start, end));
-            for i in 0..end - start {
-                assert_eq!(a.row_f32(n_in, i), b.row_f32(n_in, i), "rows {start}..{end}, row {i}");
+            for i in [0, 7, 8, 39, 40, 42] {
+                assert_eq!(repacked.row_f32(n_in, i), stored.row_f32(n_in, i), "{ty} row {i}");
+            }
+            for (start, end) in [(8, 24), (16, 43), (3, 20), (0, 43)] {
+                let (a, b) = (repacked.rows(n_in, start, end), stored.rows(n_in, start, end));
+                for i in 0..end - start {
+                    assert_eq!(a.row_f32(n_in, i), b.row_f32(n_in, i), "{ty} rows {start}..{end}, row {i}");
+                }
             }
         }
     }
