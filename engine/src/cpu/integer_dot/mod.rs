@@ -190,7 +190,11 @@ pub const GROUP_ROWS: usize = 8;
 /// Whether `kernel` has a fast repacked product of `ty` ([`dot_group`]; the others run its
 /// scalar reference, so matrices are repacked only for the kernels that have it).
 pub fn has_groups(kernel: Kernel, ty: GgmlType) -> bool {
-    kernel == Kernel::Avx512Vnni && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+    match kernel {
+        Kernel::Avx512Vnni => matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1),
+        Kernel::Avx2 => matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1),
+        Kernel::Scalar => false,
+    }
 }
 
 /// Bytes of one block of a repacked group of `ty`: what its eight blocks take as stored, so a
@@ -297,7 +301,9 @@ pub fn dot_group(
     assert!(corrections.iter().all(|c| c.len() >= n_blocks), "correction rows shorter than the group");
     #[cfg(target_arch = "x86_64")]
     if has_groups(kernel, ty) {
-        x86::groups::dot_group(ty, group, n_blocks, corrections, activations, out);
+        let dot =
+            if kernel == Kernel::Avx2 { x86::groups::avx2::dot_group } else { x86::groups::vnni::dot_group };
+        dot(ty, group, n_blocks, corrections, activations, out);
         return;
     }
     let mut row = Vec::with_capacity(n_blocks * ty.block_bytes());

@@ -199,9 +199,17 @@ proptest! {
 
 #[test]
 fn this_machine_runs_the_groups_where_it_can() {
-    // The proptests above only compare the fast form where AVX-512 VNNI runs.
+    // The proptests above compare the fast forms only where they run: AVX2's for Q4, AVX-512
+    // VNNI's for all three (whichever kernel ENGINE_CPU_KERNEL picks for the engine).
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-        assert!(GROUPED_TYPES.iter().all(|&ty| has_groups(kernel(), ty)));
+    {
+        if is_x86_feature_detected!("avx2") {
+            assert!(Kernel::available().contains(&Kernel::Avx2));
+            assert!(has_groups(Kernel::Avx2, GgmlType::Q4_0) && has_groups(Kernel::Avx2, GgmlType::Q4_1));
+        }
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            assert!(Kernel::available().contains(&Kernel::Avx512Vnni));
+            assert!(GROUPED_TYPES.iter().all(|&ty| has_groups(Kernel::Avx512Vnni, ty)));
+        }
     }
 }
