@@ -25,6 +25,29 @@ pub fn swiglu(gate: f32, up: f32) -> f32 {
     (g / (1.0 + (-g).exp()) * up as f64) as f32
 }
 
+/// SwiGLU in f32, as llama.cpp's CPU back end writes it (`ggml_silu_f32(g) * u`, expf): the
+/// `llama-cpp` numerics' form, a third of the f64 form's time here.
+pub fn swiglu_f32(gate: f32, up: f32) -> f32 {
+    gate / (1.0 + (-gate).exp()) * up
+}
+
+/// gate[i] = swiglu(gate[i], up[i]) for every i, split over the CPU pool's threads (each value
+/// is computed alone, so the split does not change it): in a decode step this is the largest
+/// piece of work between two matrix products, and one thread would leave the other waiting.
+/// `swiglu` is [`swiglu`] or [`swiglu_f32`].
+pub fn swiglu_in_place(gate: &mut [f32], up: &[f32], swiglu: impl Fn(f32, f32) -> f32 + Sync) {
+    assert_eq!(gate.len(), up.len());
+    let output = super::threads::SharedOutput(gate.as_mut_ptr());
+    super::threads::pool().run(&|part, parts| {
+        let range = super::threads::split(up.len(), part, parts);
+        // SAFETY: each part takes its own range of gate.
+        let mine = unsafe { output.part(range.start, range.len()) };
+        for (g, &u) in mine.iter_mut().zip(&up[range]) {
+            *g = swiglu(*g, u);
+        }
+    });
+}
+
 /// gpt-oss's clamped SwiGLU: with g = min(gate, limit) and u = clamp(up, -limit, limit),
 /// g sigmoid(alpha g) (u + 1). The gate is clamped from above only; gpt-oss uses alpha 1.702, limit 7.
 pub fn swiglu_oai(gate: f32, up: f32, alpha: f32, limit: f32) -> f32 {
@@ -50,6 +73,23 @@ mod tests {
         // Large inputs: GELU tends to the identity, SiLU to identity / zero.
         assert_eq!(gelu_erf(30.0), 30.0);
         assert_eq!(silu(-200.0), -0.0);
+    }
+
+    #[test]
+    fn swiglu_in_place_is_swiglu_of_each_pair() {
+        let gate: Vec<f32> = (0..1001).map(|i| (i as f32 - 500.0) * 0.037).collect();
+        let up: Vec<f32> = (0..1001).map(|i| (i as f32 * 0.61).sin()).collect();
+        let mut got = gate.clone();
+        swiglu_in_place(&mut got, &up, swiglu);
+        for ((&g, &u), &v) in gate.iter().zip(&up).zip(&got) {
+            assert_eq!(v.to_bits(), swiglu(g, u).to_bits(), "{g} {u}");
+            // The f32 form is within a few f32 roundings of the f64 one.
+            let f32_form = swiglu_f32(g, u);
+            assert!(
+                (f32_form - v).abs() <= 4.0 * f32::EPSILON * v.abs().max(1e-30),
+                "{g} {u}: {f32_form} vs {v}"
+            );
+        }
     }
 
     #[test]

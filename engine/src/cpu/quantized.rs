@@ -18,15 +18,70 @@ use super::matmul::dot;
 use super::threads::{self, SharedOutput};
 use crate::gguf::{GgmlType, dequantize};
 
-/// A weight matrix [n_out, n_in], f32 or in its stored block format.
+/// A weight matrix [n_out, n_in], f32, in its stored block format, or repacked at load.
 pub enum Matrix {
     F32(Vec<f32>),
-    Blocks { ty: GgmlType, bytes: Vec<u8> },
+    Blocks {
+        ty: GgmlType,
+        bytes: Vec<u8>,
+    },
+    /// Rows of `ty` (Q8_0, Q4_0, Q4_1) in groups of [`integer_dot::GROUP_ROWS`]
+    /// ([`integer_dot::repack`]), the last n_out % 8 rows as stored. A group takes the bytes its
+    /// rows take as stored, so row r of a group-aligned range starts where it would in the
+    /// stored matrix.
+    Groups {
+        ty: GgmlType,
+        bytes: Vec<u8>,
+    },
 }
 
 impl Matrix {
     pub fn from_f32(values: Vec<f32>) -> Self {
         Matrix::F32(values)
+    }
+
+    /// A matrix of rows of `n_in` elements in block format `ty` from its stored bytes: repacked
+    /// into row groups where this machine's kernel has the grouped product of `ty`, which reads
+    /// each group front to back (decode) and needs no repacking per product (prompts).
+    pub fn from_blocks(ty: GgmlType, bytes: &[u8], n_in: usize) -> Self {
+        if !integer_dot::has_groups(integer_dot::kernel(), ty) {
+            return Matrix::Blocks { ty, bytes: bytes.to_vec() };
+        }
+        let row_bytes = n_in / ty.block_size() * ty.block_bytes();
+        let n_out = bytes.len() / row_bytes;
+        let group_bytes = integer_dot::GROUP_ROWS * row_bytes;
+        let grouped = n_out / integer_dot::GROUP_ROWS * group_bytes;
+        let mut packed = Vec::with_capacity(bytes.len());
+        for group in bytes[..grouped].chunks_exact(group_bytes) {
+            let rows: Vec<&[u8]> = group.chunks_exact(row_bytes).collect();
+            integer_dot::repack(ty, &rows, &mut packed);
+        }
+        packed.extend_from_slice(&bytes[grouped..]);
+        Matrix::Groups { ty, bytes: packed }
+    }
+
+    /// Row `i` in its stored block format (a row of a group unpacked).
+    fn stored_row(&self, n_in: usize, i: usize) -> (GgmlType, std::borrow::Cow<'_, [u8]>) {
+        match self {
+            Matrix::F32(_) => unreachable!("f32 rows have no block format"),
+            Matrix::Blocks { ty, bytes } => {
+                let row = n_in / ty.block_size() * ty.block_bytes();
+                (*ty, bytes[i * row..(i + 1) * row].into())
+            }
+            Matrix::Groups { ty, bytes } => {
+                let row = n_in / ty.block_size() * ty.block_bytes();
+                let grouped = bytes.len() / row / integer_dot::GROUP_ROWS * integer_dot::GROUP_ROWS;
+                if i >= grouped {
+                    return (*ty, bytes[i * row..(i + 1) * row].into());
+                }
+                let (g, lane) = (i / integer_dot::GROUP_ROWS, i % integer_dot::GROUP_ROWS);
+                let group =
+                    &bytes[g * integer_dot::GROUP_ROWS * row..(g + 1) * integer_dot::GROUP_ROWS * row];
+                let mut out = Vec::with_capacity(row);
+                integer_dot::group_row(*ty, group, lane, &mut out);
+                (*ty, out.into())
+            }
+        }
     }
 
     /// Rows [start, end) of a matrix with rows of `n_in` elements.
@@ -37,6 +92,17 @@ impl Matrix {
                 let row = n_in / ty.block_size() * ty.block_bytes();
                 Matrix::Blocks { ty: *ty, bytes: bytes[start * row..end * row].to_vec() }
             }
+            Matrix::Groups { ty, bytes } => {
+                let row = n_in / ty.block_size() * ty.block_bytes();
+                let n_out = bytes.len() / row;
+                let aligned = |i: usize| i.is_multiple_of(integer_dot::GROUP_ROWS) || i == n_out;
+                if aligned(start) && aligned(end) {
+                    return Matrix::Groups { ty: *ty, bytes: bytes[start * row..end * row].to_vec() };
+                }
+                let stored: Vec<u8> =
+                    (start..end).flat_map(|i| self.stored_row(n_in, i).1.into_owned()).collect();
+                Matrix::from_blocks(*ty, &stored, n_in)
+            }
         }
     }
 
@@ -44,9 +110,9 @@ impl Matrix {
     pub fn row_f32(&self, n_in: usize, i: usize) -> Vec<f32> {
         match self {
             Matrix::F32(v) => v[i * n_in..(i + 1) * n_in].to_vec(),
-            Matrix::Blocks { ty, bytes } => {
-                let row = n_in / ty.block_size() * ty.block_bytes();
-                dequantize(*ty, &bytes[i * row..(i + 1) * row], n_in).expect("row size checked at load")
+            _ => {
+                let (ty, row) = self.stored_row(n_in, i);
+                dequantize(ty, &row, n_in).expect("row size checked at load")
             }
         }
     }
@@ -55,7 +121,7 @@ impl Matrix {
     pub fn size(&self) -> usize {
         match self {
             Matrix::F32(v) => v.len() * 4,
-            Matrix::Blocks { bytes, .. } => bytes.len(),
+            Matrix::Blocks { bytes, .. } | Matrix::Groups { bytes, .. } => bytes.len(),
         }
     }
 }
@@ -64,18 +130,16 @@ impl Matrix {
 /// tokens passes over them (64 rows of a 4096-wide Q8_0 matrix: 280 KB).
 const ROWS_PER_CHUNK: usize = 64;
 
+/// Parts of a product per thread, claimed by whichever thread comes first: on a machine whose
+/// cores are shared (a VM, a build beside it) a thread that runs ahead takes more of them.
+const PARTS_PER_THREAD: usize = 4;
+
 thread_local! {
     /// The calling thread's quantized activations, kept between calls (no allocation per token).
     static ACTIVATIONS: std::cell::RefCell<Vec<Q8Block>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// The calling thread's activations made unsigned, for repacked Q8_0 products.
-    static BIASED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Each thread's current chunk of Q8_0 rows in groups ([`integer_dot::repack_q8_0`]).
-    static REPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The calling thread's activation corrections, for repacked products.
+    static CORRECTIONS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
-
-/// Tokens from which a Q8_0 product repacks its weight rows (a chunk at a time, in each part):
-/// the repacking costs about one pass over the chunk, which a prompt's tiles then share.
-const TOKENS_FOR_GROUPS: usize = 8;
 
 /// The activation blocks of the rows of `x` (for the reference form in `matvec_k_q8_1`).
 fn quantize_q8(x: &[f32]) -> Vec<Q8Block> {
@@ -88,13 +152,17 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
     integer_dot::f16_at(bytes, at)
 }
 
-/// out[t, :] = W x[t, :] (+ bias), W [n_out, n_in] as `weight`. Rows of W are split evenly over
-/// the pool's threads; each thread walks its rows in chunks, and each chunk meets the tokens a
-/// tile at a time ([`integer_dot::TILE`]), so a prompt reads each weight block once per tile.
+/// out[t, :] = W x[t, :] (+ bias), W [n_out, n_in] as `weight`. Rows of W are split evenly into
+/// [`PARTS_PER_THREAD`] parts a thread (whole groups of a repacked Q8_0 matrix); each part walks its rows in
+/// chunks, and each chunk meets the tokens a tile at a time ([`integer_dot::TILE`]), so a prompt
+/// reads each weight block once per tile.
 pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32], n_in: usize, n_out: usize) {
-    let (ty, bytes) = match weight {
+    let (ty, bytes, grouped_rows) = match weight {
         Matrix::F32(w) => return super::matmul::matmul(x, w, bias, out, n_in, n_out),
-        Matrix::Blocks { ty, bytes } => (*ty, bytes),
+        Matrix::Blocks { ty, bytes } => (*ty, bytes, 0),
+        Matrix::Groups { ty, bytes } => {
+            (*ty, bytes, n_out / integer_dot::GROUP_ROWS * integer_dot::GROUP_ROWS)
+        }
     };
     let n_tokens = x.len() / n_in;
     assert_eq!(out.len(), n_tokens * n_out);
@@ -123,111 +191,114 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
     }
     let kernel = integer_dot::kernel();
     let n_blocks = n_in / 32;
-    let groups =
-        ty == GgmlType::Q8_0 && integer_dot::has_q8_0_groups(kernel) && n_tokens >= TOKENS_FOR_GROUPS;
+    let grouped = grouped_rows > 0;
     ACTIVATIONS.with_borrow_mut(|activations| {
-        BIASED.with_borrow_mut(|biased| {
+        CORRECTIONS.with_borrow_mut(|corrections| {
             activations.resize(n_tokens * n_blocks, Q8Block::ZERO);
-            biased.resize(if groups { n_tokens * n_in } else { 0 }, 0);
+            corrections.resize(if grouped { n_tokens * n_blocks } else { 0 }, 0);
             if n_tokens >= 8 {
                 let blocks = SharedOutput(activations.as_mut_ptr());
-                let biased = SharedOutput(biased.as_mut_ptr());
+                let starts = SharedOutput(corrections.as_mut_ptr());
                 pool.run(&|part, parts| {
                     let tokens = threads::split(n_tokens, part, parts);
+                    let range = tokens.start * n_blocks..tokens.end * n_blocks;
                     // SAFETY: each part quantizes its own tokens' blocks.
-                    let mine = unsafe { blocks.part(tokens.start * n_blocks, tokens.len() * n_blocks) };
+                    let mine = unsafe { blocks.part(range.start, range.len()) };
                     integer_dot::quantize(kernel, &x[tokens.start * n_in..tokens.end * n_in], mine);
-                    if groups {
-                        // SAFETY: each part writes its own tokens' values.
-                        let values = unsafe { biased.part(tokens.start * n_in, tokens.len() * n_in) };
-                        integer_dot::biased(mine, values);
+                    if grouped {
+                        // SAFETY: each part writes its own tokens' corrections.
+                        integer_dot::corrections(ty, mine, unsafe { starts.part(range.start, range.len()) });
                     }
                 });
             } else {
                 integer_dot::quantize(kernel, x, activations);
+                if grouped {
+                    integer_dot::corrections(ty, activations, corrections);
+                }
             }
             let activations = &activations[..];
-            let biased = &biased[..];
-            pool.run(&|part, parts| {
-                REPACKED.with_borrow_mut(|repacked| {
-                    let rows = threads::split(n_out, part, parts);
-                    let mut tile: [&[Q8Block]; integer_dot::TILE] = [&[]; integer_dot::TILE];
-                    let mut tile_biased: [&[u8]; integer_dot::TILE] = [&[]; integer_dot::TILE];
-                    let mut values = [[0.0f32; integer_dot::TILE]; integer_dot::ROWS];
-                    let mut group_values = [[0.0f32; integer_dot::GROUP_ROWS]; integer_dot::TILE];
-                    let mut weight_rows: [&[u8]; integer_dot::ROWS] = [&[]; integer_dot::ROWS];
-                    let group_bytes = n_blocks * integer_dot::GROUP_BLOCK_BYTES;
-                    for chunk in (rows.start..rows.end).step_by(ROWS_PER_CHUNK) {
-                        let chunk_end = (chunk + ROWS_PER_CHUNK).min(rows.end);
-                        // Rows chunk..grouped_end go in repacked groups of eight, the rest as below.
-                        let grouped_end = if groups {
-                            chunk + (chunk_end - chunk) / integer_dot::GROUP_ROWS * integer_dot::GROUP_ROWS
-                        } else {
-                            chunk
-                        };
-                        repacked.clear();
-                        for start in (chunk..grouped_end).step_by(integer_dot::GROUP_ROWS) {
-                            let group_rows: Vec<&[u8]> = (start..start + integer_dot::GROUP_ROWS)
-                                .map(|o| &bytes[o * row_bytes..(o + 1) * row_bytes])
-                                .collect();
-                            integer_dot::repack_q8_0(&group_rows, repacked);
-                        }
-                        for first in (0..n_tokens).step_by(integer_dot::TILE) {
-                            let count = integer_dot::TILE.min(n_tokens - first);
-                            for (t, slot) in tile[..count].iter_mut().enumerate() {
-                                *slot = &activations[(first + t) * n_blocks..(first + t + 1) * n_blocks];
-                            }
-                            if grouped_end > chunk {
-                                for (t, slot) in tile_biased[..count].iter_mut().enumerate() {
-                                    *slot = &biased[(first + t) * n_in..(first + t + 1) * n_in];
+            let corrections = &corrections[..];
+            let token_range = |first: usize, count: usize| {
+                let mut tile: [&[Q8Block]; integer_dot::TILE] = [&[]; integer_dot::TILE];
+                let mut starts: [&[i32]; integer_dot::TILE] = [&[]; integer_dot::TILE];
+                for t in 0..count {
+                    let blocks = (first + t) * n_blocks..(first + t + 1) * n_blocks;
+                    tile[t] = &activations[blocks.clone()];
+                    if grouped {
+                        starts[t] = &corrections[blocks];
+                    }
+                }
+                (tile, starts)
+            };
+            pool.run_parts(pool.n_threads() * PARTS_PER_THREAD, &|part, parts| {
+                // Whole groups split over the parts, then the rows after the last group.
+                let groups = threads::split(grouped_rows / integer_dot::GROUP_ROWS, part, parts);
+                let group_bytes = integer_dot::GROUP_ROWS * row_bytes;
+                let mut group_values = [[0.0f32; integer_dot::GROUP_ROWS]; integer_dot::TILE];
+                let groups_per_chunk = ROWS_PER_CHUNK / integer_dot::GROUP_ROWS;
+                for chunk in (groups.start..groups.end).step_by(groups_per_chunk) {
+                    let chunk_end = (chunk + groups_per_chunk).min(groups.end);
+                    for first in (0..n_tokens).step_by(integer_dot::TILE) {
+                        let count = integer_dot::TILE.min(n_tokens - first);
+                        let (tile, starts) = token_range(first, count);
+                        for g in chunk..chunk_end {
+                            let group = &bytes[g * group_bytes..(g + 1) * group_bytes];
+                            integer_dot::dot_group(
+                                kernel,
+                                ty,
+                                group,
+                                &starts[..count],
+                                &tile[..count],
+                                &mut group_values,
+                            );
+                            let start = g * integer_dot::GROUP_ROWS;
+                            for (t, token_values) in group_values[..count].iter().enumerate() {
+                                for (r, value) in token_values.iter().enumerate() {
+                                    let b = bias.map_or(0.0, |b| b[start + r]);
+                                    // SAFETY: row start + r belongs to this part only; the index is within out.
+                                    unsafe { output.write((first + t) * n_out + start + r, value + b) };
                                 }
-                            }
-                            for (g, group) in repacked.chunks_exact(group_bytes).enumerate() {
-                                let start = chunk + g * integer_dot::GROUP_ROWS;
-                                integer_dot::dot_group_q8_0(
-                                    kernel,
-                                    group,
-                                    &tile_biased[..count],
-                                    &tile[..count],
-                                    &mut group_values,
-                                );
-                                for (t, token_values) in group_values[..count].iter().enumerate() {
-                                    for (r, value) in token_values.iter().enumerate() {
-                                        let b = bias.map_or(0.0, |b| b[start + r]);
-                                        // SAFETY: row start + r belongs to this part only; the index is within out.
-                                        unsafe { output.write((first + t) * n_out + start + r, value + b) };
-                                    }
-                                }
-                            }
-                            // One token: four rows at a time; more: two (or four) rows x the tile's tokens.
-                            // With AVX-512's 32 vector registers, 4 rows x 4 tokens (16 accumulators).
-                            let wide = count == 4 && kernel == integer_dot::Kernel::Avx512Vnni;
-                            let group = if count == 1 || wide { 4 } else { 2 };
-                            let mut o = grouped_end;
-                            while o < chunk_end {
-                                let n_rows = if o + group <= chunk_end { group } else { 1 };
-                                for (r, slot) in weight_rows[..n_rows].iter_mut().enumerate() {
-                                    *slot = &bytes[(o + r) * row_bytes..(o + r + 1) * row_bytes];
-                                }
-                                integer_dot::dot_tile(
-                                    kernel,
-                                    ty,
-                                    &weight_rows[..n_rows],
-                                    &tile[..count],
-                                    &mut values,
-                                );
-                                for (r, row_values) in values[..n_rows].iter().enumerate() {
-                                    let b = bias.map_or(0.0, |b| b[o + r]);
-                                    for (t, value) in row_values[..count].iter().enumerate() {
-                                        // SAFETY: row o + r belongs to this part only; the index is within out.
-                                        unsafe { output.write((first + t) * n_out + o + r, value + b) };
-                                    }
-                                }
-                                o += n_rows;
                             }
                         }
                     }
-                })
+                }
+                let rows = threads::split(n_out - grouped_rows, part, parts);
+                let rows = grouped_rows + rows.start..grouped_rows + rows.end;
+                let mut values = [[0.0f32; integer_dot::TILE]; integer_dot::ROWS];
+                let mut weight_rows: [&[u8]; integer_dot::ROWS] = [&[]; integer_dot::ROWS];
+                for chunk in (rows.start..rows.end).step_by(ROWS_PER_CHUNK) {
+                    let chunk_end = (chunk + ROWS_PER_CHUNK).min(rows.end);
+                    for first in (0..n_tokens).step_by(integer_dot::TILE) {
+                        let count = integer_dot::TILE.min(n_tokens - first);
+                        let (tile, _) = token_range(first, count);
+                        // One token: four rows at a time; more: two (or four) rows x the tile's tokens.
+                        // With AVX-512's 32 vector registers, 4 rows x 4 tokens (16 accumulators).
+                        let wide = count == 4 && kernel == integer_dot::Kernel::Avx512Vnni;
+                        let step = if count == 1 || wide { 4 } else { 2 };
+                        let mut o = chunk;
+                        while o < chunk_end {
+                            let n_rows = if o + step <= chunk_end { step } else { 1 };
+                            for (r, slot) in weight_rows[..n_rows].iter_mut().enumerate() {
+                                *slot = &bytes[(o + r) * row_bytes..(o + r + 1) * row_bytes];
+                            }
+                            integer_dot::dot_tile(
+                                kernel,
+                                ty,
+                                &weight_rows[..n_rows],
+                                &tile[..count],
+                                &mut values,
+                            );
+                            for (r, row_values) in values[..n_rows].iter().enumerate() {
+                                let b = bias.map_or(0.0, |b| b[o + r]);
+                                for (t, value) in row_values[..count].iter().enumerate() {
+                                    // SAFETY: row o + r belongs to this part only; the index is within out.
+                                    unsafe { output.write((first + t) * n_out + o + r, value + b) };
+                                }
+                            }
+                            o += n_rows;
+                        }
+                    }
+                }
             });
         })
     });
@@ -322,6 +393,79 @@ mod tests {
         let mut out = [0.0f32];
         matmul(&x, &weight, None, &mut out, 32, 1);
         assert_eq!(out[0], expected);
+    }
+
+    /// Q8_0, Q4_0 and Q4_1 matrices repacked at load against the same bytes as stored: the
+    /// grouped rows' products equal the scalar reference's bit for bit at every token count (one
+    /// to a prompt's, tiles of 1-4), the rows after the last group (row tiles) agree to f32
+    /// rounding; the same rows, embedding rows and sub-matrices.
+    #[test]
+    fn repacked_matrices_agree_with_the_stored_rows() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+            let (n_in, n_out) = (96, 8 * 5 + 3);
+            let row_bytes = n_in / 32 * ty.block_bytes();
+            let mut bytes: Vec<u8> = (0..n_out * row_bytes).map(|_| next() as u8).collect();
+            for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+                let scale = 0.001 + (block[5] as f32) / 256.0;
+                block[..2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
+                if ty == GgmlType::Q4_1 {
+                    block[2..4].copy_from_slice(&f16::from_f32(-0.5 * scale).to_le_bytes());
+                }
+            }
+            let stored = Matrix::Blocks { ty, bytes: bytes.clone() };
+            let repacked = Matrix::from_blocks(ty, &bytes, n_in);
+            let grouped = matches!(repacked, Matrix::Groups { .. });
+            if integer_dot::has_groups(integer_dot::kernel(), ty) {
+                assert!(grouped, "this machine repacks {ty}");
+            }
+            assert_eq!(repacked.size(), stored.size());
+            let bias: Vec<f32> = (0..n_out).map(|o| o as f32 * 0.01).collect();
+            for n_tokens in [1, 2, 3, 4, 5, 8, 13] {
+                let x: Vec<f32> =
+                    (0..n_tokens * n_in).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+                let mut got = vec![0.0f32; n_tokens * n_out];
+                matmul(&x, &repacked, Some(&bias), &mut got, n_in, n_out);
+                for t in 0..n_tokens {
+                    let activations = quantize_q8(&x[t * n_in..(t + 1) * n_in]);
+                    for o in 0..n_out {
+                        let mut value = [0.0f32; 1];
+                        let row = &bytes[o * row_bytes..(o + 1) * row_bytes];
+                        integer_dot::dot_tile_scalar(ty, row, &[&activations], &mut value);
+                        let (want, got) = (value[0] + bias[o], got[t * n_out + o]);
+                        if grouped && o < n_out / 8 * 8 {
+                            // The grouped product is the scalar reference's, bit for bit.
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{ty} {n_tokens} tokens: token {t} row {o}"
+                            );
+                        } else {
+                            // Row tiles sum their blocks in eight lanes.
+                            assert!(
+                                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                                "{ty} token {t} row {o}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+            for i in [0, 7, 8, 39, 40, 42] {
+                assert_eq!(repacked.row_f32(n_in, i), stored.row_f32(n_in, i), "{ty} row {i}");
+            }
+            for (start, end) in [(8, 24), (16, 43), (3, 20), (0, 43)] {
+                let (a, b) = (repacked.rows(n_in, start, end), stored.rows(n_in, start, end));
+                for i in 0..end - start {
+                    assert_eq!(a.row_f32(n_in, i), b.row_f32(n_in, i), "{ty} rows {start}..{end}, row {i}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The CPU backend's one thread pool: N - 1 persistent workers plus the calling thread share the
-//! N parts of a job (the caller splits rows evenly with [`split`]), each part claimed from an
-//! atomic counter by whichever thread comes first. On an idle machine each thread takes one part;
+//! N parts of a job (the caller splits rows evenly with [`split`]; [`Pool::run_parts`] asks for
+//! more parts than threads), each part claimed from an atomic counter by whichever thread comes
+//! first. On an idle machine each thread takes one part (of N);
 //! when a worker is not scheduled (more threads than free cores, e.g. beside a build), the
 //! calling thread takes its part too instead of waiting for it, and the job closes: a worker that
 //! arrives after that sees the job closed and leaves it alone. A decode step of
@@ -28,6 +29,8 @@ struct Shared {
     generation: AtomicUsize,
     /// The next unclaimed part of the current job.
     next_part: AtomicUsize,
+    /// The current job's parts.
+    parts: AtomicUsize,
     /// Whether the current job still takes helpers.
     open: AtomicBool,
     /// Workers inside the current job.
@@ -84,6 +87,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             generation: AtomicUsize::new(0),
             next_part: AtomicUsize::new(0),
+            parts: AtomicUsize::new(0),
             open: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             job: Mutex::new(None),
@@ -108,12 +112,20 @@ impl Pool {
     /// Runs `job(part, parts)` once for every part in 0..parts, parts = the pool's threads, and
     /// returns when all are done; which thread runs which part is not fixed.
     pub fn run(&self, job: &(dyn Fn(usize, usize) + Sync)) {
+        self.run_parts(self.shared.n_threads, job)
+    }
+
+    /// Like [`Pool::run`] with `parts` parts (at least one): more parts than threads let a
+    /// thread that runs ahead (its core not shared at the moment) take more of them, instead
+    /// of the job waiting for the slowest thread's one part.
+    pub fn run_parts(&self, parts: usize, job: &(dyn Fn(usize, usize) + Sync)) {
         let n = self.shared.n_threads;
+        let parts = parts.max(1);
         let Ok(_guard) =
             (if n > 1 { self.busy.try_lock() } else { Err(std::sync::TryLockError::WouldBlock) })
         else {
-            for part in 0..n {
-                job(part, n);
+            for part in 0..parts {
+                job(part, parts);
             }
             return;
         };
@@ -123,6 +135,7 @@ impl Pool {
         let pointer: *const Job<'static> = unsafe { std::mem::transmute(job as *const Job<'_>) };
         *shared.job.lock().expect("pool lock") = Some(JobPointer(pointer));
         shared.next_part.store(0, Ordering::SeqCst);
+        shared.parts.store(parts, Ordering::SeqCst);
         shared.open.store(true, Ordering::SeqCst);
         shared.generation.fetch_add(1, Ordering::SeqCst);
         {
@@ -149,7 +162,7 @@ impl Pool {
 
 /// Runs unclaimed parts of the current job until none is left.
 fn take_parts(shared: &Shared, job: &Job<'_>) {
-    let n = shared.n_threads;
+    let n = shared.parts.load(Ordering::SeqCst);
     loop {
         let part = shared.next_part.fetch_add(1, Ordering::SeqCst);
         if part >= n {
@@ -267,6 +280,19 @@ mod tests {
             for count in &counts {
                 assert_eq!(count.load(Ordering::Relaxed), round + 1);
             }
+        }
+    }
+
+    #[test]
+    fn every_part_of_a_job_of_more_parts_than_threads_runs_once() {
+        let pool = Pool::new(2);
+        for parts in [1, 2, 3, 8, 17] {
+            let counts: Vec<AtomicU64> = (0..parts).map(|_| AtomicU64::new(0)).collect();
+            pool.run_parts(parts, &|part, n| {
+                assert_eq!(n, parts);
+                counts[part].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "{parts} parts");
         }
     }
 

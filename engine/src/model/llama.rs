@@ -143,8 +143,9 @@ impl Llama {
             norm::rms_norm(&x, &layer.ffn_norm, &mut h, d, c.norm_eps);
             matmul(&h, &layer.w_gate, None, &mut gate, d, c.n_ff);
             matmul(&h, &layer.w_up, None, &mut up, d, c.n_ff);
-            for (g, &u) in gate.iter_mut().zip(&up) {
-                *g = activation::swiglu(*g, u);
+            match self.numerics {
+                Numerics::Exact => activation::swiglu_in_place(&mut gate, &up, activation::swiglu),
+                Numerics::LlamaCpp => activation::swiglu_in_place(&mut gate, &up, activation::swiglu_f32),
             }
             matmul(&gate, &layer.w_down, None, &mut projected, c.n_ff, d);
             add(&mut x, &projected);

@@ -54,7 +54,7 @@ pub fn load_matrix(
         GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => Matrix::F32(
             file.tensor_f32(info).map_err(|source| WeightError::Gguf { name: name.to_string(), source })?,
         ),
-        ty => Matrix::Blocks { ty, bytes: file.tensor_data(info).to_vec() },
+        ty => Matrix::from_blocks(ty, file.tensor_data(info), n_in),
     };
     file.release_tensor_pages(info);
     Ok(matrix)
@@ -98,10 +98,7 @@ pub fn load_experts(
         values.chunks_exact(n_in * n_out).map(|m| Matrix::F32(m.to_vec())).collect()
     } else {
         let bytes = file.tensor_data(info);
-        bytes
-            .chunks_exact(bytes.len() / n_expert)
-            .map(|m| Matrix::Blocks { ty: info.ty, bytes: m.to_vec() })
-            .collect()
+        bytes.chunks_exact(bytes.len() / n_expert).map(|m| Matrix::from_blocks(info.ty, m, n_in)).collect()
     };
     file.release_tensor_pages(info);
     Ok(experts)

@@ -184,73 +184,140 @@ pub fn dot_tile_scalar(ty: GgmlType, row: &[u8], activations: &[&[Q8Block]], out
     out[..activations.len()].copy_from_slice(&sums[..activations.len()]);
 }
 
-/// Q8_0 rows a repacked group holds: one per i32 lane of a 256-bit register.
+/// Rows a repacked group holds: one per i32 lane of a 256-bit register.
 pub const GROUP_ROWS: usize = 8;
 
-/// Bytes of one block of a repacked group: 8 f32 scales, 8 i32 corrections, 8 x 32 weights.
-pub const GROUP_BLOCK_BYTES: usize = 32 + 32 + 256;
-
-/// Whether `kernel` has the repacked Q8_0 product ([`dot_group_q8_0`]).
-pub fn has_q8_0_groups(kernel: Kernel) -> bool {
-    kernel == Kernel::Avx512Vnni
+/// Whether `kernel` has a fast repacked product of `ty` ([`dot_group`]; the others run its
+/// scalar reference, so matrices are repacked only for the kernels that have it).
+pub fn has_groups(kernel: Kernel, ty: GgmlType) -> bool {
+    match kernel {
+        Kernel::Avx512Vnni => matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1),
+        Kernel::Avx2 => matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1),
+        Kernel::Scalar => false,
+    }
 }
 
-/// Repacks [`GROUP_ROWS`] Q8_0 rows so that one register's i32 lanes are the eight rows: per
-/// block, the rows' scales as f32, their corrections -128 sum(w) (see [`dot_group_q8_0`]),
-/// then the weights in eight steps of four values, each step the eight rows' four bytes.
-/// Appends to `out`.
-pub fn repack_q8_0(rows: &[&[u8]], out: &mut Vec<u8>) {
+/// Bytes of one block of a repacked group of `ty`: what its eight blocks take as stored, so a
+/// matrix repacked at load is no larger.
+pub fn group_block_bytes(ty: GgmlType) -> usize {
+    GROUP_ROWS * ty.block_bytes()
+}
+
+/// Where a block's scales (d, then m for Q4_1) and weights start as stored, and the weights'
+/// bytes.
+fn block_parts(ty: GgmlType) -> (usize, usize, usize) {
+    match ty {
+        GgmlType::Q8_0 => (1, 2, 32),
+        GgmlType::Q4_0 => (1, 2, 16),
+        GgmlType::Q4_1 => (2, 4, 16),
+        _ => unreachable!("{ty} has no row groups"),
+    }
+}
+
+/// Repacks [`GROUP_ROWS`] rows of `ty` (Q8_0, Q4_0 or Q4_1) so that one register's i32 lanes
+/// are the eight rows. Per block: the rows' f16 d (and for Q4_1 their f16 m), then the weights
+/// in steps of four bytes, each step the eight rows' four bytes: Q8_0's values made unsigned
+/// (w + 128, a flip of the top bit) in eight steps of four values; Q4's 16 bytes of nibbles in
+/// four steps, step j holding values 4j..4j + 4 in its low nibbles and 16 + 4j.. in its high
+/// ones. Appends to `out`.
+pub fn repack(ty: GgmlType, rows: &[&[u8]], out: &mut Vec<u8>) {
     assert_eq!(rows.len(), GROUP_ROWS);
-    let n_blocks = rows[0].len() / 34;
-    assert!(rows.iter().all(|r| r.len() == n_blocks * 34), "Q8_0 rows of different lengths");
-    out.reserve(n_blocks * GROUP_BLOCK_BYTES);
-    for k in 0..n_blocks {
-        let blocks: Vec<&[u8]> = rows.iter().map(|r| &r[k * 34..(k + 1) * 34]).collect();
-        for block in &blocks {
-            out.extend_from_slice(&f16_at(block, 0).to_le_bytes());
-        }
-        for block in &blocks {
-            let sum: i32 = block[2..].iter().map(|&w| w as i8 as i32).sum();
-            out.extend_from_slice(&(-128 * sum).to_le_bytes());
-        }
-        for step in 0..8 {
-            for block in &blocks {
-                out.extend_from_slice(&block[2 + 4 * step..2 + 4 * step + 4]);
+    let block_bytes = ty.block_bytes();
+    let (n_scales, weights_at, weight_bytes) = block_parts(ty);
+    let n_blocks = rows[0].len() / block_bytes;
+    assert!(rows.iter().all(|r| r.len() == n_blocks * block_bytes), "{ty} rows of different lengths");
+    let flip = if ty == GgmlType::Q8_0 { 0x80 } else { 0 };
+    let start = out.len();
+    out.resize(start + n_blocks * group_block_bytes(ty), 0);
+    for (k, packed) in out[start..].chunks_exact_mut(group_block_bytes(ty)).enumerate() {
+        for (r, row) in rows.iter().enumerate() {
+            let block = &row[k * block_bytes..(k + 1) * block_bytes];
+            for scale in 0..n_scales {
+                packed[16 * scale + 2 * r..16 * scale + 2 * r + 2]
+                    .copy_from_slice(&block[2 * scale..2 * scale + 2]);
+            }
+            for step in 0..weight_bytes / 4 {
+                let at = 16 * n_scales + 32 * step + 4 * r;
+                let stored = &block[weights_at + 4 * step..weights_at + 4 * step + 4];
+                for (w, &value) in packed[at..at + 4].iter_mut().zip(stored) {
+                    *w = value ^ flip;
+                }
             }
         }
     }
 }
 
-/// Activation values made unsigned for [`dot_group_q8_0`]: q + 128 (a flip of the top bit).
-pub fn biased(activations: &[Q8Block], out: &mut [u8]) {
-    assert_eq!(out.len(), activations.len() * 32);
-    for (bytes, block) in out.chunks_exact_mut(32).zip(activations) {
-        for (b, &q) in bytes.iter_mut().zip(&block.q) {
-            *b = q as u8 ^ 0x80;
+/// Row `lane` of a repacked group of `ty` as stored (the inverse of [`repack`]), appended to
+/// `out`.
+pub fn group_row(ty: GgmlType, group: &[u8], lane: usize, out: &mut Vec<u8>) {
+    let (n_scales, _, weight_bytes) = block_parts(ty);
+    assert!(lane < GROUP_ROWS && group.len().is_multiple_of(group_block_bytes(ty)));
+    let flip = if ty == GgmlType::Q8_0 { 0x80 } else { 0 };
+    for block in group.chunks_exact(group_block_bytes(ty)) {
+        for scale in 0..n_scales {
+            out.extend_from_slice(&block[16 * scale + 2 * lane..16 * scale + 2 * lane + 2]);
+        }
+        for step in 0..weight_bytes / 4 {
+            let at = 16 * n_scales + 32 * step + 4 * lane;
+            out.extend(block[at..at + 4].iter().map(|&w| w ^ flip));
         }
     }
 }
 
-/// out[t][r] = sum over blocks of row r of a repacked group ([`repack_q8_0`]) . activations[t],
-/// for up to [`TILE`] tokens, given each token's [`biased`] values too. Per block the lanes
-/// start at -128 sum(w) and `vpdpbusd` adds sum((x + 128) w), which leaves sum(x w) exactly;
-/// then d_w d_x dot is added to the row's sum in block order, the scalar reference's order and
-/// roundings (so the results are the scalar tile's, bit for bit; the tests check it).
-pub fn dot_group_q8_0(
+/// Each activation block's correction for [`dot_group`] with weights of `ty`: what the
+/// repacked weights' offset adds to the integer dot, taken back: Q8_0's w + 128 adds 128
+/// sum(q), Q4_0's nibbles (w + 8) add 8 sum(q); Q4_1's nibbles are its values (0).
+pub fn corrections(ty: GgmlType, activations: &[Q8Block], out: &mut [i32]) {
+    assert_eq!(out.len(), activations.len());
+    let offset = match ty {
+        GgmlType::Q8_0 => 128,
+        GgmlType::Q4_0 => 8,
+        _ => 0,
+    };
+    for (c, block) in out.iter_mut().zip(activations) {
+        *c = -offset * block.q.iter().map(|&q| q as i32).sum::<i32>();
+    }
+}
+
+/// out[t][r] = sum over blocks of row r of a repacked group of `ty` ([`repack`]) .
+/// activations[t], for up to [`TILE`] tokens, given each token's [`corrections`] too. Per block
+/// the lanes start at the correction and `vpdpbusd` adds the unsigned weights times the signed
+/// activations, which leaves sum(w x) exactly; then d_w d_x dot (+ m_w s_x) is added to the row's
+/// sum in block order, the scalar reference's order and roundings (so the results are the
+/// scalar tile's, bit for bit; the tests check it). Kernels without the fast form
+/// ([`has_groups`]) unpack each row and run the scalar tile.
+pub fn dot_group(
     kernel: Kernel,
+    ty: GgmlType,
     group: &[u8],
-    biased: &[&[u8]],
+    corrections: &[&[i32]],
     activations: &[&[Q8Block]],
     out: &mut [[f32; GROUP_ROWS]; TILE],
 ) {
-    assert!(has_q8_0_groups(kernel), "{kernel:?} has no repacked Q8_0 product");
-    assert!(!activations.is_empty() && activations.len() <= TILE && biased.len() == activations.len());
-    let n_blocks = group.len() / GROUP_BLOCK_BYTES;
-    assert_eq!(group.len(), n_blocks * GROUP_BLOCK_BYTES);
+    assert!(!activations.is_empty() && activations.len() <= TILE && corrections.len() == activations.len());
+    let n_blocks = group.len() / group_block_bytes(ty);
+    assert_eq!(group.len(), n_blocks * group_block_bytes(ty));
     assert!(activations.iter().all(|a| a.len() >= n_blocks), "activation rows shorter than the group");
-    assert!(biased.iter().all(|b| b.len() >= n_blocks * 32), "biased rows shorter than the group");
+    assert!(corrections.iter().all(|c| c.len() >= n_blocks), "correction rows shorter than the group");
     #[cfg(target_arch = "x86_64")]
-    x86::q8_0_groups::dot_group(group, n_blocks, biased, activations, out);
+    if has_groups(kernel, ty) {
+        let dot =
+            if kernel == Kernel::Avx2 { x86::groups::avx2::dot_group } else { x86::groups::vnni::dot_group };
+        dot(ty, group, n_blocks, corrections, activations, out);
+        return;
+    }
+    let mut row = Vec::with_capacity(n_blocks * ty.block_bytes());
+    let mut values = [[0.0f32; TILE]; GROUP_ROWS];
+    for (lane, lane_values) in values.iter_mut().enumerate() {
+        row.clear();
+        group_row(ty, group, lane, &mut row);
+        dot_tile_scalar(ty, &row, activations, lane_values);
+    }
+    for (t, token_out) in out[..activations.len()].iter_mut().enumerate() {
+        for (value, lane_values) in token_out.iter_mut().zip(&values) {
+            *value = lane_values[t];
+        }
+    }
 }
 
 pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {

@@ -38,8 +38,13 @@ fn simd_kernels() -> Vec<Kernel> {
 
 proptest! {
     #[test]
-    fn quantization_is_bit_identical(x in proptest::collection::vec(-100.0f32..100.0, 32 * 5), zero_block in any::<bool>()) {
-        let mut x = x;
+    fn quantization_is_bit_identical(
+        x in proptest::collection::vec(-100.0f32..100.0, 32 * 5),
+        zero_block in any::<bool>(),
+        // Scales whose f16 roundings go subnormal (1e-6) or overflow d sum(q) (3000).
+        scale in prop_oneof![Just(1.0f32), Just(1e-6f32), Just(3000.0f32)],
+    ) {
+        let mut x: Vec<f32> = x.iter().map(|v| v * scale).collect();
         if zero_block {
             x[32..64].fill(0.0);
         }
@@ -131,52 +136,80 @@ fn a_known_block_dot() {
     }
 }
 
+const GROUPED_TYPES: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1];
+
 proptest! {
-    /// The repacked Q8_0 product against the scalar tile on the rows as stored: equal (the same
-    /// integer dots, the same f32 steps in the same order); any bytes, so weights of -128 occur.
+    /// The repacked products against the scalar tile on the rows as stored: equal (the same
+    /// integer dots, the same f32 steps in the same order); any bytes, so Q8_0 weights of -128
+    /// and 127 and every nibble occur. Every kernel: those without the fast form unpack the rows.
     #[test]
-    fn q8_0_groups_equal_the_scalar_tiles(
+    fn groups_equal_the_scalar_tiles(
         bytes in proptest::collection::vec(any::<u8>(), 64),
         scales in proptest::collection::vec(0.001f32..2.0, 5),
         x in proptest::collection::vec(-4.0f32..4.0, 4 * 32 * 9),
         n_tokens in 1usize..=TILE,
     ) {
-        for kernel in Kernel::available().into_iter().filter(|&k| has_q8_0_groups(k)) {
-            let tokens: Vec<Vec<Q8Block>> = x.chunks_exact(32 * 9).map(quantized).collect();
-            let activations: Vec<&[Q8Block]> = tokens.iter().take(n_tokens).map(|r| r.as_slice()).collect();
-            let unsigned: Vec<Vec<u8>> = activations
+        let tokens: Vec<Vec<Q8Block>> = x.chunks_exact(32 * 9).map(quantized).collect();
+        let activations: Vec<&[Q8Block]> = tokens.iter().take(n_tokens).map(|r| r.as_slice()).collect();
+        for ty in GROUPED_TYPES {
+            let starts: Vec<Vec<i32>> = activations
                 .iter()
                 .map(|a| {
-                    let mut values = vec![0u8; a.len() * 32];
-                    biased(a, &mut values);
+                    let mut values = vec![0i32; a.len()];
+                    corrections(ty, a, &mut values);
                     values
                 })
                 .collect();
-            let unsigned: Vec<&[u8]> = unsigned.iter().map(|v| v.as_slice()).collect();
-            let weights: Vec<Vec<u8>> = (0..GROUP_ROWS)
-                .map(|r| weight_row(GgmlType::Q8_0, 9, &bytes[r..], &scales[r % 2..]))
-                .collect();
+            let starts: Vec<&[i32]> = starts.iter().map(|v| v.as_slice()).collect();
+            let weights: Vec<Vec<u8>> =
+                (0..GROUP_ROWS).map(|r| weight_row(ty, 9, &bytes[r..], &scales[r % 2..])).collect();
             let rows: Vec<&[u8]> = weights.iter().map(|w| w.as_slice()).collect();
             let mut group = Vec::new();
-            repack_q8_0(&rows, &mut group);
-            let mut got = [[0.0f32; GROUP_ROWS]; TILE];
-            dot_group_q8_0(kernel, &group, &unsigned, &activations, &mut got);
-            for (r, row) in rows.iter().enumerate() {
-                let mut reference = [0.0f32; TILE];
-                dot_tile_scalar(GgmlType::Q8_0, row, &activations, &mut reference);
-                for t in 0..n_tokens {
-                    prop_assert_eq!(got[t][r], reference[t], "{:?} row {} token {}", kernel, r, t);
+            repack(ty, &rows, &mut group);
+            prop_assert_eq!(group.len(), 8 * rows[0].len(), "a group is the size of its rows");
+            for kernel in Kernel::available() {
+                let mut got = [[0.0f32; GROUP_ROWS]; TILE];
+                dot_group(kernel, ty, &group, &starts, &activations, &mut got);
+                for (r, row) in rows.iter().enumerate() {
+                    let mut reference = [0.0f32; TILE];
+                    dot_tile_scalar(ty, row, &activations, &mut reference);
+                    for t in 0..n_tokens {
+                        prop_assert_eq!(got[t][r].to_bits(), reference[t].to_bits(), "{} {:?} row {} token {}", ty, kernel, r, t);
+                    }
                 }
+            }
+        }
+    }
+
+    /// Unpacking a row of a group gives the row as stored, byte for byte.
+    #[test]
+    fn group_rows_unpack_to_the_stored_rows(bytes in proptest::collection::vec(any::<u8>(), 8 * 34 * 3)) {
+        for ty in GROUPED_TYPES {
+            let rows: Vec<&[u8]> = bytes.chunks_exact(ty.block_bytes() * 3).take(GROUP_ROWS).collect();
+            let mut group = Vec::new();
+            repack(ty, &rows, &mut group);
+            for (lane, row) in rows.iter().enumerate() {
+                let mut unpacked = Vec::new();
+                group_row(ty, &group, lane, &mut unpacked);
+                prop_assert_eq!(&unpacked[..], *row, "{} lane {}", ty, lane);
             }
         }
     }
 }
 
 #[test]
-fn this_machine_runs_the_q8_0_groups_where_it_can() {
-    // The proptest above only compares something where AVX-512 VNNI runs.
+fn this_machine_runs_the_groups_where_it_can() {
+    // The proptests above compare the fast forms only where they run: AVX2's for Q4, AVX-512
+    // VNNI's for all three (whichever kernel ENGINE_CPU_KERNEL picks for the engine).
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-        assert!(has_q8_0_groups(kernel()));
+    {
+        if is_x86_feature_detected!("avx2") {
+            assert!(Kernel::available().contains(&Kernel::Avx2));
+            assert!(has_groups(Kernel::Avx2, GgmlType::Q4_0) && has_groups(Kernel::Avx2, GgmlType::Q4_1));
+        }
+        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            assert!(Kernel::available().contains(&Kernel::Avx512Vnni));
+            assert!(GROUPED_TYPES.iter().all(|&ty| has_groups(Kernel::Avx512Vnni, ty)));
+        }
     }
 }

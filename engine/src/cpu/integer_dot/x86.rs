@@ -62,7 +62,12 @@ unsafe fn quantize_avx2(x: &[f32], out: &mut [Q8Block]) {
         let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         // SAFETY: q is 32 bytes.
         unsafe { _mm256_storeu_si256(block.q.as_mut_ptr() as *mut __m256i, bytes) };
-        super::finish_block(block, amax, sum);
+        // `finish_block`'s two f16 roundings in one F16C conversion (to nearest even, as there).
+        let d = amax / 127.0;
+        let scales =
+            _mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_setr_ps(d, d * sum as f32, 0.0, 0.0)));
+        block.d = _mm_cvtss_f32(scales);
+        block.s = _mm_cvtss_f32(_mm_movehdup_ps(scales));
     }
 }
 
@@ -354,76 +359,159 @@ pub mod avx512_vnni {
     ));
 }
 
-/// The repacked Q8_0 product (`integer_dot::dot_group_q8_0`): eight rows in the eight i32 lanes
-/// of a register, so each `vpdpbusd` takes four values of each of eight rows against four
-/// values of one token (broadcast), and a block's dot needs no horizontal sum. Two integer
-/// accumulators per token (even and odd steps) keep eight `vpdpbusd` chains in flight.
-pub mod q8_0_groups {
-    use super::super::{GROUP_BLOCK_BYTES, GROUP_ROWS, Q8Block, TILE};
-    use std::arch::x86_64::*;
+macro_rules! groups {
+    ($features:literal, |$acc:ident, $w:ident, $x:ident| $accumulate:expr) => {
+        use super::super::super::{GROUP_ROWS, Q8Block, TILE, group_block_bytes};
+        use crate::gguf::GgmlType;
+        use std::arch::x86_64::*;
 
-    /// See `integer_dot::dot_group_q8_0`; the caller checked the sizes.
-    pub fn dot_group(
-        group: &[u8],
-        n_blocks: usize,
-        biased: &[&[u8]],
-        activations: &[&[Q8Block]],
-        out: &mut [[f32; GROUP_ROWS]; TILE],
-    ) {
-        assert!(super::has_avx512_vnni());
-        // SAFETY: the features are present (asserted); the caller checked the sizes.
-        unsafe {
-            match activations.len() {
-                1 => tile::<1>(group, n_blocks, biased, activations, out),
-                2 => tile::<2>(group, n_blocks, biased, activations, out),
-                3 => tile::<3>(group, n_blocks, biased, activations, out),
-                _ => tile::<4>(group, n_blocks, biased, activations, out),
+        const Q8_0: u8 = 0;
+        const Q4_0: u8 = 1;
+        const Q4_1: u8 = 2;
+
+        /// acc + the i32 lanes of sum(w x) over each lane's four u8 w and i8 x.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn accumulate($acc: __m256i, $w: __m256i, $x: __m256i) -> __m256i {
+            $accumulate
+        }
+
+        /// See `integer_dot::dot_group`; the caller checked the sizes.
+        pub fn dot_group(
+            ty: GgmlType,
+            group: &[u8],
+            n_blocks: usize,
+            corrections: &[&[i32]],
+            activations: &[&[Q8Block]],
+            out: &mut [[f32; GROUP_ROWS]; TILE],
+        ) {
+            assert!(supported());
+            let bytes = group_block_bytes(ty);
+            let args = (group, n_blocks, bytes, corrections, activations, out);
+            // SAFETY: the features are present (asserted); the caller checked the sizes.
+            unsafe {
+                match ty {
+                    GgmlType::Q8_0 => tokens::<Q8_0>(args),
+                    GgmlType::Q4_0 => tokens::<Q4_0>(args),
+                    GgmlType::Q4_1 => tokens::<Q4_1>(args),
+                    _ => unreachable!("{ty} has no row groups"),
+                }
             }
         }
-    }
 
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    unsafe fn tile<const T: usize>(
-        group: &[u8],
-        n_blocks: usize,
-        biased: &[&[u8]],
-        activations: &[&[Q8Block]],
-        out: &mut [[f32; GROUP_ROWS]; TILE],
-    ) {
-        let values: [*const u8; T] = std::array::from_fn(|t| biased[t].as_ptr());
-        let blocks: [*const Q8Block; T] = std::array::from_fn(|t| activations[t].as_ptr());
-        let mut sums = [_mm256_setzero_ps(); T];
-        for k in 0..n_blocks {
-            // SAFETY: block k of the group lies within `group`; each token has n_blocks blocks
-            // and n_blocks * 32 biased values (checked by the caller).
+        type Args<'a, 'b> =
+            (&'a [u8], usize, usize, &'a [&'a [i32]], &'a [&'a [Q8Block]], &'b mut [[f32; GROUP_ROWS]; TILE]);
+
+        #[target_feature(enable = $features)]
+        unsafe fn tokens<const TY: u8>(args: Args<'_, '_>) {
+            // SAFETY: as the caller promises.
             unsafe {
-                let base = group.as_ptr().add(k * GROUP_BLOCK_BYTES);
-                let row_scales = _mm256_loadu_ps(base as *const f32);
-                let correction = _mm256_loadu_si256(base.add(32) as *const __m256i);
-                let mut even = [correction; T];
-                let mut odd = [_mm256_setzero_si256(); T];
-                for step in 0..8 {
-                    let w = _mm256_loadu_si256(base.add(64 + 32 * step) as *const __m256i);
-                    for t in 0..T {
-                        let x = (values[t].add(32 * k + 4 * step) as *const i32).read_unaligned();
-                        let x = _mm256_set1_epi32(x);
-                        if step % 2 == 0 {
-                            even[t] = _mm256_dpbusd_epi32(even[t], x, w);
-                        } else {
-                            odd[t] = _mm256_dpbusd_epi32(odd[t], x, w);
+                match args.4.len() {
+                    1 => tile::<TY, 1>(args),
+                    2 => tile::<TY, 2>(args),
+                    3 => tile::<TY, 3>(args),
+                    _ => tile::<TY, 4>(args),
+                }
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn tile<const TY: u8, const T: usize>(
+            (group, n_blocks, block_bytes, corrections, activations, out): Args<'_, '_>,
+        ) {
+            let starts: [*const i32; T] = std::array::from_fn(|t| corrections[t].as_ptr());
+            let blocks: [*const Q8Block; T] = std::array::from_fn(|t| activations[t].as_ptr());
+            let mut sums = [_mm256_setzero_ps(); T];
+            let nibble_mask = _mm256_set1_epi8(0x0F);
+            for k in 0..n_blocks {
+                // SAFETY: block k of the group lies within `group`; each token has n_blocks blocks
+                // and n_blocks corrections (checked by the caller).
+                unsafe {
+                    let base = group.as_ptr().add(k * block_bytes);
+                    let row_scales = _mm256_cvtph_ps(_mm_loadu_si128(base as *const __m128i));
+                    let values: [*const i8; T] = std::array::from_fn(|t| (*blocks[t].add(k)).q.as_ptr());
+                    let x = |t: usize, at: usize| {
+                        _mm256_set1_epi32((values[t].add(at) as *const i32).read_unaligned())
+                    };
+                    let mut even: [__m256i; T] = std::array::from_fn(|t| {
+                        if TY == Q4_1 { _mm256_setzero_si256() } else { _mm256_set1_epi32(*starts[t].add(k)) }
+                    });
+                    let mut odd = [_mm256_setzero_si256(); T];
+                    if TY == Q8_0 {
+                        for step in 0..8 {
+                            let w = _mm256_loadu_si256(base.add(16 + 32 * step) as *const __m256i);
+                            for t in 0..T {
+                                if step % 2 == 0 {
+                                    even[t] = accumulate(even[t], w, x(t, 4 * step));
+                                } else {
+                                    odd[t] = accumulate(odd[t], w, x(t, 4 * step));
+                                }
+                            }
+                        }
+                    } else {
+                        let weights = base.add(if TY == Q4_1 { 32 } else { 16 });
+                        for step in 0..4 {
+                            let packed = _mm256_loadu_si256(weights.add(32 * step) as *const __m256i);
+                            let low = _mm256_and_si256(packed, nibble_mask);
+                            let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble_mask);
+                            for t in 0..T {
+                                even[t] = accumulate(even[t], low, x(t, 4 * step));
+                                odd[t] = accumulate(odd[t], high, x(t, 16 + 4 * step));
+                            }
                         }
                     }
-                }
-                for t in 0..T {
-                    let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(even[t], odd[t]));
-                    let scale = _mm256_mul_ps(row_scales, _mm256_set1_ps((*blocks[t].add(k)).d));
-                    sums[t] = _mm256_add_ps(sums[t], _mm256_mul_ps(scale, dot));
+                    let row_minimums = if TY == Q4_1 {
+                        _mm256_cvtph_ps(_mm_loadu_si128(base.add(16) as *const __m128i))
+                    } else {
+                        _mm256_setzero_ps()
+                    };
+                    for t in 0..T {
+                        let a = &*blocks[t].add(k);
+                        let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(even[t], odd[t]));
+                        let scale = _mm256_mul_ps(row_scales, _mm256_set1_ps(a.d));
+                        let mut term = _mm256_mul_ps(scale, dot);
+                        if TY == Q4_1 {
+                            term = _mm256_add_ps(term, _mm256_mul_ps(row_minimums, _mm256_set1_ps(a.s)));
+                        }
+                        sums[t] = _mm256_add_ps(sums[t], term);
+                    }
                 }
             }
+            for t in 0..T {
+                // SAFETY: out[t] holds GROUP_ROWS f32.
+                unsafe { _mm256_storeu_ps(out[t].as_mut_ptr(), sums[t]) };
+            }
         }
-        for t in 0..T {
-            // SAFETY: out[t] holds GROUP_ROWS f32.
-            unsafe { _mm256_storeu_ps(out[t].as_mut_ptr(), sums[t]) };
+    };
+}
+
+/// The repacked products (`integer_dot::dot_group`): eight rows in the eight i32 lanes of a
+/// register, so each `vpdpbusd` takes four unsigned values of each of eight rows against four
+/// values of one token (broadcast), and a block's dot needs no horizontal sum. With AVX2 the
+/// same products are `vpmaddubsw` + `vpmaddwd`, exact for Q4's nibbles only (pairs of at most
+/// 15 x 127 fit in i16; Q8_0's w + 128 would saturate), so AVX2 groups Q4_0 and Q4_1. Q4's nibbles are
+/// split with a mask and a shift, each half a step of its own. Two integer accumulators per
+/// token (even and odd steps) keep the chains short. A group is read front to back, one
+/// stream, which the hardware prefetcher follows (a decode step is a pass over the matrix).
+pub mod groups {
+    /// The AVX-512 VNNI form (Q8_0, Q4_0, Q4_1).
+    pub mod vnni {
+        fn supported() -> bool {
+            super::super::has_avx512_vnni()
         }
+        groups!("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni", |acc, w, x| _mm256_dpbusd_epi32(
+            acc, w, x
+        ));
+    }
+
+    /// The AVX2 form (Q4_0, Q4_1).
+    pub mod avx2 {
+        fn supported() -> bool {
+            super::super::has_avx2()
+        }
+        groups!("avx2,fma,f16c", |acc, w, x| _mm256_add_epi32(
+            acc,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+        ));
     }
 }
