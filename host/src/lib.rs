@@ -179,7 +179,7 @@ pub struct Gpu {
     /// The partial sums of a GEMM split along K in more than two (host/src/matmul/gemm.rs).
     gemm_partials: Mutex<Option<CudaSlice<f32>>>,
     /// Times `gemm_x` or `gemm_partials` has been (re)allocated: a CUDA graph that captured a GEMM holds its address.
-    gemm_x_generation: std::sync::atomic::AtomicU64,
+    gemm_buffers_generation: std::sync::atomic::AtomicU64,
     /// Kernel timing, with `ENGINE_PROFILE=1` (profile.rs).
     profile: Option<Mutex<profile::KernelProfile>>,
 }
@@ -234,7 +234,7 @@ impl Gpu {
             dependent_launch: false.into(),
             gemm_x: Mutex::new(None),
             gemm_partials: Mutex::new(None),
-            gemm_x_generation: 0.into(),
+            gemm_buffers_generation: 0.into(),
             profile: profile::KernelProfile::from_env().map(Mutex::new),
         })
     }

@@ -123,12 +123,9 @@ impl GpuBatch {
         if !model.can_prefill() {
             return Err(CudaError::Unsupported("batching a model with BF16 matrices (no GEMM form)"));
         }
-        let graphs = if graphs {
-            Some(DecodeGraphs::new(&model.gpu, limits.max_seqs, config.n_vocab, (n_pages - 1) as u32)?)
-        } else {
-            None
-        };
-        Ok(GpuBatch { model, limits, n_pages: n_pages - 1, max_pages, graphs })
+        let mut batch = GpuBatch { model, limits, n_pages: n_pages - 1, max_pages, graphs: None };
+        batch.set_decode_graphs(graphs)?;
+        Ok(batch)
     }
 
     /// Turns the CUDA graphs of batched decode steps (batch_graphs.rs) on or off (on by default

@@ -13,7 +13,8 @@
 //! and read only that page, and no row's numbers depend on another's. Kernels are chosen by the
 //! padded size (the row products switch at 3 and 33 rows), as an eager step of that size would.
 //! The scratch the pass allocates is allocated inside the capture (graph memory nodes); the
-//! GEMM's f16 copy of X is the `Gpu`'s, so the graphs are dropped whenever it is reallocated.
+//! GEMM's f16 copy of X and its split sums are the `Gpu`'s, so the graphs are dropped whenever
+//! either is reallocated.
 //!
 //! Off with `ENGINE_BATCH_GRAPHS=0`, and under `ENGINE_PROFILE=1` (launches inside a capture are
 //! not timed).
@@ -115,11 +116,7 @@ impl DecodeGraphs {
         mut table: Vec<u32>,
         max_pages: usize,
     ) -> Result<(), CudaError> {
-        if model.gpu.gemm_buffer_generation() != self.generation {
-            // Every graph holds the address of the GEMM's X buffer, which has been reallocated.
-            self.graphs.clear();
-            self.generation = model.gpu.gemm_buffer_generation();
-        }
+        self.drop_stale(&model.gpu);
         for _ in steps.len()..size {
             table.push(self.pad_page);
             table.extend(std::iter::repeat_n(NO_PAGE, max_pages - 1));
@@ -130,14 +127,13 @@ impl DecodeGraphs {
         for (row, &(token, position)) in steps.iter().enumerate() {
             (ids[row], positions[row], lens[row]) = (token, position, position + 1);
         }
-        let slots: Vec<u32> = (0..size as u32).collect();
         let stream = model.gpu.stream().clone();
         if let Some(captured) = self.graphs.get_mut(&size) {
+            // The slots (row r is block-table row r) never change: uploaded at the capture.
             let batch = &mut captured.batch;
             let copy = |host: &[u32], device: &mut CudaSlice<u32>| stream.memcpy_htod(host, device);
             copy(&ids, &mut batch.ids).map_err(host::Error::from)?;
             copy(&positions, &mut batch.positions).map_err(host::Error::from)?;
-            copy(&slots, &mut batch.slots).map_err(host::Error::from)?;
             copy(&lens, batch.decode_lens.as_mut().expect("a decode batch")).map_err(host::Error::from)?;
             captured.graph.launch().map_err(host::Error::from)?;
             return Ok(());
@@ -147,7 +143,7 @@ impl DecodeGraphs {
             n: size,
             ids: gpu.upload(&ids)?,
             positions: gpu.upload(&positions)?,
-            slots: gpu.upload(&slots)?,
+            slots: gpu.upload(&(0..size as u32).collect::<Vec<_>>())?,
             decode_lens: Some(gpu.upload(&lens)?),
             chunks: Vec::new(),
             starts: gpu.upload(&[0u32])?,
@@ -156,10 +152,8 @@ impl DecodeGraphs {
         // This step runs eagerly (growing the GEMM's X buffer to this size outside the capture,
         // if it must); the capture after it records the same work without running it.
         self.enqueue(model, &batch, &mut hidden)?;
-        if model.gpu.gemm_buffer_generation() != self.generation {
-            self.graphs.clear();
-            self.generation = model.gpu.gemm_buffer_generation();
-        }
+        // The eager run may have grown the GEMM's buffers, which the other sizes' graphs hold.
+        self.drop_stale(&model.gpu);
         stream
             .begin_capture(host::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(host::Error::from)?;
@@ -170,6 +164,15 @@ impl DecodeGraphs {
             self.graphs.insert(size, Captured { batch, _hidden: hidden, graph });
         }
         Ok(())
+    }
+
+    /// Drops every graph when the GEMM's buffers (whose addresses the graphs hold) have been
+    /// reallocated since they were captured.
+    fn drop_stale(&mut self, gpu: &Gpu) {
+        if gpu.gemm_buffer_generation() != self.generation {
+            self.graphs.clear();
+            self.generation = gpu.gemm_buffer_generation();
+        }
     }
 
     /// Queues the pass over `batch` into `hidden` and the output matrix into the shared logits.

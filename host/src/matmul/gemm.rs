@@ -108,7 +108,7 @@ impl Gpu {
         if buffer.as_ref().is_none_or(|b| b.len() < splits * outputs) {
             *buffer = None; // freed in stream order, after the kernels that read it
             *buffer = Some(self.alloc::<f32>(splits * outputs)?);
-            self.gemm_x_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.gemm_buffers_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         // The address outlives its borrow: the guard in `Split` keeps the buffer (and no other
         // product can take it) until `finish_split` has queued the sum that reads it.
@@ -145,7 +145,7 @@ impl Gpu {
         if buffer.as_ref().is_none_or(|b| b.len() < elements) {
             *buffer = None; // freed in stream order, after the kernels that read it
             *buffer = Some(self.alloc::<u16>(elements)?);
-            self.gemm_x_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.gemm_buffers_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let count = to_u32("gemm", "elements of x", elements)?;
         {
@@ -157,10 +157,11 @@ impl Gpu {
         Ok(buffer)
     }
 
-    /// How many times the f16 copy of X that every GEMM reads has been allocated: a CUDA graph
-    /// that captured a GEMM is valid only while this stays what it was at the capture.
+    /// How many times the GEMM's kept buffers (the f16 copy of X, the partial sums of a split)
+    /// have been allocated: a CUDA graph that captured a GEMM is valid only while this stays
+    /// what it was at the capture.
     pub fn gemm_buffer_generation(&self) -> u64 {
-        self.gemm_x_generation.load(std::sync::atomic::Ordering::Relaxed)
+        self.gemm_buffers_generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// y[t, :] = W[rows, :] x[t, :] (+ bias[rows]) for the `n_tokens` rows of x [n_tokens, n_in];
