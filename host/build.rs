@@ -13,6 +13,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+#[path = "src/launch_bounds.rs"]
+mod launch_bounds;
 #[path = "src/pdl.rs"]
 mod pdl;
 
@@ -32,6 +34,7 @@ fn main() {
     println!("cargo:rerun-if-changed={}", gpu_dir.join("Cargo.toml").display());
     println!("cargo:rerun-if-changed={}", gpu_dir.join("rust-toolchain.toml").display());
     println!("cargo:rerun-if-changed=src/pdl.rs");
+    println!("cargo:rerun-if-changed=src/launch_bounds.rs");
     println!("cargo:rerun-if-env-changed=GPU_RUST_SRC_ARCHIVE");
 
     if let Err(message) = build(&gpu_dir, &out_dir) {
@@ -89,6 +92,7 @@ fn build(gpu_dir: &Path, out_dir: &Path) -> Result<(), String> {
         })
         .ok_or_else(|| format!("the kernel build wrote no gpu-*.s into {}", deps.display()))?;
     let text = fs::read_to_string(&ptx).map_err(|e| format!("could not read {}: {e}", ptx.display()))?;
+    let text = launch_bounds::with_launch_bounds(&text).map_err(|e| format!("the launch bounds: {e}"))?;
     fs::write(out_dir.join("kernels.ptx"), &text).map_err(|e| format!("could not write kernels.ptx: {e}"))?;
     let hopper = pdl::dependent_launch_variant(&text).map_err(|e| format!("the sm_90 variant: {e}"))?;
     fs::write(out_dir.join("kernels_sm90.ptx"), hopper)

@@ -92,6 +92,15 @@ pub fn sync_named<const ID: u32>(threads: u32) {
     unsafe { asm!("bar.sync {id}, {n};", id = const ID, n = in(reg32) threads, options(nostack)) }
 }
 
+/// Launch bounds for the kernel this is inlined into: at most 256 threads a block and at least
+/// two blocks an SM, which caps ptxas at 128 registers a thread. Rust has no attribute for
+/// them, so this leaves a PTX comment that host/build.rs (host/src/launch_bounds.rs) turns into
+/// the entry's `.maxntid 256, 1, 1` and `.minnctapersm 2` directives.
+#[inline(always)]
+pub fn two_blocks_per_sm() {
+    unsafe { asm!("// launch bounds: .maxntid 256, 1, 1 .minnctapersm 2", options(nostack, nomem)) }
+}
+
 /// Programmatic dependent launch: the point where this kernel starts to need what the previous
 /// kernel wrote (and may start to write what it read). In the sm_80 module this is a PTX comment;
 /// the host's sm_90 variant (host/src/pdl.rs) puts `griddepcontrol.wait` and the trigger for the

@@ -17,6 +17,8 @@ pub use half::{bf16, f16};
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+#[cfg(test)]
+mod launch_bounds;
 pub mod matmul;
 pub mod moe;
 pub mod norm;
@@ -130,6 +132,12 @@ pub const KERNELS: &[&str] = &[
     "gemm_q4_0",
     "gemm_q4_1",
     "gemm_q4_k",
+    "gemm_rows64_q8_0",
+    "gemm_rows64_q4_0",
+    "gemm_rows64_q4_1",
+    "gemm_rows64_q4_k",
+    "gemm_rows64_q6_k",
+    "gemm_rows64_mxfp4",
     "gemm_q6_k",
     "gemm_mxfp4",
     "gemm_mxfp4_experts",

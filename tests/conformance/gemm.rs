@@ -303,6 +303,14 @@ fn gemm_at_model_shapes() {
     check(WeightFormat::Q4K, 48, 4096, (0, 1024), false, 14);
     check(WeightFormat::Q8_0, 64, 2880, (0, 512), true, 15);
     check(WeightFormat::F16, 37, 4096, (5, 500), true, 16);
+    // The 64-row kernels (gemm_rows64_*, two blocks an SM) in every quantized format: 14,336
+    // rows are 112 tiles, split in two (atomic adds); the others split in 3 to 8.
+    check(WeightFormat::Q4K, 64, 4096, (0, 14336), false, 17);
+    check(WeightFormat::Q6K, 61, 4096, (0, 3000), true, 18);
+    check(WeightFormat::Q4_0, 40, 2048, (3, 700), true, 19);
+    check(WeightFormat::Q4_1, 33, 2048, (0, 1000), false, 20);
+    check(WeightFormat::Mxfp4, 64, 2880, (0, 2880), true, 21);
+    check(WeightFormat::Q8_0, 50, 896, (0, 4864), true, 22);
 }
 
 /// The product split along K adds two halves into Y (a + b = b + a) or sums more splits in

@@ -44,7 +44,7 @@ use crate::device::{
     atomic_add_f32, block_idx, block_idx_y, block_idx_z, copy_async_16, copy_async_commit, copy_async_wait,
     dynamic_shared_address, global_idx, grid_dim_z, grid_size, lane_idx, load_f32x4, load_matrix_x4,
     load_u16x8, mma_16x8x16, pack_bf16x2, pack_f16x2, shared_load_f32, shared_store_f32, shared_store_u32x4,
-    store_u32x4, sync_threads, thread_idx, warp_idx,
+    store_u32x4, sync_threads, thread_idx, two_blocks_per_sm, warp_idx,
 };
 use crate::unroll;
 
@@ -585,8 +585,19 @@ pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize>(
     rows: impl Fn(usize) -> Option<usize>,
     (m0, n0): (usize, usize),
 ) {
+    // X stages of 32 M16 rows: 128 (16 KiB), or 64 (8 KiB) when only the first 64 rows are
+    // multiplied, so that the 64-row kernels fit 64 KiB of shared memory.
+    let x_stage = TILE_BYTES * M16 as u32 / 4;
     let x_ring = dynamic_shared_address();
-    let w_tiles = x_ring + STAGES as u32 * TILE_BYTES;
+    let w_tiles = x_ring + STAGES as u32 * x_stage;
+    // Copies of the X rows this tile multiplies: parts i < M16 (rows tid / 8 + 32 i).
+    let copy_x = |tile: u32, k0: usize| {
+        unroll!([0, 1, 2, 3], |i| {
+            if i < M16 {
+                unsafe { x_copy.copy_part(tile, k0, i, true) }
+            }
+        });
+    };
     // Split along K as in `gemm_half` (grid z = 2 for dense products of few tiles; the expert
     // products launch z = 1): this block's steps are first.., absolute step k = first + local.
     let (all_steps, splits) = (n_in.div_ceil(TILE_K), grid_dim_z());
@@ -614,7 +625,7 @@ pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize>(
 
     for s in 0..STAGES - 1 {
         if s < steps {
-            unsafe { x_copy.copy(x_ring + s as u32 * TILE_BYTES, (first + s) * TILE_K) };
+            copy_x(x_ring + s as u32 * x_stage, (first + s) * TILE_K);
         }
         copy_async_commit();
     }
@@ -625,13 +636,11 @@ pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize>(
         sync_threads();
         let ahead_x = k + STAGES - 1;
         if ahead_x < steps {
-            unsafe {
-                x_copy.copy(x_ring + (ahead_x % STAGES) as u32 * TILE_BYTES, (first + ahead_x) * TILE_K)
-            };
+            copy_x(x_ring + (ahead_x % STAGES) as u32 * x_stage, (first + ahead_x) * TILE_K);
         }
         copy_async_commit();
         let ahead = load(first + k + 2);
-        let slot = (k % STAGES) as u32 * TILE_BYTES;
+        let slot = (k % STAGES) as u32 * x_stage;
         unsafe {
             fragments.multiply::<false, false, true, M16>(
                 x_ring + slot,
@@ -983,6 +992,134 @@ pub unsafe extern "ptx-kernel" fn gemm_mxfp4(
 ) {
     let w = Mxfp4 { quants, exponents, n_in: n_in as usize };
     unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
+}
+
+/// The 64-row kernels: products of at most 64 tokens (the rows of a batched decode step of 33-64
+/// sequences) with quantized weights, on kernels of their own rather than the 64-row branch of
+/// the kernels above, so that they are compiled for that tile alone: the phased loop over the
+/// first 64 rows (warp sub-tiles 32 x 32), X stages of 64 rows, SHARED_BYTES_64 of shared memory
+/// and at most 128 registers (`.maxntid 256` + `.minnctapersm 2`, set by host/build.rs from
+/// the marker below), so that two blocks (16 warps) share an SM where the general kernels fit
+/// one. Launch: grid (1, ceil(n_out / 128), splits along K), 256 threads, T <= 64.
+#[inline(always)]
+unsafe fn gemm_quantized_rows64<F: BlockWeights>(
+    x: *const u16,
+    w: F,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    two_blocks_per_sm();
+    let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
+    let y = split_output(y, t, n_out);
+    let x_copy = TileCopy::new(x, t, n_in, 0);
+    unsafe {
+        gemm_phased_tile::<_, 2>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (0, block_idx_y() * TILE_N))
+    };
+}
+
+/// Shared memory of a 64-row kernel: four X stages of 64 x 64 and two W tiles of 128 x 64.
+pub const SHARED_BYTES_64: usize = STAGES * TILE_BYTES as usize / 2 + 2 * TILE_BYTES as usize;
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_rows64_q8_0(
+    x: *const u16,
+    quants: *const u8,
+    scales: *const u16,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Q8_0 { quants, scales, n_in: n_in as usize };
+    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_rows64_q4_0(
+    x: *const u16,
+    quants: *const u8,
+    scales: *const u16,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Q4::<false> { quants, scales, mins: scales, n_in: n_in as usize };
+    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_rows64_q4_1(
+    x: *const u16,
+    quants: *const u8,
+    scales: *const u16,
+    mins: *const u16,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Q4::<true> { quants, scales, mins, n_in: n_in as usize };
+    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_rows64_q4_k(
+    x: *const u16,
+    quants: *const u8,
+    heads: *const u8,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Q4K { quants, heads, n_in: n_in as usize };
+    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_rows64_q6_k(
+    x: *const u16,
+    low: *const u8,
+    high: *const u8,
+    scales: *const u16,
+    sub: *const u8,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Q6K { low, high, scales, sub, n_in: n_in as usize };
+    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
+}
+
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "ptx-kernel" fn gemm_rows64_mxfp4(
+    x: *const u16,
+    quants: *const u8,
+    exponents: *const u8,
+    bias: *const f32,
+    y: *mut f32,
+    t: u32,
+    n_in: u32,
+    n_out: u32,
+) {
+    let w = Mxfp4 { quants, exponents, n_in: n_in as usize };
+    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
 }
 
 /// y[i] = the sum over s < splits of partials[s n + i], in split order: the splits of a product

@@ -20,6 +20,18 @@ fn max_splits() -> usize {
     })
 }
 
+/// Whether products of at most 64 tokens with quantized weights take the 64-row kernels
+/// (`gemm_rows64_*`: compiled for that tile alone, 64 KiB of shared memory and at most 128
+/// registers, two blocks an SM): yes, unless `ENGINE_GEMM_ROWS64=0` (for A/B runs).
+fn rows64_kernels() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("ENGINE_GEMM_ROWS64").map_or(true, |v| v != "0"))
+}
+
+/// Dynamic shared memory of the 64-row kernels: four X stages of 64 x 64 and two W tiles of
+/// 128 x 64 16-bit values.
+const ROWS64_SHARED_BYTES: u32 = (4 * 64 * 64 * 2 + 2 * 128 * 64 * 2) as u32;
+
 /// Where a product split along K writes: its launch shape (z splits), the address its kernel
 /// writes (Y, or the partial sums), and the partials buffer, locked until they are added up.
 struct Split<'a> {
@@ -91,9 +103,11 @@ impl Gpu {
     /// SMs idle), against the 8B's 1,024-row keys 8. Two splits add into Y, zeroed first (the
     /// first adds the bias; a + b = b + a, so the order they land in does not matter); more write
     /// partial sums into the kept buffer, which `finish_split` adds in split order into Y.
+    /// The 64-row kernels fit two blocks an SM, so they split to fill two blocks' worth of SMs.
     fn split_k(&self, mut config: LaunchConfig, n_in: usize, y: u64, outputs: usize) -> Result<Split<'_>> {
         let tiles = (config.grid_dim.0 * config.grid_dim.1) as usize;
-        let splits = (self.sm_count() / tiles).min(n_in.div_ceil(64) / 8).min(max_splits());
+        let per_sm = if config.shared_mem_bytes == ROWS64_SHARED_BYTES { 2 } else { 1 };
+        let splits = (per_sm * self.sm_count() / tiles).min(n_in.div_ceil(64) / 8).min(max_splits());
         if splits <= 1 {
             return Ok(Split { config, target: y, partials: None });
         }
@@ -228,6 +242,17 @@ impl Gpu {
                 )?;
                 self.finish_split(split, y, n_tokens * rows.len())
             }
+            Storage::Blocks { .. } | Storage::Mxfp4 { .. } if n_tokens <= 64 && rows64_kernels() => {
+                let config = LaunchConfig { shared_mem_bytes: ROWS64_SHARED_BYTES, ..config };
+                let split = self.split_k(config, n_in, y, n_tokens * rows.len())?;
+                let target = split.target;
+                let (name, weights) = self.quantized_arguments(w, &rows, "gemm_rows64_")?;
+                let mut args: Vec<&dyn crate::Arg> = vec![&x16];
+                args.extend(weights.iter().map(|p| p as &dyn crate::Arg));
+                args.extend([&bias as &dyn crate::Arg, &target, &t, &n_in32, &n_rows]);
+                self.launch(&name, split.config, &args)?;
+                self.finish_split(split, y, n_tokens * rows.len())
+            }
             Storage::Blocks { format, quants, scales, mins, sub } => {
                 let (q, _q) = quants.device_ptr(stream);
                 let (s, _s) = scales.device_ptr(stream);
@@ -288,6 +313,55 @@ impl Gpu {
                 self.launch("gemm_mxfp4", config, &[&x16, &q, &e, &bias, &y, &t, &n_in32, &n_rows])
             }
         }
+    }
+}
+
+impl Gpu {
+    /// The kernel `{prefix}{format}` of a product with the quantized matrix `w` and the device
+    /// addresses of its weight arrays at row `rows.start`, in the kernel's argument order. The
+    /// addresses outlive their guards: the Gpu's context tracks no events (one stream), and the
+    /// matrix outlives the product.
+    fn quantized_arguments(
+        &self,
+        w: &GpuMatrix,
+        rows: &Range<usize>,
+        prefix: &str,
+    ) -> Result<(String, Vec<u64>)> {
+        let stream = self.stream();
+        let (r, n) = (rows.start as u64, w.n_in as u64);
+        let blocks = r * n / 32; // blocks of 32 before the first row
+        let (suffix, pointers) = match w.storage() {
+            Storage::Blocks { format, quants, scales, mins, sub } => {
+                let (q, _q) = quants.device_ptr(stream);
+                let (s, _s) = scales.device_ptr(stream);
+                match (format, mins, sub) {
+                    (WeightFormat::Q8_0, _, _) => ("q8_0", vec![q + r * n, s + 2 * blocks]),
+                    (WeightFormat::Q4_0, _, _) => ("q4_0", vec![q + r * n / 2, s + 2 * blocks]),
+                    (WeightFormat::Q4_1, Some(mins), _) => {
+                        let (m, _m) = mins.device_ptr(stream);
+                        ("q4_1", vec![q + r * n / 2, s + 2 * blocks, m + 2 * blocks])
+                    }
+                    // 20 bytes of head per super-block of 256.
+                    (WeightFormat::Q4K, _, _) => ("q4_k", vec![q + r * n / 2, s + 20 * (r * n / 256)]),
+                    (WeightFormat::Q6K, _, Some(sub)) => {
+                        let (sub, _sub) = sub.device_ptr(stream);
+                        // The high bits follow the low nibbles of the whole matrix.
+                        let high = q + (w.n_out * w.n_in / 2) as u64;
+                        let super_blocks = r * n / 256;
+                        let (low, high) = (q + r * n / 2, high + r * n / 4);
+                        ("q6_k", vec![low, high, s + 2 * super_blocks, sub + 16 * super_blocks])
+                    }
+                    _ => return Err(shape_error("gemm", format!("{format:?} matrix without its fields"))),
+                }
+            }
+            Storage::Mxfp4 { quants, exponents } => {
+                let (q, _q) = quants.device_ptr(stream);
+                let (e, _e) = exponents.device_ptr(stream);
+                ("mxfp4", vec![q + r * n / 2, e + r * n / 32])
+            }
+            _ => return Err(shape_error("gemm", "a 16-bit or f32 matrix has no quantized kernel")),
+        };
+        Ok((format!("{prefix}{suffix}"), pointers))
     }
 }
 
