@@ -210,6 +210,26 @@ fn check(
     with_bias: bool,
     seed: u64,
 ) {
+    check_on(Kernels::Default, format, t, n_in, (first, n_out), with_bias, seed);
+}
+
+/// Which entry point a check calls: `Gpu::gemm` (whatever kernel it picks), or `Gpu::gemm_rows64`
+/// (the 64-row kernels, at most 64 tokens of quantized weights).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernels {
+    Default,
+    Rows64,
+}
+
+fn check_on(
+    kernels: Kernels,
+    format: WeightFormat,
+    t: usize,
+    n_in: usize,
+    (first, n_out): (usize, usize),
+    with_bias: bool,
+    seed: u64,
+) {
     let total = first + n_out + 3;
     let bytes = random_matrix(format, n_in, total, seed);
     let all = dequantize(ggml_type(format), &bytes, n_in * total).unwrap();
@@ -222,9 +242,16 @@ fn check(
     let x_gpu = gpu.upload(&x).unwrap();
     let bias_gpu = bias.as_ref().map(|b| gpu.upload(b).unwrap());
     let mut y = poisoned(t * n_out);
-    gpu.gemm(&matrix, first..first + n_out, &x_gpu, t, bias_gpu.as_ref(), &mut y).unwrap();
+    match kernels {
+        Kernels::Default => gpu.gemm(&matrix, first..first + n_out, &x_gpu, t, bias_gpu.as_ref(), &mut y),
+        Kernels::Rows64 => {
+            gpu.gemm_rows64(&matrix, first..first + n_out, &x_gpu, t, bias_gpu.as_ref(), &mut y)
+        }
+    }
+    .unwrap();
     let y = gpu.download(&y).unwrap();
-    let what = format!("gemm {format:?} T={t} rows {first}..{} of {total}x{n_in}", first + n_out);
+    let what =
+        format!("gemm ({kernels:?}) {format:?} T={t} rows {first}..{} of {total}x{n_in}", first + n_out);
     if let Some(i) = y.iter().position(|v| v.is_nan()) {
         panic!("{what}: output {} (token {}, output {}) was not written", i, i / n_out, i % n_out);
     }
@@ -303,14 +330,50 @@ fn gemm_at_model_shapes() {
     check(WeightFormat::Q4K, 48, 4096, (0, 1024), false, 14);
     check(WeightFormat::Q8_0, 64, 2880, (0, 512), true, 15);
     check(WeightFormat::F16, 37, 4096, (5, 500), true, 16);
-    // The 64-row kernels (gemm_rows64_*, two blocks an SM) in every quantized format: 14,336
-    // rows are 112 tiles, split in two (atomic adds); the others split in 3 to 8.
+}
+
+/// The 64-row kernels (`Gpu::gemm_rows64`, two blocks an SM) in every quantized format at model
+/// shapes: 14,336 rows are 112 tiles, split in two (atomic adds); the others split in 3 to 8.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gemm_rows64_at_model_shapes() {
+    let check = |format, t, n_in, range, with_bias, seed| {
+        check_on(Kernels::Rows64, format, t, n_in, range, with_bias, seed)
+    };
     check(WeightFormat::Q4K, 64, 4096, (0, 14336), false, 17);
+    check(WeightFormat::Q4K, 64, 4096, (0, 4096), true, 13);
     check(WeightFormat::Q6K, 61, 4096, (0, 3000), true, 18);
     check(WeightFormat::Q4_0, 40, 2048, (3, 700), true, 19);
     check(WeightFormat::Q4_1, 33, 2048, (0, 1000), false, 20);
     check(WeightFormat::Mxfp4, 64, 2880, (0, 2880), true, 21);
     check(WeightFormat::Q8_0, 50, 896, (0, 4864), true, 22);
+    check(WeightFormat::Q8_0, 1, 2880, (0, 512), false, 23);
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// The 64-row kernels against the f64 reference at random shapes of 1 to 64 tokens.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn gemm_rows64_matches_cpu(format in quantized_formats(), t in 1usize..=64, n_in in inputs(WeightFormat::Q4K, 4000), n_out in outputs(), first in prop_oneof![Just(0usize), 1usize..=200], with_bias: bool, seed: u64) {
+        check_on(Kernels::Rows64, format, t, n_in, (first, n_out), with_bias, seed);
+    }
+}
+
+/// The 64-row kernels refuse what they cannot take: more than 64 tokens, 16-bit weights.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gemm_rows64_rejects_what_it_cannot_take() {
+    let gpu = gpu();
+    let (n_in, n_out) = (256, 16);
+    for (format, t) in [(WeightFormat::Q4K, 65), (WeightFormat::F16, 8)] {
+        let matrix = gpu.upload_matrix(format, &random_matrix(format, n_in, n_out, 3), n_in, n_out).unwrap();
+        let x = gpu.upload(&random_values(4, t * n_in, 1.0)).unwrap();
+        let mut y = poisoned(t * n_out);
+        let error = gpu.gemm_rows64(&matrix, 0..n_out, &x, t, None, &mut y).unwrap_err().to_string();
+        assert!(error.contains("64-row kernels"), "{format:?} T={t}: {error}");
+    }
 }
 
 /// The product split along K adds two halves into Y (a + b = b + a) or sums more splits in

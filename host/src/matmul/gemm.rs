@@ -20,12 +20,14 @@ fn max_splits() -> usize {
     })
 }
 
-/// Whether products of at most 64 tokens with quantized weights take the 64-row kernels
-/// (`gemm_rows64_*`: compiled for that tile alone, 64 KiB of shared memory and at most 128
-/// registers, two blocks an SM): yes, unless `ENGINE_GEMM_ROWS64=0` (for A/B runs).
+/// Whether [`Gpu::gemm`] gives products of at most 64 tokens with quantized weights to the
+/// 64-row kernels ([`Gpu::gemm_rows64`]: compiled for that tile alone, 64 KiB of shared memory and
+/// at most 128 registers, two blocks an SM): only with `ENGINE_GEMM_ROWS64=1` for now. They were
+/// written in a session without a GPU; the conformance tests call them directly, and the default
+/// turns on once those have passed and the A/B of benches/NOTES.md (2026-12-07b) has been run.
 fn rows64_kernels() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("ENGINE_GEMM_ROWS64").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| std::env::var("ENGINE_GEMM_ROWS64").is_ok_and(|v| v == "1"))
 }
 
 /// Dynamic shared memory of the 64-row kernels: four X stages of 64 x 64 and two W tiles of
@@ -192,6 +194,48 @@ impl Gpu {
         bias: Option<&CudaSlice<f32>>,
         y: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
+        let rows64 = n_tokens <= 64 && rows64_kernels() && w.is_blocks();
+        self.gemm_with(w, rows, x, n_tokens, bias, y, rows64)
+    }
+
+    /// [`Gpu::gemm`] on the 64-row kernels (`gemm_rows64_*`), for at most 64 tokens and a
+    /// quantized matrix; fails with a shape error otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_rows64(
+        &self,
+        w: &GpuMatrix,
+        rows: Range<usize>,
+        x: &impl DevicePtr<f32>,
+        n_tokens: usize,
+        bias: Option<&CudaSlice<f32>>,
+        y: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        if n_tokens > 64 {
+            return Err(shape_error(
+                "gemm_rows64",
+                format!("{n_tokens} tokens: the 64-row kernels take at most 64"),
+            ));
+        }
+        if !w.is_blocks() {
+            return Err(shape_error(
+                "gemm_rows64",
+                format!("a {:?} matrix: the 64-row kernels take quantized weights", w.format()),
+            ));
+        }
+        self.gemm_with(w, rows, x, n_tokens, bias, y, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_with(
+        &self,
+        w: &GpuMatrix,
+        rows: Range<usize>,
+        x: &impl DevicePtr<f32>,
+        n_tokens: usize,
+        bias: Option<&CudaSlice<f32>>,
+        y: &mut impl DevicePtrMut<f32>,
+        rows64: bool,
+    ) -> Result<()> {
         const KERNEL: &str = "gemm";
         let (n_in, n_out) = (w.n_in, w.n_out);
         let Some((convert, config)) =
@@ -242,7 +286,7 @@ impl Gpu {
                 )?;
                 self.finish_split(split, y, n_tokens * rows.len())
             }
-            Storage::Blocks { .. } | Storage::Mxfp4 { .. } if n_tokens <= 64 && rows64_kernels() => {
+            Storage::Blocks { .. } | Storage::Mxfp4 { .. } if rows64 => {
                 let config = LaunchConfig { shared_mem_bytes: ROWS64_SHARED_BYTES, ..config };
                 let split = self.split_k(config, n_in, y, n_tokens * rows.len())?;
                 let target = split.target;
