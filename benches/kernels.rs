@@ -523,7 +523,7 @@ fn attention(gpu: &Gpu, table: &Table) -> Result<()> {
             }
             Ok(())
         })? / layers as f64;
-        let size = format!("{n_seq}x{context} ({} splits)", workspace.n_splits());
+        let size = format!("{n_seq}x{context} ({} splits)", workspace.splits_for(n_seq));
         table.row("attention decode paged", &size, layer_bytes, ms);
     }
     for (n_tokens, start) in [(512usize, 0usize), (512, 3584), (2048, 0)] {

@@ -301,7 +301,13 @@ mod paged_attention {
         assert_eq!(decode_splits(1, 32, &shape(128), 1, slots), 1);
         // 16 sequences: 3 splits (384 blocks); a batch that fills the GPU on its own: none.
         assert_eq!(decode_splits(16, 32, &shape(128), 256, slots), 3);
-        assert_eq!(decode_splits(64, 32, &shape(128), 2048, slots), 1);
+        // 64 sequences: 512 blocks unsplit, 1.3 waves; split in 3, 4 waves of a third:
+        // waves(s) (1/s + 0.1) = 2.2, 1.8, 1.73, 2.1 for s = 1..4.
+        assert_eq!(decode_splits(64, 32, &shape(128), 2048, slots), 3);
+        // Exactly a wave unsplit stays unsplit; short capacity caps the multi-wave splits.
+        assert_eq!(decode_splits(64, 32, &shape(128), 2048, 512), 1);
+        assert_eq!(decode_splits(64, 32, &shape(128), 8, slots), 2);
+        assert_eq!(decode_splits(64, 32, &shape(128), 4, slots), 1);
         assert_eq!(
             decode_splits(1, 1, &PagedKvShape { n_head_kv: 1, ..shape(64) }, 1 << 20, 10_000),
             MAX_SPLITS

@@ -286,6 +286,49 @@ fn attention_decode_long_context_matches_cpu() {
     check("long", "decode len=6000", &gpu.download(&out).unwrap(), &expected);
 }
 
+/// A workspace for a full batch of 64 used by a batch of 5 (a batched step with fewer sequences
+/// than the pool's slots): it picks the splits that fill the GPU for 5, more than a full batch
+/// takes, and the result matches the CPU.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn attention_decode_small_batch_of_a_large_workspace_matches_cpu() {
+    let (n_head_kv, n_head, head_dim) = (8, 32, 128);
+    let lens = [1000, 1, 333, 2047, 64];
+    let (cache, written) = fill_cache(n_head_kv, head_dim, &lens, 77);
+    let row = n_head * head_dim;
+    let q = random_values(8, lens.len() * row, 4.0);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let cpu = CpuOptions { n_head, n_head_kv, head_dim, scale, window: 0, sinks: None };
+    let mut expected = vec![0.0; q.len()];
+    for (b, (&len, out)) in lens.iter().zip(expected.chunks_mut(row)).enumerate() {
+        causal_attention_with(&q[b * row..][..row], &written.keys[b], &written.values[b], out, len - 1, &cpu);
+    }
+    let gpu = gpu();
+    let mut workspace = DecodeWorkspace::for_cache(gpu, &cache, 64, n_head).unwrap();
+    let (full, small) = (workspace.n_splits(), workspace.splits_for(lens.len()));
+    assert!(small > full, "a batch of 5 takes {small} splits, a batch of 64 {full}");
+    let mut out = poisoned(q.len());
+    let options = AttentionOptions { n_head, scale, window: 0 };
+    let lens_gpu = gpu.upload(&lens.iter().map(|&l| l as u32).collect::<Vec<_>>()).unwrap();
+    gpu.attention_decode_paged(
+        &cache,
+        LAYER,
+        &gpu.upload(&q).unwrap(),
+        &lens_gpu,
+        None,
+        &options,
+        &mut workspace,
+        &mut out,
+    )
+    .unwrap();
+    check(
+        "decode",
+        &format!("a batch of 5 in a workspace of 64 ({small} splits)"),
+        &gpu.download(&out).unwrap(),
+        &expected,
+    );
+}
+
 /// gpt-oss-20b's attention: 64 query heads over 8 KV heads of 64, a learned sink per head on
 /// every layer, a 128-position window on every other layer (0: the full layers). Prefill with
 /// query tiles that straddle the window's edge and starts before and past it; decode at lengths

@@ -25,6 +25,11 @@ pub(crate) fn decode_shared_bytes(head_dim: usize) -> usize {
 /// as many as keep the grid within one wave (a second, partial wave would double the time), at
 /// most one split per 4 pages of capacity (a page per warp), at most [`MAX_SPLITS`]. Each
 /// sequence's actual length is divided among the splits on the device.
+/// A batch whose unsplit grid is already more than a wave (64 sequences of the 8B: 512 blocks
+/// on an H100's 396 slots) runs its last wave part-empty: 1.3 waves of work take 2. Splitting in
+/// s shortens the blocks to 1/s and makes ceil(s B / slots) waves of them, so the split count
+/// there minimises waves(s) (1/s + SPLIT_OVERHEAD) over s <= 4 (512 blocks: s = 3, 4 waves of
+/// a third, ~1.3x less than 2 waves of whole blocks if the blocks' fixed cost is a tenth).
 pub fn decode_splits(
     n_seq: usize,
     n_head: usize,
@@ -34,8 +39,21 @@ pub fn decode_splits(
 ) -> usize {
     let group = n_head / shape.n_head_kv.max(1);
     let blocks_per_split = (n_seq * shape.n_head_kv * group.div_ceil(heads_per_block(group))).max(1);
-    (slots / blocks_per_split).min(max_pages.div_ceil(WARPS)).clamp(1, MAX_SPLITS)
+    let most = max_pages.div_ceil(WARPS).clamp(1, MAX_SPLITS);
+    let slots = slots.max(1);
+    if blocks_per_split <= slots {
+        return (slots / blocks_per_split).min(most).max(1);
+    }
+    let time = |s: usize| (s * blocks_per_split).div_ceil(slots) as f64 * (1.0 / s as f64 + SPLIT_OVERHEAD);
+    (1..=MULTI_WAVE_SPLITS.min(most)).min_by(|&a, &b| time(a).total_cmp(&time(b))).unwrap_or(1)
 }
+
+/// The fixed cost of a decode block (its queries, its pipeline's first pages, its partial
+/// result) as a fraction of an unsplit block's, in the multi-wave split choice of
+/// [`decode_splits`]: an estimate, not a measurement (benches/NOTES.md, 2026-12-07b).
+const SPLIT_OVERHEAD: f64 = 0.1;
+/// Most splits of a batch that fills more than a wave unsplit.
+const MULTI_WAVE_SPLITS: usize = 4;
 
 /// Pages of the window a split takes at least (4 per warp): a window of 128 positions (9 pages
 /// at most) is one split, which writes the output itself (no combine kernel).
@@ -66,6 +84,9 @@ fn decode_kernel(head_dim: usize, group: usize) -> String {
 
 /// Per-split partial results of a decode batch: [n_seq, n_head, n_splits, head_dim] sums and
 /// [n_seq, n_head, n_splits, 2] (max, sum). Sized once; a captured graph keeps using it.
+/// A workspace made for a cache ([`DecodeWorkspace::for_cache`]) picks the split count per batch
+/// size ([`DecodeWorkspace::splits_for`]): a batch of 8 in a pool of 64 slots takes the splits
+/// that fill the GPU for 8 sequences, not the one split that fills it for 64.
 pub struct DecodeWorkspace {
     partial: CudaSlice<f32>,
     stats: CudaSlice<f32>,
@@ -73,11 +94,25 @@ pub struct DecodeWorkspace {
     n_head: usize,
     head_dim: usize,
     n_splits: usize,
+    /// Most sequence-splits (n_seq x splits) the buffers hold.
+    capacity: usize,
+    /// For a cache's workspace: (slots, max_pages, shape) for [`decode_splits`] per batch size.
+    policy: Option<(usize, usize, PagedKvShape)>,
 }
 
 impl DecodeWorkspace {
     /// A workspace for batches of up to `n_seq` sequences, with `n_splits` splits.
     pub fn new(gpu: &Gpu, n_seq: usize, n_head: usize, head_dim: usize, n_splits: usize) -> Result<Self> {
+        DecodeWorkspace::with_capacity(gpu, (n_seq, n_head, head_dim), n_splits, n_seq * n_splits, None)
+    }
+
+    fn with_capacity(
+        gpu: &Gpu,
+        (n_seq, n_head, head_dim): (usize, usize, usize),
+        n_splits: usize,
+        capacity: usize,
+        policy: Option<(usize, usize, PagedKvShape)>,
+    ) -> Result<Self> {
         const WHAT: &str = "DecodeWorkspace";
         if n_seq == 0 || n_head == 0 || head_dim == 0 {
             return Err(shape_error(WHAT, "a workspace needs at least one sequence, head and dim"));
@@ -85,7 +120,7 @@ impl DecodeWorkspace {
         if n_splits == 0 || n_splits > MAX_SPLITS {
             return Err(shape_error(WHAT, format!("{n_splits} splits (1..={MAX_SPLITS})")));
         }
-        let rows = n_seq * n_head * n_splits;
+        let rows = capacity.max(n_seq * n_splits) * n_head;
         to_u32(WHAT, "n_seq * n_head * n_splits * head_dim", rows * head_dim)?;
         Ok(DecodeWorkspace {
             partial: gpu.alloc(rows * head_dim)?,
@@ -94,6 +129,8 @@ impl DecodeWorkspace {
             n_head,
             head_dim,
             n_splits,
+            capacity: rows / n_head,
+            policy,
         })
     }
 
@@ -105,12 +142,30 @@ impl DecodeWorkspace {
         let kernel = decode_kernel(shape.head_dim, n_head / shape.n_head_kv);
         let per_sm = gpu.resident_blocks(&kernel, 128, decode_shared_bytes(shape.head_dim))?;
         let slots = gpu.sm_count() * per_sm;
-        let splits = decode_splits(n_seq, n_head, shape, cache.allocator().max_pages(), slots);
-        DecodeWorkspace::new(gpu, n_seq, n_head, shape.head_dim, splits)
+        let max_pages = cache.allocator().max_pages();
+        let splits = decode_splits(n_seq, n_head, shape, max_pages, slots);
+        // Room for the splits of every batch size up to n_seq.
+        let capacity =
+            (1..=n_seq).map(|n| n * decode_splits(n, n_head, shape, max_pages, slots)).max().unwrap_or(0);
+        let policy = Some((slots, max_pages, *shape));
+        DecodeWorkspace::with_capacity(gpu, (n_seq, n_head, shape.head_dim), splits, capacity, policy)
     }
 
+    /// The splits of a full batch (`n_seq` sequences).
     pub fn n_splits(&self) -> usize {
         self.n_splits
+    }
+
+    /// The splits of a batch of `n_seq` (at most the workspace's): a cache's workspace picks them
+    /// with [`decode_splits`] for that batch size; one made with [`DecodeWorkspace::new`] always
+    /// takes its own. Depends on n_seq only, so a graph captured for a batch size stays valid.
+    pub fn splits_for(&self, n_seq: usize) -> usize {
+        match self.policy {
+            Some((slots, max_pages, shape)) => decode_splits(n_seq, self.n_head, &shape, max_pages, slots)
+                .min(self.capacity / n_seq.max(1))
+                .max(1),
+            None => self.n_splits,
+        }
     }
 }
 
@@ -211,7 +266,7 @@ impl Gpu {
         let shape = *cache.shape();
         check_options(KERNEL, &shape, options, sinks.map(|s| s.len()))?;
         let n_seq = lens.len();
-        let n_splits = window_splits(workspace.n_splits, options.window);
+        let n_splits = window_splits(workspace.splits_for(n_seq), options.window);
         let (decode, combine) = decode_config(&shape, options, n_seq, n_splits)?;
         let (table_rows, max_pages) = (cache.allocator().n_seq(), cache.allocator().max_pages());
         if n_seq > table_rows {
