@@ -159,8 +159,17 @@ impl DecodeWorkspace {
     /// The splits of a batch of `n_seq` (at most the workspace's): a cache's workspace picks them
     /// with [`decode_splits`] for that batch size; one made with [`DecodeWorkspace::new`] always
     /// takes its own. Depends on n_seq only, so a graph captured for a batch size stays valid.
+    /// `ENGINE_DECODE_SPLITS=full` restores the rule before 2026-12-07b (a full batch's split
+    /// count, one wave at most, for every batch), for A/B runs.
     pub fn splits_for(&self, n_seq: usize) -> usize {
+        static FULL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let full = *FULL.get_or_init(|| std::env::var("ENGINE_DECODE_SPLITS").is_ok_and(|v| v == "full"));
         match self.policy {
+            Some((slots, max_pages, shape)) if full => {
+                let group = self.n_head / shape.n_head_kv.max(1);
+                let blocks = (self.n_seq * shape.n_head_kv * group.div_ceil(heads_per_block(group))).max(1);
+                (slots / blocks).min(max_pages.div_ceil(WARPS)).clamp(1, MAX_SPLITS)
+            }
             Some((slots, max_pages, shape)) => decode_splits(n_seq, self.n_head, &shape, max_pages, slots)
                 .min(self.capacity / n_seq.max(1))
                 .max(1),
