@@ -196,9 +196,7 @@ impl Architecture for Gpt2 {
         gpu.position_add(&self.position_embd, &batch.positions, &mut x, d)?;
         for (i, layer) in self.layers.iter().enumerate() {
             gpu.layer_norm(&x, &layer.attn_norm.weight, &layer.attn_norm.bias, &mut h, n, d, eps)?;
-            layer.qkv.prefill_part(context, 0, &h, n, &mut q)?;
-            layer.qkv.prefill_part(context, 1, &h, n, &mut k)?;
-            layer.qkv.prefill_part(context, 2, &h, n, &mut v)?;
+            layer.qkv.prefill_parts(context, &h, n, [&mut q, &mut k, &mut v])?;
             layer.attention.prefill(context, kv, i, &q, &k, &v, batch, &mut attn)?;
             layer.attn_output.prefill(context, &attn, n, &mut projected)?;
             gpu.residual_add(&mut x, &projected)?;

@@ -123,6 +123,77 @@ impl Linear {
         Ok(())
     }
 
+    /// Part `part`'s matrix, its rows in that matrix and its bias.
+    fn part(&self, part: usize) -> (&GpuMatrix, std::ops::Range<usize>, Option<&CudaSlice<f32>>) {
+        if let [one] = self.matrices.as_slice() {
+            let start = self.parts[..part].iter().sum();
+            (one, start..start + self.parts[part], self.biases.first())
+        } else {
+            let m = &self.matrices[part];
+            (m, 0..m.n_out, self.biases.get(part))
+        }
+    }
+
+    /// How part `part` multiplies n rows of 8-bit activations, if it does. A decode step of
+    /// several sequences, where the decode step reads 8-bit activations: a few rows through the
+    /// multi-row GEMV (each row the sums a decode step gives it), some more on the integer
+    /// tensor cores (each weight read once for the batch; the row ranges in
+    /// host/src/matmul/mma_rows.rs). Many rows (a prompt) go through the GEMM instead (None).
+    fn q8_rows(&self, context: Context, part: usize, n: usize) -> Option<RowProduct> {
+        let (matrix, _, _) = self.part(part);
+        let q8 = uses_q8(matrix, context.integer_activations);
+        if q8 && takes_mma_rows(matrix, n) {
+            Some(RowProduct::TensorCores)
+        } else if q8 && n <= gemv_rows_limit() && matrix.has_gemv_rows() {
+            Some(RowProduct::Gemv)
+        } else {
+            None
+        }
+    }
+
+    /// Part `part` of n rows of 8-bit activations `x8`, by `how`.
+    fn q8_part(
+        &self,
+        context: Context,
+        part: usize,
+        how: RowProduct,
+        x8: &Q8Activations,
+        n: usize,
+        y: &mut impl DevicePtrMut<f32>,
+    ) -> Result<(), host::Error> {
+        let (matrix, rows, bias) = self.part(part);
+        match how {
+            RowProduct::TensorCores => context.gpu.mma_rows(matrix, rows, x8, n, bias, y),
+            RowProduct::Gemv => context.gpu.gemv_rows(matrix, rows, x8, n, bias, y),
+        }
+    }
+
+    /// [`Linear::prefill_part`] of every part, part k into ys[k] (N the number of parts). Where
+    /// every part takes the 8-bit row products, X is quantized once for all of them rather than
+    /// once a part (same values, so the same sums).
+    pub fn prefill_parts<const N: usize>(
+        &self,
+        context: Context,
+        x: &impl DevicePtr<f32>,
+        n: usize,
+        ys: [&mut CudaSlice<f32>; N],
+    ) -> Result<(), host::Error> {
+        assert_eq!(N, self.parts.len(), "one output per part");
+        let routes: Vec<Option<RowProduct>> = (0..N).map(|k| self.q8_rows(context, k, n)).collect();
+        if routes.iter().all(Option::is_some) {
+            let mut x8 = context.gpu.q8_activations(n * self.part(0).0.n_in)?;
+            context.gpu.quantize_q8(x, &mut x8)?;
+            for (k, y) in ys.into_iter().enumerate() {
+                self.q8_part(context, k, routes[k].expect("checked above"), &x8, n, y)?;
+            }
+            return Ok(());
+        }
+        for (k, y) in ys.into_iter().enumerate() {
+            self.prefill_part(context, k, x, n, y)?;
+        }
+        Ok(())
+    }
+
     /// Y = X W_part^T (+ b_part) for the n tokens of X [n, n_in]: Y [n, rows of part `part`].
     pub fn prefill_part(
         &self,
@@ -132,28 +203,12 @@ impl Linear {
         n: usize,
         y: &mut impl DevicePtrMut<f32>,
     ) -> Result<(), host::Error> {
-        let (matrix, rows, bias) = if let [one] = self.matrices.as_slice() {
-            let start = self.parts[..part].iter().sum();
-            (one, start..start + self.parts[part], self.biases.first())
-        } else {
-            let m = &self.matrices[part];
-            (m, 0..m.n_out, self.biases.get(part))
-        };
-        // A decode step of several sequences, where the decode step reads 8-bit activations:
-        // a few rows through the multi-row GEMV (each row the sums a decode step gives it), some
-        // more on the integer tensor cores (each weight read once for the batch; the row ranges
-        // in host/src/matmul/mma_rows.rs). Many rows (a prompt) through the GEMM.
-        let q8 = uses_q8(matrix, context.integer_activations);
-        let mma = q8 && takes_mma_rows(matrix, n);
-        if mma || (q8 && n <= gemv_rows_limit() && matrix.has_gemv_rows()) {
-            let mut x8 = context.gpu.q8_activations(n * matrix.n_in)?;
+        if let Some(how) = self.q8_rows(context, part, n) {
+            let mut x8 = context.gpu.q8_activations(n * self.part(part).0.n_in)?;
             context.gpu.quantize_q8(x, &mut x8)?;
-            return if mma {
-                context.gpu.mma_rows(matrix, rows, &x8, n, bias, y)
-            } else {
-                context.gpu.gemv_rows(matrix, rows, &x8, n, bias, y)
-            };
+            return self.q8_part(context, part, how, &x8, n, y);
         }
+        let (matrix, rows, bias) = self.part(part);
         // An f32 router (gpt-oss: 32 rows): a block per weight row over groups of 8 rows of X,
         // in f32 as the decode step computes it (the GEMM would round X to f16, and a flipped
         // expert choice moves the logits by far more than rounding).
@@ -173,6 +228,13 @@ impl Linear {
     ) -> Result<(), host::Error> {
         self.prefill_part(context, 0, x, n, y)
     }
+}
+
+/// The 8-bit row products of a batched step ([`Linear::q8_rows`]).
+#[derive(Clone, Copy)]
+enum RowProduct {
+    TensorCores,
+    Gemv,
 }
 
 /// Most rows of X for which an f32 router takes the exact f32 product (a batched step's).

@@ -135,8 +135,7 @@ impl Architecture for Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             layer.attention.prefill(context, kv, i, &self.rope, batch, &mut s)?;
             gpu.rms_norm(&s.x, &layer.ffn_norm, &mut s.h, n, c.n_embd, c.norm_eps)?;
-            layer.gate_up.prefill_part(context, 0, &s.h, n, &mut gate)?;
-            layer.gate_up.prefill_part(context, 1, &s.h, n, &mut up)?;
+            layer.gate_up.prefill_parts(context, &s.h, n, [&mut gate, &mut up])?;
             gpu.swiglu(&gate, &up, &mut act)?;
             layer.down.prefill(context, &act, n, &mut s.projected)?;
             gpu.residual_add(&mut s.x, &s.projected)?;
@@ -291,9 +290,7 @@ impl SelfAttention {
         let gpu = context.gpu;
         let n = batch.n;
         gpu.rms_norm(&s.x, &self.norm, &mut s.h, n, s.n_embd, s.norm_eps)?;
-        self.qkv.prefill_part(context, 0, &s.h, n, &mut s.q)?;
-        self.qkv.prefill_part(context, 1, &s.h, n, &mut s.k)?;
-        self.qkv.prefill_part(context, 2, &s.h, n, &mut s.v)?;
+        self.qkv.prefill_parts(context, &s.h, n, [&mut s.q, &mut s.k, &mut s.v])?;
         gpu.rope(&mut s.q, &batch.positions, s.n_head, rope)?;
         gpu.rope(&mut s.k, &batch.positions, s.n_head_kv, rope)?;
         self.attention.prefill(context, kv, layer, &s.q, &s.k, &s.v, batch, &mut s.attn)?;
