@@ -3,8 +3,45 @@
 //! For query head h at absolute position p: scores over cached positions 0..=p of KV head
 //! h / (n_head / n_head_kv), scaled by 1/sqrt(head_dim), softmax, weighted sum of values.
 
+/// The shape checks and the thread split that the pooled forms below share: q [n_tokens, n_head,
+/// head_dim] at positions start..start+n_tokens; keys and values [n_cached, n_head_kv, head_dim]
+/// with n_cached >= start + n_tokens; out like q. Calls `head(scratch, query, position, kv_head,
+/// row)` for every (token, head) pair on the pool's threads, with a scratch per thread and `row`
+/// the pair's head_dim outputs to fill. The pairs are independent, so the numbers do not depend
+/// on the split.
+#[allow(clippy::too_many_arguments)]
+fn each_head_on_the_pool<S: Default>(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    out: &mut [f32],
+    start: usize,
+    (n_head, n_head_kv, head_dim): (usize, usize, usize),
+    head: impl Fn(&mut S, &[f32], usize, usize, &mut [f32]) + Sync,
+) {
+    let n_tokens = q.len() / (n_head * head_dim);
+    assert_eq!(out.len(), q.len());
+    assert!(n_head.is_multiple_of(n_head_kv));
+    let group = n_head / n_head_kv;
+    let kv_stride = n_head_kv * head_dim;
+    assert!(keys.len() >= (start + n_tokens) * kv_stride && values.len() >= (start + n_tokens) * kv_stride);
+    let output = super::threads::SharedOutput(out.as_mut_ptr());
+    super::threads::pool().run(&|part, parts| {
+        let mut scratch = S::default();
+        let mut row = vec![0.0f32; head_dim];
+        for pair in super::threads::split(n_tokens * n_head, part, parts) {
+            let (t, h) = (pair / n_head, pair % n_head);
+            head(&mut scratch, &q[pair * head_dim..][..head_dim], start + t, h / group, &mut row);
+            for (d, &value) in row.iter().enumerate() {
+                // SAFETY: pair (t, h) belongs to this part only; the index is within out.
+                unsafe { output.write(pair * head_dim + d, value) };
+            }
+        }
+    });
+}
+
 /// q [n_tokens, n_head, head_dim] at positions start..start+n_tokens; keys and values
-/// [n_cached, n_head_kv, head_dim] with n_cached >= start + n_tokens; out like q.
+/// [n_cached, n_head_kv, head_dim] with n_cached >= start + n_tokens; out like q. Sums in f64.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention(
     q: &[f32],
@@ -16,24 +53,18 @@ pub fn causal_attention(
     n_head_kv: usize,
     head_dim: usize,
 ) {
-    let n_tokens = q.len() / (n_head * head_dim);
-    assert_eq!(out.len(), q.len());
-    assert!(n_head.is_multiple_of(n_head_kv));
-    let group = n_head / n_head_kv;
     let kv_stride = n_head_kv * head_dim;
-    assert!(keys.len() >= (start + n_tokens) * kv_stride);
     let scale = 1.0 / (head_dim as f64).sqrt();
-    // The (token, head) pairs are independent: split them over the pool's threads (the numbers
-    // do not depend on the split).
-    let output = super::threads::SharedOutput(out.as_mut_ptr());
-    super::threads::pool().run(&|part, parts| {
-        let mut scores = Vec::new();
-        let mut accumulator = vec![0.0f64; head_dim];
-        for pair in super::threads::split(n_tokens * n_head, part, parts) {
-            let (t, h) = (pair / n_head, pair % n_head);
-            let position = start + t;
-            let kv_head = h / group;
-            let query = &q[(t * n_head + h) * head_dim..][..head_dim];
+    let shape = (n_head, n_head_kv, head_dim);
+    each_head_on_the_pool(
+        q,
+        keys,
+        values,
+        out,
+        start,
+        shape,
+        |scratch: &mut (Vec<f64>, Vec<f64>), query, position, kv_head, row| {
+            let (scores, accumulator) = scratch;
             scores.clear();
             for p in 0..=position {
                 let key = &keys[p * kv_stride + kv_head * head_dim..][..head_dim];
@@ -48,19 +79,19 @@ pub fn causal_attention(
             }
             // Position by position (each value row read once, in order); every output element
             // still sums its terms in position order.
-            accumulator.fill(0.0);
+            accumulator.clear();
+            accumulator.resize(head_dim, 0.0);
             for (p, &w) in scores.iter().enumerate() {
                 let value = &values[p * kv_stride + kv_head * head_dim..][..head_dim];
                 for (a, &v) in accumulator.iter_mut().zip(value) {
                     *a += w * v as f64;
                 }
             }
-            for (d, &a) in accumulator.iter().enumerate() {
-                // SAFETY: pair (t, h) belongs to this part only; the index is within out.
-                unsafe { output.write((t * n_head + h) * head_dim + d, (a / total) as f32) };
+            for (o, &a) in row.iter_mut().zip(accumulator.iter()) {
+                *o = (a / total) as f32;
             }
-        }
-    });
+        },
+    );
 }
 
 /// The general form of causal attention that the GPU's paged kernels compute.
@@ -181,23 +212,17 @@ pub fn causal_attention_f32(
     n_head_kv: usize,
     head_dim: usize,
 ) {
-    let n_tokens = q.len() / (n_head * head_dim);
-    assert_eq!(out.len(), q.len());
-    assert!(n_head.is_multiple_of(n_head_kv));
-    let group = n_head / n_head_kv;
     let kv_stride = n_head_kv * head_dim;
-    assert!(keys.len() >= (start + n_tokens) * kv_stride && values.len() >= (start + n_tokens) * kv_stride);
     let scale = 1.0 / (head_dim as f32).sqrt();
-    // The (token, head) pairs are independent: split them over the pool's threads.
-    let output = super::threads::SharedOutput(out.as_mut_ptr());
-    super::threads::pool().run(&|part, parts| {
-        let mut scores = Vec::new();
-        let mut accumulator = vec![0.0f32; head_dim];
-        for pair in super::threads::split(n_tokens * n_head, part, parts) {
-            let (t, h) = (pair / n_head, pair % n_head);
-            let position = start + t;
-            let kv_head = h / group;
-            let query = &q[(t * n_head + h) * head_dim..][..head_dim];
+    let shape = (n_head, n_head_kv, head_dim);
+    each_head_on_the_pool(
+        q,
+        keys,
+        values,
+        out,
+        start,
+        shape,
+        |scores: &mut Vec<f32>, query, position, kv_head, row| {
             scores.clear();
             scores.extend((0..=position).map(|p| {
                 super::matmul::dot(query, &keys[p * kv_stride + kv_head * head_dim..][..head_dim]) * scale
@@ -208,20 +233,19 @@ pub fn causal_attention_f32(
                 *s = (*s - max).exp();
                 total += *s;
             }
-            accumulator.fill(0.0);
+            row.fill(0.0);
             for (p, &w) in scores.iter().enumerate() {
                 let value = &values[p * kv_stride + kv_head * head_dim..][..head_dim];
-                for (a, &v) in accumulator.iter_mut().zip(value) {
+                for (a, &v) in row.iter_mut().zip(value) {
                     *a += w * v;
                 }
             }
             let inverse = 1.0 / total;
-            for (d, &a) in accumulator.iter().enumerate() {
-                // SAFETY: pair (t, h) belongs to this part only; the index is within out.
-                unsafe { output.write((t * n_head + h) * head_dim + d, a * inverse) };
+            for a in row.iter_mut() {
+                *a *= inverse;
             }
-        }
-    });
+        },
+    );
 }
 
 /// The same attention computed the way llama.cpp's CPU flash-attention kernel computes it for a
