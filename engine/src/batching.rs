@@ -72,7 +72,8 @@ impl<'a> CpuBatch<'a> {
     /// Pages that fit in `bytes` of memory.
     pub fn pages_in(model: &Model, bytes: usize) -> usize {
         let c = model.config();
-        bytes / KvPool::page_bytes(c.n_layer, c.n_head_kv, c.head_dim)
+        let f16 = model.numerics() == crate::model::Numerics::LlamaCpp;
+        bytes / KvPool::page_bytes(c.n_layer, c.n_head_kv, c.head_dim, f16)
     }
 }
 

@@ -177,14 +177,16 @@ pub fn round_f16(x: f32) -> f32 {
     }
 }
 
-/// Attention as llama.cpp's CPU flash attention computes it over an f16 cache: batches of 64 or
-/// more query tokens take its tiled path, f32 throughout ([`causal_attention_f32`] on the
-/// f16-rounded cache), smaller ones its one-row path ([`causal_attention_f16`]).
+/// Attention as llama.cpp's CPU flash attention computes it over an f16 cache (keys and values
+/// as `E`: the f16 pool's own elements, or f32 holding f16-rounded values): batches of 64 or more
+/// query tokens take its tiled path, f32 throughout ([`causal_attention_f32`] on the cache
+/// converted to f32 once), smaller ones its one-row path ([`causal_attention_f16`], which reads
+/// the elements as they are).
 #[allow(clippy::too_many_arguments)]
-pub fn causal_attention_llamacpp(
+pub fn causal_attention_llamacpp<E: CachedElement>(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[E],
+    values: &[E],
     out: &mut [f32],
     start: usize,
     n_head: usize,
@@ -192,8 +194,78 @@ pub fn causal_attention_llamacpp(
     head_dim: usize,
 ) {
     let n_tokens = q.len() / (n_head * head_dim);
-    let attention = if n_tokens >= 64 { causal_attention_f32 } else { causal_attention_f16 };
-    attention(q, keys, values, out, start, n_head, n_head_kv, head_dim)
+    if n_tokens >= 64 {
+        let (keys, values) = (E::to_f32(keys), E::to_f32(values));
+        causal_attention_f32(q, &keys, &values, out, start, n_head, n_head_kv, head_dim)
+    } else {
+        causal_attention_f16(q, keys, values, out, start, n_head, n_head_kv, head_dim)
+    }
+}
+
+/// An element of a cached key or value row: f32, or the f16 the `llama-cpp` numerics store.
+/// Converting f16 to f32 is exact, so each operation gives the same bits on an f16 row as on
+/// the f32 row of its values.
+pub trait CachedElement: Copy + Send + Sync {
+    /// [`super::matmul::dot`] of an f32 query with a cached row.
+    fn dot(query: &[f32], row: &[Self]) -> f32;
+    /// a = round_f16(a + v * weight) for every a and its v.
+    fn add_rounding_to_f16(accumulator: &mut [f32], value: &[Self], weight: f32);
+    /// The rows as f32.
+    fn to_f32(rows: &[Self]) -> std::borrow::Cow<'_, [f32]>;
+}
+
+impl CachedElement for f32 {
+    fn dot(query: &[f32], row: &[f32]) -> f32 {
+        super::matmul::dot(query, row)
+    }
+
+    fn add_rounding_to_f16(accumulator: &mut [f32], value: &[f32], weight: f32) {
+        add_rounding_to_f16(accumulator, value, weight)
+    }
+
+    fn to_f32(rows: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+        std::borrow::Cow::Borrowed(rows)
+    }
+}
+
+impl CachedElement for half::f16 {
+    fn dot(query: &[f32], row: &[half::f16]) -> f32 {
+        assert_eq!(query.len(), row.len());
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx") && is_x86_feature_detected!("f16c") {
+            // SAFETY: AVX and F16C are present.
+            return unsafe { f16c::dot(query, row) };
+        }
+        // The lanes of matmul::dot_scalar, on the converted values.
+        let mut lanes = [0.0f32; 8];
+        let (q_chunks, r_chunks) = (query.chunks_exact(8), row.chunks_exact(8));
+        let tail: f32 =
+            q_chunks.remainder().iter().zip(r_chunks.remainder()).map(|(x, y)| x * y.to_f32()).sum();
+        for (x, y) in q_chunks.zip(r_chunks) {
+            for k in 0..8 {
+                lanes[k] += x[k] * y[k].to_f32();
+            }
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+
+    fn add_rounding_to_f16(accumulator: &mut [f32], value: &[half::f16], weight: f32) {
+        assert!(value.len() >= accumulator.len());
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx") && is_x86_feature_detected!("f16c") {
+            // SAFETY: AVX and F16C are present.
+            return unsafe { f16c::add_scaled_f16(accumulator, value, weight) };
+        }
+        for (a, &v) in accumulator.iter_mut().zip(value) {
+            *a = round_f16(*a + v.to_f32() * weight);
+        }
+    }
+
+    fn to_f32(rows: &[half::f16]) -> std::borrow::Cow<'_, [f32]> {
+        let mut out = vec![0.0f32; rows.len()];
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(rows, &mut out);
+        std::borrow::Cow::Owned(out)
+    }
 }
 
 /// [`causal_attention`] in f32, as llama.cpp's tiled flash attention computes a prompt's: scores
@@ -254,10 +326,10 @@ pub fn causal_attention_f32(
 /// and the weighted sum of values is accumulated in f16 with an online softmax (a new maximum
 /// rescales the f16 accumulator), then divided by the f32 sum.
 #[allow(clippy::too_many_arguments)]
-pub fn causal_attention_f16(
+pub fn causal_attention_f16<E: CachedElement>(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[E],
+    values: &[E],
     out: &mut [f32],
     start: usize,
     n_head: usize,
@@ -285,7 +357,7 @@ pub fn causal_attention_f16(
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
             for p in 0..=position {
                 let key = &keys[p * kv_stride + kv_head * head_dim..][..head_dim];
-                let s = super::matmul::dot(&query, key) * scale;
+                let s = E::dot(&query, key) * scale;
                 let value = &values[p * kv_stride + kv_head * head_dim..][..head_dim];
                 let (rescale, weight) = if s > max {
                     let rescale = (max - s).exp();
@@ -295,7 +367,7 @@ pub fn causal_attention_f16(
                 } else {
                     (1.0, (s - max).exp())
                 };
-                add_rounding_to_f16(&mut accumulator, value, weight);
+                E::add_rounding_to_f16(&mut accumulator, value, weight);
                 sum = sum * rescale + weight;
             }
             let inverse = if sum == 0.0 { 0.0 } else { 1.0 / sum };
@@ -359,6 +431,48 @@ mod f16c {
         }
     }
 
+    /// Eight f16 at `p` as f32.
+    #[inline]
+    #[target_feature(enable = "avx,f16c")]
+    unsafe fn load_f16(p: *const half::f16) -> __m256 {
+        // SAFETY: the caller has eight f16 at p (f16 is a u16 in memory).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+
+    /// matmul::dot_avx's lanes and order, the row converted from f16 on the way.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn dot(query: &[f32], row: &[half::f16]) -> f32 {
+        let whole = query.len() / 8 * 8;
+        let mut accumulator = _mm256_setzero_ps();
+        for i in (0..whole).step_by(8) {
+            // SAFETY: i + 8 <= whole <= query.len() == row.len().
+            let (x, y) = unsafe { (_mm256_loadu_ps(query.as_ptr().add(i)), load_f16(row.as_ptr().add(i))) };
+            accumulator = _mm256_add_ps(accumulator, _mm256_mul_ps(x, y));
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: lanes holds eight f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), accumulator) };
+        let tail: f32 = query[whole..].iter().zip(&row[whole..]).map(|(x, y)| x * y.to_f32()).sum();
+        lanes.iter().sum::<f32>() + tail
+    }
+
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn add_scaled_f16(accumulator: &mut [f32], value: &[half::f16], weight: f32) {
+        let whole = accumulator.len() / 8 * 8;
+        let w = _mm256_set1_ps(weight);
+        for i in (0..whole).step_by(8) {
+            // SAFETY: i + 8 <= len <= value.len() (checked by the caller).
+            unsafe {
+                let p = accumulator.as_mut_ptr().add(i);
+                let v = load_f16(value.as_ptr().add(i));
+                _mm256_storeu_ps(p, round(_mm256_add_ps(_mm256_loadu_ps(p), _mm256_mul_ps(v, w))));
+            }
+        }
+        for (a, &v) in accumulator[whole..].iter_mut().zip(&value[whole..]) {
+            *a = round_f16(*a + v.to_f32() * weight);
+        }
+    }
+
     #[target_feature(enable = "avx,f16c")]
     pub unsafe fn add_scaled(accumulator: &mut [f32], value: &[f32], weight: f32) {
         assert!(value.len() >= accumulator.len());
@@ -394,6 +508,14 @@ mod tests {
             scale_rounding_to_f16(&mut scaled, factor);
             let mut added = accumulator.clone();
             add_rounding_to_f16(&mut added, &value, weight);
+            // The f16 rows' form, on the values rounded to f16.
+            let value16: Vec<half::f16> = value.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let mut added16 = accumulator.clone();
+            <half::f16 as CachedElement>::add_rounding_to_f16(&mut added16, &value16, weight);
+            for i in 0..accumulator.len() {
+                let expected = round_f16(accumulator[i] + value16[i].to_f32() * weight);
+                proptest::prop_assert_eq!(added16[i].to_bits(), expected.to_bits());
+            }
             for i in 0..accumulator.len() {
                 proptest::prop_assert_eq!(scaled[i].to_bits(), round_f16(accumulator[i] * factor).to_bits());
                 proptest::prop_assert_eq!(added[i].to_bits(), round_f16(accumulator[i] + value[i] * weight).to_bits());
@@ -437,6 +559,55 @@ mod tests {
         causal_attention_f16(&q, &kv, &kv, &mut f16, 0, 2, 1, 16);
         let worst = exact.iter().zip(&f16).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst < 5e-3 && worst > 0.0, "largest difference {worst}");
+    }
+
+    proptest::proptest! {
+        /// The f16 pool's rows give the bits its f32 twin (the same values as f32) gives, in both
+        /// of llama.cpp's paths (one-row for 1-63 tokens, tiled from 64); the f16 dot (F16C where
+        /// the machine has it) matches the scalar lanes of matmul::dot_scalar.
+        #[test]
+        fn f16_rows_give_the_bits_of_the_same_values_in_f32(
+            seed in 0u32..1000,
+            n_tokens in proptest::prop_oneof![1usize..=5, 64usize..=66],
+            start in 0usize..40,
+            head_dim in proptest::prop_oneof![proptest::strategy::Just(64usize), proptest::strategy::Just(13usize)],
+        ) {
+            let (n_head, n_head_kv) = (4, 2);
+            let mut state = seed.wrapping_mul(2_654_435_761) | 1;
+            let mut random = || {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32 - 0.5) * 6.0
+            };
+            let q: Vec<f32> = (0..n_tokens * n_head * head_dim).map(|_| random()).collect();
+            let len = (start + n_tokens) * n_head_kv * head_dim;
+            let keys16: Vec<half::f16> = (0..len).map(|_| half::f16::from_f32(random())).collect();
+            let values16: Vec<half::f16> = (0..len).map(|_| half::f16::from_f32(random())).collect();
+            let (keys, values): (Vec<f32>, Vec<f32>) =
+                (keys16.iter().map(|v| v.to_f32()).collect(), values16.iter().map(|v| v.to_f32()).collect());
+            let (mut from_f32, mut from_f16) = (vec![0.0; q.len()], vec![0.0; q.len()]);
+            causal_attention_llamacpp(&q, &keys, &values, &mut from_f32, start, n_head, n_head_kv, head_dim);
+            causal_attention_llamacpp(&q, &keys16, &values16, &mut from_f16, start, n_head, n_head_kv, head_dim);
+            for (a, b) in from_f32.iter().zip(&from_f16) {
+                proptest::prop_assert_eq!(a.to_bits(), b.to_bits());
+            }
+            // The scalar forms of the f16 row operations against the f32 ones.
+            let (query, row16) = (&q[..head_dim], &keys16[..head_dim]);
+            let scalar: f32 = {
+                let mut lanes = [0.0f32; 8];
+                let (qc, rc) = (query.chunks_exact(8), row16.chunks_exact(8));
+                let tail: f32 = qc.remainder().iter().zip(rc.remainder()).map(|(x, y)| x * y.to_f32()).sum();
+                for (x, y) in qc.zip(rc) {
+                    for k in 0..8 {
+                        lanes[k] += x[k] * y[k].to_f32();
+                    }
+                }
+                lanes.iter().sum::<f32>() + tail
+            };
+            proptest::prop_assert_eq!(<half::f16 as CachedElement>::dot(query, row16).to_bits(), scalar.to_bits());
+            proptest::prop_assert_eq!(super::super::matmul::dot_scalar(query, &keys[..head_dim]).to_bits(), scalar.to_bits());
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! `llama-cpp` numerics' attention, which, like llama.cpp's, takes its tiled f32 path for chunks of
 //! 64 or more tokens and its f16 path for fewer (`causal_attention_llamacpp`).
 
-use super::kv_cache::{KvPool, PAGE_SIZE};
-use super::{Architecture, ModelConfig, ModelError};
+use super::kv_cache::{KvPool, KvRows, PAGE_SIZE};
+use super::{Architecture, ModelConfig, ModelError, Numerics};
 
 /// One sequence's part of a batch.
 #[derive(Clone, Copy, Debug)]
@@ -102,7 +102,7 @@ impl<'a> BatchLayout<'a> {
         layer: usize,
         q: &[f32],
         out: &mut [f32],
-        attend: impl Fn(&[f32], &[f32], &[f32], &mut [f32], usize),
+        attend: impl Fn(&[f32], &KvRows, &KvRows, &mut [f32], usize),
     ) {
         let q_row = q.len() / self.n_rows().max(1);
         for (chunk, range) in self.chunks.iter().zip(&self.ranges) {
@@ -122,6 +122,40 @@ impl<'a> BatchLayout<'a> {
                 .iter()
                 .flat_map(|range| hidden[(range.end - 1) * d..range.end * d].iter().copied())
                 .collect(),
+        }
+    }
+}
+
+/// Causal attention of the rows q at positions start.. over a sequence's cached keys and values,
+/// in the form the numerics take: `exact` in f64 on f32 rows, `llama-cpp` as llama.cpp computes it
+/// (`causal_attention_llamacpp`), on the f16 pool's own elements. shape = (n_head, n_head_kv,
+/// head_dim).
+pub fn causal_attention(
+    numerics: Numerics,
+    q: &[f32],
+    keys: &KvRows,
+    values: &KvRows,
+    out: &mut [f32],
+    start: usize,
+    (n_head, n_head_kv, head_dim): (usize, usize, usize),
+) {
+    use crate::cpu::attention;
+    match (numerics, keys, values) {
+        (Numerics::LlamaCpp, KvRows::F16(k), KvRows::F16(v)) => {
+            attention::causal_attention_llamacpp(q, k, v, out, start, n_head, n_head_kv, head_dim)
+        }
+        (Numerics::LlamaCpp, k, v) => attention::causal_attention_llamacpp(
+            q,
+            &k.f32(),
+            &v.f32(),
+            out,
+            start,
+            n_head,
+            n_head_kv,
+            head_dim,
+        ),
+        (Numerics::Exact, k, v) => {
+            attention::causal_attention(q, &k.f32(), &v.f32(), out, start, n_head, n_head_kv, head_dim)
         }
     }
 }

@@ -4,13 +4,14 @@
 //!
 //! Per layer: h = x + Wo attn(Wqkv LN1(x) + b) + bo, x = h + Wdown gelu(Wup LN2(h) + bu) + bd.
 
+use super::batch::causal_attention;
 use super::batch::{BatchLayout, LogitRows};
 use super::kv_cache::KvPool;
 use super::llama::add;
 use super::weights::{load, load_matrix, load_matrix_optional};
 use super::{ModelConfig, ModelError, Numerics};
 use crate::cpu::quantized::{Matrix, matmul};
-use crate::cpu::{activation, attention, embedding, norm};
+use crate::cpu::{activation, embedding, norm};
 use crate::gguf::GgufFile;
 
 struct Layer {
@@ -106,12 +107,9 @@ impl Gpt2 {
                 v[t * d..(t + 1) * d].copy_from_slice(&row[2 * d..]);
             }
             layout.write(pool, i, &k, &v);
-            let attention = match self.numerics {
-                Numerics::Exact => attention::causal_attention,
-                Numerics::LlamaCpp => attention::causal_attention_llamacpp,
-            };
+            let shape = (c.n_head, c.n_head, c.head_dim);
             layout.attend(pool, i, &q, &mut attn, |q, keys, values, out, start| {
-                attention(q, keys, values, out, start, c.n_head, c.n_head, c.head_dim)
+                causal_attention(self.numerics, q, keys, values, out, start, shape)
             });
             matmul(&attn, &layer.w_o, Some(&layer.b_o), &mut projected, d, d);
             add(&mut x, &projected);

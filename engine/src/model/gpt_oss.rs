@@ -210,7 +210,7 @@ impl GptOss {
                 sinks: Some(&layer.sinks),
             };
             layout.attend(pool, i, &q, &mut attn, |q, keys, values, out, start| {
-                causal_attention_with(q, keys, values, out, start, &options)
+                causal_attention_with(q, &keys.f32(), &values.f32(), out, start, &options)
             });
             matmul(&attn, &layer.wo, Some(&layer.bo), &mut projected, q_dim, d);
             add(&mut x, &projected);

@@ -4,12 +4,13 @@
 //! Per layer: h = x + Wo attn(rope(Wq n), rope(Wk n), Wv n) with n = rms_norm(x), then
 //! x = h + Wdown (silu(Wgate m) * Wup m) with m = rms_norm(h). Logits = Wout rms_norm(x).
 
+use super::batch::causal_attention;
 use super::batch::{BatchLayout, LogitRows};
 use super::kv_cache::KvPool;
 use super::weights::{load, load_matrix, load_matrix_optional, load_optional};
 use super::{ModelConfig, ModelError, Numerics};
 use crate::cpu::quantized::{Matrix, matmul};
-use crate::cpu::{activation, attention, norm, rope};
+use crate::cpu::{activation, norm, rope};
 use crate::gguf::GgufFile;
 
 struct Layer {
@@ -130,12 +131,9 @@ impl Llama {
             rope::rope_with(&mut q, &rope_table, c.n_head);
             rope::rope_with(&mut k, &rope_table, c.n_head_kv);
             layout.write(pool, i, &k, &v);
-            let attention = match self.numerics {
-                Numerics::Exact => attention::causal_attention,
-                Numerics::LlamaCpp => attention::causal_attention_llamacpp,
-            };
+            let shape = (c.n_head, c.n_head_kv, c.head_dim);
             layout.attend(pool, i, &q, &mut attn, |q, keys, values, out, start| {
-                attention(q, keys, values, out, start, c.n_head, c.n_head_kv, c.head_dim)
+                causal_attention(self.numerics, q, keys, values, out, start, shape)
             });
             matmul(&attn, &layer.wo, None, &mut projected, q_dim, d);
             add(&mut x, &projected);
