@@ -894,109 +894,9 @@ pub unsafe extern "ptx-kernel" fn gemm_bf16(
     unsafe { gemm_half::<true, false>(x, w, bias, y, t, n_in, n_out) };
 }
 
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_q8_0(
-    x: *const u16,
-    quants: *const u8,
-    scales: *const u16,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Q8_0 { quants, scales, n_in: n_in as usize };
-    unsafe { gemm_quantized_phased(x, w, bias, y, t, n_in, n_out) };
-}
-
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_q4_0(
-    x: *const u16,
-    quants: *const u8,
-    scales: *const u16,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Q4::<false> { quants, scales, mins: scales, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
-}
-
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_q4_1(
-    x: *const u16,
-    quants: *const u8,
-    scales: *const u16,
-    mins: *const u16,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Q4::<true> { quants, scales, mins, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
-}
-
-/// Q4_K: `heads` is the matrix's `scales` array (20 bytes per super-block).
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_q4_k(
-    x: *const u16,
-    quants: *const u8,
-    heads: *const u8,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Q4K { quants, heads, n_in: n_in as usize };
-    unsafe { gemm_quantized_phased(x, w, bias, y, t, n_in, n_out) };
-}
-
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_q6_k(
-    x: *const u16,
-    low: *const u8,
-    high: *const u8,
-    scales: *const u16,
-    sub: *const u8,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Q6K { low, high, scales, sub, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
-}
-
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_mxfp4(
-    x: *const u16,
-    quants: *const u8,
-    exponents: *const u8,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Mxfp4 { quants, exponents, n_in: n_in as usize };
-    unsafe { gemm_quantized::<_, true>(x, w, bias, y, t, n_in, n_out) };
-}
-
 /// The 64-row kernels: products of at most 64 tokens (the rows of a batched decode step of 33-64
 /// sequences) with quantized weights, on kernels of their own rather than the 64-row branch of
-/// the kernels above, so that they are compiled for that tile alone: the phased loop over the
+/// the general kernels, so that they are compiled for that tile alone: the phased loop over the
 /// first 64 rows (warp sub-tiles 32 x 32), X stages of 64 rows, SHARED_BYTES_64 of shared memory
 /// and at most 128 registers (`.maxntid 256` + `.minnctapersm 2`, set by host/build.rs from
 /// the marker below), so that two blocks (16 warps) share an SM where the general kernels fit
@@ -1023,103 +923,57 @@ unsafe fn gemm_quantized_rows64<F: BlockWeights>(
 /// Shared memory of a 64-row kernel: four X stages of 64 x 64 and two W tiles of 128 x 64.
 pub const SHARED_BYTES_64: usize = STAGES * TILE_BYTES as usize / 2 + 2 * TILE_BYTES as usize;
 
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_rows64_q8_0(
-    x: *const u16,
-    quants: *const u8,
-    scales: *const u16,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Q8_0 { quants, scales, n_in: n_in as usize };
-    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
+/// The quantized formats' entry points, two per format: `gemm_<format>` (the general kernel, on
+/// the loop measured fastest for the format: the phased one, or the interleaved one in the
+/// narrow or wide layout) and `gemm_rows64_<format>` (the 64-row kernel). Arguments: X16, the
+/// format's arrays (as host/src/matmul/gemm.rs passes them, from the first row of the range),
+/// bias, Y, T, n_in, n_out.
+macro_rules! quantized_kernels {
+    ($($general:ident, $rows64:ident: ($($field:ident: $ty:ty),*) => |$n_in:ident| $weights:expr, $loop:expr;)*) => {$(
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $general(
+            x: *const u16,
+            $($field: $ty,)*
+            bias: *const f32,
+            y: *mut f32,
+            t: u32,
+            $n_in: u32,
+            n_out: u32,
+        ) {
+            unsafe { $loop(x, $weights, bias, y, t, $n_in, n_out) };
+        }
+
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $rows64(
+            x: *const u16,
+            $($field: $ty,)*
+            bias: *const f32,
+            y: *mut f32,
+            t: u32,
+            $n_in: u32,
+            n_out: u32,
+        ) {
+            unsafe { gemm_quantized_rows64(x, $weights, bias, y, t, $n_in, n_out) };
+        }
+    )*};
 }
 
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_rows64_q4_0(
-    x: *const u16,
-    quants: *const u8,
-    scales: *const u16,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Q4::<false> { quants, scales, mins: scales, n_in: n_in as usize };
-    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
-}
-
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_rows64_q4_1(
-    x: *const u16,
-    quants: *const u8,
-    scales: *const u16,
-    mins: *const u16,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Q4::<true> { quants, scales, mins, n_in: n_in as usize };
-    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
-}
-
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_rows64_q4_k(
-    x: *const u16,
-    quants: *const u8,
-    heads: *const u8,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Q4K { quants, heads, n_in: n_in as usize };
-    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
-}
-
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_rows64_q6_k(
-    x: *const u16,
-    low: *const u8,
-    high: *const u8,
-    scales: *const u16,
-    sub: *const u8,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Q6K { low, high, scales, sub, n_in: n_in as usize };
-    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
-}
-
-#[unsafe(no_mangle)]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn gemm_rows64_mxfp4(
-    x: *const u16,
-    quants: *const u8,
-    exponents: *const u8,
-    bias: *const f32,
-    y: *mut f32,
-    t: u32,
-    n_in: u32,
-    n_out: u32,
-) {
-    let w = Mxfp4 { quants, exponents, n_in: n_in as usize };
-    unsafe { gemm_quantized_rows64(x, w, bias, y, t, n_in, n_out) };
+quantized_kernels! {
+    gemm_q8_0, gemm_rows64_q8_0: (quants: *const u8, scales: *const u16)
+        => |n_in| Q8_0 { quants, scales, n_in: n_in as usize }, gemm_quantized_phased;
+    gemm_q4_0, gemm_rows64_q4_0: (quants: *const u8, scales: *const u16)
+        => |n_in| Q4::<false> { quants, scales, mins: scales, n_in: n_in as usize }, gemm_quantized::<_, true>;
+    gemm_q4_1, gemm_rows64_q4_1: (quants: *const u8, scales: *const u16, mins: *const u16)
+        => |n_in| Q4::<true> { quants, scales, mins, n_in: n_in as usize }, gemm_quantized::<_, true>;
+    // Q4_K: `heads` is the matrix's `scales` array (20 bytes per super-block).
+    gemm_q4_k, gemm_rows64_q4_k: (quants: *const u8, heads: *const u8)
+        => |n_in| Q4K { quants, heads, n_in: n_in as usize }, gemm_quantized_phased;
+    gemm_q6_k, gemm_rows64_q6_k: (low: *const u8, high: *const u8, scales: *const u16, sub: *const u8)
+        => |n_in| Q6K { low, high, scales, sub, n_in: n_in as usize }, gemm_quantized::<_, true>;
+    gemm_mxfp4, gemm_rows64_mxfp4: (quants: *const u8, exponents: *const u8)
+        => |n_in| Mxfp4 { quants, exponents, n_in: n_in as usize }, gemm_quantized::<_, true>;
 }
 
 /// y[i] = the sum over s < splits of partials[s n + i], in split order: the splits of a product
