@@ -54,9 +54,11 @@ pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// [`dot`] on AVX (callers have checked for it); inlined into other AVX code.
 #[cfg(target_arch = "x86_64")]
+#[inline]
 #[target_feature(enable = "avx")]
-unsafe fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) unsafe fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let whole = a.len() / 8 * 8;
     let mut accumulator = _mm256_setzero_ps();
