@@ -184,9 +184,9 @@ pub unsafe extern "ptx-kernel" fn gemm_mxfp4_experts(
     // A tile of at most 64 assignments (an expert with few tokens, or the last tile of one)
     // multiplies only its first 64 rows.
     if count <= TILE_M / 2 {
-        unsafe { gemm_phased_tile::<_, 2>(x_copy, w, bias, y, (n_in, rows), assignment, tile) };
+        unsafe { gemm_phased_tile::<_, 2, false>(x_copy, w, bias, y, (n_in, rows), assignment, tile) };
     } else {
-        unsafe { gemm_phased_tile::<_, 4>(x_copy, w, bias, y, (n_in, rows), assignment, tile) };
+        unsafe { gemm_phased_tile::<_, 4, false>(x_copy, w, bias, y, (n_in, rows), assignment, tile) };
     }
 }
 

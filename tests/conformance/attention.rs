@@ -305,6 +305,7 @@ fn attention_decode_small_batch_of_a_large_workspace_matches_cpu() {
     }
     let gpu = gpu();
     let mut workspace = DecodeWorkspace::for_cache(gpu, &cache, 64, n_head).unwrap();
+    workspace.split_per_batch_size(true);
     let (full, small) = (workspace.n_splits(), workspace.splits_for(lens.len()));
     assert!(small > full, "a batch of 5 takes {small} splits, a batch of 64 {full}");
     let mut out = poisoned(q.len());

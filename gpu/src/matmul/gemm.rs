@@ -479,7 +479,7 @@ unsafe fn gemm_quantized<F: BlockWeights, const WIDE: bool>(
     // A tile of at most 64 tokens (a batched decode step's rows: the lm head of 33-64
     // sequences) takes the phased loop on its first 64 rows, half the tensor-core work.
     if t - m0 <= TILE_M / 2 {
-        unsafe { gemm_phased_tile::<_, 2>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
+        unsafe { gemm_phased_tile::<_, 2, false>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
         return;
     }
     let x_ring = dynamic_shared_address();
@@ -566,9 +566,9 @@ unsafe fn gemm_quantized_phased<F: BlockWeights>(
     // A tile of at most 64 tokens (a batched decode step of 33-64 sequences, or the last tile of
     // a prompt) multiplies only its first 64 rows: half the tensor-core work.
     if t - m0 <= TILE_M / 2 {
-        unsafe { gemm_phased_tile::<_, 2>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
+        unsafe { gemm_phased_tile::<_, 2, false>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
     } else {
-        unsafe { gemm_phased_tile::<_, 4>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
+        unsafe { gemm_phased_tile::<_, 4, false>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (m0, n0)) };
     }
 }
 
@@ -576,7 +576,7 @@ unsafe fn gemm_quantized_phased<F: BlockWeights>(
 /// Y row `rows(m)`, outputs n0.. of W's n_out rows. `M16` = 2 computes only the tile's first 64
 /// rows (half the tensor-core work, for tiles known to hold no more; see `Fragments::new`).
 #[inline(always)]
-pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize>(
+pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize, const COMPACT_X: bool>(
     x_copy: impl XTiles,
     w: F,
     bias: *const f32,
@@ -585,18 +585,24 @@ pub(crate) unsafe fn gemm_phased_tile<F: BlockWeights, const M16: usize>(
     rows: impl Fn(usize) -> Option<usize>,
     (m0, n0): (usize, usize),
 ) {
-    // X stages of 32 M16 rows: 128 (16 KiB), or 64 (8 KiB) when only the first 64 rows are
-    // multiplied, so that the 64-row kernels fit 64 KiB of shared memory.
-    let x_stage = TILE_BYTES * M16 as u32 / 4;
+    // X stages of 128 rows (16 KiB), all four parts copied (rows past the tile's tokens
+    // zero-filled); or, with COMPACT_X (the 64-row kernels, which fit 64 KiB of shared memory),
+    // stages of 32 M16 rows holding only the parts i < M16 that the tile multiplies. The general
+    // kernels keep the first form: it is the one measured and tested on a GPU, and COMPACT_X for
+    // them waits for a run of the conformance suite.
+    let x_stage = if COMPACT_X { TILE_BYTES * M16 as u32 / 4 } else { TILE_BYTES };
     let x_ring = dynamic_shared_address();
     let w_tiles = x_ring + STAGES as u32 * x_stage;
-    // Copies of the X rows this tile multiplies: parts i < M16 (rows tid / 8 + 32 i).
     let copy_x = |tile: u32, k0: usize| {
-        unroll!([0, 1, 2, 3], |i| {
-            if i < M16 {
-                unsafe { x_copy.copy_part(tile, k0, i, true) }
-            }
-        });
+        if COMPACT_X {
+            unroll!([0, 1, 2, 3], |i| {
+                if i < M16 {
+                    unsafe { x_copy.copy_part(tile, k0, i, true) }
+                }
+            });
+        } else {
+            unsafe { x_copy.copy(tile, k0) }
+        }
     };
     // Split along K as in `gemm_half` (grid z = 2 for dense products of few tiles; the expert
     // products launch z = 1): this block's steps are first.., absolute step k = first + local.
@@ -914,10 +920,8 @@ unsafe fn gemm_quantized_rows64<F: BlockWeights>(
     two_blocks_per_sm();
     let (t, n_in, n_out) = (t as usize, n_in as usize, n_out as usize);
     let y = split_output(y, t, n_out);
-    let x_copy = TileCopy::new(x, t, n_in, 0);
-    unsafe {
-        gemm_phased_tile::<_, 2>(x_copy, w, bias, y, (n_in, n_out), tokens(t), (0, block_idx_y() * TILE_N))
-    };
+    let (x_copy, tile) = (TileCopy::new(x, t, n_in, 0), (0, block_idx_y() * TILE_N));
+    unsafe { gemm_phased_tile::<_, 2, true>(x_copy, w, bias, y, (n_in, n_out), tokens(t), tile) };
 }
 
 /// Shared memory of a 64-row kernel: four X stages of 64 x 64 and two W tiles of 128 x 64.

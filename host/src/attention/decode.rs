@@ -84,9 +84,11 @@ fn decode_kernel(head_dim: usize, group: usize) -> String {
 
 /// Per-split partial results of a decode batch: [n_seq, n_head, n_splits, head_dim] sums and
 /// [n_seq, n_head, n_splits, 2] (max, sum). Sized once; a captured graph keeps using it.
-/// A workspace made for a cache ([`DecodeWorkspace::for_cache`]) picks the split count per batch
-/// size ([`DecodeWorkspace::splits_for`]): a batch of 8 in a pool of 64 slots takes the splits
-/// that fill the GPU for 8 sequences, not the one split that fills it for 64.
+/// A workspace made for a cache ([`DecodeWorkspace::for_cache`]) can pick the split count per
+/// batch size ([`DecodeWorkspace::splits_for`]): a batch of 8 in a pool of 64 slots would take
+/// the splits that fill the GPU for 8 sequences, not the one split that fills it for 64. That
+/// rule is written but not yet run on a GPU, so it is off by default (`ENGINE_DECODE_SPLITS=batch`
+/// or [`DecodeWorkspace::split_per_batch_size`] turns it on).
 pub struct DecodeWorkspace {
     partial: CudaSlice<f32>,
     stats: CudaSlice<f32>,
@@ -98,6 +100,8 @@ pub struct DecodeWorkspace {
     capacity: usize,
     /// For a cache's workspace: (slots, max_pages, shape) for [`decode_splits`] per batch size.
     policy: Option<(usize, usize, PagedKvShape)>,
+    /// Whether a cache's workspace picks its splits per batch size (else a full batch's count).
+    per_batch_size: bool,
 }
 
 impl DecodeWorkspace {
@@ -131,6 +135,7 @@ impl DecodeWorkspace {
             n_splits,
             capacity: rows / n_head,
             policy,
+            per_batch_size: std::env::var("ENGINE_DECODE_SPLITS").is_ok_and(|v| v == "batch"),
         })
     }
 
@@ -156,16 +161,21 @@ impl DecodeWorkspace {
         self.n_splits
     }
 
-    /// The splits of a batch of `n_seq` (at most the workspace's): a cache's workspace picks them
-    /// with [`decode_splits`] for that batch size; one made with [`DecodeWorkspace::new`] always
-    /// takes its own. Depends on n_seq only, so a graph captured for a batch size stays valid.
-    /// `ENGINE_DECODE_SPLITS=full` restores the rule before 2026-12-07b (a full batch's split
-    /// count, one wave at most, for every batch), for A/B runs.
+    /// Turns the per-batch-size split rule of a cache's workspace on or off (the default is off,
+    /// or on with `ENGINE_DECODE_SPLITS=batch`). Graphs captured before a change keep the counts
+    /// they were captured with, so set it before the first step.
+    pub fn split_per_batch_size(&mut self, on: bool) {
+        self.per_batch_size = on;
+    }
+
+    /// The splits of a batch of `n_seq` (at most the workspace's). A cache's workspace takes, by
+    /// default, the rule of before 2026-12-07b (a full batch's split count, one wave at most, for
+    /// every batch: the rule measured and tested on a GPU); per batch size, [`decode_splits`] for
+    /// that batch size. One made with [`DecodeWorkspace::new`] always takes its own. Depends on
+    /// n_seq only, so a graph captured for a batch size stays valid.
     pub fn splits_for(&self, n_seq: usize) -> usize {
-        static FULL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let full = *FULL.get_or_init(|| std::env::var("ENGINE_DECODE_SPLITS").is_ok_and(|v| v == "full"));
         match self.policy {
-            Some((slots, max_pages, shape)) if full => {
+            Some((slots, max_pages, shape)) if !self.per_batch_size => {
                 let group = self.n_head / shape.n_head_kv.max(1);
                 let blocks = (self.n_seq * shape.n_head_kv * group.div_ceil(heads_per_block(group))).max(1);
                 (slots / blocks).min(max_pages.div_ceil(WARPS)).clamp(1, MAX_SPLITS)
