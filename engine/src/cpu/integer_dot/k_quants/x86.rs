@@ -9,9 +9,37 @@
 //! Q6_K's offset meet the activation sums in one `vpmaddwd`. Then the scalar reference's f32
 //! steps, in its order.
 
+/// The byte shuffles that spread the i16 scales across a register: 0-7 take scale k (bytes 2k,
+/// 2k + 1) into every pair (Q4_K, Q5_K); 8-11 take scale 2k of eight into the low half and
+/// 2k + 1 into the high half (Q6_K's sub-blocks of 16).
+#[repr(align(32))]
+struct Picks([[u8; 32]; 12]);
+
+static SCALE_PICKS: Picks = Picks(scale_picks());
+
+const fn scale_picks() -> [[u8; 32]; 12] {
+    let mut picks = [[0u8; 32]; 12];
+    let mut i = 0;
+    while i < 32 {
+        let mut k = 0;
+        while k < 8 {
+            picks[k][i] = 2 * k as u8 + (i % 2) as u8;
+            k += 1;
+        }
+        while k < 12 {
+            let first = 4 * (k - 8) as u8 + if i < 16 { 0 } else { 2 };
+            picks[k][i] = first + (i % 2) as u8;
+            k += 1;
+        }
+        i += 1;
+    }
+    picks
+}
+
 macro_rules! kernels {
     ($features:literal, |$acc:ident, $products:ident, $scales:ident| $accumulate:expr) => {
         use super::super::{BLOCK, Q8KBlock};
+        use super::SCALE_PICKS;
         use crate::cpu::integer_dot::TILE;
         use crate::gguf::GgmlType;
         use std::arch::x86_64::*;
@@ -112,41 +140,7 @@ macro_rules! kernels {
                         _mm256_permute2x128_si256(wide, wide, 0x11),
                     ];
                     for (k, scale) in scales.iter_mut().enumerate() {
-                        let (low, high) = (4 * (k % 4) as i8, 4 * (k % 4) as i8 + 2);
-                        let pick = _mm256_setr_epi8(
-                            low,
-                            low + 1,
-                            low,
-                            low + 1,
-                            low,
-                            low + 1,
-                            low,
-                            low + 1,
-                            low,
-                            low + 1,
-                            low,
-                            low + 1,
-                            low,
-                            low + 1,
-                            low,
-                            low + 1,
-                            high,
-                            high + 1,
-                            high,
-                            high + 1,
-                            high,
-                            high + 1,
-                            high,
-                            high + 1,
-                            high,
-                            high + 1,
-                            high,
-                            high + 1,
-                            high,
-                            high + 1,
-                            high,
-                            high + 1,
-                        );
+                        let pick = _mm256_load_si256(SCALE_PICKS.0[8 + k % 4].as_ptr() as *const __m256i);
                         *scale = _mm256_shuffle_epi8(halves[k / 4], pick);
                     }
                     return Weights { values, scales, factors: wide, d: f16_at(p.add(208)), dmin: 0.0 };
@@ -174,12 +168,7 @@ macro_rules! kernels {
                 let wide =
                     _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scale_bytes as i64)));
                 for (k, scale) in scales.iter_mut().enumerate() {
-                    let (low, high) = (2 * k as i8, 2 * k as i8 + 1);
-                    let pick = _mm256_setr_epi8(
-                        low, high, low, high, low, high, low, high, low, high, low, high, low, high, low,
-                        high, low, high, low, high, low, high, low, high, low, high, low, high, low, high,
-                        low, high,
-                    );
+                    let pick = _mm256_load_si256(SCALE_PICKS.0[k].as_ptr() as *const __m256i);
                     *scale = _mm256_shuffle_epi8(wide, pick);
                 }
                 let mins = _mm_cvtsi64_si128(min_bytes as i64);
