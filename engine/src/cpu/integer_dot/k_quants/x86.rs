@@ -55,14 +55,6 @@ macro_rules! kernels {
             $accumulate
         }
 
-        #[inline]
-        #[target_feature(enable = $features)]
-        fn sum_i32(v: __m256i) -> i32 {
-            let half = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-            let half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0b01_00_11_10));
-            _mm_cvtsi128_si32(_mm_add_epi32(half, _mm_shuffle_epi32(half, 0b10_11_00_01)))
-        }
-
         /// The f16 at `p` as f32.
         #[inline]
         #[target_feature(enable = $features)]
@@ -177,10 +169,11 @@ macro_rules! kernels {
             }
         }
 
-        /// The block pair's exact (S, M).
+        /// The i32 lanes of S (before Q6_K's offset) and of the activation sums' term C (M, or
+        /// Q6_K's sum sc_j sums_j) of the block pair.
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn sums<const TY: u8>(w: &Weights, a: &Q8KBlock) -> (i32, i32) {
+        unsafe fn lanes(w: &Weights, a: &Q8KBlock) -> (__m256i, __m256i) {
             let x = a.q.as_ptr() as *const __m256i;
             let mut acc = [_mm256_setzero_si256(); 2];
             for k in 0..BLOCK / 32 {
@@ -188,13 +181,32 @@ macro_rules! kernels {
                 let products = _mm256_maddubs_epi16(w.values[k], unsafe { _mm256_loadu_si256(x.add(k)) });
                 acc[k % 2] = accumulate(acc[k % 2], products, w.scales[k]);
             }
-            let s = sum_i32(_mm256_add_epi32(acc[0], acc[1]));
             // SAFETY: sums holds 16 i16.
             let activation_sums = unsafe { _mm256_loadu_si256(a.sums.as_ptr() as *const __m256i) };
-            let c = sum_i32(_mm256_madd_epi16(activation_sums, w.factors));
-            if TY == Q6_K { (s - 32 * c, 0) } else { (s, c) }
+            (_mm256_add_epi32(acc[0], acc[1]), _mm256_madd_epi16(activation_sums, w.factors))
         }
 
+        /// Four tokens' lanes, pairs[t] = hadd(S_t, C_t) (zero past the tile), summed into
+        /// [S0 M0 S1 M1 | S2 M2 S3 M3]: two more horizontal adds and a swap of halves for all
+        /// four tokens. Q6_K's S takes its offset here: S - 32 C.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn reduce<const TY: u8>(pairs: [__m256i; TILE]) -> __m256i {
+            let (a, b) = (_mm256_hadd_epi32(pairs[0], pairs[1]), _mm256_hadd_epi32(pairs[2], pairs[3]));
+            let full = _mm256_add_epi32(
+                _mm256_permute2x128_si256(a, b, 0x20),
+                _mm256_permute2x128_si256(a, b, 0x31),
+            );
+            if TY == Q6_K {
+                _mm256_sub_epi32(full, _mm256_slli_epi32(_mm256_srli_epi64(full, 32), 5))
+            } else {
+                full
+            }
+        }
+
+        /// One row x T tokens: each block decoded once, its (S, M) for the T tokens reduced
+        /// together, then the scalar reference's f32 steps on the T tokens' lanes at once (the
+        /// same operations on each, in the same order: the same bits).
         #[target_feature(enable = $features)]
         unsafe fn tile<const TY: u8, const T: usize>(
             row: &[u8],
@@ -202,24 +214,36 @@ macro_rules! kernels {
             activations: &[&[Q8KBlock]],
             out: &mut [f32],
         ) {
-            let mut totals = [0.0f32; T];
+            let mut totals = _mm_setzero_ps();
             let tokens: [*const Q8KBlock; T] = std::array::from_fn(|t| activations[t].as_ptr());
+            let order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
             for k in 0..row.len() / block_bytes {
                 // SAFETY: block k lies within the row, and every activation row has its block k
                 // (checked by the caller).
                 unsafe {
                     let w = decode::<TY>(row.as_ptr().add(k * block_bytes));
+                    let mut pairs = [_mm256_setzero_si256(); TILE];
+                    let mut x_scales = [0.0f32; TILE];
                     for t in 0..T {
                         let a = &*tokens[t].add(k);
-                        let (s, m) = sums::<TY>(&w, a);
-                        totals[t] += w.d * a.d * s as f32;
-                        if TY != Q6_K {
-                            totals[t] -= w.dmin * a.d * m as f32;
-                        }
+                        let (s, c) = lanes(&w, a);
+                        pairs[t] = _mm256_hadd_epi32(s, c);
+                        x_scales[t] = a.d;
+                    }
+                    let values = _mm256_permutevar8x32_ps(_mm256_cvtepi32_ps(reduce::<TY>(pairs)), order);
+                    let x_scales = _mm_loadu_ps(x_scales.as_ptr());
+                    let s = _mm256_castps256_ps128(values);
+                    totals = _mm_add_ps(totals, _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(w.d), x_scales), s));
+                    if TY != Q6_K {
+                        let m = _mm256_extractf128_ps(values, 1);
+                        totals = _mm_sub_ps(totals, _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(w.dmin), x_scales), m));
                     }
                 }
             }
-            out[..T].copy_from_slice(&totals);
+            let mut lanes = [0.0f32; TILE];
+            // SAFETY: lanes holds four f32.
+            unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), totals) };
+            out[..T].copy_from_slice(&lanes[..T]);
         }
 
         fn code(ty: GgmlType) -> u8 {
@@ -272,7 +296,12 @@ macro_rules! kernels {
             (0..row.len() / block_bytes)
                 // SAFETY: block k lies within the row; activations has a block k (checked by the caller).
                 .map(|k| unsafe {
-                    sums::<TY>(&decode::<TY>(row.as_ptr().add(k * block_bytes)), &activations[k])
+                    let (s, c) = lanes(&decode::<TY>(row.as_ptr().add(k * block_bytes)), &activations[k]);
+                    let mut pairs = [_mm256_setzero_si256(); TILE];
+                    pairs[0] = _mm256_hadd_epi32(s, c);
+                    let sums = reduce::<TY>(pairs);
+                    let m = if TY == Q6_K { 0 } else { _mm256_extract_epi32::<1>(sums) };
+                    (_mm256_extract_epi32::<0>(sums), m)
                 })
                 .collect()
         }
