@@ -218,6 +218,15 @@ macro_rules! kernels {
             let tokens: [*const Q8KBlock; T] = std::array::from_fn(|t| activations[t].as_ptr());
             let order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
             for k in 0..row.len() / block_bytes {
+                if T == 1 {
+                    // A decode step streams the matrix a row after another: the next row's block
+                    // k (adjacent in the matrix) is fetched while this one is dotted. A prefetch
+                    // past the matrix's end (its last row) does not fault.
+                    let ahead = row.as_ptr().wrapping_add(row.len() + k * block_bytes);
+                    for line in (0..block_bytes).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
+                    }
+                }
                 // SAFETY: block k lies within the row, and every activation row has its block k
                 // (checked by the caller).
                 unsafe {
