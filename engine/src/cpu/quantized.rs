@@ -10,9 +10,12 @@
 //! and gives the same numbers llama.cpp gives, which is what makes greedy continuations comparable:
 //! the alternative, f32 activations against dequantized weights, is more exact but differs from
 //! llama.cpp by about the activation rounding, enough to flip near-ties between the top two tokens.
-//! Other types (K-quants) are dequantized a row at a time and use f32 activations. The block
-//! kernels are in `integer_dot/` (scalar, AVX2, AVX-512 VNNI), the threads in `threads.rs`.
+//! Q4_K, Q5_K and Q6_K weights meet activations quantized per 256 values to Q8_K, as llama.cpp
+//! does for them (`integer_dot/k_quants.rs` states that math); the other K-quants (Q2_K, Q3_K)
+//! are dequantized a row at a time and use f32 activations. The block kernels are in
+//! `integer_dot/` (scalar, AVX2, AVX-512 VNNI), the threads in `threads.rs`.
 
+use super::integer_dot::k_quants::{self, Q8KBlock};
 use super::integer_dot::{self, Q8Block};
 use super::matmul::dot;
 use super::threads::{self, SharedOutput};
@@ -137,6 +140,8 @@ const PARTS_PER_THREAD: usize = 4;
 thread_local! {
     /// The calling thread's quantized activations, kept between calls (no allocation per token).
     static ACTIVATIONS: std::cell::RefCell<Vec<Q8Block>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The calling thread's Q8_K activations (K-quant weights), kept between calls.
+    static K_ACTIVATIONS: std::cell::RefCell<Vec<Q8KBlock>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The calling thread's activation corrections, for repacked products.
     static CORRECTIONS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -173,8 +178,11 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
     }
     let pool = threads::pool();
     let output = SharedOutput(out.as_mut_ptr());
+    if k_quants::supported(ty) {
+        return matmul_k_quants(x, ty, bytes, bias, output, n_in, n_out);
+    }
     if !integer_dot::supported(ty) {
-        // K-quants: a row dequantized at a time, against f32 activations.
+        // Other K-quants (Q2_K, Q3_K): a row dequantized at a time, against f32 activations.
         pool.run(&|part, parts| {
             for o in threads::split(n_out, part, parts) {
                 let row = dequantize(ty, &bytes[o * row_bytes..(o + 1) * row_bytes], n_in)
@@ -301,6 +309,63 @@ pub fn matmul(x: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32],
                 }
             });
         })
+    });
+}
+
+/// [`matmul`] of Q4_K, Q5_K and Q6_K weights ([`k_quants`]): each token's row quantized to Q8_K
+/// (split over the threads for prompts), then the rows of W split into parts as for the other
+/// types, each part walking its rows in chunks that meet the tokens a tile at a time.
+fn matmul_k_quants(
+    x: &[f32],
+    ty: GgmlType,
+    bytes: &[u8],
+    bias: Option<&[f32]>,
+    output: SharedOutput,
+    n_in: usize,
+    n_out: usize,
+) {
+    assert!(n_in.is_multiple_of(k_quants::BLOCK), "{ty} rows of {n_in} values");
+    let (kernel, pool) = (integer_dot::kernel(), threads::pool());
+    let n_tokens = x.len() / n_in;
+    let n_blocks = n_in / k_quants::BLOCK;
+    let row_bytes = n_blocks * ty.block_bytes();
+    K_ACTIVATIONS.with_borrow_mut(|activations| {
+        activations.resize(n_tokens * n_blocks, Q8KBlock::ZERO);
+        if n_tokens >= 8 {
+            let blocks = SharedOutput(activations.as_mut_ptr());
+            pool.run(&|part, parts| {
+                let tokens = threads::split(n_tokens, part, parts);
+                // SAFETY: each part quantizes its own tokens' blocks.
+                let mine = unsafe { blocks.part(tokens.start * n_blocks, tokens.len() * n_blocks) };
+                k_quants::quantize(&x[tokens.start * n_in..tokens.end * n_in], mine);
+            });
+        } else {
+            k_quants::quantize(x, activations);
+        }
+        let activations = &activations[..];
+        pool.run_parts(pool.n_threads() * PARTS_PER_THREAD, &|part, parts| {
+            let rows = threads::split(n_out, part, parts);
+            let mut values = [0.0f32; integer_dot::TILE];
+            for chunk in (rows.start..rows.end).step_by(ROWS_PER_CHUNK) {
+                let chunk_end = (chunk + ROWS_PER_CHUNK).min(rows.end);
+                for first in (0..n_tokens).step_by(integer_dot::TILE) {
+                    let count = integer_dot::TILE.min(n_tokens - first);
+                    let tile: [&[Q8KBlock]; integer_dot::TILE] = std::array::from_fn(|t| {
+                        let t = (first + t).min(n_tokens - 1);
+                        &activations[t * n_blocks..(t + 1) * n_blocks]
+                    });
+                    for o in chunk..chunk_end {
+                        let row = &bytes[o * row_bytes..(o + 1) * row_bytes];
+                        k_quants::dot_tile(kernel, ty, row, &tile[..count], &mut values);
+                        let b = bias.map_or(0.0, |b| b[o]);
+                        for (t, value) in values[..count].iter().enumerate() {
+                            // SAFETY: row o belongs to this part only; the index is within out.
+                            unsafe { output.write((first + t) * n_out + o, value + b) };
+                        }
+                    }
+                }
+            }
+        });
     });
 }
 
@@ -463,6 +528,57 @@ mod tests {
                 let (a, b) = (repacked.rows(n_in, start, end), stored.rows(n_in, start, end));
                 for i in 0..end - start {
                     assert_eq!(a.row_f32(n_in, i), b.row_f32(n_in, i), "{ty} rows {start}..{end}, row {i}");
+                }
+            }
+        }
+    }
+
+    /// Q4_K, Q5_K and Q6_K matrices: every token count (one, tiles of 1-4, a prompt's whose
+    /// quantization is split over the threads) gives the scalar reference's row products bit
+    /// for bit (every kernel takes its f32 steps in its order), bias added.
+    #[test]
+    fn k_quant_products_equal_the_scalar_reference() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for ty in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+            let (n_in, n_out) = (512, 37);
+            let row_bytes = n_in / 256 * ty.block_bytes();
+            let mut bytes: Vec<u8> = (0..n_out * row_bytes).map(|_| next() as u8).collect();
+            for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+                let scale = f16::from_f32(0.001 + (block[5] as f32) / 25600.0).to_le_bytes();
+                let at = if ty == GgmlType::Q6K { 208 } else { 0 };
+                block[at..at + 2].copy_from_slice(&scale);
+                if ty != GgmlType::Q6K {
+                    block[2..4].copy_from_slice(&f16::from_f32(0.003).to_le_bytes());
+                }
+            }
+            let weight = Matrix::from_blocks(ty, &bytes, n_in);
+            let bias: Vec<f32> = (0..n_out).map(|o| o as f32 * 0.01).collect();
+            for n_tokens in [1, 2, 3, 4, 5, 8, 13] {
+                let x: Vec<f32> =
+                    (0..n_tokens * n_in).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+                let mut got = vec![0.0f32; n_tokens * n_out];
+                matmul(&x, &weight, Some(&bias), &mut got, n_in, n_out);
+                for t in 0..n_tokens {
+                    let mut activations = vec![Q8KBlock::ZERO; n_in / 256];
+                    k_quants::quantize(&x[t * n_in..(t + 1) * n_in], &mut activations);
+                    for o in 0..n_out {
+                        let mut value = [0.0f32];
+                        let row = &bytes[o * row_bytes..(o + 1) * row_bytes];
+                        k_quants::dot_tile_scalar(ty, row, &[&activations], &mut value);
+                        let want = value[0] + bias[o];
+                        let got = got[t * n_out + o];
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{ty} {n_tokens} tokens: token {t} row {o}"
+                        );
+                    }
                 }
             }
         }

@@ -12,6 +12,7 @@
 //! in the SIMD kernels and in one chain in the scalar one, so rows agree to f32 rounding.
 //! Bytes per block pair: the weight block (17-34 B) once per tile, 40 B of activations per token.
 
+pub mod k_quants;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
