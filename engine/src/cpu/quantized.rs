@@ -434,6 +434,17 @@ mod tests {
     use super::*;
     use half::f16;
 
+    /// A xorshift64 stream of test bytes from `seed`.
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     /// A Q4_1 block with scale d, min m and the given nibbles.
     fn q4_1_block(d: f32, m: f32, nibbles: &[u8; 32]) -> Vec<u8> {
         let mut b = Vec::new();
@@ -466,13 +477,7 @@ mod tests {
     /// rounding; the same rows, embedding rows and sub-matrices.
     #[test]
     fn repacked_matrices_agree_with_the_stored_rows() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
             let (n_in, n_out) = (96, 8 * 5 + 3);
             let row_bytes = n_in / 32 * ty.block_bytes();
@@ -538,13 +543,7 @@ mod tests {
     /// for bit (every kernel takes its f32 steps in its order), bias added.
     #[test]
     fn k_quant_products_equal_the_scalar_reference() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         for ty in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
             let (n_in, n_out) = (512, 37);
             let row_bytes = n_in / 256 * ty.block_bytes();
