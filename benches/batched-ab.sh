@@ -29,20 +29,10 @@ for round in $(seq "$rounds"); do
       --input-len "$in" --output-len "$out" -o json >"$results/$round-$setting.json"
   done
 done
-python3 - "$results" "$model" "$in" "$out" $settings <<'PY'
-import json, os, sys
+PYTHONPATH="$(dirname "$0")" python3 - "$results" "$model" "$in" "$out" $settings <<'PY'
+import os, sys
+from bench_rows import engine_rows as rows
 results, model, n_in, n_out, settings = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
-def rows(path):
-    text, decoder, position, found = open(path).read(), json.JSONDecoder(), 0, {}
-    while position < len(text):
-        while position < len(text) and text[position].isspace():
-            position += 1
-        if position >= len(text):
-            break
-        value, position = decoder.raw_decode(text, position)
-        for r in value if isinstance(value, list) else [value]:
-            found[r["concurrency"]] = r
-    return found
 runs = {}
 for name in sorted(os.listdir(results)):
     round_, setting = name[:-5].split("-", 1)

@@ -35,24 +35,14 @@ grep '^{' "$llama_jsonl" >"$llama_jsonl.rows" && mv "$llama_jsonl.rows" "$llama_
 engine_json=$(mktemp)
 "$engine" bench -m "$model" --concurrency "$levels" --num-requests 1x --input-len "$in" \
   --output-len "$out" -o json >"$engine_json"
-python3 - "$llama_jsonl" "$engine_json" "$model" "$in" "$out" <<'PY'
+PYTHONPATH="$(dirname "$0")" python3 - "$llama_jsonl" "$engine_json" "$model" "$in" "$out" <<'PY'
 import json, os, sys
+from bench_rows import engine_rows
 llama = {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
     llama[r["pl"]] = r
-engine = {}
-decoder = json.JSONDecoder()
-text = open(sys.argv[2]).read()
-position = 0
-while position < len(text):
-    while position < len(text) and text[position].isspace():
-        position += 1
-    if position >= len(text):
-        break
-    value, position = decoder.raw_decode(text, position)
-    for r in value if isinstance(value, list) else [value]:
-        engine[r["concurrency"]] = r
+engine = engine_rows(sys.argv[2])
 print(f"\n{os.path.basename(sys.argv[3])}, {sys.argv[4]} prompt + {sys.argv[5]} generated tokens per sequence")
 print("| sequences | llama.cpp S_TG | engine decode-step | ratio | llama.cpp out/total time | engine output tok/s | ratio | engine TPOT ms | engine TTFT p50 ms | preemptions |")
 print("|---|---|---|---|---|---|---|---|---|---|")
