@@ -37,15 +37,35 @@ pub fn decode_splits(
     max_pages: usize,
     slots: usize,
 ) -> usize {
-    let group = n_head / shape.n_head_kv.max(1);
-    let blocks_per_split = (n_seq * shape.n_head_kv * group.div_ceil(heads_per_block(group))).max(1);
-    let most = max_pages.div_ceil(WARPS).clamp(1, MAX_SPLITS);
+    let blocks_per_split = decode_blocks(n_seq, n_head, shape);
     let slots = slots.max(1);
     if blocks_per_split <= slots {
-        return (slots / blocks_per_split).min(most).max(1);
+        return one_wave_splits(n_seq, n_head, shape, max_pages, slots);
     }
+    let most = max_pages.div_ceil(WARPS).clamp(1, MAX_SPLITS);
     let time = |s: usize| (s * blocks_per_split).div_ceil(slots) as f64 * (1.0 / s as f64 + SPLIT_OVERHEAD);
     (1..=MULTI_WAVE_SPLITS.min(most)).min_by(|&a, &b| time(a).total_cmp(&time(b))).unwrap_or(1)
+}
+
+/// The decode grid's blocks per split for a batch of `n_seq`: a block per KV head and group of
+/// query heads, per sequence.
+fn decode_blocks(n_seq: usize, n_head: usize, shape: &PagedKvShape) -> usize {
+    let group = n_head / shape.n_head_kv.max(1);
+    (n_seq * shape.n_head_kv * group.div_ceil(heads_per_block(group))).max(1)
+}
+
+/// The one-wave rule of [`decode_splits`] alone (the rule before 2026-12-07b): as many splits as
+/// keep the grid within one wave, at most one per 4 pages and [`MAX_SPLITS`]; one split when the
+/// unsplit grid is already more than a wave.
+fn one_wave_splits(
+    n_seq: usize,
+    n_head: usize,
+    shape: &PagedKvShape,
+    max_pages: usize,
+    slots: usize,
+) -> usize {
+    let most = max_pages.div_ceil(WARPS).clamp(1, MAX_SPLITS);
+    (slots / decode_blocks(n_seq, n_head, shape)).min(most).max(1)
 }
 
 /// The fixed cost of a decode block (its queries, its pipeline's first pages, its partial
@@ -176,9 +196,7 @@ impl DecodeWorkspace {
     pub fn splits_for(&self, n_seq: usize) -> usize {
         match self.policy {
             Some((slots, max_pages, shape)) if !self.per_batch_size => {
-                let group = self.n_head / shape.n_head_kv.max(1);
-                let blocks = (self.n_seq * shape.n_head_kv * group.div_ceil(heads_per_block(group))).max(1);
-                (slots / blocks).min(max_pages.div_ceil(WARPS)).clamp(1, MAX_SPLITS)
+                one_wave_splits(self.n_seq, self.n_head, &shape, max_pages, slots)
             }
             Some((slots, max_pages, shape)) => decode_splits(n_seq, self.n_head, &shape, max_pages, slots)
                 .min(self.capacity / n_seq.max(1))
